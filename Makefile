@@ -1,0 +1,57 @@
+# gptoss-operator developer entry points. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CLUSTER_DIR ?= .cluster
+
+.PHONY: kubectl-path help setup binaries cluster cluster-down test test-unit lint format typecheck crds check-crds demo clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+setup: $(BIN)/python ## Install the project and its dev tools into .venv
+	$(BIN)/pip install --quiet -e '.[dev]'
+
+binaries: setup ## Build (once) and cache etcd, Kubernetes and kwok from Go modules
+	$(BIN)/python -m gptoss_sandbox.binaries
+
+cluster: binaries ## Start the local control plane with fake GPU nodes (.cluster/kubeconfig)
+	$(BIN)/python -m gptoss_sandbox.cluster up --dir $(CLUSTER_DIR)
+
+cluster-down: ## Stop the local control plane
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m gptoss_sandbox.cluster down --dir $(CLUSTER_DIR); fi
+
+test: binaries ## Run every test (unit + real control plane)
+	$(BIN)/python -m pytest
+
+test-unit: setup ## Run the tests that need no control plane
+	$(BIN)/python -m pytest tests/unit
+
+lint: setup ## ruff lint + format check, mypy
+	$(BIN)/ruff check operator tests
+	$(BIN)/ruff format --check operator tests
+	$(BIN)/mypy
+
+format: setup ## Apply ruff's formatting and fixes
+	$(BIN)/ruff format operator tests
+	$(BIN)/ruff check --fix operator tests
+
+typecheck: setup
+	$(BIN)/mypy
+
+crds: setup ## Regenerate crds/ and the chart's CRDs from the pydantic models
+	$(BIN)/python -m gptoss_operator.api.crdgen
+
+check-crds: setup ## Fail when the committed CRDs differ from the models
+	$(BIN)/python -m gptoss_operator.api.crdgen --check
+
+clean: cluster-down ## Remove local state (keeps the binary cache)
+	rm -rf $(CLUSTER_DIR) .pytest_cache .mypy_cache .ruff_cache
+
+kubectl-path: ## Print the path of the kubectl built with the local control plane
+	@$(BIN)/python -c "from gptoss_sandbox.binaries import cached_binaries as c; b = c(); print(b.kubectl if b else 'run make binaries first')"

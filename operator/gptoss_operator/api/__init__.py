@@ -1,0 +1,1 @@
+"""The gptoss.ai/v1alpha1 API: typed models that the CRDs are generated from."""

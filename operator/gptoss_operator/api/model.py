@@ -1,0 +1,447 @@
+"""GptOssModel: one gpt-oss model downloaded into a volume and served by vLLM."""
+
+from __future__ import annotations
+
+import datetime
+import re
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import Field, JsonValue, model_validator
+from pydantic.config import JsonDict
+
+from gptoss_operator.api.common import (
+    ApiModel,
+    Condition,
+    SecretKeyRef,
+    conditions_field,
+)
+
+KIND = "GptOssModel"
+PLURAL = "gptossmodels"
+SINGULAR = "gptossmodel"
+SHORT_NAMES = ["gom"]
+
+# Child objects are named "<model>-<suffix>"; the longest is the download Job,
+# "<model>-dl-<8 hex>", which must stay a 63-character DNS label.
+MAX_NAME_LENGTH = 50
+
+DEFAULT_REPO = "openai/gpt-oss-120b"
+DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
+DEFAULT_EXCLUDE_PATTERNS: list[JsonValue] = ["original/*", "metal/*"]
+
+REPO_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$"
+REVISION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,254}$"
+COMMIT_PATTERN = re.compile(r"^[0-9a-f]{40}$")
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
+    r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+URL_PATTERN = r"^https?://[^\s/$.?#][^\s]*$"
+IMAGE_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9._/:@-]*$"
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+_OPAQUE: JsonDict = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    DOWNLOADING = "Downloading"
+    STARTING = "Starting"
+    READY = "Ready"
+    FAILED = "Failed"
+
+
+class Source(ApiModel):
+    """Where the weights come from: a Hugging Face repo at a revision."""
+
+    repo: str = Field(
+        default=DEFAULT_REPO,
+        pattern=REPO_PATTERN,
+        description="Hugging Face repository, as owner/name.",
+    )
+    revision: str = Field(
+        default="main",
+        pattern=REVISION_PATTERN,
+        description="Branch, tag or 40-character commit sha to download.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!self.contains('..') && !self.endsWith('/')",
+                    "message": "revision must be a branch, tag or commit sha "
+                    "(no '..', no trailing '/')",
+                }
+            ]
+        },
+    )
+    endpoint: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=URL_PATTERN,
+        description="Hugging Face-compatible mirror URL (HF_ENDPOINT); the public hub if unset.",
+    )
+    tokenSecretRef: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key holding a Hugging Face token, for gated or private repos.",
+    )
+    excludePatterns: list[str] = Field(
+        default_factory=lambda: ["original/*", "metal/*"],
+        max_length=64,
+        description="Glob patterns of repo files not to download. The default skips the "
+        "original/ and metal/ copies of the weights, which vLLM does not load.",
+        json_schema_extra={
+            "default": DEFAULT_EXCLUDE_PATTERNS,
+            "items": {"type": "string", "minLength": 1, "maxLength": 256},
+        },
+    )
+
+
+class DeletionPolicy(StrEnum):
+    RETAIN = "Retain"
+    DELETE = "Delete"
+
+
+AccessMode = Literal["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"]
+
+
+class Storage(ApiModel):
+    """The PersistentVolumeClaim that holds the weights."""
+
+    size: str | None = Field(
+        default=None,
+        max_length=64,
+        pattern=QUANTITY_PATTERN,
+        description="Claim size (a quantity such as 200Gi). Defaults to enough for the repo: "
+        "150Gi for gpt-oss-120b, 40Gi for gpt-oss-20b, 200Gi otherwise; doubled when "
+        "excludePatterns is empty.",
+    )
+    storageClassName: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="StorageClass of the claim; the cluster default if unset.",
+    )
+    accessModes: list[AccessMode] = Field(
+        default_factory=lambda: list[AccessMode](["ReadWriteOnce"]),
+        min_length=1,
+        max_length=4,
+        description="Access modes of the claim. Use ReadWriteMany or ReadOnlyMany to spread "
+        "replicas over several nodes.",
+        json_schema_extra={"default": ["ReadWriteOnce"]},
+    )
+    existingClaim: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="Use this pre-filled claim instead of creating one; the download still "
+        "runs but finds the files in place.",
+    )
+    deletionPolicy: DeletionPolicy = Field(
+        default=DeletionPolicy.RETAIN,
+        description="What happens to the claim the operator created when the model is "
+        "deleted: Retain keeps it (and its weights, reused by a model of the same name), "
+        "Delete removes it. A claim named by existingClaim is never deleted.",
+    )
+
+
+class Download(ApiModel):
+    """How the download Job runs."""
+
+    image: str | None = Field(
+        default=None,
+        max_length=512,
+        pattern=IMAGE_PATTERN,
+        description="Image with the gptoss-download entrypoint; the operator's default if unset.",
+    )
+    backoffLimit: int = Field(
+        default=4, ge=0, le=100, description="Retries of the download Job before it fails."
+    )
+    stallTimeoutSeconds: int = Field(
+        default=300,
+        ge=10,
+        le=86400,
+        description="An attempt that receives no bytes for this long ends so the Job retries.",
+    )
+    activeDeadlineSeconds: int | None = Field(
+        default=None, ge=60, description="Upper bound on the whole download Job."
+    )
+    resources: ResourceRequirements | None = Field(
+        default=None, description="Resources of the download container."
+    )
+
+
+class ResourceRequirements(ApiModel):
+    """Compute resources, as in a container's ``resources``."""
+
+    limits: dict[str, str | int] | None = Field(
+        default=None,
+        json_schema_extra={
+            "additionalProperties": {"x-kubernetes-int-or-string": True},
+        },
+    )
+    requests: dict[str, str | int] | None = Field(
+        default=None,
+        json_schema_extra={
+            "additionalProperties": {"x-kubernetes-int-or-string": True},
+        },
+    )
+
+
+Download.model_rebuild()
+
+
+class Serving(ApiModel):
+    """The vLLM Deployment that serves the model."""
+
+    image: str = Field(
+        default=DEFAULT_VLLM_IMAGE,
+        max_length=512,
+        pattern=IMAGE_PATTERN,
+        description="vLLM OpenAI-compatible server image (pinned; override per model).",
+    )
+    replicas: int = Field(default=1, ge=0, le=1024, description="Number of vLLM pods.")
+    gpusPerReplica: int = Field(default=1, ge=1, le=16, description="GPUs each pod requests.")
+    gpuResourceName: str = Field(
+        default="nvidia.com/gpu",
+        max_length=253,
+        description="Extended resource name of the GPUs.",
+    )
+    tensorParallelSize: int | None = Field(
+        default=None,
+        ge=1,
+        le=16,
+        description="vLLM --tensor-parallel-size; defaults to gpusPerReplica.",
+    )
+    gpuMemoryUtilization: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="vLLM --gpu-memory-utilization; 0.95 for gpt-oss-120b on one 80GB GPU.",
+    )
+    maxNumBatchedTokens: int | None = Field(
+        default=None,
+        ge=1,
+        le=1048576,
+        description="vLLM --max-num-batched-tokens; 1024 for 120b on one 80GB GPU, else 8192.",
+    )
+    maxModelLen: int | None = Field(
+        default=None, ge=1, le=1048576, description="vLLM --max-model-len."
+    )
+    extraArgs: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Extra arguments appended to `vllm serve`.",
+        json_schema_extra={"items": {"type": "string", "maxLength": 1024}},
+    )
+    env: list[dict[str, Any]] = Field(
+        default_factory=list,
+        max_length=128,
+        description="Extra environment variables of the vLLM container (EnvVar objects).",
+        json_schema_extra={"items": {**_OPAQUE, "required": ["name"]}},
+    )
+    resources: ResourceRequirements | None = Field(
+        default=None,
+        description="Extra resources of the vLLM container; GPUs come from gpusPerReplica.",
+    )
+    nodeSelector: dict[str, str] = Field(
+        default_factory=dict, description="Node labels the vLLM pods must match."
+    )
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Tolerations of the vLLM pods (Toleration objects).",
+        json_schema_extra={"items": _OPAQUE},
+    )
+    affinity: dict[str, Any] | None = Field(
+        default=None,
+        description="Affinity of the vLLM pods (an Affinity object).",
+        json_schema_extra=_OPAQUE,
+    )
+    priorityClassName: str | None = Field(
+        default=None, max_length=253, description="PriorityClass of the vLLM pods."
+    )
+    startupTimeoutSeconds: int = Field(
+        default=2700,
+        ge=60,
+        le=86400,
+        description="How long vLLM may take to load the weights before the pod restarts "
+        "(the startup probe's budget).",
+    )
+    shmSize: str = Field(
+        default="16Gi",
+        max_length=64,
+        pattern=QUANTITY_PATTERN,
+        description="Size of the memory-backed /dev/shm.",
+    )
+
+    def effective_tensor_parallel_size(self) -> int:
+        return self.tensorParallelSize or self.gpusPerReplica
+
+
+class Sidecar(ApiModel):
+    """The harmony sidecar that runs InferenceJobs inside each vLLM pod."""
+
+    image: str | None = Field(
+        default=None,
+        max_length=512,
+        pattern=IMAGE_PATTERN,
+        description="Image with the gptoss-sidecar entrypoint; the operator's default if unset.",
+    )
+    concurrency: int = Field(
+        default=64, ge=1, le=4096, description="InferenceJobs in flight per pod."
+    )
+    resources: ResourceRequirements | None = Field(
+        default=None, description="Resources of the sidecar container."
+    )
+
+
+_SERVING_RULES: list[JsonValue] = [
+    {
+        "rule": "!has(self.tensorParallelSize) || (self.tensorParallelSize <= "
+        "self.gpusPerReplica && self.gpusPerReplica % self.tensorParallelSize == 0)",
+        "message": "tensorParallelSize must divide gpusPerReplica",
+        "fieldPath": ".tensorParallelSize",
+        "reason": "FieldValueInvalid",
+    }
+]
+
+_STORAGE_RULES: list[JsonValue] = [
+    {
+        "rule": "!has(self.existingClaim) || (!has(self.size) && !has(self.storageClassName))",
+        "message": "existingClaim cannot be combined with size or storageClassName",
+        "fieldPath": ".existingClaim",
+        "reason": "FieldValueForbidden",
+    }
+]
+
+
+class GptOssModelSpec(ApiModel):
+    source: Source = Field(
+        default_factory=Source,
+        description="The Hugging Face repo to download.",
+        json_schema_extra={"default": {}},
+    )
+    storage: Storage = Field(
+        default_factory=Storage,
+        description="The volume holding the weights.",
+        json_schema_extra={"default": {}, "x-kubernetes-validations": _STORAGE_RULES},
+    )
+    download: Download = Field(
+        default_factory=Download,
+        description="The download Job.",
+        json_schema_extra={"default": {}},
+    )
+    serving: Serving = Field(
+        default_factory=Serving,
+        description="The vLLM Deployment.",
+        json_schema_extra={"default": {}, "x-kubernetes-validations": _SERVING_RULES},
+    )
+    sidecar: Sidecar = Field(
+        default_factory=Sidecar,
+        description="The InferenceJob sidecar.",
+        json_schema_extra={"default": {}},
+    )
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> GptOssModelSpec:
+        tp = self.serving.tensorParallelSize
+        gpus = self.serving.gpusPerReplica
+        if tp is not None and (tp > gpus or gpus % tp):
+            raise ValueError("serving.tensorParallelSize must divide serving.gpusPerReplica")
+        storage = self.storage
+        if storage.existingClaim and (storage.size or storage.storageClassName):
+            raise ValueError(
+                "storage.existingClaim cannot be combined with size or storageClassName"
+            )
+        return self
+
+    def pinned_commit(self) -> str | None:
+        revision = self.source.revision
+        return revision if COMMIT_PATTERN.match(revision) else None
+
+
+class DownloadStatus(ApiModel):
+    bytesDone: int | None = Field(default=None, ge=0, description="Bytes on the volume.")
+    bytesTotal: int | None = Field(default=None, ge=0, description="Bytes to download.")
+    percent: int | None = Field(default=None, ge=0, le=100, description="Progress, 0-100.")
+    filesDone: int | None = Field(default=None, ge=0)
+    filesTotal: int | None = Field(default=None, ge=0)
+    resolvedRevision: str | None = Field(default=None, description="Commit sha downloaded.")
+    startedAt: datetime.datetime | None = None
+    completedAt: datetime.datetime | None = None
+    attempt: int | None = Field(default=None, ge=0, description="Attempt of the download Job.")
+    message: str | None = Field(default=None, description="Last word from the downloader.")
+
+
+class QueueStatus(ApiModel):
+    pending: int = Field(default=0, ge=0, description="InferenceJobs waiting for a worker.")
+    running: int = Field(default=0, ge=0, description="InferenceJobs running now.")
+
+
+class GptOssModelStatus(ApiModel):
+    phase: Phase | None = Field(
+        default=None, description="Pending, Downloading, Starting, Ready or Failed."
+    )
+    observedGeneration: int | None = Field(default=None, ge=0)
+    conditions: list[Condition] = conditions_field(
+        "Ready, Reconciling, Stalled, Downloaded and Serving."
+    )
+    download: DownloadStatus | None = None
+    replicas: int | None = Field(default=None, ge=0, description="vLLM pods wanted.")
+    readyReplicas: int | None = Field(default=None, ge=0, description="vLLM pods ready.")
+    readySummary: str | None = Field(default=None, description="readyReplicas/replicas.")
+    endpoint: str | None = Field(
+        default=None, description="In-cluster URL of the OpenAI-compatible API."
+    )
+    servedModelName: str | None = Field(default=None, description="Model name vLLM serves.")
+    claimName: str | None = Field(default=None, description="Claim holding the weights.")
+    selector: str | None = Field(
+        default=None, description="Label selector of the vLLM pods (for the scale subresource)."
+    )
+    queue: QueueStatus | None = None
+    kopf: dict[str, Any] | None = Field(
+        default=None,
+        description="Bookkeeping of the operator framework.",
+        json_schema_extra=_OPAQUE,
+    )
+
+
+class GptOssModel(ApiModel):
+    """The whole object, as the CRD's root schema describes it."""
+
+    apiVersion: str | None = None
+    kind: str | None = None
+    metadata: dict[str, Any] | None = None
+    spec: GptOssModelSpec = Field(default_factory=GptOssModelSpec)
+    status: GptOssModelStatus | None = None
+
+
+ROOT_RULES = [
+    {
+        "rule": f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
+        "message": f"metadata.name must be at most {MAX_NAME_LENGTH} characters: "
+        "the names of the model's Job, Deployment and Service derive from it",
+        "reason": "FieldValueInvalid",
+    },
+    {
+        "rule": "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+        "message": "metadata.name must be a DNS-1035 label (lowercase letters, digits and "
+        "'-', starting with a letter): it names the model's Service",
+        "reason": "FieldValueInvalid",
+    },
+]
+
+PRINTER_COLUMNS = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {
+        "name": "Progress",
+        "type": "integer",
+        "jsonPath": ".status.download.percent",
+        "description": "Download progress in percent",
+    },
+    {"name": "Ready", "type": "string", "jsonPath": ".status.readySummary"},
+    {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint", "priority": 0},
+    {"name": "Repo", "type": "string", "jsonPath": ".spec.source.repo", "priority": 1},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]

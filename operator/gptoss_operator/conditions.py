@@ -1,0 +1,68 @@
+"""metav1.Condition-shaped conditions and the kstatus conventions around them."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+
+def now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+
+
+def timestamp(moment: datetime.datetime | None = None) -> str:
+    return (moment or now()).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(
+    conditions: list[dict[str, Any]],
+    type_: str,
+    status: bool | str,
+    reason: str,
+    message: str = "",
+    generation: int | None = None,
+) -> list[dict[str, Any]]:
+    """Return ``conditions`` with one condition set; the transition time moves only
+    when the status changes (as metav1.Condition requires)."""
+    value = status if isinstance(status, str) else ("True" if status else "False")
+    updated: list[dict[str, Any]] = []
+    found = False
+    for condition in conditions:
+        if condition.get("type") != type_:
+            updated.append(condition)
+            continue
+        found = True
+        transition = condition.get("lastTransitionTime") or timestamp()
+        if condition.get("status") != value:
+            transition = timestamp()
+        updated.append(_condition(type_, value, reason, message, transition, generation))
+    if not found:
+        updated.append(_condition(type_, value, reason, message, timestamp(), generation))
+    return updated
+
+
+def _condition(
+    type_: str, status: str, reason: str, message: str, transition: str, generation: int | None
+) -> dict[str, Any]:
+    condition: dict[str, Any] = {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message[:32768],
+        "lastTransitionTime": transition,
+    }
+    if generation is not None:
+        condition["observedGeneration"] = generation
+    return condition
+
+
+def get_condition(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any] | None:
+    for condition in conditions or []:
+        if condition.get("type") == type_:
+            return condition
+    return None
+
+
+def is_true(conditions: list[dict[str, Any]] | None, type_: str) -> bool:
+    condition = get_condition(conditions, type_)
+    return condition is not None and condition.get("status") == "True"

@@ -1,0 +1,266 @@
+"""Build and cache the local control plane's binaries from upstream Go modules.
+
+Three binaries, each built once per version and cached outside the repository:
+
+- ``etcd``: a tiny main around ``go.etcd.io/etcd/server/v3/etcdmain``;
+- ``kube``: one multi-call binary holding kube-apiserver, kube-controller-manager,
+  kube-scheduler and kubectl (symlinks with those names point at it);
+- ``kwok``: ``sigs.k8s.io/kwok/cmd/kwok``, installed from its module.
+
+Everything comes from the Go module proxy; nothing else is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+KUBERNETES_VERSION = "v1.37.2"
+ETCD_VERSION = "v3.7.0"
+KWOK_VERSION = "v0.8.0"
+
+KUBE_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+GO_SOURCES = Path(__file__).parent / "gosrc"
+
+Progress = Callable[[str], None]
+
+
+def cache_root() -> Path:
+    """Where binaries and their build folders live (``GPTOSS_CACHE_DIR`` overrides)."""
+    configured = os.environ.get("GPTOSS_CACHE_DIR")
+    if configured:
+        return Path(configured).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "gptoss-operator"
+
+
+@dataclass(frozen=True)
+class Binaries:
+    etcd: Path
+    kube_apiserver: Path
+    kube_controller_manager: Path
+    kube_scheduler: Path
+    kubectl: Path
+    kwok: Path
+
+
+def binary_dir(name: str, version: str) -> Path:
+    return cache_root() / "bin" / f"{name}-{version}"
+
+
+def cached_binaries() -> Binaries | None:
+    """The cached binaries, or None when any of them still has to be built."""
+    kube_dir = binary_dir("kubernetes", KUBERNETES_VERSION)
+    found = Binaries(
+        etcd=binary_dir("etcd", ETCD_VERSION) / "etcd",
+        kube_apiserver=kube_dir / "kube-apiserver",
+        kube_controller_manager=kube_dir / "kube-controller-manager",
+        kube_scheduler=kube_dir / "kube-scheduler",
+        kubectl=kube_dir / "kubectl",
+        kwok=binary_dir("kwok", KWOK_VERSION) / "kwok",
+    )
+    if all(os.access(p, os.X_OK) for p in vars(found).values()):
+        return found
+    return None
+
+
+def ensure_binaries(progress: Progress = print) -> Binaries:
+    """Return the binaries, building whatever is missing from the cache."""
+    with _build_lock():
+        if not (binary_dir("etcd", ETCD_VERSION) / "etcd").exists():
+            _timed(progress, f"etcd {ETCD_VERSION}", _build_etcd, progress)
+        if not (binary_dir("kubernetes", KUBERNETES_VERSION) / "kubectl").exists():
+            _timed(progress, f"kubernetes {KUBERNETES_VERSION}", _build_kubernetes, progress)
+        if not (binary_dir("kwok", KWOK_VERSION) / "kwok").exists():
+            _timed(progress, f"kwok {KWOK_VERSION}", _build_kwok, progress)
+    found = cached_binaries()
+    if found is None:
+        raise RuntimeError(f"binaries missing from {cache_root()} after a build")
+    return found
+
+
+@contextlib.contextmanager
+def _build_lock() -> Iterator[None]:
+    """Serialize builds between processes (parallel test runs, make targets)."""
+    cache_root().mkdir(parents=True, exist_ok=True)
+    with open(cache_root() / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _timed(
+    progress: Progress, label: str, build: Callable[[Progress], None], *args: Progress
+) -> None:
+    progress(f"building {label} (first run only; cached under {cache_root()}) ...")
+    started = time.monotonic()
+    build(*args)
+    progress(f"built {label} in {time.monotonic() - started:.0f}s")
+
+
+def _go(args: list[str], cwd: Path, progress: Progress, env: dict[str, str] | None = None) -> str:
+    full_env = {**os.environ, "GO111MODULE": "on", "GOFLAGS": "-mod=mod", **(env or {})}
+    full_env.pop("GOWORK", None)
+    progress(f"  $ go {' '.join(args)}")
+    result = subprocess.run(
+        ["go", *args], cwd=cwd, env=full_env, capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"go {' '.join(args)} failed:\n{result.stderr[-4000:]}")
+    return result.stdout
+
+
+def _module_info(module: str, version: str, progress: Progress) -> dict[str, str]:
+    with tempfile.TemporaryDirectory() as scratch:
+        out = _go(["mod", "download", "-json", f"{module}@{version}"], Path(scratch), progress)
+    info: dict[str, str] = json.loads(out)
+    return info
+
+
+def staging_modules(kubernetes_go_mod: str) -> list[str]:
+    """The ``k8s.io/*`` modules that k8s.io/kubernetes replaces with its staging folders."""
+    modules = []
+    for line in kubernetes_go_mod.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[1] == "=>" and parts[2].startswith("./staging/"):
+            modules.append(parts[0])
+    return sorted(set(modules))
+
+
+def staging_version(kubernetes_version: str) -> str:
+    """Staging modules are tagged v0.<minor>.<patch> for Kubernetes v1.<minor>.<patch>."""
+    major, rest = kubernetes_version.lstrip("v").split(".", 1)
+    if major != "1":
+        raise ValueError(f"unexpected Kubernetes version {kubernetes_version}")
+    return f"v0.{rest}"
+
+
+def kubernetes_go_mod(main_module: str, kubernetes_version: str, kubernetes_mod_text: str) -> str:
+    """go.mod for a module that builds components of k8s.io/kubernetes."""
+    staging = staging_version(kubernetes_version)
+    go_line = next(
+        (ln for ln in kubernetes_mod_text.splitlines() if ln.startswith("go ")), "go 1.26.0"
+    )
+    lines = [
+        f"module {main_module}",
+        "",
+        go_line,
+        "",
+        f"require k8s.io/kubernetes {kubernetes_version}",
+        "",
+        "replace (",
+    ]
+    lines += [f"\t{mod} => {mod} {staging}" for mod in staging_modules(kubernetes_mod_text)]
+    lines += [")", ""]
+    return "\n".join(lines)
+
+
+def _version_ldflags(version: str) -> str:
+    major, minor = version.lstrip("v").split(".")[:2]
+    values = {
+        "gitVersion": version,
+        "gitMajor": major,
+        "gitMinor": minor,
+        "gitTreeState": "clean",
+        "buildDate": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    flags = ["-s", "-w"]
+    for package in ("k8s.io/client-go/pkg/version", "k8s.io/component-base/version"):
+        flags += [f"-X '{package}.{key}={value}'" for key, value in values.items()]
+    return " ".join(flags)
+
+
+def _build_dir(name: str) -> Path:
+    path = cache_root() / "src" / name
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def _install(built: Path, target_dir: Path, names: tuple[str, ...]) -> None:
+    """Move a built binary into its versioned folder atomically, with its aliases."""
+    staging = target_dir.with_name(target_dir.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    shutil.move(str(built), staging / names[0])
+    for alias in names[1:]:
+        (staging / alias).symlink_to(names[0])
+    shutil.rmtree(target_dir, ignore_errors=True)
+    staging.rename(target_dir)
+
+
+def _build_etcd(progress: Progress) -> None:
+    work = _build_dir(f"etcd-{ETCD_VERSION}")
+    shutil.copy(GO_SOURCES / "etcd" / "main.go", work / "main.go")
+    (work / "go.mod").write_text(
+        f"module gptoss.local/sandbox/etcd\n\ngo 1.26.0\n\n"
+        f"require go.etcd.io/etcd/server/v3 {ETCD_VERSION}\n"
+    )
+    _go(["mod", "tidy"], work, progress)
+    _go(["build", "-trimpath", "-ldflags=-s -w", "-o", "etcd", "."], work, progress)
+    _install(work / "etcd", binary_dir("etcd", ETCD_VERSION), ("etcd",))
+
+
+def _build_kubernetes(progress: Progress) -> None:
+    info = _module_info("k8s.io/kubernetes", KUBERNETES_VERSION, progress)
+    mod_text = Path(info["GoMod"]).read_text()
+    work = _build_dir(f"kubernetes-{KUBERNETES_VERSION}")
+    shutil.copy(GO_SOURCES / "kube" / "main.go", work / "main.go")
+    (work / "go.mod").write_text(
+        kubernetes_go_mod("gptoss.local/sandbox/kube", KUBERNETES_VERSION, mod_text)
+    )
+    _go(["mod", "tidy"], work, progress)
+    ldflags = _version_ldflags(KUBERNETES_VERSION)
+    _go(["build", "-trimpath", f"-ldflags={ldflags}", "-o", "kube", "."], work, progress)
+    _install(
+        work / "kube", binary_dir("kubernetes", KUBERNETES_VERSION), ("kube", *KUBE_COMPONENTS)
+    )
+
+
+def _build_kwok(progress: Progress) -> None:
+    work = _build_dir(f"kwok-{KWOK_VERSION}")
+    _go(
+        ["install", "-trimpath", "-ldflags=-s -w", f"sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}"],
+        work,
+        progress,
+        env={"GOBIN": str(work), "GOFLAGS": ""},
+    )
+    _install(work / "kwok", binary_dir("kwok", KWOK_VERSION), ("kwok",))
+
+
+def cache_size_bytes() -> int:
+    root = cache_root() / "bin"
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Build the local control plane's binaries.")
+    parser.add_argument("--print-dir", action="store_true", help="print the cache folder and exit")
+    args = parser.parse_args(argv)
+    if args.print_dir:
+        print(cache_root())
+        return 0
+    started = time.monotonic()
+    found = ensure_binaries(lambda line: print(line, flush=True))
+    print(f"binaries ready in {time.monotonic() - started:.0f}s:")
+    for name, path in vars(found).items():
+        print(f"  {name}: {path}")
+    print(f"cache size: {cache_size_bytes() / 2**20:.0f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

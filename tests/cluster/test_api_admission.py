@@ -1,0 +1,259 @@
+"""The generated CRDs on a real apiserver: established, defaulting, refusing bad input."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from lightkube import ApiError, Client, codecs
+from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
+
+from gptoss_operator.api.job import InferenceJobSpec
+from gptoss_operator.api.model import GptOssModelSpec
+from gptoss_operator.api.resources import GptOssModelResource, InferenceJobResource
+
+pytestmark = pytest.mark.cluster
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _examples() -> list[dict[str, Any]]:
+    documents = []
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        documents += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return documents
+
+
+def _model(**spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "gptoss.ai/v1alpha1",
+        "kind": "GptOssModel",
+        "metadata": {"name": "m"},
+        "spec": spec,
+    }
+
+
+def _job(**overrides: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "modelRef": {"name": "m"},
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    spec.update(overrides)
+    return {
+        "apiVersion": "gptoss.ai/v1alpha1",
+        "kind": "InferenceJob",
+        "metadata": {"name": "j"},
+        "spec": spec,
+    }
+
+
+def _without(document: dict[str, Any], path: str) -> dict[str, Any]:
+    result = copy.deepcopy(document)
+    *parents, leaf = path.split(".")
+    node = result
+    for key in parents:
+        node = node[key]
+    del node[leaf]
+    return result
+
+
+def _named(document: dict[str, Any], name: str) -> dict[str, Any]:
+    return {**document, "metadata": {"name": name}}
+
+
+# (case id, object, substrings the apiserver's message must contain)
+INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
+    ("empty-messages", _job(messages=[]), ["spec.messages"]),
+    ("unknown-role", _job(messages=[{"role": "robot", "content": "x"}]), ["spec.messages[0].role"]),
+    (
+        "empty-content",
+        _job(messages=[{"role": "user", "content": ""}]),
+        ["spec.messages[0].content"],
+    ),
+    (
+        "last-not-user",
+        _job(messages=[{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]),
+        ["spec.messages", "last message must have role 'user'"],
+    ),
+    ("max-tokens-zero", _job(maxTokens=0), ["spec.maxTokens"]),
+    ("max-tokens-too-large", _job(maxTokens=131073), ["spec.maxTokens"]),
+    ("temperature-negative", _job(temperature=-1), ["spec.temperature"]),
+    ("temperature-too-high", _job(temperature=3), ["spec.temperature"]),
+    ("top-p-zero", _job(topP=0), ["spec.topP"]),
+    ("top-p-above-one", _job(topP=1.5), ["spec.topP"]),
+    ("reasoning-extreme", _job(reasoningLevel="extreme"), ["spec.reasoningLevel"]),
+    ("missing-model-ref", _without(_job(), "spec.modelRef"), ["spec.modelRef"]),
+    ("empty-model-ref-name", _job(modelRef={"name": ""}), ["spec.modelRef.name"]),
+    ("negative-backoff", _job(backoffLimit=-1), ["spec.backoffLimit"]),
+    ("zero-deadline", _job(activeDeadlineSeconds=0), ["spec.activeDeadlineSeconds"]),
+    ("negative-ttl", _job(ttlSecondsAfterFinished=-5), ["spec.ttlSecondsAfterFinished"]),
+    ("job-missing-spec", _without(_job(), "spec"), ["spec"]),
+    ("job-name-too-long", _named(_job(), "j" * 64), ["metadata.name", "at most 63"]),
+    ("repo-without-owner", _model(source={"repo": "gpt-oss-120b"}), ["spec.source.repo"]),
+    ("repo-with-spaces", _model(source={"repo": "openai/gpt oss"}), ["spec.source.repo"]),
+    (
+        "revision-with-dotdot",
+        _model(source={"revision": "main/../x"}),
+        ["spec.source.revision", "no '..'"],
+    ),
+    ("revision-with-space", _model(source={"revision": "my branch"}), ["spec.source.revision"]),
+    ("endpoint-not-a-url", _model(source={"endpoint": "mirror.local"}), ["spec.source.endpoint"]),
+    (
+        "token-ref-without-name",
+        _model(source={"tokenSecretRef": {"key": "token"}}),
+        ["spec.source.tokenSecretRef.name"],
+    ),
+    ("replicas-negative", _model(serving={"replicas": -1}), ["spec.serving.replicas"]),
+    ("gpus-zero", _model(serving={"gpusPerReplica": 0}), ["spec.serving.gpusPerReplica"]),
+    (
+        "tp-does-not-fit",
+        _model(serving={"gpusPerReplica": 2, "tensorParallelSize": 4}),
+        ["spec.serving.tensorParallelSize", "must divide gpusPerReplica"],
+    ),
+    (
+        "tp-does-not-divide",
+        _model(serving={"gpusPerReplica": 6, "tensorParallelSize": 4}),
+        ["spec.serving.tensorParallelSize"],
+    ),
+    (
+        "gpu-memory-zero",
+        _model(serving={"gpuMemoryUtilization": 0}),
+        ["spec.serving.gpuMemoryUtilization"],
+    ),
+    (
+        "gpu-memory-above-one",
+        _model(serving={"gpuMemoryUtilization": 1.2}),
+        ["spec.serving.gpuMemoryUtilization"],
+    ),
+    (
+        "startup-timeout-too-short",
+        _model(serving={"startupTimeoutSeconds": 5}),
+        ["spec.serving.startupTimeoutSeconds"],
+    ),
+    ("bad-storage-size", _model(storage={"size": "lots"}), ["spec.storage.size"]),
+    (
+        "bad-access-mode",
+        _model(storage={"accessModes": ["ReadWriteSometimes"]}),
+        ["spec.storage.accessModes[0]"],
+    ),
+    (
+        "bad-deletion-policy",
+        _model(storage={"deletionPolicy": "Shred"}),
+        ["spec.storage.deletionPolicy"],
+    ),
+    (
+        "existing-claim-with-size",
+        _model(storage={"existingClaim": "w", "size": "10Gi"}),
+        ["spec.storage.existingClaim", "cannot be combined"],
+    ),
+    ("concurrency-zero", _model(sidecar={"concurrency": 0}), ["spec.sidecar.concurrency"]),
+    ("model-name-too-long", _named(_model(), "m" * 51), ["metadata.name", "at most 50 characters"]),
+    ("model-name-not-dns-1035", _named(_model(), "1model"), ["metadata.name", "DNS-1035"]),
+]
+
+
+@pytest.fixture(scope="module")
+def api(kube: Client, crds: list[str]) -> Client:
+    del crds
+    return kube
+
+
+def test_crds_are_established_and_structural(api: Client) -> None:
+    for name in ("gptossmodels.gptoss.ai", "inferencejobs.gptoss.ai"):
+        crd = api.get(CustomResourceDefinition, name)
+        conditions = {c.type: c for c in crd.status.conditions}
+        assert conditions["Established"].status == "True"
+        assert "NonStructuralSchema" not in conditions
+        assert crd.status.acceptedNames.categories == ["gptoss"]
+
+
+def test_examples_are_accepted_and_defaulted(api: Client, namespace: str) -> None:
+    documents = _examples()
+    kinds = [doc["kind"] for doc in documents]
+    assert (kinds.count("GptOssModel"), kinds.count("InferenceJob")) == (2, 3)
+    for document in documents:
+        if document["kind"] not in ("GptOssModel", "InferenceJob"):
+            continue
+        stored = api.create(codecs.from_dict(document), namespace=namespace, dry_run=True)
+        spec = stored.to_dict()["spec"]
+        if document["kind"] == "InferenceJob":
+            parsed = InferenceJobSpec.model_validate(spec)
+            assert spec["backoffLimit"] == 3
+            assert {"temperature", "maxTokens", "reasoningLevel"} <= set(spec)
+            assert parsed.messages[-1].role == "user"
+        else:
+            parsed_model = GptOssModelSpec.model_validate(spec)
+            assert spec["download"]["stallTimeoutSeconds"] == 300
+            assert spec["sidecar"]["concurrency"] == 64
+            assert parsed_model.serving.image.startswith("vllm/vllm-openai:")
+
+
+def test_an_empty_model_gets_every_default(api: Client, namespace: str) -> None:
+    stored = api.create(
+        GptOssModelResource.from_dict(_model()), namespace=namespace, dry_run=True
+    ).to_dict()
+    assert GptOssModelSpec.model_validate(stored["spec"]) == GptOssModelSpec()
+    assert stored["spec"]["source"] == {
+        "repo": "openai/gpt-oss-120b",
+        "revision": "main",
+        "excludePatterns": ["original/*", "metal/*"],
+    }
+
+
+def test_job_defaults_match_the_runner(api: Client, namespace: str) -> None:
+    stored = api.create(
+        InferenceJobResource.from_dict(_job()), namespace=namespace, dry_run=True
+    ).to_dict()
+    spec = stored["spec"]
+    assert (spec["maxTokens"], spec["temperature"], spec["reasoningLevel"]) == (256, 0.7, "medium")
+
+
+@pytest.mark.parametrize(("case", "document", "expected"), INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_objects_are_refused_naming_the_field(
+    api: Client, namespace: str, case: str, document: dict[str, Any], expected: list[str]
+) -> None:
+    resource = GptOssModelResource if document["kind"] == "GptOssModel" else InferenceJobResource
+    with pytest.raises(ApiError) as refused:
+        api.create(resource.from_dict(document), namespace=namespace, dry_run=True)
+    assert refused.value.status.code == 422, refused.value.status.message
+    message = refused.value.status.message
+    for fragment in expected:
+        assert fragment in message, f"{case}: {fragment!r} not in {message!r}"
+
+
+def test_at_least_25_distinct_invalid_objects() -> None:
+    assert len({case for case, _, _ in INVALID}) >= 25
+
+
+def test_inference_job_spec_is_immutable(api: Client, namespace: str) -> None:
+    created = api.create(InferenceJobResource.from_dict(_job()), namespace=namespace)
+    changed: Callable[[dict[str, Any]], None]
+    for changed in (
+        lambda spec: spec.update(maxTokens=999),
+        lambda spec: spec["messages"].append({"role": "user", "content": "more"}),
+        lambda spec: spec.update(reasoningLevel="high"),
+    ):
+        document = copy.deepcopy(created.to_dict())
+        changed(document["spec"])
+        with pytest.raises(ApiError) as refused:
+            api.replace(InferenceJobResource.from_dict(document), namespace=namespace)
+        assert refused.value.status.code == 422
+        assert "spec is immutable" in refused.value.status.message
+    # Metadata stays editable.
+    document = copy.deepcopy(created.to_dict())
+    document["metadata"].setdefault("labels", {})["team"] = "a"
+    api.replace(InferenceJobResource.from_dict(document), namespace=namespace)
+
+
+def test_scale_subresource_sets_serving_replicas(api: Client, namespace: str) -> None:
+    api.create(GptOssModelResource.from_dict(_model()), namespace=namespace)
+    scale = api.get(GptOssModelResource.Scale, "m", namespace=namespace)
+    assert scale.spec.replicas == 1
+    scale.spec.replicas = 3
+    api.replace(scale, "m", namespace=namespace)
+    stored = api.get(GptOssModelResource, "m", namespace=namespace).to_dict()
+    assert stored["spec"]["serving"]["replicas"] == 3

@@ -1,0 +1,91 @@
+"""Fixtures: one real control plane per test session, a fresh namespace per test.
+
+By default the session starts the local control plane (etcd, kube-apiserver,
+kube-controller-manager, kube-scheduler, kwok with fake GPU nodes). With
+``GPTOSS_TEST_USE_EXISTING_CLUSTER=1`` the tests run against the cluster that
+``KUBECONFIG`` names instead (kind, k3d or a real one).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from lightkube import Client, KubeConfig
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Namespace
+
+from gptoss_sandbox.cluster import LocalCluster
+
+
+@dataclass
+class ClusterUnderTest:
+    kubeconfig: Path
+    local: LocalCluster | None
+
+    def client(self) -> Client:
+        return Client(KubeConfig.from_file(str(self.kubeconfig)), field_manager="gptoss-tests")
+
+
+def use_existing_cluster() -> bool:
+    return os.environ.get("GPTOSS_TEST_USE_EXISTING_CLUSTER", "") in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterUnderTest]:
+    if use_existing_cluster():
+        kubeconfig = os.environ.get("KUBECONFIG", str(Path.home() / ".kube" / "config"))
+        yield ClusterUnderTest(Path(kubeconfig.split(os.pathsep)[0]), None)
+        return
+    local = LocalCluster(tmp_path_factory.mktemp("cluster"), progress=print)
+    local.start(timeout=3600)
+    try:
+        yield ClusterUnderTest(local.kubeconfig, local)
+    finally:
+        local.stop()
+
+
+@pytest.fixture(scope="session")
+def kube(cluster: ClusterUnderTest) -> Client:
+    return cluster.client()
+
+
+@pytest.fixture
+def namespace(kube: Client) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    kube.create(Namespace(metadata=ObjectMeta(name=name, labels={"gptoss-tests": "true"})))
+    try:
+        yield name
+    finally:
+        kube.delete(Namespace, name)
+
+
+@pytest.fixture(scope="session")
+def crds(kube: Client) -> list[str]:
+    """Install the generated CRDs (server-side apply) and wait until they are Established."""
+    from lightkube import codecs
+    from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
+
+    from gptoss_operator.api.crdgen import all_crds
+    from tests.support import wait_for
+
+    names = []
+    for document in all_crds().values():
+        kube.apply(codecs.from_dict(document), force=True)
+        names.append(document["metadata"]["name"])
+
+    def established() -> bool:
+        for name in names:
+            crd = kube.get(CustomResourceDefinition, name)
+            conditions = {c.type: c.status for c in (crd.status.conditions or [])}
+            assert conditions.get("NonStructuralSchema") != "True", name
+            if conditions.get("Established") != "True":
+                return False
+        return True
+
+    wait_for(established, timeout=30, message="gptoss CRDs Established")
+    return names
