@@ -9,6 +9,8 @@ kube-controller-manager, kube-scheduler, kwok with fake GPU nodes). With
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -89,3 +91,67 @@ def crds(kube: Client) -> list[str]:
 
     wait_for(established, timeout=30, message="gptoss CRDs Established")
     return names
+
+
+class OperatorProcess:
+    """`gptoss-operator` running as a real process against the test cluster."""
+
+    def __init__(self, kubeconfig: Path, log_path: Path, env: dict[str, str]) -> None:
+        self.kubeconfig = kubeconfig
+        self.log_path = log_path
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), **self.env}
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gptoss_operator.cli.operator_main", "--liveness", ""],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+
+    def stop(self, *, kill: bool = False) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            if kill:
+                self.process.kill()
+            else:
+                self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.process = None
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@pytest.fixture(scope="session")
+def operator(
+    cluster: ClusterUnderTest, crds: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    del crds
+    log_path = tmp_path_factory.mktemp("operator") / "operator.log"
+    process = OperatorProcess(
+        cluster.kubeconfig,
+        log_path,
+        {
+            "GPTOSS_RESYNC_SECONDS": "3",
+            "GPTOSS_CLAIM_PENDING_GRACE": "5",
+            "GPTOSS_IMAGE": "registry.example/gptoss-operator:test",
+        },
+    )
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+        print(f"operator log: {log_path}")

@@ -169,6 +169,12 @@ class Download(ApiModel):
     resources: ResourceRequirements | None = Field(
         default=None, description="Resources of the download container."
     )
+    podAnnotations: dict[str, str] = Field(
+        default_factory=dict, description="Annotations added to the download pods."
+    )
+    podLabels: dict[str, str] = Field(
+        default_factory=dict, description="Labels added to the download pods."
+    )
 
 
 class ResourceRequirements(ApiModel):
@@ -267,6 +273,12 @@ class Serving(ApiModel):
         le=86400,
         description="How long vLLM may take to load the weights before the pod restarts "
         "(the startup probe's budget).",
+    )
+    podAnnotations: dict[str, str] = Field(
+        default_factory=dict, description="Annotations added to the vLLM pods."
+    )
+    podLabels: dict[str, str] = Field(
+        default_factory=dict, description="Labels added to the vLLM pods."
     )
     shmSize: str = Field(
         default="16Gi",

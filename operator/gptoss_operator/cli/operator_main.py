@@ -1,10 +1,54 @@
-"""Entry point of `gptoss-operator`."""
+"""`gptoss-operator`: run the operator against the current kubeconfig (or in-cluster)."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import logging
 import sys
+
+import kopf
+
+
+class _QuietChildEvents(logging.Filter):
+    """Drop the per-event success lines of the child watchers (one per pod change)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "'child_changed' succeeded" not in record.getMessage()
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("gptoss: this command is not implemented yet", file=sys.stderr)
-    return 2
+    parser = argparse.ArgumentParser(prog="gptoss-operator", description=__doc__)
+    parser.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch only this namespace (repeatable); all namespaces by default",
+    )
+    parser.add_argument(
+        "--liveness",
+        default="http://0.0.0.0:8080/healthz",
+        help="liveness endpoint URL ('' to disable)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+
+    kopf.configure(verbose=args.verbose)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("kopf.objects").addFilter(_QuietChildEvents())
+    import gptoss_operator.handlers.model  # noqa: F401 - registers the handlers
+
+    asyncio.run(
+        kopf.operator(
+            standalone=True,
+            clusterwide=not args.namespace,
+            namespaces=args.namespace,
+            liveness_endpoint=args.liveness or None,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

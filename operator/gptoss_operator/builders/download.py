@@ -1,0 +1,126 @@
+"""The Job that downloads the weights into the claim."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gptoss_operator import naming
+from gptoss_operator.builders import (
+    RESTRICTED_CONTAINER_SECURITY,
+    RESTRICTED_POD_SECURITY,
+    ModelContext,
+)
+
+# Exit codes of gptoss-download for failures that no retry can fix.
+EXIT_UNAUTHORIZED = 10
+EXIT_NOT_FOUND = 11
+EXIT_INSUFFICIENT_STORAGE = 12
+EXIT_BAD_REQUEST = 13
+PERMANENT_EXIT_CODES = [
+    EXIT_UNAUTHORIZED,
+    EXIT_NOT_FOUND,
+    EXIT_INSUFFICIENT_STORAGE,
+    EXIT_BAD_REQUEST,
+]
+# Exit codes after which a retry may help (the Job's backoffLimit bounds them).
+EXIT_STALLED = 20
+EXIT_UNREACHABLE = 21
+
+
+def job(ctx: ModelContext, digest: str) -> dict[str, Any]:
+    source = ctx.spec.source
+    download = ctx.spec.download
+    env: list[dict[str, Any]] = [
+        {"name": "GPTOSS_MODEL", "value": ctx.name},
+        {"name": "GPTOSS_NAMESPACE", "value": ctx.namespace},
+        {"name": "GPTOSS_REPO", "value": source.repo},
+        {"name": "GPTOSS_REVISION", "value": source.revision},
+        {"name": "GPTOSS_EXCLUDE_PATTERNS", "value": ",".join(source.excludePatterns)},
+        {"name": "GPTOSS_SOURCE_HASH", "value": digest},
+        {"name": "GPTOSS_DATA_DIR", "value": naming.VOLUME_MOUNT},
+        {"name": "GPTOSS_STALL_TIMEOUT_SECONDS", "value": str(download.stallTimeoutSeconds)},
+        {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
+        {"name": "HOME", "value": "/tmp"},
+    ]
+    if source.endpoint:
+        env.append({"name": "HF_ENDPOINT", "value": source.endpoint})
+    if source.tokenSecretRef:
+        env.append(
+            {
+                "name": "HF_TOKEN",
+                "valueFrom": {
+                    "secretKeyRef": {
+                        "name": source.tokenSecretRef.name,
+                        "key": source.tokenSecretRef.key,
+                    }
+                },
+            }
+        )
+    container: dict[str, Any] = {
+        "name": "download",
+        "image": download.image or ctx.settings.downloader_image,
+        "imagePullPolicy": ctx.settings.image_pull_policy,
+        "command": ["gptoss-download"],
+        "env": env,
+        "volumeMounts": [
+            {"name": "weights", "mountPath": naming.VOLUME_MOUNT},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        "securityContext": RESTRICTED_CONTAINER_SECURITY,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if download.resources:
+        container["resources"] = download.resources.to_wire()
+    labels = naming.labels(ctx.name, naming.COMPONENT_DOWNLOAD)
+    spec: dict[str, Any] = {
+        "backoffLimit": download.backoffLimit,
+        "podFailurePolicy": {
+            "rules": [
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": "download",
+                        "operator": "In",
+                        "values": PERMANENT_EXIT_CODES,
+                    },
+                },
+                {
+                    "action": "Ignore",
+                    "onPodConditions": [{"type": "DisruptionTarget"}],
+                },
+            ]
+        },
+        "template": {
+            "metadata": {
+                "labels": {**download.podLabels, **labels},
+                "annotations": dict(download.podAnnotations),
+            },
+            "spec": {
+                "restartPolicy": "Never",
+                "serviceAccountName": naming.worker_account_name(ctx.name),
+                "securityContext": RESTRICTED_POD_SECURITY,
+                "containers": [container],
+                "volumes": [
+                    {
+                        "name": "weights",
+                        "persistentVolumeClaim": {
+                            "claimName": naming.claim_name(ctx.name, ctx.spec)
+                        },
+                    },
+                    {"name": "tmp", "emptyDir": {}},
+                ],
+            },
+        },
+    }
+    if download.activeDeadlineSeconds:
+        spec["activeDeadlineSeconds"] = download.activeDeadlineSeconds
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": ctx.metadata(
+            naming.download_job_name(ctx.name, digest),
+            labels,
+            annotations={naming.SOURCE_HASH_ANNOTATION: digest},
+        ),
+        "spec": spec,
+    }

@@ -1,0 +1,184 @@
+"""Reconcile one GptOssModel: make its children match the spec, then report status.
+
+Level-based: every call reads the current state and converges from there, so it is
+safe to call from any trigger (create, update, resume, a child's event, a timer) and
+after an operator restart. Calls for the same model are serialized and coalesced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lightkube import ApiError, AsyncClient
+from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.batch_v1 import Job
+from lightkube.resources.core_v1 import Event, PersistentVolumeClaim, Pod
+from lightkube.types import CascadeType
+
+from gptoss_operator import kube, model_status, naming
+from gptoss_operator.api.model import GptOssModelSpec
+from gptoss_operator.api.resources import GptOssModelResource
+from gptoss_operator.builders import ModelContext, download, rbac, serving, storage
+from gptoss_operator.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EventSink = Callable[[dict[str, Any], str, str, str], None]
+
+
+@dataclass
+class KeyedSerializer:
+    """Run at most one reconcile per key at a time; triggers that arrive while one
+    runs collapse into a single follow-up run."""
+
+    locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
+    waiting: set[tuple[str, str]] = field(default_factory=set)
+
+    async def run(self, key: tuple[str, str], work: Callable[[], Awaitable[None]]) -> None:
+        if key in self.waiting:
+            return
+        lock = self.locks.setdefault(key, asyncio.Lock())
+        self.waiting.add(key)
+        async with lock:
+            self.waiting.discard(key)
+            await work()
+
+
+def _age_seconds(obj: dict[str, Any]) -> float:
+    created = obj.get("metadata", {}).get("creationTimestamp")
+    if not created:
+        return 0.0
+    if isinstance(created, str):
+        moment = datetime.datetime.fromisoformat(created.replace("Z", "+00:00"))
+    else:
+        moment = created
+    return (datetime.datetime.now(datetime.UTC) - moment).total_seconds()
+
+
+class ModelReconciler:
+    def __init__(self, client: AsyncClient, settings: Settings, emit: EventSink) -> None:
+        self.client = client
+        self.settings = settings
+        self.emit = emit
+        self.serializer = KeyedSerializer()
+
+    async def reconcile(self, namespace: str, name: str) -> None:
+        await self.serializer.run((namespace, name), lambda: self._reconcile(namespace, name))
+
+    async def _reconcile(self, namespace: str, name: str) -> None:
+        current = await kube.get_or_none(self.client, GptOssModelResource, name, namespace)
+        if current is None:
+            return
+        body = kube.to_dict(current)
+        if body["metadata"].get("deletionTimestamp"):
+            return
+        spec = GptOssModelSpec.model_validate(body.get("spec") or {})
+        ctx = ModelContext(name, namespace, body["metadata"]["uid"], spec, self.settings)
+        observed = await self._converge(ctx, int(body["metadata"].get("generation", 1)))
+        computed = model_status.compute(
+            observed,
+            body.get("status") or {},
+            name=name,
+            namespace=namespace,
+            replicas=spec.serving.replicas,
+        )
+        try:
+            await kube.patch_status(
+                self.client, GptOssModelResource, name, namespace, computed.status
+            )
+        except ApiError as error:
+            if error.status.code == 404:  # deleted while we worked
+                return
+            raise
+        for event_type, reason, message in computed.events:
+            self.emit(body, event_type, reason, message)
+
+    async def _converge(self, ctx: ModelContext, generation: int) -> model_status.Observed:
+        client = self.client
+        digest = naming.source_hash(ctx.spec)
+        observed = model_status.Observed(generation=generation, digest=digest)
+
+        for manifest in (rbac.service_account(ctx), rbac.role(ctx), rbac.role_binding(ctx)):
+            await kube.apply(client, manifest)
+
+        claim_name = naming.claim_name(ctx.name, ctx.spec)
+        if ctx.spec.storage.existingClaim:
+            claim = await kube.get_or_none(client, PersistentVolumeClaim, claim_name, ctx.namespace)
+            observed.claim = kube.to_dict(claim) if claim is not None else None
+            observed.claim_missing = claim is None
+        else:
+            observed.claim = await kube.create_if_absent(
+                client, PersistentVolumeClaim, storage.claim(ctx)
+            )
+        if observed.claim and observed.claim.get("status", {}).get("phase") != "Bound":
+            observed.claim_warning = await self._latest_warning(
+                ctx.namespace, "PersistentVolumeClaim", claim_name
+            )
+            observed.claim_pending_too_long = (
+                _age_seconds(observed.claim) > self.settings.claim_pending_grace_seconds
+            )
+        if observed.claim_missing:
+            return observed
+
+        observed.job = await kube.create_if_absent(client, Job, download.job(ctx, digest))
+        job_name = naming.download_job_name(ctx.name, digest)
+        observed.job_pods = await self._pods(ctx.namespace, {"job-name": job_name})
+        downloaded = model_status.download_verdict(observed).ok
+
+        existing = await kube.get_or_none(
+            client, Deployment, naming.deployment_name(ctx.name), ctx.namespace
+        )
+        served: str | None = None
+        if downloaded:
+            served = digest
+        elif existing is not None:
+            annotations = kube.to_dict(existing)["metadata"].get("annotations") or {}
+            served = annotations.get(naming.SOURCE_HASH_ANNOTATION)
+        if served is not None:
+            observed.deployment = await kube.apply(client, serving.deployment(ctx, served))
+            observed.service = await kube.apply(client, serving.service(ctx))
+            observed.served_digest = served
+            observed.server_pods = await self._pods(ctx.namespace, naming.server_selector(ctx.name))
+        if downloaded:
+            await self._delete_stale_jobs(ctx, job_name)
+        return observed
+
+    async def _pods(self, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
+        return [
+            kube.to_dict(pod)
+            async for pod in self.client.list(
+                Pod, namespace=namespace, labels=dict[str, Any](selector)
+            )
+        ]
+
+    async def _latest_warning(self, namespace: str, kind: str, name: str) -> str | None:
+        newest: tuple[str, str] | None = None
+        fields = {"involvedObject.kind": kind, "involvedObject.name": name, "type": "Warning"}
+        async for event in self.client.list(
+            Event, namespace=namespace, fields=dict[str, Any](fields)
+        ):
+            data = kube.to_dict(event)
+            when = str(data.get("lastTimestamp") or data.get("eventTime") or "")
+            if newest is None or when >= newest[0]:
+                newest = (when, str(data.get("message", "")))
+        return newest[1] if newest else None
+
+    async def _delete_stale_jobs(self, ctx: ModelContext, keep: str) -> None:
+        selector = {
+            naming.MODEL_LABEL: ctx.name,
+            "app.kubernetes.io/component": naming.COMPONENT_DOWNLOAD,
+        }
+        async for job in self.client.list(
+            Job, namespace=ctx.namespace, labels=dict[str, Any](selector)
+        ):
+            name = job.metadata.name if job.metadata else None
+            if name and name != keep:
+                log.info("deleting superseded download Job %s/%s", ctx.namespace, name)
+                await self.client.delete(
+                    Job, name, namespace=ctx.namespace, cascade=CascadeType.BACKGROUND
+                )

@@ -1,0 +1,86 @@
+"""Deterministic names and labels of the objects the operator creates.
+
+A restarted operator derives the same names again, so it never creates anything twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from gptoss_operator.api.model import GptOssModelSpec
+
+MANAGED_BY = "gptoss-operator"
+MODEL_LABEL = "gptoss.ai/model"
+SOURCE_HASH_ANNOTATION = "gptoss.ai/source-hash"
+COMPONENT_DOWNLOAD = "download"
+COMPONENT_SERVER = "server"
+
+# Paths inside the weights volume.
+VOLUME_MOUNT = "/data"
+HF_CACHE_DIR = f"{VOLUME_MOUNT}/hub"
+SERVED_DIR = f"{VOLUME_MOUNT}/served"
+VOCAB_DIR = f"{VOLUME_MOUNT}/tiktoken"
+ENGINE_PORT = 8000
+
+
+def source_hash(spec: GptOssModelSpec) -> str:
+    """A short digest of what is downloaded: a new value means a new download."""
+    source = spec.source
+    identity = {
+        "repo": source.repo,
+        "revision": source.revision,
+        "endpoint": source.endpoint or "",
+        "exclude": sorted(source.excludePatterns),
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def claim_name(model: str, spec: GptOssModelSpec) -> str:
+    return spec.storage.existingClaim or f"{model}-weights"
+
+
+def download_job_name(model: str, digest: str) -> str:
+    return f"{model}-dl-{digest}"
+
+
+def served_path(digest: str) -> str:
+    """The folder vLLM serves: a link the downloader points at the downloaded snapshot."""
+    return f"{SERVED_DIR}/{digest}"
+
+
+def deployment_name(model: str) -> str:
+    return f"{model}-vllm"
+
+
+def service_name(model: str) -> str:
+    return f"{model}-vllm"
+
+
+def worker_account_name(model: str) -> str:
+    """ServiceAccount (and Role) of the download Job and the sidecar."""
+    return f"{model}-worker"
+
+
+def endpoint_url(model: str, namespace: str) -> str:
+    return f"http://{service_name(model)}.{namespace}.svc:{ENGINE_PORT}/v1"
+
+
+def labels(model: str, component: str | None = None) -> dict[str, str]:
+    result = {
+        "app.kubernetes.io/name": "gptoss",
+        "app.kubernetes.io/instance": model,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        MODEL_LABEL: model,
+    }
+    if component:
+        result["app.kubernetes.io/component"] = component
+    return result
+
+
+def server_selector(model: str) -> dict[str, str]:
+    return {MODEL_LABEL: model, "app.kubernetes.io/component": COMPONENT_SERVER}
+
+
+def selector_string(selector: dict[str, str]) -> str:
+    return ",".join(f"{key}={value}" for key, value in sorted(selector.items()))

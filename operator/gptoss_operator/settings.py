@@ -1,0 +1,37 @@
+"""Operator-wide settings, read once from the environment (the Helm chart sets them)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from gptoss_operator import __version__
+
+DEFAULT_PRODUCT_IMAGE = f"ghcr.io/gptoss-operator/gptoss-operator:{__version__}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Defaults the operator fills in where a GptOssModel leaves a field unset."""
+
+    downloader_image: str = DEFAULT_PRODUCT_IMAGE
+    sidecar_image: str = DEFAULT_PRODUCT_IMAGE
+    image_pull_policy: str = "IfNotPresent"
+    # How long a claim may stay unbound before it is reported as stuck.
+    claim_pending_grace_seconds: int = 60
+    # How often every model is reconciled even when nothing changed.
+    resync_seconds: float = 30.0
+    namespaces: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        image = os.environ.get("GPTOSS_IMAGE", DEFAULT_PRODUCT_IMAGE)
+        namespaces = [n for n in os.environ.get("GPTOSS_NAMESPACES", "").split(",") if n]
+        return cls(
+            downloader_image=os.environ.get("GPTOSS_DOWNLOADER_IMAGE", image),
+            sidecar_image=os.environ.get("GPTOSS_SIDECAR_IMAGE", image),
+            image_pull_policy=os.environ.get("GPTOSS_IMAGE_PULL_POLICY", "IfNotPresent"),
+            claim_pending_grace_seconds=int(os.environ.get("GPTOSS_CLAIM_PENDING_GRACE", "60")),
+            resync_seconds=float(os.environ.get("GPTOSS_RESYNC_SECONDS", "30")),
+            namespaces=namespaces,
+        )
