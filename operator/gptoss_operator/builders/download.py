@@ -10,6 +10,8 @@ from gptoss_operator.builders import (
     RESTRICTED_POD_SECURITY,
     ModelContext,
 )
+from gptoss_operator.builders.storage import default_size
+from gptoss_operator.quantity import to_bytes
 
 # Exit codes of gptoss-download for failures that no retry can fix.
 EXIT_UNAUTHORIZED = 10
@@ -42,6 +44,9 @@ def job(ctx: ModelContext, digest: str) -> dict[str, Any]:
         {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
         {"name": "HOME", "value": "/tmp"},
     ]
+    if not ctx.spec.storage.existingClaim:
+        size = ctx.spec.storage.size or default_size(ctx.spec)
+        env.append({"name": "GPTOSS_VOLUME_CAPACITY_BYTES", "value": str(to_bytes(size))})
     if source.endpoint:
         env.append({"name": "HF_ENDPOINT", "value": source.endpoint})
     if source.tokenSecretRef:
