@@ -122,6 +122,17 @@ def root_schema(
 
 
 def _crd(module: Any, schema: dict[str, Any], subresources: dict[str, Any]) -> dict[str, Any]:
+    version: dict[str, Any] = {
+        "name": VERSION,
+        "served": True,
+        "storage": True,
+        "subresources": subresources,
+        "additionalPrinterColumns": module.PRINTER_COLUMNS,
+        "schema": {"openAPIV3Schema": schema},
+    }
+    selectable = getattr(module, "SELECTABLE_FIELDS", None)
+    if selectable:
+        version["selectableFields"] = [{"jsonPath": path} for path in selectable]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -140,16 +151,7 @@ def _crd(module: Any, schema: dict[str, Any], subresources: dict[str, Any]) -> d
                 "categories": [CATEGORY],
             },
             "scope": "Namespaced",
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": subresources,
-                    "additionalPrinterColumns": module.PRINTER_COLUMNS,
-                    "schema": {"openAPIV3Schema": schema},
-                }
-            ],
+            "versions": [version],
         },
     }
 

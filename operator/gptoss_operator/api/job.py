@@ -172,6 +172,9 @@ ROOT_RULES = [
     },
 ]
 
+# Server-side filters: each sidecar watches only its model's jobs.
+SELECTABLE_FIELDS = [".spec.modelRef.name", ".status.phase"]
+
 PRINTER_COLUMNS = [
     {"name": "Model", "type": "string", "jsonPath": ".spec.modelRef.name"},
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},

@@ -1,10 +1,65 @@
-"""Entry point of `gptoss-sidecar`."""
+"""`gptoss-sidecar`: run InferenceJobs for one model against the vLLM engine beside it.
+
+Configured by environment (the operator sets it in the Deployment): GPTOSS_MODEL,
+GPTOSS_NAMESPACE, GPTOSS_POD_NAME, GPTOSS_ENGINE_URL (default http://127.0.0.1:8000),
+GPTOSS_CONCURRENCY (default 64), GPTOSS_LEASE_SECONDS (default 30),
+GPTOSS_HEARTBEAT_SECONDS (default 5), GPTOSS_ENGINE_READ_TIMEOUT (default 300).
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
 import sys
+
+from lightkube import AsyncClient
+
+from gptoss_operator.sidecar.worker import Sidecar, SidecarConfig
+
+
+def config_from_env(env: dict[str, str]) -> SidecarConfig:
+    missing = [key for key in ("GPTOSS_MODEL", "GPTOSS_NAMESPACE") if not env.get(key)]
+    if missing:
+        raise SystemExit(f"gptoss-sidecar: set {', '.join(missing)}")
+    return SidecarConfig(
+        model=env["GPTOSS_MODEL"],
+        namespace=env["GPTOSS_NAMESPACE"],
+        worker=env.get("GPTOSS_POD_NAME") or socket.gethostname(),
+        engine_url=env.get("GPTOSS_ENGINE_URL", "http://127.0.0.1:8000"),
+        concurrency=int(env.get("GPTOSS_CONCURRENCY", "64")),
+        lease_seconds=int(env.get("GPTOSS_LEASE_SECONDS", "30")),
+        heartbeat_seconds=float(env.get("GPTOSS_HEARTBEAT_SECONDS", "5")),
+        engine_read_timeout=float(env.get("GPTOSS_ENGINE_READ_TIMEOUT", "300")),
+        retry_base_seconds=float(env.get("GPTOSS_RETRY_BASE_SECONDS", "1")),
+    )
+
+
+async def _serve(config: SidecarConfig) -> None:
+    sidecar = Sidecar(config, AsyncClient(field_manager="gptoss-sidecar"))
+    task = asyncio.create_task(sidecar.run())
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        logging.getLogger("gptoss.sidecar").info("stopping")
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("gptoss: this command is not implemented yet", file=sys.stderr)
-    return 2
+    parser = argparse.ArgumentParser(prog="gptoss-sidecar", description=__doc__)
+    parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    asyncio.run(_serve(config_from_env(dict(os.environ))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

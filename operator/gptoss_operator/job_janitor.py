@@ -1,0 +1,289 @@
+"""The operator's part in InferenceJobs: queue state, lost workers, deadlines, TTL.
+
+Sidecars claim and run jobs; the operator looks after everything around them:
+
+- a job for a missing or not-Ready model stays Pending with a condition that says why
+  (ModelNotFound, WaitingForModel), never silently;
+- a Running job whose lease lapsed (its pod died) goes back to Pending, with the attempt
+  counted, until ``backoffLimit`` is spent;
+- ``activeDeadlineSeconds`` fails jobs still queued; ``ttlSecondsAfterFinished`` deletes
+  finished ones;
+- each model's ``status.queue`` counts its Pending and Running jobs.
+
+Decisions are pure (:func:`decide`) over small facts the operator keeps in memory from
+its watch (a kopf index), so a pass over thousands of jobs costs no API reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from lightkube import ApiError, AsyncClient
+from lightkube.types import PatchType
+
+from gptoss_operator.api.job import Phase
+from gptoss_operator.api.model import Phase as ModelPhase
+from gptoss_operator.api.resources import GptOssModelResource, InferenceJobResource
+from gptoss_operator.job_status import (
+    deadline_passed,
+    lease_expired,
+    parse_time,
+    queued,
+    with_conditions,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobFacts:
+    """What the operator remembers of one InferenceJob."""
+
+    namespace: str
+    name: str
+    model: str
+    resource_version: str
+    generation: int | None
+    phase: str
+    scheduled_reason: str | None
+    worker: str | None
+    attempts: int
+    backoff_limit: int
+    created: str | None
+    active_deadline_seconds: int | None
+    ttl_seconds_after_finished: int | None
+    completion_time: str | None
+    status: Mapping[str, Any]
+    has_status: bool
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> JobFacts:
+        metadata = body.get("metadata") or {}
+        spec = body.get("spec") or {}
+        status = body.get("status") or {}
+        scheduled = next(
+            (c for c in status.get("conditions") or [] if c.get("type") == "Scheduled"), None
+        )
+        return cls(
+            namespace=str(metadata.get("namespace", "")),
+            name=str(metadata.get("name", "")),
+            model=str((spec.get("modelRef") or {}).get("name", "")),
+            resource_version=str(metadata.get("resourceVersion", "")),
+            generation=metadata.get("generation"),
+            phase=str(status.get("phase") or Phase.PENDING.value),
+            scheduled_reason=scheduled.get("reason") if scheduled else None,
+            worker=status.get("worker"),
+            attempts=int(status.get("attempts") or 0),
+            backoff_limit=int(spec.get("backoffLimit", 3)),
+            created=metadata.get("creationTimestamp"),
+            active_deadline_seconds=spec.get("activeDeadlineSeconds"),
+            ttl_seconds_after_finished=spec.get("ttlSecondsAfterFinished"),
+            completion_time=status.get("completionTime"),
+            status={
+                key: status[key]
+                for key in ("conditions", "lease", "startTime", "message")
+                if key in status
+            },
+            has_status=bool(body.get("status")),
+        )
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str  # "status" (set status fields), "delete"
+    reason: str = ""
+    status: dict[str, Any] | None = None
+    remove: tuple[str, ...] = ()
+
+
+def decide(facts: JobFacts, model_phase: str | None, now: datetime.datetime) -> Action | None:
+    """What, if anything, to do with a job now."""
+    status = dict(facts.status)
+    finished = facts.phase in (Phase.SUCCEEDED.value, Phase.FAILED.value)
+    if finished:
+        done_at = parse_time(facts.completion_time)
+        ttl = facts.ttl_seconds_after_finished
+        if ttl is not None and done_at is not None and (now - done_at).total_seconds() >= ttl:
+            return Action("delete", "TTLExpired")
+        return None
+    if facts.phase == Phase.RUNNING.value:
+        if not lease_expired(status, now):
+            return None
+        worker = facts.worker or "the worker"
+        if deadline_passed(facts.created, facts.active_deadline_seconds, now):
+            return _fail(
+                facts,
+                status,
+                "DeadlineExceeded",
+                f"activeDeadlineSeconds ({facts.active_deadline_seconds}) passed "
+                f"after {worker} stopped renewing its lease",
+            )
+        if facts.attempts >= facts.backoff_limit + 1:
+            return _fail(
+                facts,
+                status,
+                "BackoffLimitExceeded",
+                f"{worker} stopped renewing its lease on attempt {facts.attempts}; "
+                f"backoffLimit ({facts.backoff_limit}) reached",
+            )
+        requeued = queued(
+            status,
+            "WorkerLost",
+            f"{worker} stopped renewing its lease during attempt {facts.attempts}; "
+            "requeued for another worker",
+            facts.generation,
+        )
+        requeued.pop("lease", None)
+        return Action("status", "WorkerLost", requeued, remove=("lease",))
+    # Pending.
+    if deadline_passed(facts.created, facts.active_deadline_seconds, now):
+        return _fail(
+            facts,
+            status,
+            "DeadlineExceeded",
+            f"activeDeadlineSeconds ({facts.active_deadline_seconds}) passed while the "
+            "job was queued",
+        )
+    if model_phase is None:
+        reason, message = (
+            "ModelNotFound",
+            (
+                f"GptOssModel {facts.model!r} does not exist in namespace {facts.namespace}; "
+                "the job waits for it"
+            ),
+        )
+    elif model_phase != ModelPhase.READY.value:
+        reason, message = (
+            "WaitingForModel",
+            (f"GptOssModel {facts.model!r} is {model_phase}; the job runs once it is Ready"),
+        )
+    else:
+        reason, message = "Queued", f"waiting for a worker of GptOssModel {facts.model!r}"
+    if facts.scheduled_reason == reason or (
+        facts.scheduled_reason == "WorkerLost" and reason == "Queued"
+    ):
+        return None
+    return Action("status", reason, queued(status, reason, message, facts.generation))
+
+
+def _fail(facts: JobFacts, status: dict[str, Any], reason: str, message: str) -> Action:
+    failed = with_conditions(status, Phase.FAILED, reason, message, facts.generation)
+    failed.pop("lease", None)
+    failed["completionTime"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    failed["finishReason"] = "error"
+    return Action("status", reason, failed, remove=("lease",))
+
+
+def queue_counts(jobs: Iterable[JobFacts]) -> dict[tuple[str, str], dict[str, int]]:
+    counts: dict[tuple[str, str], Counter[str]] = {}
+    for job in jobs:
+        counts.setdefault((job.namespace, job.model), Counter())[job.phase] += 1
+    return {
+        key: {"pending": counter[Phase.PENDING.value], "running": counter[Phase.RUNNING.value]}
+        for key, counter in counts.items()
+    }
+
+
+class JobJanitor:
+    """Applies :func:`decide` to every known job, every ``interval`` seconds."""
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        jobs: Mapping[Any, Iterable[JobFacts]],
+        models: Mapping[Any, Iterable[str]],
+        interval: float = 1.0,
+    ) -> None:
+        self.client = client
+        self.jobs = jobs
+        self.models = models
+        self.interval = interval
+        self._queues: dict[tuple[str, str], dict[str, int]] = {}
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("InferenceJob housekeeping pass failed")
+            await asyncio.sleep(self.interval)
+
+    def _model_phase(self, namespace: str, model: str) -> str | None:
+        phases = list(self.models.get((namespace, model), []))
+        return phases[0] if phases else None
+
+    async def tick(self) -> None:
+        now = datetime.datetime.now(datetime.UTC)
+        everything = [job for store in list(self.jobs.values()) for job in store]
+        for job in everything:
+            action = decide(job, self._model_phase(job.namespace, job.model), now)
+            if action is not None:
+                await self._apply(job, action)
+        await self._publish_queues(everything)
+
+    async def _apply(self, job: JobFacts, action: Action) -> None:
+        try:
+            if action.kind == "delete":
+                await self.client.delete(InferenceJobResource, job.name, namespace=job.namespace)
+                log.info("deleted %s/%s: ttlSecondsAfterFinished passed", job.namespace, job.name)
+                return
+            ops = status_patch(job, action)
+            await self.client.patch(
+                InferenceJobResource.Status,
+                job.name,
+                ops,
+                namespace=job.namespace,
+                patch_type=PatchType.JSON,
+            )
+            log.info("%s/%s: %s", job.namespace, job.name, action.reason)
+        except ApiError as error:
+            if error.status.code not in (404, 409, 422):
+                raise
+            # The job changed since we saw it (a sidecar claimed it): look again next pass.
+
+    async def _publish_queues(self, jobs: list[JobFacts]) -> None:
+        counts = queue_counts(jobs)
+        for key in set(self._queues) - set(counts):
+            counts[key] = {"pending": 0, "running": 0}
+        for (namespace, model), queue in counts.items():
+            if self._queues.get((namespace, model)) == queue:
+                continue
+            if self._model_phase(namespace, model) is None:
+                self._queues[(namespace, model)] = queue
+                continue
+            try:
+                await self.client.patch(
+                    GptOssModelResource.Status,
+                    model,
+                    {"status": {"queue": queue}},
+                    namespace=namespace,
+                    patch_type=PatchType.MERGE,
+                )
+                self._queues[(namespace, model)] = queue
+            except ApiError as error:
+                if error.status.code != 404:
+                    raise
+
+
+def status_patch(job: JobFacts, action: Action) -> list[dict[str, Any]]:
+    """A JSON Patch that applies the action only to the version of the job it saw."""
+    ops: list[dict[str, Any]] = [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": job.resource_version}
+    ]
+    if not job.has_status:
+        ops.append({"op": "add", "path": "/status", "value": {}})
+    for key, value in (action.status or {}).items():
+        if value is not None:
+            ops.append({"op": "add", "path": f"/status/{key}", "value": value})
+    ops += [
+        {"op": "remove", "path": f"/status/{key}"} for key in action.remove if key in job.status
+    ]
+    return ops

@@ -1,0 +1,139 @@
+"""InferenceJob status: phases, batch-style and kstatus conditions, result fields.
+
+Pure functions shared by the sidecar (which runs jobs) and the operator (which queues,
+requeues and expires them).
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from typing import Any
+
+from gptoss_operator.api.job import Phase
+from gptoss_operator.conditions import set_condition, timestamp
+
+# Status should stay small next to etcd's 1.5 MiB object limit: texts above this many
+# characters in total move to a ConfigMap owned by the job.
+MAX_STATUS_TEXT = 200_000
+TRUNCATION_NOTE = "\n[truncated: the full text is in ConfigMap {name}, key {key}]"
+
+
+def with_conditions(
+    status: dict[str, Any],
+    phase: Phase,
+    reason: str,
+    message: str,
+    generation: int | None,
+) -> dict[str, Any]:
+    """Set phase and the conditions that go with it (kstatus + batch/v1 Job style)."""
+    conditions: list[dict[str, Any]] = list(status.get("conditions") or [])
+    done = phase in (Phase.SUCCEEDED, Phase.FAILED)
+    conditions = set_condition(
+        conditions, "Ready", phase == Phase.SUCCEEDED, reason, message, generation
+    )
+    conditions = set_condition(
+        conditions,
+        "Reconciling",
+        not done,
+        reason if not done else "Finished",
+        message if not done else "",
+        generation,
+    )
+    conditions = set_condition(
+        conditions,
+        "Stalled",
+        phase == Phase.FAILED,
+        reason if phase == Phase.FAILED else "Progressing",
+        message if phase == Phase.FAILED else "",
+        generation,
+    )
+    if phase == Phase.SUCCEEDED:
+        conditions = set_condition(conditions, "Complete", True, reason, message, generation)
+    if phase == Phase.FAILED:
+        conditions = set_condition(conditions, "Failed", True, reason, message, generation)
+    return {
+        **status,
+        "phase": phase.value,
+        "observedGeneration": generation,
+        "conditions": conditions,
+        "message": message,
+    }
+
+
+def queued(
+    status: dict[str, Any], reason: str, message: str, generation: int | None
+) -> dict[str, Any]:
+    """A job waiting for a worker: Pending, with why in the Scheduled condition."""
+    updated = with_conditions(status, Phase.PENDING, reason, message, generation)
+    ready = reason == "Queued"
+    updated["conditions"] = set_condition(
+        updated["conditions"], "Scheduled", ready, reason, message, generation
+    )
+    return updated
+
+
+def parse_time(value: Any) -> datetime.datetime | None:
+    if not value:
+        return None
+    if isinstance(value, datetime.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=datetime.UTC)
+    return datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, rest = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{rest:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def lease_expired(status: dict[str, Any], now: datetime.datetime) -> bool:
+    lease = status.get("lease") or {}
+    renewed = parse_time(lease.get("renewTime"))
+    if renewed is None:
+        return True
+    return (now - renewed).total_seconds() > float(lease.get("durationSeconds", 30))
+
+
+def deadline_passed(
+    created: Any, active_deadline_seconds: int | None, now: datetime.datetime
+) -> bool:
+    start = parse_time(created)
+    if active_deadline_seconds is None or start is None:
+        return False
+    return (now - start).total_seconds() >= active_deadline_seconds
+
+
+@dataclass
+class SplitOutput:
+    status_fields: dict[str, str]
+    overflow: dict[str, str]  # key -> full text, for the ConfigMap (empty when it all fits)
+
+
+def split_output(
+    texts: dict[str, str], config_map: str, limit: int = MAX_STATUS_TEXT
+) -> SplitOutput:
+    """Keep texts in status when they fit; otherwise keep a head in status and the whole
+    texts in the ConfigMap ``config_map``. Nothing is dropped."""
+    total = sum(len(text) for text in texts.values())
+    if total <= limit:
+        return SplitOutput(dict(texts), {})
+    share = max(1000, limit // max(1, len([t for t in texts.values() if t])))
+    fields: dict[str, str] = {}
+    for key, text in texts.items():
+        if len(text) <= share:
+            fields[key] = text
+        else:
+            fields[key] = text[:share] + TRUNCATION_NOTE.format(name=config_map, key=key)
+    return SplitOutput(fields, {key: text for key, text in texts.items() if text})
+
+
+def utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+__all__ = ["timestamp"]

@@ -1,0 +1,173 @@
+"""Client of the vLLM OpenAI-compatible server next to the sidecar (``/v1/completions``).
+
+The prompt goes as harmony token ids; generated token ids come back in each streamed
+chunk (``return_token_ids``), with special tokens kept so the harmony parser sees them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+
+
+@dataclass
+class Chunk:
+    token_ids: list[int]
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class EngineError(Exception):
+    """A failed engine call. ``retryable`` for connection errors and 5xx."""
+
+    def __init__(self, message: str, *, status: int | None = None, retryable: bool) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float
+    top_p: float | None
+    stop_token_ids: list[int]
+
+
+class EngineClient:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        max_connections: int = 100,
+        read_timeout: float = 300.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(connect=10.0, read=read_timeout, write=30.0, pool=None),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+        )
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def healthy(self) -> bool:
+        try:
+            response = await self._http.get("/health", timeout=5.0)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    async def wait_until_healthy(self, interval: float = 2.0) -> None:
+        while True:
+            if await self.healthy():
+                return
+            await asyncio.sleep(interval)
+
+    def request_body(self, prompt: list[int], params: SamplingParams) -> dict[str, object]:
+        body: dict[str, object] = {
+            "model": self.model,
+            "prompt": prompt,
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "stop_token_ids": params.stop_token_ids,
+            "return_token_ids": True,
+            "skip_special_tokens": False,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if params.top_p is not None:
+            body["top_p"] = params.top_p
+        return body
+
+    async def stream(
+        self, prompt: list[int], params: SamplingParams
+    ) -> AsyncIterator[Chunk | Usage]:
+        """Yield generated chunks, then the usage. Raises EngineError."""
+        body = self.request_body(prompt, params)
+        try:
+            async with self._http.stream("POST", "/v1/completions", json=body) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    raise _http_error(response)
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    payload = line[5:].strip()
+                    if payload == "[DONE]":
+                        return
+                    for item in _parse_event(payload):
+                        yield item
+        except httpx.TimeoutException as error:
+            raise EngineError(
+                f"the engine did not answer in time ({type(error).__name__})", retryable=True
+            ) from error
+        except httpx.TransportError as error:
+            raise EngineError(
+                f"engine connection failed: {type(error).__name__}: {error}", retryable=True
+            ) from error
+
+
+def _parse_event(payload: str) -> list[Chunk | Usage]:
+    try:
+        data = json.loads(payload)
+    except ValueError as error:
+        raise EngineError(f"unreadable stream chunk: {payload[:200]}", retryable=True) from error
+    if "error" in data and not data.get("choices"):
+        detail = data["error"]
+        message = detail.get("message") if isinstance(detail, dict) else str(detail)
+        code = detail.get("code") if isinstance(detail, dict) else None
+        status = code if isinstance(code, int) else None
+        raise EngineError(
+            f"engine error: {message}", status=status, retryable=status is None or status >= 500
+        )
+    items: list[Chunk | Usage] = []
+    for choice in data.get("choices") or []:
+        items.append(
+            Chunk(
+                token_ids=[int(t) for t in choice.get("token_ids") or []],
+                finish_reason=choice.get("finish_reason"),
+                stop_reason=choice.get("stop_reason"),
+            )
+        )
+    usage = data.get("usage")
+    if usage:
+        items.append(
+            Usage(int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
+        )
+    return items
+
+
+def _http_error(response: httpx.Response) -> EngineError:
+    message = response.text[:2000]
+    try:
+        data = response.json()
+        error = data.get("error", data) if isinstance(data, dict) else data
+        if isinstance(error, dict):
+            message = str(error.get("message") or message)
+        elif isinstance(data, dict) and "message" in data:
+            message = str(data["message"])
+    except ValueError:
+        pass
+    status = response.status_code
+    return EngineError(
+        f"engine answered HTTP {status}: {message}",
+        status=status,
+        retryable=status >= 500 or status == 429,
+    )

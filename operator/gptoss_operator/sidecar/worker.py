@@ -1,0 +1,474 @@
+"""The sidecar's main loop: find Pending jobs for this model, claim them, run them.
+
+Up to ``concurrency`` jobs run at once so vLLM can batch them. Each running job renews
+its lease (and reports progress) every few seconds; a job whose lease lapses (the pod
+died) is requeued by the operator and claimed by another worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from lightkube import AsyncClient
+from lightkube.types import OnErrorAction, OnErrorResult
+
+from gptoss_operator.api.job import InferenceJobSpec, Phase
+from gptoss_operator.api.resources import InferenceJobResource
+from gptoss_operator.conditions import timestamp
+from gptoss_operator.harmony import ChatMessage, Harmony, ParsedOutput
+from gptoss_operator.job_status import (
+    format_duration,
+    parse_time,
+    split_output,
+    with_conditions,
+)
+from gptoss_operator.sidecar.engine import Chunk, EngineClient, EngineError, SamplingParams, Usage
+from gptoss_operator.sidecar.store import JobStore, LostJob
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SidecarConfig:
+    model: str
+    namespace: str
+    worker: str
+    engine_url: str = "http://127.0.0.1:8000"
+    concurrency: int = 64
+    lease_seconds: int = 30
+    heartbeat_seconds: float = 5.0
+    engine_read_timeout: float = 300.0
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 30.0
+
+
+@dataclass
+class RunResult:
+    parsed: ParsedOutput
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    started: float
+    first_token: float | None
+    finished: float
+
+
+@dataclass
+class _Progress:
+    prompt_tokens: int
+    tokens: int = 0
+    channel: str | None = None
+
+
+def _retry_watch(error: Exception, count: int) -> OnErrorResult:
+    log.warning("watch failed (%s); retrying", error)
+    return OnErrorResult(OnErrorAction.RETRY, sleep=min(10.0, 0.5 * count))
+
+
+class Sidecar:
+    def __init__(
+        self,
+        config: SidecarConfig,
+        client: AsyncClient,
+        harmony: Harmony | None = None,
+        engine: EngineClient | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.harmony = harmony or Harmony()
+        self.engine = engine or EngineClient(
+            config.engine_url,
+            config.model,
+            max_connections=config.concurrency + 4,
+            read_timeout=config.engine_read_timeout,
+        )
+        self.store = JobStore(client, config.namespace, config.worker, config.lease_seconds)
+        self.clock = clock
+        self.pending: dict[str, dict[str, Any]] = {}
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(config.concurrency)
+        self.completed = 0
+
+    # ------------------------------------------------------------------ main loop
+    async def run(self) -> None:
+        log.info("waiting for the engine at %s", self.config.engine_url)
+        await self.engine.wait_until_healthy()
+        log.info(
+            "engine healthy; taking InferenceJobs for model %s in %s as %s",
+            self.config.model,
+            self.config.namespace,
+            self.config.worker,
+        )
+        watcher = asyncio.create_task(self._watch(), name="watch")
+        try:
+            await self._dispatch()
+        finally:
+            watcher.cancel()
+            for task in list(self.running.values()):
+                task.cancel()
+            await self.engine.close()
+
+    async def _watch(self) -> None:
+        fields = {"spec.modelRef.name": self.config.model}
+        while True:
+            try:
+                async for event_type, obj in self.client.watch(
+                    InferenceJobResource,
+                    namespace=self.config.namespace,
+                    fields=dict[str, Any](fields),
+                    on_error=_retry_watch,
+                ):
+                    self._observe(event_type, obj.to_dict())
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("watch of InferenceJobs ended: %s", error)
+                await asyncio.sleep(1.0)
+
+    def _observe(self, event_type: str, job: dict[str, Any]) -> None:
+        name = job["metadata"]["name"]
+        status = job.get("status") or {}
+        phase = status.get("phase") or Phase.PENDING.value
+        if event_type == "DELETED" or job["metadata"].get("deletionTimestamp"):
+            self.pending.pop(name, None)
+            task = self.running.get(name)
+            if task is not None:
+                task.cancel()
+            return
+        if phase == Phase.PENDING.value and name not in self.running:
+            self.pending[name] = job
+            self._wake.set()
+        else:
+            self.pending.pop(name, None)
+            if (
+                name in self.running
+                and status.get("worker") != self.config.worker
+                and phase == Phase.RUNNING.value
+            ):
+                self.running[name].cancel()  # requeued and claimed elsewhere
+
+    async def _dispatch(self) -> None:
+        while True:
+            if not self.pending:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            await self._slots.acquire()
+            job = self._next_pending()
+            if job is None:
+                self._slots.release()
+                continue
+            claimed = await self._claim(job)
+            if claimed is None:
+                self._slots.release()
+                continue
+            name = claimed["metadata"]["name"]
+            task = asyncio.create_task(self._run_and_release(claimed), name=f"job-{name}")
+            self.running[name] = task
+
+    def _next_pending(self) -> dict[str, Any] | None:
+        if not self.pending:
+            return None
+        name = min(
+            self.pending,
+            key=lambda n: (str(self.pending[n]["metadata"].get("creationTimestamp", "")), n),
+        )
+        return self.pending.pop(name)
+
+    async def _claim(self, job: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            return await self.store.claim(job)
+        except Exception as error:
+            log.warning("claiming %s failed: %s", job["metadata"]["name"], error)
+            return None
+
+    async def _run_and_release(self, job: dict[str, Any]) -> None:
+        name = job["metadata"]["name"]
+        try:
+            await self.run_job(job)
+        except asyncio.CancelledError:
+            log.info("job %s cancelled (deleted or taken over)", name)
+        except LostJob as error:
+            log.info("lost job %s: %s", name, error)
+        except Exception:
+            log.exception("job %s failed unexpectedly", name)
+            await self._fail_quietly(
+                job, "SidecarError", "the sidecar failed while running this job; see its logs"
+            )
+        finally:
+            self.running.pop(name, None)
+            self._slots.release()
+            self.completed += 1
+
+    # ------------------------------------------------------------------ one job
+    async def run_job(self, job: dict[str, Any]) -> None:
+        name = job["metadata"]["name"]
+        status = job["status"]
+        attempt = int(status["attempts"])
+        spec = InferenceJobSpec.model_validate(job["spec"])
+        deadline = self._deadline(job, spec)
+        messages = [ChatMessage(m.role, m.content) for m in spec.messages]
+        prompt = self.harmony.render(messages, spec.reasoningLevel)
+        params = SamplingParams(
+            max_tokens=spec.maxTokens,
+            temperature=spec.temperature,
+            top_p=spec.topP,
+            stop_token_ids=self.harmony.stop_token_ids,
+        )
+        max_attempts = spec.backoffLimit + 1
+        while True:
+            try:
+                result = await self._generate(name, attempt, prompt, params, deadline)
+                break
+            except TimeoutError:
+                await self._finish_failed(
+                    job,
+                    attempt,
+                    "DeadlineExceeded",
+                    f"activeDeadlineSeconds ({spec.activeDeadlineSeconds}"
+                    ") passed before the answer was complete",
+                )
+                return
+            except EngineError as error:
+                if not error.retryable:
+                    await self._finish_failed(job, attempt, "EngineRejected", error.message)
+                    return
+                if attempt >= max_attempts:
+                    await self._finish_failed(
+                        job,
+                        attempt,
+                        "BackoffLimitExceeded",
+                        f"{attempt} attempts failed; last error: {error.message}",
+                    )
+                    return
+                delay = min(
+                    self.config.retry_max_seconds,
+                    self.config.retry_base_seconds * 2 ** (attempt - 1),
+                )
+                log.warning(
+                    "job %s attempt %d failed (%s); retrying in %.1fs",
+                    name,
+                    attempt,
+                    error.message,
+                    delay,
+                )
+                await self.store.update(
+                    name,
+                    attempt,
+                    {
+                        "attempts": attempt + 1,
+                        "message": f"attempt {attempt} failed: {error.message}; retrying",
+                        "lease/renewTime": timestamp(),
+                    },
+                )
+                attempt += 1
+                await asyncio.sleep(delay)
+        await self._finish_succeeded(job, attempt, spec, result)
+
+    def _deadline(self, job: dict[str, Any], spec: InferenceJobSpec) -> float | None:
+        if spec.activeDeadlineSeconds is None:
+            return None
+        created = parse_time(job["metadata"].get("creationTimestamp"))
+        if created is None:
+            return None
+        remaining = (
+            created
+            + datetime.timedelta(seconds=spec.activeDeadlineSeconds)
+            - datetime.datetime.now(datetime.UTC)
+        ).total_seconds()
+        return self.clock() + remaining
+
+    async def _generate(
+        self,
+        name: str,
+        attempt: int,
+        prompt: list[int],
+        params: SamplingParams,
+        deadline: float | None,
+    ) -> RunResult:
+        parser = self.harmony.parser()
+        progress = _Progress(prompt_tokens=len(prompt))
+        started = self.clock()
+        first_token: float | None = None
+        finish_reason = "length"
+        stop_token: int | None = None
+        usage: Usage | None = None
+
+        async def consume() -> None:
+            nonlocal first_token, finish_reason, stop_token, usage
+            async for item in self.engine.stream(prompt, params):
+                if isinstance(item, Usage):
+                    usage = item
+                    continue
+                chunk: Chunk = item
+                if chunk.token_ids and first_token is None:
+                    first_token = self.clock()
+                parser.feed(chunk.token_ids)
+                progress.tokens += len(chunk.token_ids)
+                progress.channel = parser.current_channel
+                if chunk.finish_reason:
+                    finish_reason = chunk.finish_reason
+                    if isinstance(chunk.stop_reason, int):
+                        stop_token = chunk.stop_reason
+
+        heartbeat = asyncio.create_task(self._heartbeat(name, attempt, progress))
+        try:
+            if deadline is None:
+                await consume()
+            else:
+                remaining = deadline - self.clock()
+                if remaining <= 0:
+                    raise TimeoutError
+                await asyncio.wait_for(consume(), timeout=remaining)
+        finally:
+            heartbeat.cancel()
+        finished = self.clock()
+        parsed = parser.finish(stop_token if finish_reason == "stop" else None)
+        prompt_tokens = usage.prompt_tokens if usage else len(prompt)
+        completion_tokens = usage.completion_tokens if usage else len(parser.tokens)
+        return RunResult(
+            parsed, finish_reason, prompt_tokens, completion_tokens, started, first_token, finished
+        )
+
+    async def _heartbeat(self, name: str, attempt: int, progress: _Progress) -> None:
+        interval = min(self.config.heartbeat_seconds, self.config.lease_seconds / 3)
+        while True:
+            await asyncio.sleep(interval)
+            where = f" ({progress.channel} channel)" if progress.channel else ""
+            await self.store.renew(
+                name,
+                attempt,
+                {
+                    "usage": {
+                        "promptTokens": progress.prompt_tokens,
+                        "completionTokens": progress.tokens,
+                        "totalTokens": progress.prompt_tokens + progress.tokens,
+                    },
+                    "message": f"generating: {progress.tokens} tokens so far{where}",
+                },
+            )
+
+    # ------------------------------------------------------------------ results
+    async def _finish_succeeded(
+        self, job: dict[str, Any], attempt: int, spec: InferenceJobSpec, result: RunResult
+    ) -> None:
+        name = job["metadata"]["name"]
+        parsed = result.parsed
+        finish = "length" if result.finish_reason == "length" else "stop"
+        if parsed.recovered and not (parsed.response or parsed.analysis or parsed.commentary):
+            await self._finish_failed(
+                job,
+                attempt,
+                "MalformedOutput",
+                f"the model output is not valid harmony ({parsed.error}); the raw text is in "
+                "status.rawOutput",
+                extra={"rawOutput": parsed.raw_text or "", "finishReason": "error"},
+            )
+            return
+        if finish == "length":
+            reason = "TokenLimit"
+            if parsed.reached_final:
+                message = (
+                    f"stopped at maxTokens ({spec.maxTokens}) inside the final answer, "
+                    "which is cut short: raise maxTokens"
+                )
+            else:
+                message = (
+                    f"stopped at maxTokens ({spec.maxTokens}) before the final answer "
+                    "(still reasoning): response is empty; raise maxTokens"
+                )
+        elif parsed.recovered:
+            reason = "RecoveredMalformedOutput"
+            message = (
+                f"the output broke the harmony format ({parsed.error}); recovered what "
+                "could be parsed, raw text in status.rawOutput"
+            )
+        else:
+            reason = "Completed"
+            message = "the model answered"
+        texts = {
+            "response": parsed.response,
+            "analysis": parsed.analysis,
+            "commentary": parsed.commentary,
+        }
+        if parsed.raw_text is not None:
+            texts["rawOutput"] = parsed.raw_text
+        config_map = f"{name[:240]}-output"
+        split = split_output(texts, config_map)
+        changes: dict[str, Any] = dict(split.status_fields)
+        if split.overflow:
+            await self.store.save_output(job, config_map, split.overflow)
+            changes["outputRef"] = {"configMapName": config_map, "keys": sorted(split.overflow)}
+            message += f"; the full text is in ConfigMap {config_map}"
+        total = result.prompt_tokens + result.completion_tokens
+        generation_seconds = result.finished - (result.first_token or result.started)
+        start = parse_time(job["status"].get("startTime")) or datetime.datetime.now(datetime.UTC)
+        end = datetime.datetime.now(datetime.UTC)
+        changes.update(
+            reasoningLevel=spec.reasoningLevel,
+            finishReason=finish,
+            usage={
+                "promptTokens": result.prompt_tokens,
+                "completionTokens": result.completion_tokens,
+                "totalTokens": total,
+            },
+            completionTime=timestamp(end),
+            duration=format_duration((end - start).total_seconds()),
+            timeToFirstTokenSeconds=round(
+                (result.first_token or result.finished) - result.started, 4
+            ),
+            tokensPerSecond=round(result.completion_tokens / generation_seconds, 2)
+            if generation_seconds > 0
+            else 0.0,
+        )
+        final = with_conditions(
+            job["status"] | changes,
+            Phase.SUCCEEDED,
+            reason,
+            message,
+            job["metadata"].get("generation"),
+        )
+        final_changes = {
+            key: final[key] for key in ("phase", "conditions", "message", "observedGeneration")
+        }
+        await self.store.update(
+            name, attempt, {**changes, **final_changes}, remove=("lease",), current=job["status"]
+        )
+        await self.store.event(job, "Normal", reason, message)
+        log.info("job %s: %s (%d tokens)", name, reason, result.completion_tokens)
+
+    async def _finish_failed(
+        self,
+        job: dict[str, Any],
+        attempt: int,
+        reason: str,
+        message: str,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        name = job["metadata"]["name"]
+        final = with_conditions(
+            job["status"], Phase.FAILED, reason, message, job["metadata"].get("generation")
+        )
+        changes = {
+            key: final[key] for key in ("phase", "conditions", "message", "observedGeneration")
+        }
+        changes["completionTime"] = timestamp()
+        changes["finishReason"] = "error"
+        changes.update(extra or {})
+        await self.store.update(name, attempt, changes, remove=("lease",), current=job["status"])
+        await self.store.event(job, "Warning", reason, message)
+        log.warning("job %s failed: %s: %s", name, reason, message)
+
+    async def _fail_quietly(self, job: dict[str, Any], reason: str, message: str) -> None:
+        try:
+            await self._finish_failed(job, int(job["status"]["attempts"]), reason, message)
+        except Exception as error:
+            log.warning("could not mark %s failed: %s", job["metadata"]["name"], error)
