@@ -34,6 +34,7 @@ from gptoss_operator.vocab import ensure_offline_vocab
 
 ReasoningLevel = Literal["low", "medium", "high"]
 
+END_OF_TEXT_TOKEN = 199999  # <|endoftext|>: a stop id vLLM adds for gpt-oss; not harmony
 RETURN_TOKEN = 200002  # <|return|>: the final answer is complete
 CALL_TOKEN = 200012  # <|call|>: the model calls a tool
 _EFFORT = {
@@ -137,6 +138,8 @@ class OutputParser:
 
     def feed(self, token_ids: Sequence[int]) -> None:
         for token in token_ids:
+            if token == END_OF_TEXT_TOKEN:
+                continue
             self.tokens.append(token)
             if self._strict is None:
                 continue

@@ -20,7 +20,7 @@ _SUFFIXES = {
     "Pi": 2**50,
     "Ei": 2**60,
 }
-_PATTERN = re.compile(r"^([+]?[0-9.]+)([kMGTPE]i?|)$")
+_PATTERN = re.compile(r"^([+]?[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|)$")
 
 
 def to_bytes(quantity: str) -> int:

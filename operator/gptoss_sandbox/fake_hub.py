@@ -26,6 +26,7 @@ import hmac
 import json
 import re
 import secrets
+import select
 import socket
 import socketserver
 import struct
@@ -36,7 +37,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 __all__ = ["DEFAULT_LFS_THRESHOLD", "LFS_SUFFIXES", "FakeHub", "RequestRecord"]
@@ -158,16 +159,6 @@ def _parse_range(value: str, size: int) -> tuple[int, int] | None:
     return start, end
 
 
-def _fault_offset(knob: int | None, start: int, pos: int, end: int) -> int | None:
-    """The file offset where a fault knob bites in a response covering ``[start, end)``.
-
-    A request that starts exactly at the offset (a resume from there) is not affected.
-    """
-    if knob is None or knob < pos or knob >= end or (knob == start and start > 0):
-        return None
-    return knob
-
-
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -264,11 +255,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_error(self, error: _HubError, *, api: bool) -> None:
         if self._srv.role == "cdn":
+            code = {403: "AccessDenied", 404: "NoSuchKey", 416: "InvalidRange"}
             body = (
-                "<?xml version='1.0' encoding='UTF-8'?><Error><Code>AccessDenied</Code>"
+                "<?xml version='1.0' encoding='UTF-8'?><Error>"
+                f"<Code>{code.get(error.status, 'Error')}</Code>"
                 f"<Message>{error.message}</Message></Error>"
             ).encode()
-            self._send_bytes(error.status, body, {"Content-Type": "application/xml"})
+            self._send_bytes(
+                error.status, body, {"Content-Type": "application/xml", **error.headers}
+            )
             return
         headers = {"X-Error-Message": error.message}
         if error.code is not None:
@@ -428,31 +423,43 @@ class _Handler(BaseHTTPRequestHandler):
             if hub._stopping.is_set():
                 self._drop(reset=False)
                 return
-            fail = _fault_offset(hub.fail_after_bytes, start, pos, end)
-            if fail == pos:
+            sent = pos - start
+            fail = hub._armed("fail")
+            if fail is not None and sent >= fail and hub._take("fail"):
                 self._drop(reset=hub.fail_with_reset)
                 return
-            stall = _fault_offset(hub.stall_after_bytes, start, pos, end)
-            if stall == pos:
-                if not self._stall(start, pos, end):
+            stall = hub._armed("stall")
+            if stall is not None and sent >= stall and hub._take("stall"):
+                if not self._stall(sent):
                     self._drop(reset=False)
                     return
                 continue
             rate = hub.bytes_per_second
             chunk = max(1, min(_CHUNK, rate // 20)) if rate > 0 else _CHUNK
-            limit = min(x for x in (end, fail, stall, pos + chunk) if x is not None)
+            limit = min(end, pos + chunk)
+            for offset in (fail, stall):
+                if offset is not None and offset > sent:
+                    limit = min(limit, start + offset)
             self.wfile.write(view[pos:limit])
             hub._count(key, limit - pos)
             if rate > 0:
                 hub._stopping.wait((limit - pos) / rate)
             pos = limit
 
-    def _stall(self, start: int, pos: int, end: int) -> bool:
-        """Hold the response at ``pos``; True once the knob moves away, False on stop."""
+    def _stall(self, sent: int) -> bool:
+        """Hold the body; True once the knob is cleared or raised, False on stop or hang-up."""
         hub = self._hub
-        while _fault_offset(hub.stall_after_bytes, start, pos, end) == pos:
-            if hub._stopping.wait(_POLL_SECONDS):
+        while (knob := hub.stall_after_bytes) is not None and knob <= sent:
+            if hub._stopping.is_set():
                 return False
+            readable, _, _ = select.select([self.connection], [], [], _POLL_SECONDS)
+            if readable:
+                try:
+                    if not self.connection.recv(1, socket.MSG_PEEK):
+                        return False  # the client hung up
+                except OSError:
+                    return False
+                hub._stopping.wait(_POLL_SECONDS)
         return True
 
     def _drop(self, *, reset: bool) -> None:
@@ -519,15 +526,18 @@ class FakeHub:
     - ``gated_repos``: repo ids that are gated for every token. Anonymous requests get 401
       ``GatedRepo``; authenticated ones may read metadata but get 403 ``GatedRepo`` for files.
     - ``bytes_per_second``: throttle for file bodies (0 = unlimited).
-    - ``stall_after_bytes``: file bodies stop at this file offset and hang, connection open,
-      until the knob is cleared (then they go on) or the hub stops.
-    - ``fail_after_bytes``: file bodies stop at this file offset and the connection is closed
-      (FIN; a TCP reset instead when ``fail_with_reset``).
+    - ``stall_after_bytes``: each file body (full or ranged) sends this many bytes, then
+      hangs with the connection open until the knob is cleared or raised (the body then goes
+      on), the client hangs up, or the hub stops.
+    - ``fail_after_bytes``: each file body sends this many bytes, then the connection is
+      closed (FIN; a TCP reset when ``fail_with_reset``, which may lose bytes in flight).
+    - ``stall_times`` / ``fail_times``: None = every body is hit while the knob is set; a
+      number = only that many more bodies are hit (counted down as they are).
     - ``lfs_redirect``: LFS files answer 302 to the CDN (default, as the Hub does); when False
       the hub serves their bytes itself.
 
-    The fault offsets are offsets in the file: a ranged request that starts at (or after) the
-    offset is served in full, so a client that resumes with ``Range`` gets through.
+    Counters: ``bytes_served``, ``bytes_served_per_path`` (keyed ``"{repo_id}/{path}"``, hub
+    and CDN alike) and ``requests`` (one ``RequestRecord`` per request, hub and CDN).
     """
 
     def __init__(
@@ -541,7 +551,9 @@ class FakeHub:
         self.gated_repos: set[str] = set()
         self.bytes_per_second = 0
         self.stall_after_bytes: int | None = None
+        self.stall_times: int | None = None
         self.fail_after_bytes: int | None = None
+        self.fail_times: int | None = None
         self.fail_with_reset = False
         self.lfs_redirect = lfs_redirect
         self.lfs_threshold = lfs_threshold
@@ -686,6 +698,29 @@ class FakeHub:
     def _record(self, record: RequestRecord) -> None:
         with self._lock:
             self.requests.append(record)
+
+    def _armed(self, kind: Literal["fail", "stall"]) -> int | None:
+        """The byte count at which a fault knob bites, if set and not used up."""
+        knob, times = (
+            (self.fail_after_bytes, self.fail_times)
+            if kind == "fail"
+            else (self.stall_after_bytes, self.stall_times)
+        )
+        return knob if knob is not None and (times is None or times > 0) else None
+
+    def _take(self, kind: Literal["fail", "stall"]) -> bool:
+        """Use up one fault of ``kind``; False when its budget is spent."""
+        with self._lock:
+            times = self.fail_times if kind == "fail" else self.stall_times
+            if times is None:
+                return True
+            if times <= 0:
+                return False
+            if kind == "fail":
+                self.fail_times = times - 1
+            else:
+                self.stall_times = times - 1
+            return True
 
     def _count(self, key: str, size: int) -> None:
         with self._lock:

@@ -590,6 +590,7 @@ class StandinEngine:
             )
         if fault == "hang":
             await self._wait_until_dropped(request)
+            _drop_connection(request)
             return web.Response(status=503)  # never reaches the client: it is gone
         try:
             completion = self._validate(body)
@@ -660,22 +661,29 @@ class StandinEngine:
         stop_ids = _optional(body, "stop_token_ids", list) or []
         if not all(_is_token(t) for t in stop_ids):
             raise _bad_request("stop_token_ids must be a list of non-negative integers")
+        ignore_eos = bool(_optional(body, "ignore_eos", bool))
+        if not ignore_eos:  # SamplingParams.update_from_generation_config
+            stop_ids = [*stop_ids, *GENERATION_CONFIG_STOP_IDS]
         sampling = Sampling(
             max_tokens=max_tokens,
-            stop_token_ids=frozenset([*stop_ids, *GENERATION_CONFIG_STOP_IDS]),
-            ignore_eos=bool(_optional(body, "ignore_eos", bool)),
+            stop_token_ids=frozenset(stop_ids),
+            ignore_eos=ignore_eos,
             skip_special_tokens=_flag(body, "skip_special_tokens", True),
             include_stop_str_in_output=_flag(body, "include_stop_str_in_output", False),
             max_model_len=self.max_model_len,
         )
-        options = stream_options or {}
+        # vLLM: stream_options present means include_usage defaults to true; continuous
+        # usage (usage on every chunk) needs include_usage too.
+        include_usage = stream_options is not None and stream_options.get("include_usage", True)
+        include_usage = include_usage is True
+        continuous = include_usage and (stream_options or {}).get("continuous_usage_stats")
         return _Completion(
             body=body,
             prompt_ids=prompt_ids,
             sampling=sampling,
             stream=stream,
-            include_usage=bool(stream_options) and options.get("include_usage", True) is True,
-            continuous_usage=options.get("continuous_usage_stats") is True,
+            include_usage=include_usage,
+            continuous_usage=continuous is True,
             return_token_ids=bool(_optional(body, "return_token_ids", bool)),
         )
 

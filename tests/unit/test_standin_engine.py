@@ -134,6 +134,15 @@ def sse_events(client: httpx.Client, body: dict[str, Any]) -> list[str]:
     return events
 
 
+def read_events(
+    client: httpx.Client, body: dict[str, Any], into: list[str], timeout: float = 10
+) -> None:
+    """Collect non-empty SSE lines into ``into`` until the stream ends or fails."""
+    with client.stream("POST", "/v1/completions", json=body, timeout=timeout) as response:
+        assert response.status_code == 200
+        into.extend(line for line in response.iter_lines() if line)
+
+
 def parse(encoding: HarmonyEncoding, tokens: list[int], strict: bool = True) -> StreamableParser:
     parser = StreamableParser(encoding, Role.ASSISTANT, strict=strict)
     for token in tokens:
@@ -191,7 +200,8 @@ def test_stream_parses_into_analysis_and_final(
     *token_chunks, usage_chunk = chunks
 
     ids = {chunk["id"] for chunk in chunks}
-    assert len(ids) == 1 and ids.pop().startswith("cmpl-")
+    assert len(ids) == 1
+    assert ids.pop().startswith("cmpl-")
     assert all(c["object"] == "text_completion" and c["model"] == MODEL for c in chunks)
 
     tokens: list[int] = []
@@ -202,13 +212,13 @@ def test_stream_parses_into_analysis_and_final(
         assert chunk["usage"] is None
         tokens += choice["token_ids"]
         if index < len(token_chunks) - 1:
-            assert choice["finish_reason"] is None and choice["stop_reason"] is None
+            assert (choice["finish_reason"], choice["stop_reason"]) == (None, None)
 
     last = token_chunks[-1]["choices"][0]
     # <|return|> is gpt-oss's EOS: vLLM stops on it before looking at stop_token_ids, so
     # stop_reason stays null; the id is returned and counted, its text is not.
     assert (last["finish_reason"], last["stop_reason"]) == ("stop", None)
-    assert last["token_ids"] == [RETURN] and last["text"] == ""
+    assert (last["token_ids"], last["text"]) == ([RETURN], "")
     assert tokens[-1] == RETURN
 
     text = "".join(chunk["choices"][0]["text"] for chunk in token_chunks)
@@ -265,6 +275,15 @@ def test_stream_without_usage_and_without_token_ids(
     assert all(chunk["choices"][0]["token_ids"] is None for chunk in chunks)
     assert all(chunk["choices"][0]["prompt_token_ids"] is None for chunk in chunks)
 
+    # Empty stream_options: include_usage defaults to true; continuous_usage_stats puts
+    # the running usage on every chunk as well.
+    events = sse_events(client, request_body(prompt, stream_options={}))
+    assert json.loads(events[-2])["choices"] == []
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    events = sse_events(client, request_body(prompt, stream_options=options))
+    chunks = [json.loads(event) for event in events[:-1]]
+    assert [c["usage"]["completion_tokens"] for c in chunks[:3]] == [1, 2, 3]
+
 
 def test_max_tokens_cuts_with_length(client: httpx.Client, encoding: HarmonyEncoding) -> None:
     prompt = render(encoding, "Tell me everything")
@@ -293,7 +312,7 @@ def test_non_streaming_returns_token_ids_and_usage(
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/json")
     body = response.json()
-    assert body["object"] == "text_completion" and body["model"] == MODEL
+    assert (body["object"], body["model"]) == ("text_completion", MODEL)
     assert body["id"].startswith("cmpl-")
     [choice] = body["choices"]
     assert choice["index"] == 0
@@ -453,15 +472,9 @@ def test_reset_closes_the_connection_mid_stream(
 ) -> None:
     prompt = render(encoding, "x")
     engine.fail_next = ["reset"]
-    received = []
-    with (
-        pytest.raises(httpx.TransportError),
-        client.stream("POST", "/v1/completions", json=request_body(prompt)) as response,
-    ):
-        assert response.status_code == 200
-        for line in response.iter_lines():
-            if line:
-                received.append(line)
+    received: list[str] = []
+    with pytest.raises(httpx.TransportError):
+        read_events(client, request_body(prompt), received)
     assert len(received) == engine.fault_after_tokens
     engine.fail_next = ["reset"]
     with pytest.raises(httpx.TransportError):
@@ -480,15 +493,9 @@ def test_stall_sends_a_few_tokens_then_nothing(
     engine: StandinEngine, client: httpx.Client, encoding: HarmonyEncoding
 ) -> None:
     engine.fail_next = ["stall"]
-    received = []
-    body = request_body(render(encoding, "x"))
-    with (
-        pytest.raises(httpx.ReadTimeout),
-        client.stream("POST", "/v1/completions", json=body, timeout=0.3) as response,
-    ):
-        for line in response.iter_lines():
-            if line:
-                received.append(line)
+    received: list[str] = []
+    with pytest.raises(httpx.ReadTimeout):
+        read_events(client, request_body(render(encoding, "x")), received, timeout=0.3)
     assert len(received) == engine.fault_after_tokens
 
 
@@ -546,8 +553,10 @@ async def test_async_start_and_stop(encoding: HarmonyEncoding) -> None:
 def test_cli_serves_until_terminated(tmp_path: Any) -> None:
     assert main(["--fail-next", "nonsense"]) == 2
     process = subprocess.Popen(
-        [sys.executable, "-m", "gptoss_sandbox.standin_engine", "--port", "0", "--model", "cli"]
-        + ["--token-delay", "0", "--loading-seconds", "0.3"],
+        [
+            *(sys.executable, "-m", "gptoss_sandbox.standin_engine"),
+            *("--port", "0", "--model", "cli", "--token-delay", "0", "--loading-seconds", "0.3"),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -175,17 +175,19 @@ def classify(error: BaseException, config: DownloadConfig) -> DownloadError:
     return DownloadError("DownloadFailed", f"{type(error).__name__}: {text}", 1)
 
 
-def _is_network_error(error: BaseException) -> bool:
-    import httpx
+_NETWORK_ERROR_NAMES = {"TransportError", "LocalEntryNotFoundError", "OfflineModeIsEnabled"}
 
+
+def _is_network_error(error: BaseException) -> bool:
+    """Connection-level failures, whichever HTTP library huggingface_hub uses (httpx or
+    its successor httpx2 raise classes of the same names)."""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, (httpx.TransportError, ConnectionError, TimeoutError)):
+        if isinstance(current, (ConnectionError, TimeoutError)):
             return True
-        name = type(current).__name__
-        if name in ("LocalEntryNotFoundError", "OfflineModeIsEnabled"):
+        if _NETWORK_ERROR_NAMES & {cls.__name__ for cls in type(current).__mro__}:
             return True
         current = current.__cause__ or current.__context__
     return False

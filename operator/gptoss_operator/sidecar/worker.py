@@ -21,7 +21,13 @@ from lightkube.types import OnErrorAction, OnErrorResult
 from gptoss_operator.api.job import InferenceJobSpec, Phase
 from gptoss_operator.api.resources import InferenceJobResource
 from gptoss_operator.conditions import timestamp
-from gptoss_operator.harmony import ChatMessage, Harmony, ParsedOutput
+from gptoss_operator.harmony import (
+    CALL_TOKEN,
+    RETURN_TOKEN,
+    ChatMessage,
+    Harmony,
+    ParsedOutput,
+)
 from gptoss_operator.job_status import (
     format_duration,
     parse_time,
@@ -64,6 +70,19 @@ class _Progress:
     prompt_tokens: int
     tokens: int = 0
     channel: str | None = None
+
+
+def _stop_token(finish_reason: str, stop_reason: int | None, tokens: list[int]) -> int | None:
+    """The token that ended generation, or None when the token limit cut it.
+
+    vLLM returns the stop token as the last generated id; ``stop_reason`` is null when it
+    was the end-of-sequence token (``<|return|>`` for gpt-oss) and the id otherwise.
+    """
+    if finish_reason != "stop":
+        return None
+    if tokens and tokens[-1] in (RETURN_TOKEN, CALL_TOKEN):
+        return tokens[-1]
+    return stop_reason if stop_reason is not None else RETURN_TOKEN
 
 
 def _retry_watch(error: Exception, count: int) -> OnErrorResult:
@@ -207,6 +226,16 @@ class Sidecar:
             self.running.pop(name, None)
             self._slots.release()
             self.completed += 1
+        await self._recheck(name)
+
+    async def _recheck(self, name: str) -> None:
+        """Look at a job again after running it: if it was requeued meanwhile (its
+        Pending event arrived while it was still running here), it is claimable again."""
+        try:
+            job = await self.client.get(InferenceJobResource, name, namespace=self.config.namespace)
+        except Exception:
+            return
+        self._observe("MODIFIED", job.to_dict())
 
     # ------------------------------------------------------------------ one job
     async def run_job(self, job: dict[str, Any]) -> None:
@@ -216,7 +245,9 @@ class Sidecar:
         spec = InferenceJobSpec.model_validate(job["spec"])
         deadline = self._deadline(job, spec)
         messages = [ChatMessage(m.role, m.content) for m in spec.messages]
-        prompt = self.harmony.render(messages, spec.reasoningLevel)
+        # Rendering long conversations is CPU work: keep the event loop (and the leases
+        # of the other jobs) going meanwhile.
+        prompt = await asyncio.to_thread(self.harmony.render, messages, spec.reasoningLevel)
         params = SamplingParams(
             max_tokens=spec.maxTokens,
             temperature=spec.temperature,
@@ -331,7 +362,7 @@ class Sidecar:
         finally:
             heartbeat.cancel()
         finished = self.clock()
-        parsed = parser.finish(stop_token if finish_reason == "stop" else None)
+        parsed = parser.finish(_stop_token(finish_reason, stop_token, parser.tokens))
         prompt_tokens = usage.prompt_tokens if usage else len(prompt)
         completion_tokens = usage.completion_tokens if usage else len(parser.tokens)
         return RunResult(

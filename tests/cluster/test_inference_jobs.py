@@ -1,0 +1,534 @@
+"""InferenceJobs end to end: operator + sidecar processes + the stand-in engine, on the real
+control plane. The engine is the test stand-in for vLLM's OpenAI server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lightkube import ApiError, Client
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import ConfigMap, Namespace
+
+from gptoss_operator.api.resources import InferenceJobResource
+from gptoss_operator.harmony import Harmony
+from gptoss_sandbox import binaries
+from gptoss_sandbox.standin_engine import StandinEngine
+from tests.cluster.job_helpers import (
+    SidecarProcess,
+    condition,
+    create_job,
+    job_status,
+    wait_finished,
+)
+from tests.cluster.model_helpers import (
+    MANUAL,
+    create_model,
+    finish_pod,
+    pods,
+    wait_for_phase,
+)
+from tests.conftest import ClusterUnderTest, OperatorProcess
+from tests.support import wait_for
+
+pytestmark = pytest.mark.cluster
+
+
+@dataclass
+class Served:
+    kube: Client
+    namespace: str
+    model: str
+    engine: StandinEngine
+    sidecar: SidecarProcess
+    cluster: ClusterUnderTest
+    logs: Path
+
+
+@pytest.fixture(scope="module")
+def served(
+    kube: Client,
+    cluster: ClusterUnderTest,
+    operator: OperatorProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Served]:
+    del operator
+    namespace = f"t-ij-{uuid.uuid4().hex[:8]}"
+    kube.create(Namespace(metadata=ObjectMeta(name=namespace)))
+    create_model(kube, namespace, "m", source={"repo": "openai/gpt-oss-20b"})
+    wait_for_phase(kube, namespace, "m", "Ready")
+    engine = StandinEngine(model="m")
+    url = engine.start_in_thread()
+    logs = tmp_path_factory.mktemp("sidecars")
+    sidecar = SidecarProcess(
+        cluster.kubeconfig, namespace, "m", "sidecar-a", url, logs, GPTOSS_ENGINE_READ_TIMEOUT="3"
+    ).start()
+    try:
+        yield Served(kube, namespace, "m", engine, sidecar, cluster, logs)
+    finally:
+        sidecar.stop()
+        engine.stop_in_thread()
+        kube.delete(Namespace, namespace)
+        print(f"sidecar logs: {logs}")
+
+
+@pytest.fixture(autouse=True)
+def _reset_engine(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if "served" in request.fixturenames:
+        engine: StandinEngine = request.getfixturevalue("served").engine
+        engine.fail_next = []
+        engine.token_delay = 0.0
+        engine.commentary = False
+
+
+def _name() -> str:
+    return f"j-{uuid.uuid4().hex[:8]}"
+
+
+def test_single_turn_answer_lands_in_status(served: Served) -> None:
+    name = _name()
+    create_job(served.kube, served.namespace, name, "m")
+    status = wait_finished(served.kube, served.namespace, name)
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["response"] == "Stand-in answer to: What is recursion?"
+    assert status["analysis"].startswith("Reasoning at medium effort about: What is recursion?")
+    assert status["reasoningLevel"] == "medium"
+    assert status["finishReason"] == "stop"
+    usage = status["usage"]
+    assert usage["totalTokens"] == usage["promptTokens"] + usage["completionTokens"]
+    assert usage["promptTokens"] > 50
+    assert usage["completionTokens"] > 5
+    assert status["attempts"] == 1
+    assert status["worker"] == "sidecar-a"
+    assert status["timeToFirstTokenSeconds"] >= 0
+    assert status["tokensPerSecond"] > 0
+    assert status["startTime"] <= status["completionTime"]
+    assert status["duration"].endswith("s")
+    assert "lease" not in status
+    assert condition(status, "Complete")["status"] == "True"
+    assert condition(status, "Ready")["status"] == "True"
+    assert condition(status, "Reconciling")["status"] == "False"
+    request = served.engine.last_request
+    assert request is not None
+    assert request["return_token_ids"] is True
+    assert request["skip_special_tokens"] is False
+    assert request["stop_token_ids"] == [200012, 200002] or sorted(request["stop_token_ids"]) == [
+        200002,
+        200012,
+    ]
+    assert request["max_tokens"] == 256
+    assert request["temperature"] == 0.7
+
+
+def test_kubectl_wait_for_complete_works(served: Served) -> None:
+    name = _name()
+    create_job(served.kube, served.namespace, name, "m")
+    found = binaries.cached_binaries()
+    assert found is not None
+    result = subprocess.run(
+        [
+            str(found.kubectl),
+            "--kubeconfig",
+            str(served.cluster.kubeconfig),
+            "-n",
+            served.namespace,
+            "wait",
+            "--for=condition=Complete",
+            f"inferencejob/{name}",
+            "--timeout=60s",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "condition met" in result.stdout
+
+
+def test_multi_turn_drops_earlier_analysis(served: Served) -> None:
+    name = _name()
+    messages = [
+        {"role": "system", "content": "Answer in one sentence."},
+        {"role": "user", "content": "I have 10 apples"},
+        {"role": "assistant", "content": "Got it, you have 10 apples."},
+        {"role": "user", "content": "I eat 3. How many left?"},
+    ]
+    served.kube.create(
+        InferenceJobResource.from_dict(
+            {
+                "apiVersion": "gptoss.ai/v1alpha1",
+                "kind": "InferenceJob",
+                "metadata": {"name": name},
+                "spec": {"modelRef": {"name": "m"}, "messages": messages, "reasoningLevel": "low"},
+            }
+        ),
+        namespace=served.namespace,
+    )
+    status = wait_finished(served.kube, served.namespace, name)
+    assert status["response"] == "Stand-in answer to: I eat 3. How many left?"
+    request = served.engine.last_request
+    assert request is not None
+    prompt = Harmony().decode(request["prompt"])
+    assert "<|start|>developer<|message|># Instructions\n\nAnswer in one sentence.<|end|>" in prompt
+    assert "<|start|>assistant<|channel|>final<|message|>Got it, you have 10 apples.<|end|>" in (
+        prompt
+    )
+    assert "<|channel|>analysis" not in prompt
+    assert "Reasoning: low" in prompt
+
+
+@pytest.mark.parametrize("level", ["low", "medium", "high"])
+def test_each_reasoning_level(served: Served, level: str) -> None:
+    name = _name()
+    create_job(
+        served.kube, served.namespace, name, "m", "Prove it", reasoningLevel=level, maxTokens=4096
+    )
+    status = wait_finished(served.kube, served.namespace, name)
+    assert status["reasoningLevel"] == level
+    assert status["analysis"].startswith(f"Reasoning at {level} effort")
+
+
+def test_truncation_inside_analysis_says_raise_max_tokens(served: Served) -> None:
+    name = _name()
+    create_job(served.kube, served.namespace, name, "m", maxTokens=6)
+    status = wait_finished(served.kube, served.namespace, name)
+    assert status["phase"] == "Succeeded"
+    assert status["finishReason"] == "length"
+    assert status.get("response", "") == ""
+    assert status["analysis"]
+    assert "before the final answer" in status["message"]
+    assert "raise maxTokens" in status["message"]
+    assert condition(status, "Complete")["reason"] == "TokenLimit"
+
+
+def test_truncation_inside_final_keeps_the_partial_answer(served: Served) -> None:
+    probe, name = _name(), _name()
+    create_job(served.kube, served.namespace, probe, "m")
+    full = wait_finished(served.kube, served.namespace, probe)
+    create_job(
+        served.kube, served.namespace, name, "m", maxTokens=full["usage"]["completionTokens"] - 3
+    )
+    status = wait_finished(served.kube, served.namespace, name)
+    assert status["finishReason"] == "length"
+    assert status["response"]
+    assert full["response"].startswith(status["response"])
+    assert status["response"] != full["response"]
+    assert "inside the final answer" in status["message"]
+
+
+def test_commentary_channel(served: Served) -> None:
+    name = _name()
+    create_job(served.kube, served.namespace, name, "m", "Use commentary while you work")
+    status = wait_finished(served.kube, served.namespace, name)
+    assert status["commentary"]
+    assert status["response"].startswith("Stand-in answer to:")
+
+
+def test_malformed_output_is_recovered_and_kept_raw(served: Served) -> None:
+    served.engine.fail_next = ["malformed"]
+    name = _name()
+    create_job(served.kube, served.namespace, name, "m")
+    status = wait_finished(served.kube, served.namespace, name)
+    assert status["rawOutput"]
+    assert condition(status, "Complete" if status["phase"] == "Succeeded" else "Failed")[
+        "reason"
+    ] in ("RecoveredMalformedOutput", "MalformedOutput")
+    assert "harmony" in status["message"]
+    assert served.sidecar.process is not None
+    assert served.sidecar.process.poll() is None
+
+
+@pytest.mark.parametrize("fault", ["http500", "http503", "reset", "hang", "stream_error"])
+def test_retryable_engine_faults_are_retried(served: Served, fault: str) -> None:
+    served.engine.fail_next = [fault, fault]
+    name = _name()
+    create_job(served.kube, served.namespace, name, "m")
+    status = wait_finished(served.kube, served.namespace, name, timeout=90)
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["attempts"] == 3
+    assert status["response"] == "Stand-in answer to: What is recursion?"
+
+
+def test_engine_errors_exhaust_the_backoff_limit(served: Served) -> None:
+    served.engine.fail_next = ["http500"] * 2
+    name = _name()
+    create_job(served.kube, served.namespace, name, "m", backoffLimit=1)
+    status = wait_finished(served.kube, served.namespace, name)
+    assert status["phase"] == "Failed"
+    assert status["attempts"] == 2
+    assert condition(status, "Failed")["reason"] == "BackoffLimitExceeded"
+    assert "500" in status["message"]
+    assert condition(status, "Stalled")["status"] == "True"
+
+
+def test_client_errors_fail_at_once_with_the_engines_message(served: Served) -> None:
+    served.engine.max_model_len = 64
+    try:
+        name = _name()
+        create_job(served.kube, served.namespace, name, "m")
+        status = wait_finished(served.kube, served.namespace, name)
+    finally:
+        served.engine.max_model_len = 131072
+    assert status["phase"] == "Failed"
+    assert status["attempts"] == 1
+    assert condition(status, "Failed")["reason"] == "EngineRejected"
+    assert "maximum context length" in status["message"]
+
+
+def test_active_deadline_cancels_a_running_request(served: Served) -> None:
+    served.engine.token_delay = 0.5
+    name = _name()
+    create_job(served.kube, served.namespace, name, "m", activeDeadlineSeconds=3)
+    status = wait_finished(served.kube, served.namespace, name, timeout=30)
+    assert status["phase"] == "Failed"
+    assert condition(status, "Failed")["reason"] == "DeadlineExceeded"
+
+
+def test_ttl_deletes_finished_jobs(served: Served) -> None:
+    name = _name()
+    create_job(served.kube, served.namespace, name, "m", ttlSecondsAfterFinished=1)
+
+    def deleted() -> bool:
+        try:
+            served.kube.get(InferenceJobResource, name, namespace=served.namespace)
+        except ApiError as error:
+            return error.status.code == 404
+        return False
+
+    wait_for(deleted, timeout=60, message="job deleted after its TTL")
+
+
+def test_large_output_goes_to_a_config_map(served: Served) -> None:
+    name = _name()
+    question = "many words " * 11_000
+    create_job(served.kube, served.namespace, name, "m", question, maxTokens=100_000)
+    status = wait_finished(served.kube, served.namespace, name, timeout=120)
+    assert status["phase"] == "Succeeded", status.get("message")
+    ref = status["outputRef"]
+    config_map = served.kube.get(ConfigMap, ref["configMapName"], namespace=served.namespace)
+    assert config_map.data["response"] == f"Stand-in answer to: {question.strip()}"
+    assert "truncated" in status["response"]
+    assert config_map.metadata.ownerReferences[0].name == name
+
+
+def test_cli_asks_and_prints_runner_style_json(served: Served) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gptoss_operator.cli.user_main",
+            "ask",
+            "--model",
+            "m",
+            "--namespace",
+            served.namespace,
+            "--kubeconfig",
+            str(served.cluster.kubeconfig),
+            "--reasoning",
+            "high",
+            "--json",
+            "--quiet",
+            "Explain quantum computing",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    output = json.loads(result.stdout)
+    assert output["response"] == "Stand-in answer to: Explain quantum computing"
+    assert output["analysis"].startswith("Reasoning at high effort")
+    assert output["reasoning_level"] == "high"
+    assert set(output) >= {"response", "analysis", "commentary", "reasoning_level", "usage"}
+
+
+def test_cli_prints_the_answer_and_progress(served: Served) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gptoss_operator.cli.user_main",
+            "ask",
+            "-m",
+            "m",
+            "-n",
+            served.namespace,
+            "--kubeconfig",
+            str(served.cluster.kubeconfig),
+            "--show-reasoning",
+            "What is recursion?",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--- analysis" in result.stdout
+    assert result.stdout.strip().endswith("Stand-in answer to: What is recursion?")
+    assert "created" in result.stderr
+    assert "Succeeded" in result.stderr
+
+
+def test_cli_refuses_bad_input_before_creating_anything(served: Served) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gptoss_operator.cli.user_main",
+            "ask",
+            "-m",
+            "m",
+            "-n",
+            served.namespace,
+            "--kubeconfig",
+            str(served.cluster.kubeconfig),
+            "--temperature",
+            "5",
+            "hi",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "temperature" in result.stderr
+
+
+# ---------------------------------------------------------------- own setups
+
+
+def test_jobs_wait_for_a_missing_then_unready_model(
+    kube: Client,
+    namespace: str,
+    cluster: ClusterUnderTest,
+    operator: OperatorProcess,
+    tmp_path: Path,
+) -> None:
+    del operator
+    create_job(kube, namespace, "early", "late")
+
+    def reason() -> str:
+        return str(condition(job_status(kube, namespace, "early"), "Scheduled").get("reason"))
+
+    wait_for(lambda: reason() == "ModelNotFound", message="ModelNotFound")
+    status = job_status(kube, namespace, "early")
+    assert status["phase"] == "Pending"
+    assert "does not exist" in condition(status, "Scheduled")["message"]
+    create_model(kube, namespace, "late", download={"podAnnotations": MANUAL})
+    wait_for(lambda: reason() == "WaitingForModel", message="WaitingForModel")
+    with StandinEngine(model="late") as engine:
+        sidecar = SidecarProcess(
+            cluster.kubeconfig, namespace, "late", "late-a", engine.url, tmp_path
+        ).start()
+        try:
+            listed = wait_for(
+                lambda: pods(
+                    kube,
+                    namespace,
+                    {"gptoss.ai/model": "late", "app.kubernetes.io/component": "download"},
+                ),
+                message="download pod",
+            )
+            finish_pod(kube, namespace, listed[0], exit_code=0)
+            status = wait_finished(kube, namespace, "early")
+        finally:
+            sidecar.stop()
+    assert status["phase"] == "Succeeded"
+
+
+def test_five_hundred_jobs_two_sidecars_none_lost_or_doubled(
+    kube: Client,
+    namespace: str,
+    cluster: ClusterUnderTest,
+    operator: OperatorProcess,
+    tmp_path: Path,
+) -> None:
+    del operator
+    create_model(kube, namespace, "bulk")
+    wait_for_phase(kube, namespace, "bulk", "Ready")
+    with StandinEngine(model="bulk") as engine_a, StandinEngine(model="bulk") as engine_b:
+        sidecars = [
+            SidecarProcess(
+                cluster.kubeconfig, namespace, "bulk", worker, engine.url, tmp_path
+            ).start()
+            for worker, engine in (("bulk-a", engine_a), ("bulk-b", engine_b))
+        ]
+        try:
+            names = [f"bulk-{i:03d}" for i in range(500)]
+            for name in names:
+                create_job(kube, namespace, name, "bulk", f"question {name}", maxTokens=64)
+
+            def all_done() -> list[dict[str, Any]] | None:
+                items = [
+                    job.to_dict() for job in kube.list(InferenceJobResource, namespace=namespace)
+                ]
+                finished = [
+                    j
+                    for j in items
+                    if (j.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+                ]
+                return items if len(finished) == len(names) else None
+
+            items = wait_for(all_done, timeout=300, interval=1, message="500 jobs finished")
+        finally:
+            for sidecar in sidecars:
+                sidecar.stop()
+        served_requests = engine_a.requests_served + engine_b.requests_served
+    statuses = {j["metadata"]["name"]: j["status"] for j in items}
+    assert all(s["phase"] == "Succeeded" for s in statuses.values())
+    assert all(s["attempts"] == 1 for s in statuses.values())
+    assert all(s["response"] == f"Stand-in answer to: question {n}" for n, s in statuses.items())
+    workers = {s["worker"] for s in statuses.values()}
+    assert workers == {"bulk-a", "bulk-b"}
+    assert served_requests == 500, "every job ran exactly once"
+
+
+def test_killed_sidecar_mid_job_is_finished_by_another(
+    kube: Client,
+    namespace: str,
+    cluster: ClusterUnderTest,
+    operator: OperatorProcess,
+    tmp_path: Path,
+) -> None:
+    del operator
+    create_model(kube, namespace, "frail")
+    wait_for_phase(kube, namespace, "frail", "Ready")
+    with (
+        StandinEngine(model="frail", token_delay=0.3) as slow,
+        StandinEngine(model="frail") as fast,
+    ):
+        first = SidecarProcess(
+            cluster.kubeconfig, namespace, "frail", "frail-a", slow.url, tmp_path
+        ).start()
+        create_job(kube, namespace, "survivor", "frail")
+        wait_for(
+            lambda: job_status(kube, namespace, "survivor").get("phase") == "Running",
+            message="running on the first sidecar",
+        )
+        wait_for(
+            lambda: slow.requests_served >= 1 or bool(slow.requests),
+            message="engine got the request",
+        )
+        first.stop(kill=True)
+        second = SidecarProcess(
+            cluster.kubeconfig, namespace, "frail", "frail-b", fast.url, tmp_path
+        ).start()
+        try:
+            status = wait_finished(kube, namespace, "survivor", timeout=90)
+        finally:
+            second.stop()
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["attempts"] == 2
+    assert status["worker"] == "frail-b"
+    assert status["response"] == "Stand-in answer to: What is recursion?"

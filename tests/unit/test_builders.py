@@ -1,0 +1,156 @@
+"""Resource builders: pure functions from a GptOssModel to manifests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gptoss_operator import naming
+from gptoss_operator.api.model import GptOssModelSpec
+from gptoss_operator.builders import ModelContext, download, rbac, serving, storage
+from gptoss_operator.quantity import to_bytes
+from gptoss_operator.settings import Settings
+
+
+def _ctx(**spec: Any) -> ModelContext:
+    return ModelContext("m", "ns", "uid-1", GptOssModelSpec.model_validate(spec), Settings())
+
+
+def test_default_claim_sizes_fit_the_repo() -> None:
+    assert storage.default_size(_ctx().spec) == "150Gi"
+    assert storage.default_size(_ctx(source={"repo": "openai/gpt-oss-20b"}).spec) == "40Gi"
+    everything = _ctx(source={"excludePatterns": []}).spec
+    assert storage.default_size(everything) == "300Gi"
+    assert storage.default_size(_ctx(source={"repo": "acme/other"}).spec) == "200Gi"
+
+
+def test_claim_ownership_follows_the_deletion_policy() -> None:
+    retained = storage.claim(_ctx())
+    assert "ownerReferences" not in retained["metadata"]
+    deleted = storage.claim(_ctx(storage={"deletionPolicy": "Delete"}))
+    assert deleted["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    sized = storage.claim(_ctx(storage={"size": "10Gi", "storageClassName": "fast"}))
+    assert sized["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    assert sized["spec"]["storageClassName"] == "fast"
+
+
+def test_download_job_keeps_the_token_in_a_secret_ref_and_is_restricted() -> None:
+    ctx = _ctx(
+        source={
+            "tokenSecretRef": {"name": "hf", "key": "tok"},
+            "endpoint": "https://mirror.internal",
+        }
+    )
+    job = download.job(ctx, "abcd1234")
+    assert job["metadata"]["name"] == "m-dl-abcd1234"
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["HF_TOKEN"] == {
+        "name": "HF_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "hf", "key": "tok"}},
+    }
+    assert env["HF_ENDPOINT"]["value"] == "https://mirror.internal"
+    assert int(env["GPTOSS_VOLUME_CAPACITY_BYTES"]["value"]) == 150 * 2**30
+    security = container["securityContext"]
+    assert security["runAsNonRoot"]
+    assert not security["allowPrivilegeEscalation"]
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0]["action"] == "FailJob"
+    assert set(rules[0]["onExitCodes"]["values"]) == set(download.PERMANENT_EXIT_CODES)
+    assert job["spec"]["backoffLimit"] == 4
+
+
+@pytest.mark.parametrize(
+    ("spec", "memory", "batched", "tp"),
+    [
+        ({}, "0.95", "1024", "1"),
+        ({"source": {"repo": "openai/gpt-oss-20b"}}, None, "8192", "1"),
+        ({"serving": {"gpusPerReplica": 2}}, None, "8192", "2"),
+        (
+            {"serving": {"gpuMemoryUtilization": 0.9, "maxNumBatchedTokens": 2048}},
+            "0.9",
+            "2048",
+            "1",
+        ),
+    ],
+)
+def test_vllm_args_follow_the_recipe(
+    spec: dict[str, Any], memory: str | None, batched: str, tp: str
+) -> None:
+    args = serving.vllm_args(_ctx(**spec), "h1")
+    assert args[:2] == ["serve", "/data/served/h1"]
+    options = {
+        flag: value
+        for flag, value in zip(args, [*args[1:], ""], strict=True)
+        if flag.startswith("--") and not value.startswith("--")
+    }
+    assert options["--tensor-parallel-size"] == tp
+    assert options["--max-num-batched-tokens"] == batched
+    assert options.get("--gpu-memory-utilization") == memory
+    assert "--no-enable-prefix-caching" in args
+    assert options["--served-model-name"] == "m"
+
+
+def test_deployment_requests_gpus_and_probes_allow_the_startup_budget() -> None:
+    ctx = _ctx(
+        serving={
+            "gpusPerReplica": 4,
+            "startupTimeoutSeconds": 600,
+            "nodeSelector": {"gpu": "h100"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+            "priorityClassName": "inference",
+            "extraArgs": ["--enforce-eager"],
+        }
+    )
+    deployment = serving.deployment(ctx, "h1")
+    pod = deployment["spec"]["template"]["spec"]
+    engine, sidecar = pod["containers"]
+    assert engine["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    probe = engine["startupProbe"]
+    assert probe["failureThreshold"] * probe["periodSeconds"] == 600
+    assert engine["args"][-1] == "--enforce-eager"
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in engine["volumeMounts"]
+    assert pod["nodeSelector"] == {"gpu": "h100"}
+    assert pod["priorityClassName"] == "inference"
+    assert pod["serviceAccountName"] == "m-worker"
+    env = {e["name"]: e for e in sidecar["env"]}
+    assert env["GPTOSS_MODEL"]["value"] == "m"
+    assert env["GPTOSS_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["TIKTOKEN_ENCODINGS_BASE"]["value"] == naming.VOCAB_DIR
+    assert deployment["spec"]["selector"]["matchLabels"] == naming.server_selector("m")
+
+
+def test_worker_role_is_narrow() -> None:
+    rules = rbac.role(_ctx())["rules"]
+    verbs = {(rule["resources"][0], verb) for rule in rules for verb in rule["verbs"]}
+    assert ("inferencejobs/status", "patch") in verbs
+    assert not any(verb in ("delete", "deletecollection", "*") for _, verb in verbs)
+    assert not any(rule["resources"][0] == "secrets" for rule in rules)
+
+
+def test_source_hash_changes_with_what_is_downloaded() -> None:
+    base = naming.source_hash(_ctx().spec)
+    assert base == naming.source_hash(_ctx(serving={"replicas": 3}).spec)
+    assert base != naming.source_hash(_ctx(source={"revision": "v2"}).spec)
+    assert base != naming.source_hash(_ctx(source={"excludePatterns": []}).spec)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("150Gi", 150 * 2**30),
+        ("1G", 10**9),
+        ("512Mi", 512 * 2**20),
+        ("1.5Ki", 1536),
+        ("1000", 1000),
+    ],
+)
+def test_quantities(text: str, value: int) -> None:
+    assert to_bytes(text) == value
+
+
+def test_bad_quantity() -> None:
+    with pytest.raises(ValueError, match="not a storage quantity"):
+        to_bytes("lots")

@@ -1,0 +1,105 @@
+"""The operator's decisions about InferenceJobs (pure)."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from gptoss_operator.job_janitor import JobFacts, decide, queue_counts, status_patch
+
+NOW = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.UTC)
+
+
+def _ago(seconds: float) -> str:
+    return (NOW - datetime.timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _facts(status: dict[str, Any] | None = None, **spec: Any) -> JobFacts:
+    return JobFacts.from_body(
+        {
+            "metadata": {
+                "name": "j",
+                "namespace": "ns",
+                "resourceVersion": "7",
+                "generation": 1,
+                "creationTimestamp": _ago(100),
+            },
+            "spec": {"modelRef": {"name": "m"}, "messages": [], "backoffLimit": 2, **spec},
+            "status": status or {},
+        }
+    )
+
+
+def test_pending_job_says_why_it_waits() -> None:
+    missing = decide(_facts(), None, NOW)
+    assert missing is not None
+    assert missing.reason == "ModelNotFound"
+    assert missing.status is not None
+    assert missing.status["phase"] == "Pending"
+    waiting = decide(_facts(), "Downloading", NOW)
+    assert waiting is not None
+    assert waiting.reason == "WaitingForModel"
+    queued = decide(_facts(), "Ready", NOW)
+    assert queued is not None
+    assert queued.reason == "Queued"
+    already = _facts(
+        {
+            "phase": "Pending",
+            "conditions": [{"type": "Scheduled", "status": "True", "reason": "Queued"}],
+        }
+    )
+    assert decide(already, "Ready", NOW) is None
+
+
+def test_deadline_fails_a_queued_job() -> None:
+    action = decide(_facts(activeDeadlineSeconds=60), None, NOW)
+    assert action is not None
+    assert action.reason == "DeadlineExceeded"
+    assert action.status is not None
+    assert action.status["phase"] == "Failed"
+    assert decide(_facts(activeDeadlineSeconds=600), "Ready", NOW).reason == "Queued"  # type: ignore[union-attr]
+
+
+def _running(renewed: float, attempts: int) -> dict[str, Any]:
+    return {
+        "phase": "Running",
+        "worker": "pod-a",
+        "attempts": attempts,
+        "lease": {"holder": "pod-a", "renewTime": _ago(renewed), "durationSeconds": 30},
+    }
+
+
+def test_lost_worker_requeues_then_fails() -> None:
+    assert decide(_facts(_running(5, 1)), "Ready", NOW) is None
+    requeued = decide(_facts(_running(60, 1)), "Ready", NOW)
+    assert requeued is not None
+    assert requeued.reason == "WorkerLost"
+    assert requeued.status is not None
+    assert requeued.status["phase"] == "Pending"
+    assert requeued.remove == ("lease",)
+    exhausted = decide(_facts(_running(60, 3)), "Ready", NOW)
+    assert exhausted is not None
+    assert exhausted.reason == "BackoffLimitExceeded"
+
+
+def test_ttl_deletes_finished_jobs() -> None:
+    done = {"phase": "Succeeded", "completionTime": _ago(30)}
+    assert decide(_facts(done, ttlSecondsAfterFinished=60), "Ready", NOW) is None
+    action = decide(_facts(done, ttlSecondsAfterFinished=10), "Ready", NOW)
+    assert action is not None
+    assert action.kind == "delete"
+    assert decide(_facts(done), "Ready", NOW) is None
+
+
+def test_patch_is_guarded_by_resource_version() -> None:
+    facts = _facts(_running(60, 1))
+    action = decide(facts, "Ready", NOW)
+    assert action is not None
+    ops = status_patch(facts, action)
+    assert ops[0] == {"op": "test", "path": "/metadata/resourceVersion", "value": "7"}
+    assert {"op": "remove", "path": "/status/lease"} in ops
+
+
+def test_queue_counts() -> None:
+    jobs = [_facts(), _facts(_running(1, 1)), _facts({"phase": "Succeeded"})]
+    assert queue_counts(jobs) == {("ns", "m"): {"pending": 1, "running": 1}}

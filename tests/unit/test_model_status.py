@@ -1,0 +1,185 @@
+"""Model status from observed children: phases, kstatus conditions, Events."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from gptoss_operator.model_status import Observed, compute, pod_problem, termination_message
+
+
+def _job(condition: str | None) -> dict[str, Any]:
+    conditions = [{"type": condition, "status": "True"}] if condition else []
+    return {"metadata": {"name": "j"}, "status": {"conditions": conditions}}
+
+
+def _deployment(ready: int, generation: int = 1) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "d", "generation": generation},
+        "status": {
+            "readyReplicas": ready,
+            "updatedReplicas": ready,
+            "observedGeneration": generation,
+        },
+    }
+
+
+def _compute(
+    observed: Observed, previous: dict[str, Any] | None = None, replicas: int = 1
+) -> dict[str, Any]:
+    return compute(observed, previous or {}, name="m", namespace="ns", replicas=replicas).status
+
+
+def _cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == type_)
+
+
+def test_phases_in_order() -> None:
+    claim = {"metadata": {"name": "m-weights"}, "status": {"phase": "Bound"}}
+    pending = _compute(Observed(generation=1, digest="d", claim=claim))
+    assert pending["phase"] == "Pending"
+    downloading = _compute(Observed(1, "d", claim=claim, job=_job(None)))
+    assert downloading["phase"] == "Downloading"
+    starting = _compute(
+        Observed(
+            1,
+            "d",
+            claim=claim,
+            job=_job("Complete"),
+            deployment=_deployment(0),
+            served_digest="d",
+            service={},
+        )
+    )
+    assert starting["phase"] == "Starting"
+    assert _cond(starting, "Reconciling")["status"] == "True"
+    ready = _compute(
+        Observed(
+            1,
+            "d",
+            claim=claim,
+            job=_job("Complete"),
+            deployment=_deployment(1),
+            served_digest="d",
+            service={},
+        )
+    )
+    assert ready["phase"] == "Ready"
+    assert [(_cond(ready, t)["status"]) for t in ("Ready", "Reconciling", "Stalled")] == [
+        "True",
+        "False",
+        "False",
+    ]
+    assert ready["endpoint"] == "http://m-vllm.ns.svc:8000/v1"
+    assert ready["readySummary"] == "1/1"
+
+
+def test_scaled_to_zero_is_ready_but_not_serving() -> None:
+    status = _compute(
+        Observed(
+            1, "d", job=_job("Complete"), deployment=_deployment(0), served_digest="d", service={}
+        ),
+        replicas=0,
+    )
+    assert status["phase"] == "Ready"
+    assert _cond(status, "Serving")["reason"] == "ScaledToZero"
+
+
+def test_failed_download_uses_the_termination_message() -> None:
+    pod = {
+        "metadata": {"name": "p"},
+        "status": {
+            "containerStatuses": [
+                {
+                    "name": "download",
+                    "state": {
+                        "terminated": {
+                            "exitCode": 11,
+                            "finishedAt": "2026-01-01T00:00:00Z",
+                            "message": json.dumps(
+                                {"reason": "RevisionNotFound", "message": "no such rev"}
+                            ),
+                        }
+                    },
+                }
+            ]
+        },
+    }
+    status = _compute(Observed(1, "d", job=_job("Failed"), job_pods=[pod]))
+    assert status["phase"] == "Failed"
+    assert (_cond(status, "Downloaded")["reason"], _cond(status, "Downloaded")["message"]) == (
+        "RevisionNotFound",
+        "no such rev",
+    )
+    assert _cond(status, "Stalled")["status"] == "True"
+
+
+def test_plain_termination_message_is_passed_on() -> None:
+    pod = {
+        "status": {
+            "containerStatuses": [
+                {
+                    "name": "download",
+                    "state": {
+                        "terminated": {
+                            "exitCode": 1,
+                            "reason": "Error",
+                            "message": "Traceback: boom",
+                        }
+                    },
+                }
+            ]
+        }
+    }
+    assert termination_message([pod]) == ("Error", "Traceback: boom")
+
+
+def test_pod_problems() -> None:
+    unschedulable = {
+        "metadata": {"name": "p"},
+        "status": {
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu.",
+                }
+            ]
+        },
+    }
+    problem = pod_problem([unschedulable])
+    assert problem is not None
+    assert problem.reason == "Unschedulable"
+    assert problem.stalled
+    pulling = {
+        "metadata": {"name": "p"},
+        "status": {
+            "containerStatuses": [
+                {"name": "vllm", "image": "x", "state": {"waiting": {"reason": "ImagePullBackOff"}}}
+            ]
+        },
+    }
+    problem = pod_problem([pulling])
+    assert problem is not None
+    assert problem.reason == "ImagePullError"
+    assert pod_problem([{"status": {"phase": "Running"}}]) is None
+
+
+def test_transition_time_moves_only_when_status_changes() -> None:
+    observed = Observed(1, "d", job=_job(None))
+    first = _compute(observed)
+    stamp = _cond(first, "Ready")["lastTransitionTime"]
+    for condition in first["conditions"]:
+        condition["lastTransitionTime"] = "2000-01-01T00:00:00Z"
+    again = _compute(observed, previous=first)
+    assert _cond(again, "Ready")["lastTransitionTime"] == "2000-01-01T00:00:00Z"
+    assert stamp != "2000-01-01T00:00:00Z"
+
+
+def test_events_only_on_changes() -> None:
+    observed = Observed(1, "d", job=_job("Failed"))
+    first = compute(observed, {}, name="m", namespace="ns", replicas=1)
+    assert ("Warning", "DownloadFailed") in [(t, r) for t, r, _ in first.events]
+    second = compute(observed, first.status, name="m", namespace="ns", replicas=1)
+    assert second.events == []
