@@ -21,7 +21,7 @@ from lightkube import Client, KubeConfig
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace
 
-from gptoss_sandbox.cluster import LocalCluster
+from gptoss_sandbox.cluster import LocalCluster, free_port
 
 
 @dataclass
@@ -102,11 +102,18 @@ class OperatorProcess:
         self.env = env
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, extra_args: list[str] | None = None) -> None:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), **self.env}
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gptoss_operator.cli.operator_main", "--liveness", ""],
+            [
+                sys.executable,
+                "-m",
+                "gptoss_operator.cli.operator_main",
+                "--liveness",
+                "",
+                *(extra_args or []),
+            ],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -147,6 +154,7 @@ def operator(
             "GPTOSS_RESYNC_SECONDS": "3",
             "GPTOSS_CLAIM_PENDING_GRACE": "5",
             "GPTOSS_IMAGE": "registry.example/gptoss-operator:test",
+            "GPTOSS_METRICS_PORT": str(free_port()),
         },
     )
     process.start()

@@ -27,6 +27,7 @@ from typing import Any
 from lightkube import ApiError, AsyncClient
 from lightkube.types import PatchType
 
+from gptoss_operator import metrics
 from gptoss_operator.api.job import Phase
 from gptoss_operator.api.model import Phase as ModelPhase
 from gptoss_operator.api.resources import GptOssModelResource, InferenceJobResource
@@ -244,6 +245,7 @@ class JobJanitor:
                 patch_type=PatchType.JSON,
             )
             log.info("%s/%s: %s", job.namespace, job.name, action.reason)
+            metrics.count("job_actions", reason=action.reason)
         except ApiError as error:
             if error.status.code not in (404, 409, 422):
                 raise

@@ -20,7 +20,7 @@ from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import Event, PersistentVolumeClaim, Pod
 from lightkube.types import CascadeType
 
-from gptoss_operator import kube, model_status, naming
+from gptoss_operator import kube, metrics, model_status, naming
 from gptoss_operator.api.model import GptOssModelSpec
 from gptoss_operator.api.resources import GptOssModelResource
 from gptoss_operator.builders import ModelContext, download, rbac, serving, storage
@@ -95,6 +95,7 @@ class ModelReconciler:
             if error.status.code == 404:  # deleted while we worked
                 return
             raise
+        metrics.count("model_reconciles")
         for event_type, reason, message in computed.events:
             self.emit(body, event_type, reason, message)
 

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from gptoss_operator import __version__
+from gptoss_operator.api.model import DEFAULT_VLLM_IMAGE
 
 DEFAULT_PRODUCT_IMAGE = f"ghcr.io/gptoss-operator/gptoss-operator:{__version__}"
 
@@ -14,6 +15,7 @@ DEFAULT_PRODUCT_IMAGE = f"ghcr.io/gptoss-operator/gptoss-operator:{__version__}"
 class Settings:
     """Defaults the operator fills in where a GptOssModel leaves a field unset."""
 
+    vllm_image: str = DEFAULT_VLLM_IMAGE
     downloader_image: str = DEFAULT_PRODUCT_IMAGE
     sidecar_image: str = DEFAULT_PRODUCT_IMAGE
     image_pull_policy: str = "IfNotPresent"
@@ -22,16 +24,19 @@ class Settings:
     # How often every model is reconciled even when nothing changed.
     resync_seconds: float = 30.0
     namespaces: list[str] = field(default_factory=list)
+    metrics_port: int = 8081
 
     @classmethod
     def from_env(cls) -> Settings:
         image = os.environ.get("GPTOSS_IMAGE", DEFAULT_PRODUCT_IMAGE)
         namespaces = [n for n in os.environ.get("GPTOSS_NAMESPACES", "").split(",") if n]
         return cls(
+            vllm_image=os.environ.get("GPTOSS_VLLM_IMAGE") or DEFAULT_VLLM_IMAGE,
             downloader_image=os.environ.get("GPTOSS_DOWNLOADER_IMAGE", image),
             sidecar_image=os.environ.get("GPTOSS_SIDECAR_IMAGE", image),
             image_pull_policy=os.environ.get("GPTOSS_IMAGE_PULL_POLICY", "IfNotPresent"),
             claim_pending_grace_seconds=int(os.environ.get("GPTOSS_CLAIM_PENDING_GRACE", "60")),
             resync_seconds=float(os.environ.get("GPTOSS_RESYNC_SECONDS", "30")),
             namespaces=namespaces,
+            metrics_port=int(os.environ.get("GPTOSS_METRICS_PORT", "8081")),
         )

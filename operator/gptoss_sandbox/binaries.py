@@ -5,7 +5,8 @@ Three binaries, each built once per version and cached outside the repository:
 - ``etcd``: a tiny main around ``go.etcd.io/etcd/server/v3/etcdmain``;
 - ``kube``: one multi-call binary holding kube-apiserver, kube-controller-manager,
   kube-scheduler and kubectl (symlinks with those names point at it);
-- ``kwok``: ``sigs.k8s.io/kwok/cmd/kwok``, installed from its module.
+- ``kwok``: ``sigs.k8s.io/kwok/cmd/kwok``, installed from its module;
+- ``helm``: ``helm.sh/helm/v3/cmd/helm``, installed from its module (chart tests, demo).
 
 Everything comes from the Go module proxy; nothing else is downloaded.
 """
@@ -29,6 +30,7 @@ from pathlib import Path
 KUBERNETES_VERSION = "v1.37.2"
 ETCD_VERSION = "v3.7.0"
 KWOK_VERSION = "v0.8.0"
+HELM_VERSION = "v3.22.0"
 
 KUBE_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 GO_SOURCES = Path(__file__).parent / "gosrc"
@@ -53,6 +55,7 @@ class Binaries:
     kube_scheduler: Path
     kubectl: Path
     kwok: Path
+    helm: Path
 
 
 def binary_dir(name: str, version: str) -> Path:
@@ -69,6 +72,7 @@ def cached_binaries() -> Binaries | None:
         kube_scheduler=kube_dir / "kube-scheduler",
         kubectl=kube_dir / "kubectl",
         kwok=binary_dir("kwok", KWOK_VERSION) / "kwok",
+        helm=binary_dir("helm", HELM_VERSION) / "helm",
     )
     if all(os.access(p, os.X_OK) for p in vars(found).values()):
         return found
@@ -84,6 +88,8 @@ def ensure_binaries(progress: Progress = print) -> Binaries:
             _timed(progress, f"kubernetes {KUBERNETES_VERSION}", _build_kubernetes, progress)
         if not (binary_dir("kwok", KWOK_VERSION) / "kwok").exists():
             _timed(progress, f"kwok {KWOK_VERSION}", _build_kwok, progress)
+        if not (binary_dir("helm", HELM_VERSION) / "helm").exists():
+            _timed(progress, f"helm {HELM_VERSION}", _build_helm, progress)
     found = cached_binaries()
     if found is None:
         raise RuntimeError(f"binaries missing from {cache_root()} after a build")
@@ -230,15 +236,24 @@ def _build_kubernetes(progress: Progress) -> None:
     )
 
 
-def _build_kwok(progress: Progress) -> None:
-    work = _build_dir(f"kwok-{KWOK_VERSION}")
+def _go_install(name: str, package: str, version: str, progress: Progress) -> None:
+    """``go install package@version`` (modules without replace lines) into the cache."""
+    work = _build_dir(f"{name}-{version}")
     _go(
-        ["install", "-trimpath", "-ldflags=-s -w", f"sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}"],
+        ["install", "-trimpath", "-ldflags=-s -w", f"{package}@{version}"],
         work,
         progress,
         env={"GOBIN": str(work), "GOFLAGS": ""},
     )
-    _install(work / "kwok", binary_dir("kwok", KWOK_VERSION), ("kwok",))
+    _install(work / name, binary_dir(name, version), (name,))
+
+
+def _build_kwok(progress: Progress) -> None:
+    _go_install("kwok", "sigs.k8s.io/kwok/cmd/kwok", KWOK_VERSION, progress)
+
+
+def _build_helm(progress: Progress) -> None:
+    _go_install("helm", "helm.sh/helm/v3/cmd/helm", HELM_VERSION, progress)
 
 
 def cache_size_bytes() -> int:

@@ -118,7 +118,9 @@ def test_deployment_requests_gpus_and_probes_allow_the_startup_budget() -> None:
     env = {e["name"]: e for e in sidecar["env"]}
     assert env["GPTOSS_MODEL"]["value"] == "m"
     assert env["GPTOSS_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-    assert env["TIKTOKEN_ENCODINGS_BASE"]["value"] == naming.VOCAB_DIR
+    assert "TIKTOKEN_ENCODINGS_BASE" not in env, "the sidecar image carries the vocab"
+    engine_env = {e["name"]: e.get("value") for e in engine["env"]}
+    assert engine_env["TIKTOKEN_ENCODINGS_BASE"] == naming.VOCAB_DIR
     assert deployment["spec"]["selector"]["matchLabels"] == naming.server_selector("m")
 
 

@@ -200,11 +200,12 @@ Download.model_rebuild()
 class Serving(ApiModel):
     """The vLLM Deployment that serves the model."""
 
-    image: str = Field(
-        default=DEFAULT_VLLM_IMAGE,
+    image: str | None = Field(
+        default=None,
         max_length=512,
         pattern=IMAGE_PATTERN,
-        description="vLLM OpenAI-compatible server image (pinned; override per model).",
+        description="vLLM OpenAI-compatible server image. Unset: the operator's pinned "
+        f"default ({DEFAULT_VLLM_IMAGE}, set by the chart's defaults.vllmImage).",
     )
     replicas: int = Field(default=1, ge=0, le=1024, description="Number of vLLM pods.")
     gpusPerReplica: int = Field(default=1, ge=1, le=16, description="GPUs each pod requests.")

@@ -66,7 +66,7 @@ def _engine_container(ctx: ModelContext, digest: str) -> dict[str, Any]:
     ]
     return {
         "name": "vllm",
-        "image": serving.image,
+        "image": serving.image or ctx.settings.vllm_image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["vllm"],
         "args": vllm_args(ctx, digest),
@@ -116,11 +116,10 @@ def _sidecar_container(ctx: ModelContext) -> dict[str, Any]:
             {"name": "GPTOSS_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "GPTOSS_ENGINE_URL", "value": f"http://127.0.0.1:{naming.ENGINE_PORT}"},
             {"name": "GPTOSS_CONCURRENCY", "value": str(sidecar.concurrency)},
-            {"name": "TIKTOKEN_ENCODINGS_BASE", "value": naming.VOCAB_DIR},
         ],
-        "volumeMounts": [
-            {"name": "weights", "mountPath": naming.VOLUME_MOUNT, "readOnly": True},
-        ],
+        # The harmony vocab comes baked into the sidecar image (TIKTOKEN_ENCODINGS_BASE
+        # set there); /tmp is the only writable place.
+        "volumeMounts": [{"name": "sidecar-tmp", "mountPath": "/tmp"}],
         "securityContext": {
             **RESTRICTED_CONTAINER_SECURITY,
             "runAsUser": 10001,
@@ -154,6 +153,7 @@ def deployment(ctx: ModelContext, digest: str) -> dict[str, Any]:
                 },
             },
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": serving.shmSize}},
+            {"name": "sidecar-tmp", "emptyDir": {"sizeLimit": "64Mi"}},
         ],
         "terminationGracePeriodSeconds": 60,
     }

@@ -352,7 +352,7 @@ def download(
     layout = Layout(config.data_dir)
     pinned = config.revision if COMMIT.match(config.revision) else None
     if pinned and (marker := already_complete(config, layout, pinned)):
-        return _from_marker(marker, started)
+        return _from_marker(marker, started, layout)
     try:
         planned = plan(config)
     except Exception as error:
@@ -360,10 +360,10 @@ def download(
         marker = already_complete(config, layout, None)
         if failure.reason == "EndpointUnreachable" and marker is not None:
             log.warning("hub unreachable; the volume already holds %s", config.repo)
-            return _from_marker(marker, started)
+            return _from_marker(marker, started, layout)
         raise failure from error
     if marker := already_complete(config, layout, planned.commit):
-        return _from_marker(marker, started)
+        return _from_marker(marker, started, layout)
 
     check_space(config, layout, planned)
     on_progress(measure(layout, config.repo, planned))
@@ -426,7 +426,8 @@ def _verify(layout: Layout, repo: str, planned: Plan) -> None:
             )
 
 
-def _from_marker(marker: dict[str, Any], started: float) -> Result:
+def _from_marker(marker: dict[str, Any], started: float, layout: Layout) -> Result:
+    write_vocab(layout.vocab)  # the volume may predate it (a pre-filled claim)
     files = marker.get("files", [])
     return Result(
         str(marker["resolvedRevision"]),

@@ -1,0 +1,70 @@
+"""Prometheus metrics of the operator, served at ``/metrics`` (text exposition format)."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+COUNTERS: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
+
+
+def count(name: str, **labels: str) -> None:
+    """Increment a counter (``name`` without the ``_total`` suffix)."""
+    COUNTERS[(name, tuple(sorted(labels.items())))] += 1
+
+
+def _labels(pairs: Iterable[tuple[str, str]]) -> str:
+    items = [f'{key}="{value}"' for key, value in pairs]
+    return "{" + ",".join(items) + "}" if items else ""
+
+
+def render(models: Mapping[Any, Iterable[str]], jobs: Mapping[Any, Iterable[Any]]) -> str:
+    lines = [
+        "# HELP gptoss_models GptOssModels by phase.",
+        "# TYPE gptoss_models gauge",
+    ]
+    phases: Counter[str] = Counter()
+    for values in list(models.values()):
+        for phase in values:
+            phases[phase] += 1
+    lines += [f'gptoss_models{{phase="{phase}"}} {n}' for phase, n in sorted(phases.items())]
+    lines += [
+        "# HELP gptoss_inference_jobs InferenceJobs by phase.",
+        "# TYPE gptoss_inference_jobs gauge",
+    ]
+    job_phases: Counter[str] = Counter()
+    for values in list(jobs.values()):
+        for facts in values:
+            job_phases[getattr(facts, "phase", "Unknown")] += 1
+    lines += [
+        f'gptoss_inference_jobs{{phase="{phase}"}} {n}' for phase, n in sorted(job_phases.items())
+    ]
+    names = sorted({name for name, _ in COUNTERS})
+    for name in names:
+        lines += [f"# TYPE gptoss_{name}_total counter"]
+        for (counter, labels), value in sorted(COUNTERS.items()):
+            if counter == name:
+                lines.append(f"gptoss_{name}_total{_labels(labels)} {value}")
+    return "\n".join(lines) + "\n"
+
+
+async def start_server(
+    port: int, source: Callable[[], tuple[Mapping[Any, Any], Mapping[Any, Any]]]
+) -> web.AppRunner:
+    async def handle(_: web.Request) -> web.Response:
+        models, jobs = source()
+        return web.Response(text=render(models, jobs), content_type="text/plain")
+
+    app = web.Application()
+    app.router.add_get("/metrics", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "0.0.0.0", port).start()
+    log.info("metrics on :%d/metrics", port)
+    return runner
