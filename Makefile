@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CLUSTER_DIR ?= .cluster
 
-.PHONY: kubectl-path help setup binaries cluster cluster-down test test-unit lint format typecheck crds check-crds demo clean
+.PHONY: demo kubectl-path help setup binaries cluster cluster-down test test-unit lint format typecheck crds check-crds demo clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ cluster: binaries ## Start the local control plane with fake GPU nodes (.cluster
 
 cluster-down: ## Stop the local control plane
 	@if [ -x $(BIN)/python ]; then $(BIN)/python -m gptoss_sandbox.cluster down --dir $(CLUSTER_DIR); fi
+
+demo: binaries ## Run the whole product locally: control plane, operator, a model, a job (stand-in engine)
+	$(BIN)/python -m gptoss_sandbox.demo
 
 test: binaries ## Run every test (unit + real control plane)
 	$(BIN)/python -m pytest

@@ -1,0 +1,303 @@
+"""`make demo`: gptoss-operator end to end on a laptop, with no cluster and no GPU.
+
+Starts the local control plane (real etcd, kube-apiserver, controller-manager, scheduler;
+kwok plays the kubelet of two fake 8-GPU nodes), installs the CRDs, runs the operator,
+applies ``examples/gptossmodel-120b.yaml`` and an InferenceJob, and prints the answer.
+
+Two parts are stand-ins, and the output says so: kwok completes the download Job's pod
+instead of downloading ~65 GB, and the engine answering the sidecar is the test stand-in
+for vLLM's OpenAI server (canned answers, valid harmony tokens), not gpt-oss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, cast
+
+import yaml
+from lightkube import Client, KubeConfig, codecs
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
+from lightkube.resources.core_v1 import Namespace, Pod
+
+from gptoss_operator.api.crdgen import all_crds
+from gptoss_operator.api.resources import GptOssModelResource, InferenceJobResource
+from gptoss_sandbox import binaries
+from gptoss_sandbox.cluster import LocalCluster, free_port
+from gptoss_sandbox.standin_engine import StandinEngine
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO_ROOT / "examples"
+NAMESPACE = "demo"
+
+BOLD, DIM, RESET = "\033[1m", "\033[2m", "\033[0m"
+
+
+def say(text: str) -> None:
+    color = sys.stdout.isatty()
+    print(f"{BOLD if color else ''}==> {text}{RESET if color else ''}", flush=True)
+
+
+def note(text: str) -> None:
+    color = sys.stdout.isatty()
+    print(f"{DIM if color else ''}    {text}{RESET if color else ''}", flush=True)
+
+
+def _load(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def _wait(check: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.3)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def _established(kube: Client, name: str) -> bool:
+    status = kube.get(CustomResourceDefinition, name).status
+    conditions = (status.conditions if status else None) or []
+    return any(c.type == "Established" and c.status == "True" for c in conditions)
+
+
+class Demo:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.cluster: LocalCluster | None = None
+        self.engine: StandinEngine | None = None
+
+    def kubectl(self, *args: str) -> str:
+        found = binaries.cached_binaries()
+        assert found is not None
+        assert self.cluster is not None
+        result = subprocess.run(
+            [
+                str(found.kubectl),
+                "--kubeconfig",
+                str(self.cluster.kubeconfig),
+                "-n",
+                NAMESPACE,
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return result.stdout + result.stderr
+
+    def spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        self.processes.append(
+            subprocess.Popen(
+                args,
+                env={**os.environ, **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        )
+        log.close()
+
+    def run(self) -> int:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        say("Building (first run only) and starting the local control plane")
+        note(
+            "etcd, kube-apiserver, kube-controller-manager, kube-scheduler: real, built from "
+            "upstream Go modules"
+        )
+        note("kwok plays the kubelet of 2 fake nodes with nvidia.com/gpu: 8 each")
+        self.cluster = LocalCluster(self.workdir / "cluster", progress=note).start(timeout=3600)
+        note(
+            f"control plane ready in {self.cluster.timings['total']:.1f}s at {self.cluster.server}"
+        )
+        kube = Client(
+            KubeConfig.from_file(str(self.cluster.kubeconfig)), field_manager="gptoss-demo"
+        )
+        env = {"KUBECONFIG": str(self.cluster.kubeconfig)}
+
+        say("Installing the CRDs and starting the operator")
+        for document in all_crds().values():
+            kube.apply(codecs.from_dict(document), force=True)
+        names = [d["metadata"]["name"] for d in all_crds().values()]
+        _wait(lambda: all(_established(kube, name) for name in names), 30, "CRDs")
+        self.spawn(
+            "operator",
+            [sys.executable, "-m", "gptoss_operator.cli.operator_main", "--liveness", ""],
+            {**env, "GPTOSS_RESYNC_SECONDS": "5", "GPTOSS_METRICS_PORT": str(free_port())},
+        )
+        kube.create(Namespace(metadata=ObjectMeta(name=NAMESPACE)))
+
+        say(f"kubectl apply -f examples/gptossmodel-120b.yaml  (namespace {NAMESPACE})")
+        for document in _load(EXAMPLES / "gptossmodel-120b.yaml"):
+            kube.create(cast(Any, codecs.from_dict(document)), namespace=NAMESPACE)
+        note(
+            "kwok completes the download Job's pod at once: no weights are fetched here "
+            "(a real cluster downloads ~65 GB)"
+        )
+        seen: list[str] = []
+
+        def ready() -> bool:
+            status = (
+                kube.get(GptOssModelResource, "gpt-oss-120b", namespace=NAMESPACE)
+                .to_dict()
+                .get("status")
+                or {}
+            )
+            phase = status.get("phase")
+            if phase and (not seen or seen[-1] != phase):
+                seen.append(phase)
+                note(f"phase: {phase}")
+            return phase == "Ready"
+
+        _wait(ready, 120, "the model to be Ready")
+        print(self.kubectl("get", "gptossmodels,deployments,services,jobs,pvc,pods"))
+
+        say("Starting the sidecar next to a STAND-IN engine")
+        note(
+            "STAND-IN: the engine below is the test stand-in for vLLM's OpenAI server; it "
+            "answers with canned text in valid harmony tokens. It is NOT gpt-oss."
+        )
+        pods = [
+            p
+            for p in kube.list(
+                Pod,
+                namespace=NAMESPACE,
+                labels={"gptoss.ai/model": "gpt-oss-120b", "app.kubernetes.io/component": "server"},
+            )
+        ]
+        worker = "gpt-oss-120b-vllm-demo"
+        if pods and pods[0].metadata and pods[0].metadata.name:
+            worker = pods[0].metadata.name
+        self.engine = StandinEngine(model="gpt-oss-120b", token_delay=0.01)
+        engine_url = self.engine.start_in_thread()
+        self.spawn(
+            "sidecar",
+            [sys.executable, "-m", "gptoss_operator.cli.sidecar_main"],
+            {
+                **env,
+                "GPTOSS_MODEL": "gpt-oss-120b",
+                "GPTOSS_NAMESPACE": NAMESPACE,
+                "GPTOSS_POD_NAME": worker,
+                "GPTOSS_ENGINE_URL": engine_url,
+            },
+        )
+
+        say("kubectl create -f examples/inferencejob-single-turn.yaml")
+        for document in _load(EXAMPLES / "inferencejob-single-turn.yaml"):
+            kube.create(cast(Any, codecs.from_dict(document)), namespace=NAMESPACE)
+        print(
+            self.kubectl(
+                "wait",
+                "--for=condition=Complete",
+                "inferencejob/what-is-recursion",
+                "--timeout=120s",
+            )
+        )
+        job = kube.get(InferenceJobResource, "what-is-recursion", namespace=NAMESPACE).to_dict()
+        status = job["status"]
+        print(self.kubectl("get", "inferencejobs", "-o", "wide"))
+        say("Result (status of inferencejob/what-is-recursion)")
+        for key in (
+            "response",
+            "analysis",
+            "commentary",
+            "reasoningLevel",
+            "finishReason",
+            "usage",
+            "timeToFirstTokenSeconds",
+            "tokensPerSecond",
+            "worker",
+        ):
+            print(f"  {key}: {status.get(key, '')}")
+        note("(answered by the STAND-IN engine: canned text, not gpt-oss)")
+
+        say('gptoss ask --model gpt-oss-120b --reasoning high "Prove the Pythagorean theorem"')
+        answer = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gptoss_operator.cli.user_main",
+                "ask",
+                "--model",
+                "gpt-oss-120b",
+                "-n",
+                NAMESPACE,
+                "--reasoning",
+                "high",
+                "--show-reasoning",
+                "Prove the Pythagorean theorem",
+            ],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        print(answer.stderr + answer.stdout)
+        say(
+            "Done. On a GPU cluster: helm install the chart, then kubectl apply the same "
+            "examples (see README)."
+        )
+        return 0 if status.get("phase") == "Succeeded" and answer.returncode == 0 else 1
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        if self.engine is not None:
+            self.engine.stop_in_thread()
+        if self.cluster is not None:
+            self.cluster.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="gptoss-sandbox demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=REPO_ROOT / ".cluster" / "demo",
+        help="working folder (logs, certificates, etcd data)",
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep everything running until Ctrl-C to explore with kubectl",
+    )
+    args = parser.parse_args(argv)
+    import shutil
+
+    shutil.rmtree(args.dir, ignore_errors=True)
+    demo = Demo(args.dir)
+    try:
+        code = demo.run()
+        if args.keep and demo.cluster is not None:
+            say(f"Still running. export KUBECONFIG={demo.cluster.kubeconfig}; Ctrl-C stops it")
+            while True:
+                time.sleep(1)
+        return code
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        demo.stop()
+        note(f"logs: {args.dir}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
