@@ -235,6 +235,7 @@ class JobJanitor:
             if action.kind == "delete":
                 await self.client.delete(InferenceJobResource, job.name, namespace=job.namespace)
                 log.info("deleted %s/%s: ttlSecondsAfterFinished passed", job.namespace, job.name)
+                metrics.count("job_actions", reason=action.reason)
                 return
             ops = status_patch(job, action)
             await self.client.patch(

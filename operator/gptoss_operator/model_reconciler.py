@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import hashlib
+import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +31,10 @@ from gptoss_operator.settings import Settings
 
 log = logging.getLogger(__name__)
 
-EventSink = Callable[[dict[str, Any], str, str, str], None]
+# A claim younger than this is not checked for warning Events yet (it is being bound).
+CLAIM_EVENTS_AFTER_SECONDS = 3.0
+
+EventSink = Callable[[dict[str, Any], str, str, str], Awaitable[None]]
 
 
 @dataclass
@@ -60,12 +66,69 @@ def _age_seconds(obj: dict[str, Any]) -> float:
     return (datetime.datetime.now(datetime.UTC) - moment).total_seconds()
 
 
+@dataclass
+class AppliedCache:
+    """What this process last applied per object, so an unchanged manifest is not sent
+    again on every reconcile. Entries expire (and a child's deletion clears its model's
+    entries), so objects someone deleted or edited are restored."""
+
+    ttl_seconds: float = 300.0
+    entries: dict[tuple[str, str, str], tuple[str, float]] = field(default_factory=dict)
+
+    @staticmethod
+    def _key(manifest: dict[str, Any]) -> tuple[str, str, str]:
+        metadata = manifest["metadata"]
+        return (metadata["namespace"], manifest["kind"], metadata["name"])
+
+    @staticmethod
+    def _digest(manifest: dict[str, Any]) -> str:
+        return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+    def fresh(self, manifest: dict[str, Any]) -> bool:
+        entry = self.entries.get(self._key(manifest))
+        if entry is None:
+            return False
+        digest, when = entry
+        return digest == self._digest(manifest) and time.monotonic() - when < self.ttl_seconds
+
+    def remember(self, manifest: dict[str, Any]) -> None:
+        self.entries[self._key(manifest)] = (self._digest(manifest), time.monotonic())
+
+    def forget(self, namespace: str, model: str) -> None:
+        prefix = f"{model}-"
+        for key in [k for k in self.entries if k[0] == namespace and k[2].startswith(prefix)]:
+            del self.entries[key]
+
+
+def _contains(old: Any, new: Any) -> bool:
+    """True when ``old`` already holds every value ``new`` sets (a merge patch of ``new``
+    would change nothing)."""
+    if isinstance(new, dict):
+        return isinstance(old, dict) and all(_contains(old.get(k), v) for k, v in new.items())
+    return bool(old == new)
+
+
 class ModelReconciler:
     def __init__(self, client: AsyncClient, settings: Settings, emit: EventSink) -> None:
         self.client = client
         self.settings = settings
         self.emit = emit
         self.serializer = KeyedSerializer()
+        self.applied = AppliedCache()
+        self.cleaned: dict[tuple[str, str], str] = {}
+
+    def forget(self, namespace: str, model: str) -> None:
+        """A child of the model went away: apply everything again next time."""
+        self.applied.forget(namespace, model)
+        self.cleaned.pop((namespace, model), None)
+
+    async def _apply_once(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
+        """Apply unless this exact manifest was applied recently; None when skipped."""
+        if self.applied.fresh(manifest):
+            return None
+        applied = await kube.apply(self.client, manifest)
+        self.applied.remember(manifest)
+        return applied
 
     async def reconcile(self, namespace: str, name: str) -> None:
         await self.serializer.run((namespace, name), lambda: self._reconcile(namespace, name))
@@ -87,46 +150,54 @@ class ModelReconciler:
             namespace=namespace,
             replicas=spec.serving.replicas,
         )
-        try:
-            await kube.patch_status(
-                self.client, GptOssModelResource, name, namespace, computed.status
-            )
-        except ApiError as error:
-            if error.status.code == 404:  # deleted while we worked
-                return
-            raise
+        if not _contains(body.get("status") or {}, computed.status):
+            try:
+                await kube.patch_status(
+                    self.client, GptOssModelResource, name, namespace, computed.status
+                )
+            except ApiError as error:
+                if error.status.code == 404:  # deleted while we worked
+                    return
+                raise
         metrics.count("model_reconciles")
         for event_type, reason, message in computed.events:
-            self.emit(body, event_type, reason, message)
+            await self.emit(body, event_type, reason, message)
 
     async def _converge(self, ctx: ModelContext, generation: int) -> model_status.Observed:
         client = self.client
         digest = naming.source_hash(ctx.spec)
         observed = model_status.Observed(generation=generation, digest=digest)
 
-        for manifest in (rbac.service_account(ctx), rbac.role(ctx), rbac.role_binding(ctx)):
-            await kube.apply(client, manifest)
+        # The worker ServiceAccount must exist before the Job's pod is created.
+        await asyncio.gather(
+            *(
+                self._apply_once(manifest)
+                for manifest in (rbac.service_account(ctx), rbac.role(ctx), rbac.role_binding(ctx))
+            )
+        )
 
         claim_name = naming.claim_name(ctx.name, ctx.spec)
         if ctx.spec.storage.existingClaim:
             claim = await kube.get_or_none(client, PersistentVolumeClaim, claim_name, ctx.namespace)
             observed.claim = kube.to_dict(claim) if claim is not None else None
             observed.claim_missing = claim is None
+            if observed.claim_missing:
+                return observed
+            observed.job = await kube.create_if_absent(client, Job, download.job(ctx, digest))
         else:
-            observed.claim = await kube.create_if_absent(
-                client, PersistentVolumeClaim, storage.claim(ctx)
+            # The Job's pod waits for the claim by itself: create both at once.
+            observed.claim, observed.job = await asyncio.gather(
+                kube.create_if_absent(client, PersistentVolumeClaim, storage.claim(ctx)),
+                kube.create_if_absent(client, Job, download.job(ctx, digest)),
             )
+        claim_age = _age_seconds(observed.claim or {})
         if observed.claim and observed.claim.get("status", {}).get("phase") != "Bound":
-            observed.claim_warning = await self._latest_warning(
-                ctx.namespace, "PersistentVolumeClaim", claim_name
-            )
-            observed.claim_pending_too_long = (
-                _age_seconds(observed.claim) > self.settings.claim_pending_grace_seconds
-            )
-        if observed.claim_missing:
-            return observed
+            if claim_age > CLAIM_EVENTS_AFTER_SECONDS:
+                observed.claim_warning = await self._latest_warning(
+                    ctx.namespace, "PersistentVolumeClaim", claim_name
+                )
+            observed.claim_pending_too_long = claim_age > self.settings.claim_pending_grace_seconds
 
-        observed.job = await kube.create_if_absent(client, Job, download.job(ctx, digest))
         job_name = naming.download_job_name(ctx.name, digest)
         observed.job_pods = await self._pods(ctx.namespace, {"job-name": job_name})
         downloaded = model_status.download_verdict(observed).ok
@@ -141,12 +212,19 @@ class ModelReconciler:
             annotations = kube.to_dict(existing)["metadata"].get("annotations") or {}
             served = annotations.get(naming.SOURCE_HASH_ANNOTATION)
         if served is not None:
-            observed.deployment = await kube.apply(client, serving.deployment(ctx, served))
-            observed.service = await kube.apply(client, serving.service(ctx))
+            desired = serving.deployment(ctx, served)
+            applied = await self._apply_once(desired)
+            observed.deployment = applied or kube.to_dict(existing)
+            if not observed.deployment:
+                self.applied.forget(ctx.namespace, ctx.name)
+                observed.deployment = await self._apply_once(desired)
+            service = serving.service(ctx)
+            observed.service = await self._apply_once(service) or service
             observed.served_digest = served
             observed.server_pods = await self._pods(ctx.namespace, naming.server_selector(ctx.name))
-        if downloaded:
+        if downloaded and self.cleaned.get((ctx.namespace, ctx.name)) != digest:
             await self._delete_stale_jobs(ctx, job_name)
+            self.cleaned[(ctx.namespace, ctx.name)] = digest
         return observed
 
     async def _pods(self, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from lightkube import ApiError, Client, codecs
+from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.batch_v1 import Job
@@ -132,7 +133,7 @@ def test_pod_asking_for_too_many_gpus_is_unschedulable(kube: Client, namespace: 
 
 def test_deleting_an_owner_garbage_collects_dependents(kube: Client, namespace: str) -> None:
     owner = kube.create(
-        ConfigMap(metadata={"name": "owner"}, data={"k": "v"}),  # type: ignore[arg-type]
+        ConfigMap(metadata=ObjectMeta(name="owner"), data={"k": "v"}),
         namespace=namespace,
     )
     dependent = codecs.from_dict(

@@ -377,3 +377,49 @@ def test_server_pod_failures_are_conditions_and_events(
     assert expected_text in condition(status, "Serving")["message"]
     assert condition(status, "Stalled")["status"] == "True"
     assert wait_for_event(kube, namespace, "sick", expected_reason)["type"] == "Warning"
+
+
+def test_models_can_be_deleted_while_the_operator_is_down(
+    kube: Client, namespace: str, operator: OperatorProcess
+) -> None:
+    create_model(kube, namespace, "orphan")
+    wait_for_phase(kube, namespace, "orphan", "Ready")
+    model = kube.get(GptOssModelResource, "orphan", namespace=namespace)
+    assert not model.metadata.finalizers, "no finalizer may block deletion"
+    operator.stop()
+    try:
+        kube.delete(GptOssModelResource, "orphan", namespace=namespace)
+        wait_for(
+            lambda: _gone(kube, GptOssModelResource, "orphan", namespace),
+            timeout=30,
+            message="model deleted without the operator",
+        )
+        wait_for(
+            lambda: _gone(kube, Deployment, "orphan-vllm", namespace),
+            timeout=60,
+            message="children garbage-collected",
+        )
+    finally:
+        operator.start()
+
+
+def test_operator_exposes_prometheus_metrics(
+    kube: Client, namespace: str, operator: OperatorProcess
+) -> None:
+    import urllib.request
+
+    create_model(kube, namespace, "counted")
+    wait_for_phase(kube, namespace, "counted", "Ready")
+    port = operator.env["GPTOSS_METRICS_PORT"]
+
+    def scraped() -> str | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+                text = reply.read().decode()
+        except OSError as error:
+            raise AssertionError(f"metrics endpoint not up yet: {error}") from error
+        return text if 'gptoss_models{phase="Ready"}' in text else None
+
+    text = wait_for(scraped, timeout=30, message="metrics with a Ready model")
+    assert "gptoss_model_reconciles_total" in text
+    assert "# TYPE gptoss_models gauge" in text

@@ -310,6 +310,15 @@ def job_health(obj: dict[str, Any]) -> tuple[str, str]:
     return health["status"], health.get("message", "")
 
 
+def test_the_runtime_lacks_what_argo_cd_leaves_out() -> None:
+    """A script calling string functions fails here, as it would in Argo CD."""
+    for script in ('return string.format("%d", 1)', 'return ("x"):upper()', "return math.floor(1)"):
+        lua = lupa.LuaRuntime(unpack_returned_tuples=False)
+        lua.execute(_SANDBOX)
+        with pytest.raises(lupa.LuaError):
+            lua.execute(script)
+
+
 # --- GptOssModel ------------------------------------------------------------------
 
 
@@ -336,7 +345,7 @@ def test_ready_model_is_healthy() -> None:
 
 def test_model_scaled_to_zero_is_healthy() -> None:
     status = model_statuses()["ScaledToZero"]
-    assert model_health(model_object(status))[0] == "Healthy"
+    assert model_health(model_object(status)) == ("Healthy", "spec.serving.replicas is 0")
 
 
 @pytest.mark.parametrize(

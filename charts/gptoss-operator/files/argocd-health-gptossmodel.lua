@@ -49,7 +49,7 @@ end
 if isTrue(ready) then
   hs.status = "Healthy"
   hs.message = textOf(ready) or "Ready"
-  if status.endpoint ~= nil then
+  if status.endpoint ~= nil and status.readyReplicas ~= nil and status.readyReplicas > 0 then
     hs.message = hs.message .. "; serving at " .. status.endpoint
   end
   return hs

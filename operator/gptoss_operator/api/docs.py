@@ -51,8 +51,7 @@ def _rows(schema: dict[str, Any], path: str, required: set[str]) -> list[str]:
         if name == "kopf":
             continue
         full = f"{path}.{name}"
-        default = json.dumps(prop["default"]) if "default" in prop and prop["default"] != {} \
-            else ""
+        default = json.dumps(prop["default"]) if "default" in prop and prop["default"] != {} else ""
         description = " ".join(str(prop.get("description", "")).split())
         flags = "required" if name in required else ""
         notes = "; ".join(x for x in (flags, _rules(prop)) if x)
@@ -83,8 +82,13 @@ def reference() -> str:
             f"#### {names['kind']} (`{document['spec']['group']}/{version['name']}`, "
             f"short name `{names['shortNames'][0]}`)\n\n"
             "| field | type | default | description |\n|---|---|---|---|\n"
-            + "\n".join(_rows(schema["properties"]["spec"], "spec",
-                              set(schema["properties"]["spec"].get("required", []))))
+            + "\n".join(
+                _rows(
+                    schema["properties"]["spec"],
+                    "spec",
+                    set(schema["properties"]["spec"].get("required", [])),
+                )
+            )
             + "\n"
             + "\n".join(_rows(schema["properties"]["status"], "status", set()))
             + "\n\nAdmission rules beyond the types: "

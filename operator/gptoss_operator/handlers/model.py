@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 
 import kopf
 from lightkube import ApiError
@@ -12,6 +13,8 @@ from lightkube import ApiError
 from gptoss_operator import naming
 from gptoss_operator.api.common import GROUP, VERSION
 from gptoss_operator.api.model import PLURAL
+from gptoss_operator.events import post_event
+from gptoss_operator.handlers import indexes  # noqa: F401 - registers the indexes
 from gptoss_operator.kube import new_client
 from gptoss_operator.model_reconciler import ModelReconciler
 from gptoss_operator.settings import Settings
@@ -21,12 +24,8 @@ SETTINGS = Settings.from_env()
 MANAGED = {"app.kubernetes.io/managed-by": naming.MANAGED_BY}
 
 
-def post_event(body: dict[str, Any], event_type: str, reason: str, message: str) -> None:
-    kopf.event(cast(Any, body), type=event_type, reason=reason, message=message[:1024])
-
-
 @kopf.on.startup()
-async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
     settings.persistence.finalizer = "gptoss.ai/finalizer"
     settings.persistence.progress_storage = kopf.SmartProgressStorage(prefix="gptoss.ai")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -35,7 +34,37 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    memo.models = ModelReconciler(new_client(), SETTINGS, post_event)
+    client = new_client()
+
+    async def emit(body: dict[str, Any], event_type: str, reason: str, message: str) -> None:
+        await post_event(client, body, event_type, reason, message)
+
+    memo.models = ModelReconciler(client, SETTINGS, emit)
+    memo.model_resync = asyncio.create_task(
+        _resync_forever(memo.models, kwargs["model_phases"], SETTINGS.resync_seconds)
+    )
+
+
+async def _resync_forever(
+    models: ModelReconciler, known: Mapping[tuple[str, str], Any], interval: float
+) -> None:
+    """Reconcile every model periodically, besides the event-driven reconciles. (A loop
+    of the operator's own rather than a kopf timer: timers put finalizers on objects,
+    which would block deleting models while the operator is not running.)"""
+    while True:
+        await asyncio.sleep(interval)
+        for namespace, name in list(known.keys()):
+            try:
+                await models.reconcile(namespace, name)
+            except Exception as error:
+                log.warning("resync of %s/%s failed: %s", namespace, name, error)
+
+
+@kopf.on.cleanup()
+async def stop(memo: Any, **_: Any) -> None:
+    task = memo.get("model_resync")
+    if task is not None:
+        task.cancel()
 
 
 async def _reconcile(memo: Any, namespace: str | None, name: str) -> None:
@@ -54,21 +83,18 @@ async def model_changed(name: str, namespace: str | None, memo: Any, **_: Any) -
     await _reconcile(memo, namespace, name)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.resync_seconds, initial_delay=5)
-async def model_resync(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
-    await _reconcile(memo, namespace, name)
-
-
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
 @kopf.on.event("", "v1", "pods", labels=MANAGED)
 @kopf.on.event("", "v1", "persistentvolumeclaims", labels=MANAGED)
 async def child_changed(
-    labels: Mapping[str, str], namespace: str | None, memo: Any, **_: Any
+    labels: Mapping[str, str], namespace: str | None, memo: Any, type: str, **_: Any
 ) -> None:
     model = labels.get(naming.MODEL_LABEL)
     if not model or namespace is None:
         return
+    if type == "DELETED":
+        memo.models.forget(namespace, model)
     try:
         await memo.models.reconcile(namespace, model)
     except ApiError as error:

@@ -20,6 +20,7 @@ from gptoss_operator.api.common import API_VERSION
 from gptoss_operator.api.job import KIND, Phase
 from gptoss_operator.api.resources import InferenceJobResource
 from gptoss_operator.conditions import timestamp
+from gptoss_operator.events import post_event
 from gptoss_operator.job_status import with_conditions
 
 log = logging.getLogger(__name__)
@@ -151,35 +152,11 @@ class JobStore:
             await self.client.replace(codecs.from_dict(manifest))
 
     async def event(self, job: dict[str, Any], event_type: str, reason: str, message: str) -> None:
-        metadata = job["metadata"]
-        now = timestamp()
-        manifest = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{metadata['name'][:200]}.", "namespace": self.namespace},
-            "involvedObject": {
-                "apiVersion": API_VERSION,
-                "kind": KIND,
-                "name": metadata["name"],
-                "namespace": self.namespace,
-                "uid": metadata["uid"],
-            },
-            "type": event_type,
-            "reason": reason,
-            "message": message[:1024],
-            "source": {"component": "gptoss-sidecar", "host": self.worker},
-            "reportingComponent": "gptoss.ai/sidecar",
-            "reportingInstance": self.worker,
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        }
-        try:
-            await self.client.create(codecs.from_dict(manifest))
-        except ApiError as error:
-            log.warning(
-                "could not record event %s on %s: %s",
-                reason,
-                metadata["name"],
-                error.status.message,
-            )
+        await post_event(
+            self.client,
+            {"apiVersion": API_VERSION, "kind": KIND, **job},
+            event_type,
+            reason,
+            message,
+            component="gptoss-sidecar",
+        )

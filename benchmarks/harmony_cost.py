@@ -1,0 +1,53 @@
+"""Harmony render + parse cost per token (goal: under 5 µs per token)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
+
+from gptoss_operator.harmony import RETURN_TOKEN, ChatMessage, Harmony  # noqa: E402
+
+
+def main() -> None:
+    harmony = Harmony()
+    words = " ".join(f"step{i} of the reasoning" for i in range(3000))
+    output = harmony.encoding.encode(
+        f"<|channel|>analysis<|message|>{words}<|end|><|start|>assistant<|channel|>final"
+        f"<|message|>{words}",
+        allowed_special="all",
+    )
+    conversation = [ChatMessage("system", "Be precise.")]
+    for turn in range(40):
+        conversation += [ChatMessage("user", f"question {turn}: " + words[:2000]),
+                         ChatMessage("assistant", f"answer {turn}: " + words[:2000])]
+    conversation.append(ChatMessage("user", "and finally?"))
+
+    rounds = 5
+    started = time.perf_counter()
+    for _ in range(rounds):
+        prompt = harmony.render(conversation, "medium")
+    render_seconds = (time.perf_counter() - started) / rounds
+
+    started = time.perf_counter()
+    for _ in range(rounds):
+        parser = harmony.parser()
+        for token in output:  # one token per call, as the stream delivers them at worst
+            parser.feed([token])
+        parsed = parser.finish(RETURN_TOKEN)
+    parse_seconds = (time.perf_counter() - started) / rounds
+    assert parsed.response and parsed.analysis
+
+    render_us = render_seconds / len(prompt) * 1e6
+    parse_us = parse_seconds / len(output) * 1e6
+    print(f"render: {len(prompt)} prompt tokens in {render_seconds * 1000:.1f} ms "
+          f"= {render_us:.2f} µs/token")
+    print(f"parse:  {len(output)} output tokens fed one by one in {parse_seconds * 1000:.1f} ms "
+          f"= {parse_us:.2f} µs/token")
+    print(f"render + parse: {render_us + parse_us:.2f} µs per token (goal < 5 µs)")
+
+
+if __name__ == "__main__":
+    main()
