@@ -42,6 +42,10 @@ from gptoss_operator.job_status import (
 log = logging.getLogger(__name__)
 
 
+# Reasons a Running job went back to Pending; they say more than "Queued" does.
+REQUEUE_REASONS = ("WorkerLost", "WorkerShutdown")
+
+
 @dataclass(frozen=True)
 class JobFacts:
     """What the operator remembers of one InferenceJob."""
@@ -167,7 +171,7 @@ def decide(facts: JobFacts, model_phase: str | None, now: datetime.datetime) -> 
     else:
         reason, message = "Queued", f"waiting for a worker of GptOssModel {facts.model!r}"
     if facts.scheduled_reason == reason or (
-        facts.scheduled_reason == "WorkerLost" and reason == "Queued"
+        facts.scheduled_reason in REQUEUE_REASONS and reason == "Queued"
     ):
         return None
     return Action("status", reason, queued(status, reason, message, facts.generation))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -532,3 +533,55 @@ def test_killed_sidecar_mid_job_is_finished_by_another(
     assert status["attempts"] == 2
     assert status["worker"] == "frail-b"
     assert status["response"] == "Stand-in answer to: What is recursion?"
+
+
+def test_stopping_sidecar_hands_its_jobs_back_at_once(
+    kube: Client,
+    namespace: str,
+    cluster: ClusterUnderTest,
+    operator: OperatorProcess,
+    tmp_path: Path,
+) -> None:
+    del operator
+    create_model(kube, namespace, "rolling")
+    wait_for_phase(kube, namespace, "rolling", "Ready")
+    with (
+        StandinEngine(model="rolling", token_delay=0.3) as slow,
+        StandinEngine(model="rolling") as fast,
+    ):
+        first = SidecarProcess(
+            cluster.kubeconfig,
+            namespace,
+            "rolling",
+            "rolling-a",
+            slow.url,
+            tmp_path,
+            GPTOSS_LEASE_SECONDS="60",
+        ).start()
+        create_job(kube, namespace, "handed-back", "rolling")
+        wait_for(
+            lambda: job_status(kube, namespace, "handed-back").get("phase") == "Running",
+            message="running on the first sidecar",
+        )
+        stopped_at = time.monotonic()
+        first.stop()  # SIGTERM, as when its pod is deleted
+        status = wait_for(
+            lambda: (
+                (s := job_status(kube, namespace, "handed-back")).get("phase") == "Pending" and s
+            ),
+            timeout=20,
+            message="job handed back",
+        )
+        assert time.monotonic() - stopped_at < 20, "handed back long before the 60 s lease"
+        assert condition(status, "Scheduled")["reason"] == "WorkerShutdown"
+        assert "lease" not in status
+        second = SidecarProcess(
+            cluster.kubeconfig, namespace, "rolling", "rolling-b", fast.url, tmp_path
+        ).start()
+        try:
+            status = wait_finished(kube, namespace, "handed-back", timeout=60)
+        finally:
+            second.stop()
+    assert status["phase"] == "Succeeded"
+    assert status["attempts"] == 2
+    assert status["worker"] == "rolling-b"

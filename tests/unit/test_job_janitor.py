@@ -103,3 +103,17 @@ def test_patch_is_guarded_by_resource_version() -> None:
 def test_queue_counts() -> None:
     jobs = [_facts(), _facts(_running(1, 1)), _facts({"phase": "Succeeded"})]
     assert queue_counts(jobs) == {("ns", "m"): {"pending": 1, "running": 1}}
+
+
+def test_requeue_reasons_are_kept_while_the_job_waits() -> None:
+    for reason in ("WorkerLost", "WorkerShutdown"):
+        requeued = _facts(
+            {
+                "phase": "Pending",
+                "conditions": [{"type": "Scheduled", "status": "False", "reason": reason}],
+            }
+        )
+        assert decide(requeued, "Ready", NOW) is None
+        waiting = decide(requeued, "Starting", NOW)
+        assert waiting is not None
+        assert waiting.reason == "WaitingForModel"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -41,13 +42,19 @@ def config_from_env(env: dict[str, str]) -> SidecarConfig:
 async def _serve(config: SidecarConfig) -> None:
     sidecar = Sidecar(config, AsyncClient(field_manager="gptoss-sidecar"))
     task = asyncio.create_task(sidecar.run())
+    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, task.cancel)
-    try:
+        loop.add_signal_handler(signum, stop.set)
+    waiter = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if stop.is_set():
+        logging.getLogger("gptoss.sidecar").info("stopping: handing running jobs back")
+        await sidecar.drain()
+    task.cancel()
+    waiter.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
         await task
-    except asyncio.CancelledError:
-        logging.getLogger("gptoss.sidecar").info("stopping")
 
 
 def main(argv: list[str] | None = None) -> int:

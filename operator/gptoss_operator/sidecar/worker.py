@@ -31,6 +31,7 @@ from gptoss_operator.harmony import (
 from gptoss_operator.job_status import (
     format_duration,
     parse_time,
+    queued,
     split_output,
     with_conditions,
 )
@@ -115,6 +116,9 @@ class Sidecar:
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(config.concurrency)
         self.completed = 0
+        self.stopping = False
+        self.attempts: dict[str, int] = {}
+        self.jobs: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ main loop
     async def run(self) -> None:
@@ -174,13 +178,49 @@ class Sidecar:
             ):
                 self.running[name].cancel()  # requeued and claimed elsewhere
 
+    async def drain(self) -> None:
+        """Stop taking jobs and hand the running ones back at once (the pod is going
+        away), instead of leaving them to wait for their leases to lapse."""
+        self.stopping = True
+        self._wake.set()
+        running = dict(self.running)
+        for task in running.values():
+            task.cancel()
+        await asyncio.gather(*running.values(), return_exceptions=True)
+        for name in running:
+            job = self.jobs.get(name)
+            attempt = self.attempts.get(name)
+            if job is None or attempt is None:
+                continue
+            message = f"{self.config.worker} shut down during attempt {attempt}; requeued"
+            requeued = queued(
+                job.get("status") or {},
+                "WorkerShutdown",
+                message,
+                job["metadata"].get("generation"),
+            )
+            changes = {
+                key: requeued[key]
+                for key in ("phase", "conditions", "message", "observedGeneration")
+            }
+            try:
+                await self.store.update(
+                    name, attempt, changes, remove=("lease",), current=job.get("status") or {}
+                )
+                log.info("requeued %s", name)
+            except Exception as error:
+                log.warning("could not requeue %s: %s", name, error)
+
     async def _dispatch(self) -> None:
-        while True:
+        while not self.stopping:
             if not self.pending:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
             await self._slots.acquire()
+            if self.stopping:
+                self._slots.release()
+                return
             job = self._next_pending()
             if job is None:
                 self._slots.release()
@@ -211,6 +251,8 @@ class Sidecar:
 
     async def _run_and_release(self, job: dict[str, Any]) -> None:
         name = job["metadata"]["name"]
+        self.jobs[name] = job
+        self.attempts[name] = int(job["status"]["attempts"])
         try:
             await self.run_job(job)
         except asyncio.CancelledError:
@@ -226,7 +268,11 @@ class Sidecar:
             self.running.pop(name, None)
             self._slots.release()
             self.completed += 1
-        await self._recheck(name)
+            if not self.stopping:
+                self.jobs.pop(name, None)
+                self.attempts.pop(name, None)
+        if not self.stopping:
+            await self._recheck(name)
 
     async def _recheck(self, name: str) -> None:
         """Look at a job again after running it: if it was requeued meanwhile (its
@@ -301,6 +347,7 @@ class Sidecar:
                     },
                 )
                 attempt += 1
+                self.attempts[name] = attempt
                 await asyncio.sleep(delay)
         await self._finish_succeeded(job, attempt, spec, result)
 
