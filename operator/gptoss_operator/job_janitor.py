@@ -31,6 +31,7 @@ from gptoss_operator import metrics
 from gptoss_operator.api.job import Phase
 from gptoss_operator.api.model import Phase as ModelPhase
 from gptoss_operator.api.resources import GptOssModelResource, InferenceJobResource
+from gptoss_operator.conditions import timestamp
 from gptoss_operator.job_status import (
     deadline_passed,
     lease_expired,
@@ -180,7 +181,7 @@ def decide(facts: JobFacts, model_phase: str | None, now: datetime.datetime) -> 
 def _fail(facts: JobFacts, status: dict[str, Any], reason: str, message: str) -> Action:
     failed = with_conditions(status, Phase.FAILED, reason, message, facts.generation)
     failed.pop("lease", None)
-    failed["completionTime"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    failed["completionTime"] = timestamp()
     failed["finishReason"] = "error"
     return Action("status", reason, failed, remove=("lease",))
 

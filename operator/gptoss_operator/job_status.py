@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gptoss_operator.api.job import Phase
-from gptoss_operator.conditions import set_condition, timestamp
+from gptoss_operator.conditions import set_condition
 
 # Status should stay small next to etcd's 1.5 MiB object limit: texts above this many
 # characters in total move to a ConfigMap owned by the job.
@@ -130,10 +130,3 @@ def split_output(
         else:
             fields[key] = text[:share] + TRUNCATION_NOTE.format(name=config_map, key=key)
     return SplitOutput(fields, {key: text for key, text in texts.items() if text})
-
-
-def utc_now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
-
-
-__all__ = ["timestamp"]

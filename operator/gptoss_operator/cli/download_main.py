@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gptoss_operator.builders.download import EXIT_STALLED
+from gptoss_operator.conditions import timestamp
 from gptoss_operator.download.downloader import (
     DownloadConfig,
     DownloadError,
@@ -26,7 +27,7 @@ from gptoss_operator.download.downloader import (
     download,
 )
 from gptoss_operator.download.layout import Layout
-from gptoss_operator.download.reporter import NullReporter, StatusReporter, utc_now
+from gptoss_operator.download.reporter import NullReporter, StatusReporter
 
 log = logging.getLogger("gptoss.download")
 TERMINATION_LOG = "/dev/termination-log"
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     config.data_dir.mkdir(parents=True, exist_ok=True)
     attempt = Layout(config.data_dir).next_attempt(config.digest)
-    started = utc_now()
+    started = timestamp()
     log.info(
         "downloading %s@%s into %s (attempt %d)",
         config.repo,
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             "percent": 100,
             "filesDone": result.files,
             "filesTotal": result.files,
-            "completedAt": utc_now(),
+            "completedAt": timestamp(),
             "message": message,
         },
         force=True,

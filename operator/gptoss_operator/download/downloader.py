@@ -6,7 +6,6 @@ code that tells the Job whether a retry can help.
 
 from __future__ import annotations
 
-import datetime
 import fnmatch
 import logging
 import re
@@ -25,6 +24,7 @@ from gptoss_operator.builders.download import (
     EXIT_UNAUTHORIZED,
     EXIT_UNREACHABLE,
 )
+from gptoss_operator.conditions import timestamp
 from gptoss_operator.download.layout import Layout
 from gptoss_operator.vocab import write_vocab
 
@@ -401,7 +401,7 @@ def download(
             "excludePatterns": config.exclude_patterns,
             "files": [{"path": f.path, "size": f.size} for f in planned.files],
             "bytesTotal": planned.total_bytes,
-            "completedAt": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "completedAt": timestamp(),
         },
     )
     on_progress(measure(layout, config.repo, planned))

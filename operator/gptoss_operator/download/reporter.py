@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import logging
 import threading
 import time
@@ -14,10 +13,6 @@ from lightkube.types import PatchType
 from gptoss_operator.api.resources import GptOssModelResource
 
 log = logging.getLogger(__name__)
-
-
-def utc_now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class StatusReporter:
