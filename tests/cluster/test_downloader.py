@@ -202,6 +202,38 @@ def test_an_interrupted_download_resumes_from_what_is_on_disk(
         assert (_snapshot(downloader.data) / path).read_bytes() == FILES[path]
 
 
+def test_a_killed_attempt_continues_a_half_written_file(
+    hub: FakeHub, downloader: Downloader
+) -> None:
+    big = "model-00002-of-00002.safetensors"
+    blobs = downloader.data / "hub" / "models--openai--gpt-oss-mini" / "blobs"
+    sha = hashlib.sha256(FILES[big]).hexdigest()
+    hub.bytes_per_second = 4 * MiB
+    process = downloader.start()
+
+    def partial_bytes() -> int:
+        sizes = (
+            [p.stat().st_size for p in blobs.glob(f"{sha}*.incomplete")] if blobs.is_dir() else []
+        )
+        return max(sizes, default=0)
+
+    # huggingface_hub writes 10 MiB chunks: wait for the first one of the 12 MiB file.
+    wait_for(lambda: partial_bytes() >= 10 * MiB, timeout=60, message="a partial file on disk")
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)
+    have = partial_bytes()
+    time.sleep(1)  # let the hub notice the dead connection before counting afresh
+
+    hub.reset_counters()
+    hub.bytes_per_second = 0
+    resumed = downloader.run()
+    assert resumed.returncode == 0, resumed.output
+    assert any(r.range == f"bytes={have}-" for r in hub.requests), hub.requests
+    assert hub.bytes_served_per_path[f"{REPO}/{big}"] == len(FILES[big]) - have
+    assert (_snapshot(downloader.data) / big).read_bytes() == FILES[big]
+    assert not list(blobs.glob("*.incomplete"))
+
+
 def test_a_stalled_download_ends_the_attempt_with_a_reason(
     kube: Client, namespace: str, model: str, hub: FakeHub, downloader: Downloader
 ) -> None:

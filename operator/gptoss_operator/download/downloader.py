@@ -26,6 +26,7 @@ from gptoss_operator.builders.download import (
 )
 from gptoss_operator.conditions import timestamp
 from gptoss_operator.download.layout import Layout
+from gptoss_operator.download.resume import resume_partial_blobs
 from gptoss_operator.vocab import write_vocab
 
 log = logging.getLogger(__name__)
@@ -376,6 +377,14 @@ def download(
     )
     watch.start()
     try:
+        resume_partial_blobs(
+            layout,
+            config.repo,
+            planned.commit,
+            [(f.path, f.size, f.etag) for f in planned.files],
+            endpoint=config.endpoint,
+            token=config.token,
+        )
         snapshot_download(
             config.repo,
             revision=planned.commit,
