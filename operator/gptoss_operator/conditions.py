@@ -61,8 +61,3 @@ def get_condition(conditions: list[dict[str, Any]] | None, type_: str) -> dict[s
         if condition.get("type") == type_:
             return condition
     return None
-
-
-def is_true(conditions: list[dict[str, Any]] | None, type_: str) -> bool:
-    condition = get_condition(conditions, type_)
-    return condition is not None and condition.get("status") == "True"

@@ -19,6 +19,14 @@ MAX_STATUS_TEXT = 200_000
 TRUNCATION_NOTE = "\n[truncated: the full text is in ConfigMap {name}, key {key}]"
 
 
+# The fields with_conditions and queued set: what a phase change writes.
+PHASE_FIELDS = ("phase", "conditions", "message", "observedGeneration")
+
+
+def phase_fields(status: dict[str, Any]) -> dict[str, Any]:
+    return {key: status[key] for key in PHASE_FIELDS}
+
+
 def with_conditions(
     status: dict[str, Any],
     phase: Phase,

@@ -21,7 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -576,13 +576,6 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return status != "Z"
-
-
-@contextlib.contextmanager
-def running_cluster(workdir: Path, progress: Progress = _quiet) -> Iterator[LocalCluster]:
-    cluster = LocalCluster(workdir, progress=progress)
-    with cluster:
-        yield cluster
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,7 @@ from gptoss_operator.harmony import (
 from gptoss_operator.job_status import (
     format_duration,
     parse_time,
+    phase_fields,
     queued,
     split_output,
     with_conditions,
@@ -199,10 +200,7 @@ class Sidecar:
                 message,
                 job["metadata"].get("generation"),
             )
-            changes = {
-                key: requeued[key]
-                for key in ("phase", "conditions", "message", "observedGeneration")
-            }
+            changes = phase_fields(requeued)
             try:
                 await self.store.update(
                     name, attempt, changes, remove=("lease",), current=job.get("status") or {}
@@ -514,9 +512,7 @@ class Sidecar:
             message,
             job["metadata"].get("generation"),
         )
-        final_changes = {
-            key: final[key] for key in ("phase", "conditions", "message", "observedGeneration")
-        }
+        final_changes = phase_fields(final)
         await self.store.update(
             name, attempt, {**changes, **final_changes}, remove=("lease",), current=job["status"]
         )
@@ -535,9 +531,7 @@ class Sidecar:
         final = with_conditions(
             job["status"], Phase.FAILED, reason, message, job["metadata"].get("generation")
         )
-        changes = {
-            key: final[key] for key in ("phase", "conditions", "message", "observedGeneration")
-        }
+        changes = phase_fields(final)
         changes["completionTime"] = timestamp()
         changes["finishReason"] = "error"
         changes.update(extra or {})
