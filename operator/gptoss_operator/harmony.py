@@ -12,9 +12,10 @@ breaks the format is parsed again leniently; what still cannot be parsed is kept
 from __future__ import annotations
 
 import datetime
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from openai_harmony import (
     Conversation,
@@ -37,6 +38,9 @@ ReasoningLevel = Literal["low", "medium", "high"]
 END_OF_TEXT_TOKEN = 199999  # <|endoftext|>: a stop id vLLM adds for gpt-oss; not harmony
 RETURN_TOKEN = 200002  # <|return|>: the final answer is complete
 CALL_TOKEN = 200012  # <|call|>: the model calls a tool
+# A message header (role, channel, recipient, content type) is a handful of tokens; output
+# that stays in a header far longer than this is not harmony.
+MAX_HEADER_TOKENS = 64
 _EFFORT = {
     "low": ReasoningEffort.LOW,
     "medium": ReasoningEffort.MEDIUM,
@@ -60,8 +64,13 @@ class ParsedOutput:
     reached_final: bool = False
     complete: bool = False  # the final message ended with <|return|>
     recovered: bool = False  # strict parsing failed; lenient parsing or raw text used
+    cut_in_header: bool = False  # generation stopped inside a message header
     error: str | None = None
-    raw_text: str | None = None
+    raw_text: str | None = None  # the whole output, kept whenever channels miss some of it
+
+    @property
+    def has_text(self) -> bool:
+        return bool(self.response or self.analysis or self.commentary)
 
 
 class Harmony:
@@ -157,17 +166,36 @@ class OutputParser:
         return str(channel) if channel else None
 
     def finish(self, stop_token: int | None = None) -> ParsedOutput:
-        """Close the stream: ``stop_token`` is the token that ended generation (vLLM
-        does not return it), None when generation was cut by the token limit."""
+        """Close the stream: ``stop_token`` is the token that ended generation, None when
+        the token limit cut it. Whatever the channels do not hold is kept in raw_text."""
         if stop_token is not None and (not self.tokens or self.tokens[-1] != stop_token):
             self.feed([stop_token])
         complete = stop_token == RETURN_TOKEN
         if self._strict is not None:
-            parsed = _collect(self._strict, finished=stop_token is not None)
-            if parsed is not None:
-                parsed.complete = complete and parsed.reached_final
-                return parsed
+            header = self._open_header() if stop_token is None else []
+            if len(header) > MAX_HEADER_TOKENS:
+                self._error = f"{len(header)} tokens without a complete message header"
+            else:
+                parsed = _collect(self._strict, finished=stop_token is not None)
+                if parsed is not None:
+                    parsed.complete = complete and parsed.reached_final
+                    if header:
+                        parsed.cut_in_header = True
+                        parsed.raw_text = self.harmony.decode(self.tokens)
+                    return parsed
         return self._recover(complete)
+
+    def _open_header(self) -> list[int]:
+        """Tokens of a message header the strict parser has begun and not finished."""
+        assert self._strict is not None
+        data: Any = self._strict.state_data
+        if isinstance(data, str):  # some releases return it as JSON text
+            try:
+                data = json.loads(data)
+            except ValueError:
+                return []
+        tokens = data.get("header_tokens") if isinstance(data, dict) else None
+        return [int(t) for t in tokens] if isinstance(tokens, list) else []
 
     def _recover(self, complete: bool) -> ParsedOutput:
         lenient = StreamableParser(self.harmony.encoding, Role.ASSISTANT, strict=False)

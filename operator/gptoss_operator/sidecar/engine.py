@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from gptoss_operator.sidecar.sse import EventReader
+
 
 @dataclass
 class Chunk:
@@ -74,6 +76,19 @@ class EngineClient:
             return False
         return response.status_code == 200
 
+    async def max_model_len(self) -> int | None:
+        """The served model's context window, from ``/v1/models`` (None if unknown)."""
+        try:
+            response = await self._http.get("/v1/models", timeout=10.0)
+            cards = response.json().get("data") or []
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return None
+        for card in cards:
+            if isinstance(card, dict) and card.get("id") == self.model:
+                value = card.get("max_model_len")
+                return int(value) if isinstance(value, int) else None
+        return None
+
     async def wait_until_healthy(self, interval: float = 2.0) -> None:
         while True:
             if await self.healthy():
@@ -106,13 +121,17 @@ class EngineClient:
                 if response.status_code != 200:
                     await response.aread()
                     raise _http_error(response)
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    payload = line[5:].strip()
-                    if payload == "[DONE]":
+                reader = EventReader()
+                async for raw in response.aiter_bytes():
+                    for event in reader.feed(raw):
+                        if event.data == "[DONE]":
+                            return
+                        for item in _parse_event(event.data):
+                            yield item
+                for event in reader.close():
+                    if event.data == "[DONE]":
                         return
-                    for item in _parse_event(payload):
+                    for item in _parse_event(event.data):
                         yield item
         except httpx.TimeoutException as error:
             raise EngineError(
@@ -122,6 +141,7 @@ class EngineClient:
             raise EngineError(
                 f"engine connection failed: {type(error).__name__}: {error}", retryable=True
             ) from error
+        raise EngineError("the engine's stream ended before [DONE]", retryable=True)
 
 
 def _parse_event(payload: str) -> list[Chunk | Usage]:

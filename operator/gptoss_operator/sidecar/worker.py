@@ -37,6 +37,7 @@ from gptoss_operator.job_status import (
     with_conditions,
 )
 from gptoss_operator.sidecar.engine import Chunk, EngineClient, EngineError, SamplingParams, Usage
+from gptoss_operator.sidecar.outcome import Generation, generation_outcome, rejection_reason
 from gptoss_operator.sidecar.store import JobStore, LostJob
 
 log = logging.getLogger(__name__)
@@ -120,13 +121,17 @@ class Sidecar:
         self.stopping = False
         self.attempts: dict[str, int] = {}
         self.jobs: dict[str, dict[str, Any]] = {}
+        self.max_model_len: int | None = None
 
     # ------------------------------------------------------------------ main loop
     async def run(self) -> None:
         log.info("waiting for the engine at %s", self.config.engine_url)
         await self.engine.wait_until_healthy()
+        self.max_model_len = await self.engine.max_model_len()
         log.info(
-            "engine healthy; taking InferenceJobs for model %s in %s as %s",
+            "engine healthy (context window %s tokens); taking InferenceJobs for model %s in "
+            "%s as %s",
+            self.max_model_len,
             self.config.model,
             self.config.namespace,
             self.config.worker,
@@ -314,7 +319,10 @@ class Sidecar:
                 return
             except EngineError as error:
                 if not error.retryable:
-                    await self._finish_failed(job, attempt, "EngineRejected", error.message)
+                    reason, message = rejection_reason(
+                        error.message, len(prompt), self.max_model_len
+                    )
+                    await self._finish_failed(job, attempt, reason, message)
                     return
                 if attempt >= max_attempts:
                     await self._finish_failed(
@@ -347,7 +355,7 @@ class Sidecar:
                 attempt += 1
                 self.attempts[name] = attempt
                 await asyncio.sleep(delay)
-        await self._finish_succeeded(job, attempt, spec, result)
+        await self._finish_generated(job, attempt, spec, result)
 
     def _deadline(self, job: dict[str, Any], spec: InferenceJobSpec) -> float | None:
         if spec.activeDeadlineSeconds is None:
@@ -433,50 +441,22 @@ class Sidecar:
             )
 
     # ------------------------------------------------------------------ results
-    async def _finish_succeeded(
+    async def _finish_generated(
         self, job: dict[str, Any], attempt: int, spec: InferenceJobSpec, result: RunResult
     ) -> None:
         name = job["metadata"]["name"]
-        parsed = result.parsed
-        finish = "length" if result.finish_reason == "length" else "stop"
-        if parsed.recovered and not (parsed.response or parsed.analysis or parsed.commentary):
-            await self._finish_failed(
-                job,
-                attempt,
-                "MalformedOutput",
-                f"the model output is not valid harmony ({parsed.error}); the raw text is in "
-                "status.rawOutput",
-                extra={"rawOutput": parsed.raw_text or "", "finishReason": "error"},
+        outcome = generation_outcome(
+            Generation(
+                parsed=result.parsed,
+                finish_reason=result.finish_reason,
+                max_tokens=spec.maxTokens,
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens,
+                max_model_len=self.max_model_len,
             )
-            return
-        if finish == "length":
-            reason = "TokenLimit"
-            if parsed.reached_final:
-                message = (
-                    f"stopped at maxTokens ({spec.maxTokens}) inside the final answer, "
-                    "which is cut short: raise maxTokens"
-                )
-            else:
-                message = (
-                    f"stopped at maxTokens ({spec.maxTokens}) before the final answer "
-                    "(still reasoning): response is empty; raise maxTokens"
-                )
-        elif parsed.recovered:
-            reason = "RecoveredMalformedOutput"
-            message = (
-                f"the output broke the harmony format ({parsed.error}); recovered what "
-                "could be parsed, raw text in status.rawOutput"
-            )
-        else:
-            reason = "Completed"
-            message = "the model answered"
-        texts = {
-            "response": parsed.response,
-            "analysis": parsed.analysis,
-            "commentary": parsed.commentary,
-        }
-        if parsed.raw_text is not None:
-            texts["rawOutput"] = parsed.raw_text
+        )
+        reason, message = outcome.reason, outcome.message
+        texts = outcome.texts
         config_map = f"{name[:240]}-output"
         split = split_output(texts, config_map)
         changes: dict[str, Any] = dict(split.status_fields)
@@ -490,7 +470,7 @@ class Sidecar:
         end = datetime.datetime.now(datetime.UTC)
         changes.update(
             reasoningLevel=spec.reasoningLevel,
-            finishReason=finish,
+            finishReason=outcome.finish_reason,
             usage={
                 "promptTokens": result.prompt_tokens,
                 "completionTokens": result.completion_tokens,
@@ -507,7 +487,7 @@ class Sidecar:
         )
         final = with_conditions(
             job["status"] | changes,
-            Phase.SUCCEEDED,
+            outcome.phase,
             reason,
             message,
             job["metadata"].get("generation"),
@@ -516,7 +496,8 @@ class Sidecar:
         await self.store.update(
             name, attempt, {**changes, **final_changes}, remove=("lease",), current=job["status"]
         )
-        await self.store.event(job, "Normal", reason, message)
+        succeeded = outcome.phase == Phase.SUCCEEDED
+        await self.store.event(job, "Normal" if succeeded else "Warning", reason, message)
         log.info("job %s: %s (%d tokens)", name, reason, result.completion_tokens)
 
     async def _finish_failed(
