@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from gptoss_operator import __version__
-from gptoss_operator.api.model import DEFAULT_VLLM_IMAGE
+from gptoss_operator.versions import DEFAULT_VLLM_IMAGE
 
 DEFAULT_PRODUCT_IMAGE = f"ghcr.io/gptoss-operator/gptoss-operator:{__version__}"
 

@@ -17,6 +17,7 @@ from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import Namespace, ServiceAccount
 from lightkube.resources.rbac_authorization_v1 import ClusterRole, Role
 
+from gptoss_operator.versions import DEFAULT_VLLM_IMAGE
 from gptoss_sandbox import binaries
 from gptoss_sandbox.standin_engine import StandinEngine
 from tests.cluster.job_helpers import SidecarProcess, create_job, wait_finished
@@ -129,7 +130,7 @@ def test_rendered_objects_carry_recommended_labels_and_restricted_security() -> 
     assert container["image"] == "ghcr.io/gptoss-operator/gptoss-operator:0.1.0"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert env["GPTOSS_VLLM_IMAGE"] == "vllm/vllm-openai:v0.11.0"
+    assert env["GPTOSS_VLLM_IMAGE"] == DEFAULT_VLLM_IMAGE
 
 
 def test_namespaced_mode_grants_roles_only_in_listed_namespaces() -> None:

@@ -8,7 +8,14 @@ import pytest
 
 from gptoss_operator import naming
 from gptoss_operator.api.model import GptOssModelSpec
-from gptoss_operator.builders import ModelContext, download, rbac, serving, storage
+from gptoss_operator.builders import (
+    ModelContext,
+    download,
+    engine_config,
+    rbac,
+    serving,
+    storage,
+)
 from gptoss_operator.quantity import to_bytes
 from gptoss_operator.settings import Settings
 
@@ -62,35 +69,114 @@ def test_download_job_keeps_the_token_in_a_secret_ref_and_is_restricted() -> Non
     assert job["spec"]["backoffLimit"] == 4
 
 
-@pytest.mark.parametrize(
-    ("spec", "memory", "batched", "tp"),
-    [
-        ({}, "0.95", "1024", "1"),
-        ({"source": {"repo": "openai/gpt-oss-20b"}}, None, "8192", "1"),
-        ({"serving": {"gpusPerReplica": 2}}, None, "8192", "2"),
-        (
-            {"serving": {"gpuMemoryUtilization": 0.9, "maxNumBatchedTokens": 2048}},
-            "0.9",
-            "2048",
-            "1",
-        ),
-    ],
-)
-def test_vllm_args_follow_the_recipe(
-    spec: dict[str, Any], memory: str | None, batched: str, tp: str
-) -> None:
-    args = serving.vllm_args(_ctx(**spec), "h1")
-    assert args[:2] == ["serve", "/data/served/h1"]
-    options = {
+def _options(args: list[str]) -> dict[str, str]:
+    return {
         flag: value
         for flag, value in zip(args, [*args[1:], ""], strict=True)
         if flag.startswith("--") and not value.startswith("--")
     }
-    assert options["--tensor-parallel-size"] == tp
+
+
+R120 = {"repo": "openai/gpt-oss-120b"}
+R20 = {"repo": "openai/gpt-oss-20b"}
+
+
+@pytest.mark.parametrize(
+    ("source", "profile", "gpus", "memory", "batched"),
+    [
+        # H100 80GB: the recipe's out-of-memory workaround for 120b at TP 1 only, and
+        # utilization below 0.95 at TP 2.
+        (R120, "H100-80GB", 1, "0.95", "1024"),
+        (R120, "H100-80GB", 2, "0.9", "8192"),
+        (R120, "H100-80GB", 4, None, "8192"),
+        (R120, "H100-80GB", 8, None, "8192"),
+        (R20, "H100-80GB", 1, None, "8192"),
+        (R20, "H100-80GB", 2, None, "8192"),
+        # H200 141GB: the recipe as is at every size.
+        (R120, "H200-141GB", 1, None, "8192"),
+        (R120, "H200-141GB", 2, None, "8192"),
+        (R120, "H200-141GB", 4, None, "8192"),
+        (R120, "H200-141GB", 8, None, "8192"),
+        (R20, "H200-141GB", 1, None, "8192"),
+    ],
+)
+def test_vllm_args_follow_the_recipe_per_gpu_profile(
+    source: dict[str, str], profile: str, gpus: int, memory: str | None, batched: str
+) -> None:
+    args = engine_config.vllm_args(
+        "m", _ctx(source=source, serving={"gpuProfile": profile, "gpusPerReplica": gpus}).spec, "h1"
+    )
+    assert args[:2] == ["serve", "/data/served/h1"]
+    options = _options(args)
+    assert options["--tensor-parallel-size"] == str(gpus)
+    assert "--data-parallel-size" not in options
     assert options["--max-num-batched-tokens"] == batched
     assert options.get("--gpu-memory-utilization") == memory
-    assert "--no-enable-prefix-caching" in args
+    assert options["--max-cudagraph-capture-size"] == "2048"
+    assert options["--stream-interval"] == "20"
+    assert options["--max-num-seqs"] == "1024"
+    assert options["--max-model-len"] == "131072"
     assert options["--served-model-name"] == "m"
+    assert "--enable-prefix-caching" in args
+    assert "--no-enable-prefix-caching" not in args
+    assert "--async-scheduling" in args
+
+
+def test_generic_gpus_get_vllms_defaults_and_user_values_win() -> None:
+    spec = _ctx(
+        serving={
+            "gpuProfile": "Generic",
+            "gpuMemoryUtilization": 0.8,
+            "maxNumBatchedTokens": 4096,
+            "maxModelLen": 32768,
+        }
+    ).spec
+    options = _options(engine_config.vllm_args("m", spec, "h1"))
+    assert options["--gpu-memory-utilization"] == "0.8"
+    assert options["--max-num-batched-tokens"] == "4096"
+    assert options["--max-model-len"] == "32768"
+    assert options["--max-num-seqs"] == "256"
+    assert "--max-cudagraph-capture-size" not in options
+    assert "--stream-interval" not in options
+
+
+def test_max_num_seqs_is_never_below_the_sidecar_concurrency() -> None:
+    spec = _ctx(sidecar={"concurrency": 2048}).spec
+    options = _options(engine_config.vllm_args("m", spec, "h1"))
+    assert options["--max-num-seqs"] == "2048"
+    # vLLM refuses fewer batched tokens than sequences.
+    assert options["--max-num-batched-tokens"] == "2048"
+
+
+def test_gpus_beyond_the_tensor_parallel_group_run_data_parallel() -> None:
+    spec = _ctx(serving={"gpusPerReplica": 8, "tensorParallelSize": 2}).spec
+    options = _options(engine_config.vllm_args("m", spec, "h1"))
+    assert options["--tensor-parallel-size"] == "2"
+    assert options["--data-parallel-size"] == "4"
+
+
+def test_engine_and_sidecar_containers_request_cpu_and_memory() -> None:
+    pod = serving.deployment(_ctx(), "h1")["spec"]["template"]["spec"]
+    engine, sidecar = pod["containers"]
+    assert engine["resources"]["requests"] == {
+        "cpu": "4",
+        "memory": "96Gi",
+        "nvidia.com/gpu": "1",
+    }
+    assert sidecar["resources"]["requests"] == {"cpu": "250m", "memory": "256Mi"}
+    assert sidecar["resources"]["limits"] == {"memory": "1Gi"}
+    given = _ctx(
+        source=R20,
+        serving={"gpusPerReplica": 2, "resources": {"requests": {"memory": "200Gi"}}},
+        sidecar={"resources": {"limits": {"memory": "2Gi"}}},
+    )
+    engine, sidecar = serving.deployment(given, "h1")["spec"]["template"]["spec"]["containers"]
+    assert engine["resources"]["requests"] == {
+        "cpu": "8",
+        "memory": "200Gi",
+        "nvidia.com/gpu": "2",
+    }
+    assert sidecar["resources"]["limits"] == {"memory": "2Gi"}
 
 
 def test_deployment_requests_gpus_and_probes_allow_the_startup_budget() -> None:

@@ -16,6 +16,7 @@ from gptoss_operator.api.common import (
     SecretKeyRef,
     conditions_field,
 )
+from gptoss_operator.versions import DEFAULT_VLLM_IMAGE
 
 KIND = "GptOssModel"
 PLURAL = "gptossmodels"
@@ -27,7 +28,6 @@ SHORT_NAMES = ["gom"]
 MAX_NAME_LENGTH = 50
 
 DEFAULT_REPO = "openai/gpt-oss-120b"
-DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
 DEFAULT_EXCLUDE_PATTERNS: list[JsonValue] = ["original/*", "metal/*"]
 
 REPO_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$"
@@ -218,22 +218,34 @@ class Serving(ApiModel):
         default=None,
         ge=1,
         le=16,
-        description="vLLM --tensor-parallel-size; defaults to gpusPerReplica.",
+        description="vLLM --tensor-parallel-size; defaults to gpusPerReplica. GPUs beyond it "
+        "run as data-parallel ranks (--data-parallel-size gpusPerReplica/tensorParallelSize).",
+    )
+    gpuProfile: Literal["H100-80GB", "H200-141GB", "Generic"] = Field(
+        default="H100-80GB",
+        description="The GPU the replicas run on; picks vLLM's gpt-oss recipe settings "
+        "(batched tokens, memory utilization, CUDA graph sizes). Generic: vLLM's defaults.",
     )
     gpuMemoryUtilization: float | None = Field(
         default=None,
         gt=0,
         le=1,
-        description="vLLM --gpu-memory-utilization; 0.95 for gpt-oss-120b on one 80GB GPU.",
+        description="vLLM --gpu-memory-utilization. Unset: 0.95 for gpt-oss-120b on one H100 "
+        "80GB, 0.9 at tensorParallelSize 2 there, else vLLM's default.",
     )
     maxNumBatchedTokens: int | None = Field(
         default=None,
         ge=1,
         le=1048576,
-        description="vLLM --max-num-batched-tokens; 1024 for 120b on one 80GB GPU, else 8192.",
+        description="vLLM --max-num-batched-tokens. Unset: 1024 for gpt-oss-120b on one H100 "
+        "80GB, else 8192 (the recipe).",
     )
     maxModelLen: int | None = Field(
-        default=None, ge=1, le=1048576, description="vLLM --max-model-len."
+        default=None,
+        ge=1,
+        le=1048576,
+        description="vLLM --max-model-len: the context window, prompt and output together. "
+        "Unset: 131072, gpt-oss's native window.",
     )
     extraArgs: list[str] = Field(
         default_factory=list,

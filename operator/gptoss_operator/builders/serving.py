@@ -8,52 +8,41 @@ from typing import Any
 from gptoss_operator import naming
 from gptoss_operator.api.model import GptOssModelSpec
 from gptoss_operator.builders import RESTRICTED_CONTAINER_SECURITY, ModelContext
+from gptoss_operator.builders.engine_config import is_120b, vllm_args
 
 PROBE_PERIOD_SECONDS = 10
 
+# Requests keep the pods out of the BestEffort class (the first evicted). vLLM reads the
+# weights through host memory while it loads them, and its API server, tokenizer and
+# scheduler are CPU work; the sidecar renders and parses harmony.
+SIDECAR_RESOURCES: dict[str, dict[str, str | int]] = {
+    "requests": {"cpu": "250m", "memory": "256Mi"},
+    "limits": {"memory": "1Gi"},
+}
 
-def is_120b(spec: GptOssModelSpec) -> bool:
-    return spec.source.repo.lower().endswith("gpt-oss-120b")
+
+def engine_requests(spec: GptOssModelSpec) -> dict[str, str | int]:
+    memory = "96Gi" if is_120b(spec) else "32Gi"
+    return {"cpu": str(4 * spec.serving.gpusPerReplica), "memory": memory}
 
 
-def vllm_args(ctx: ModelContext, digest: str) -> list[str]:
-    """``vllm serve`` arguments, following the gpt-oss recipe for Hopper GPUs.
-
-    120b on a single 80 GB GPU needs --gpu-memory-utilization 0.95 and
-    --max-num-batched-tokens 1024 to leave room for the KV cache; with more memory per
-    replica the recipe's 8192 batched tokens apply.
-    """
-    serving = ctx.spec.serving
-    tp = serving.effective_tensor_parallel_size()
-    tight = is_120b(ctx.spec) and tp == 1
-    memory = serving.gpuMemoryUtilization or (0.95 if tight else None)
-    batched = serving.maxNumBatchedTokens or (1024 if tight else 8192)
-    args = [
-        "serve",
-        naming.served_path(digest),
-        "--served-model-name",
-        ctx.name,
-        "--host",
-        "0.0.0.0",
-        "--port",
-        str(naming.ENGINE_PORT),
-        "--tensor-parallel-size",
-        str(tp),
-        "--max-num-batched-tokens",
-        str(batched),
-        "--no-enable-prefix-caching",
-    ]
-    if memory is not None:
-        args += ["--gpu-memory-utilization", f"{memory:g}"]
-    if serving.maxModelLen:
-        args += ["--max-model-len", str(serving.maxModelLen)]
-    return args + list(serving.extraArgs)
+def _merged(
+    defaults: dict[str, dict[str, str | int]], given: dict[str, dict[str, str | int]]
+) -> dict[str, dict[str, str | int]]:
+    """Container resources: the user's values win, key by key."""
+    merged = {kind: dict(values) for kind, values in defaults.items()}
+    for kind, values in given.items():
+        merged.setdefault(kind, {}).update(values)
+    return merged
 
 
 def _engine_container(ctx: ModelContext, digest: str) -> dict[str, Any]:
     serving = ctx.spec.serving
-    resources = serving.resources.to_wire() if serving.resources else {}
     gpus = str(serving.gpusPerReplica)
+    resources = _merged(
+        {"requests": engine_requests(ctx.spec)},
+        serving.resources.to_wire() if serving.resources else {},
+    )
     resources.setdefault("limits", {})[serving.gpuResourceName] = gpus
     resources.setdefault("requests", {})[serving.gpuResourceName] = gpus
     health = {"path": "/health", "port": "http"}
@@ -69,7 +58,7 @@ def _engine_container(ctx: ModelContext, digest: str) -> dict[str, Any]:
         "image": serving.image or ctx.settings.vllm_image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["vllm"],
-        "args": vllm_args(ctx, digest),
+        "args": vllm_args(ctx.name, ctx.spec, digest),
         "env": env,
         "ports": [{"name": "http", "containerPort": naming.ENGINE_PORT, "protocol": "TCP"}],
         "resources": resources,
@@ -127,8 +116,9 @@ def _sidecar_container(ctx: ModelContext) -> dict[str, Any]:
         },
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    if sidecar.resources:
-        container["resources"] = sidecar.resources.to_wire()
+    container["resources"] = _merged(
+        SIDECAR_RESOURCES, sidecar.resources.to_wire() if sidecar.resources else {}
+    )
     return container
 
 
