@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CLUSTER_DIR ?= .cluster
 
-.PHONY: docs bench demo kubectl-path help setup binaries cluster cluster-down test test-unit lint format typecheck crds check-crds demo clean
+.PHONY: docs bench demo kubectl-path help setup binaries engine cluster cluster-down test test-unit lint format typecheck crds check-crds demo clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -20,16 +20,19 @@ setup: $(BIN)/python ## Install the project and its dev tools into .venv
 binaries: setup ## Build (once) and cache etcd, Kubernetes and kwok from Go modules
 	$(BIN)/python -m gptoss_sandbox.binaries
 
+engine: setup ## Install (once) vLLM's CPU build, the real engine of the tests and demo
+	$(BIN)/python -m gptoss_sandbox.engine_venv
+
 cluster: binaries ## Start the local control plane with fake GPU nodes (.cluster/kubeconfig)
 	$(BIN)/python -m gptoss_sandbox.cluster up --dir $(CLUSTER_DIR)
 
 cluster-down: ## Stop the local control plane
 	@if [ -x $(BIN)/python ]; then $(BIN)/python -m gptoss_sandbox.cluster down --dir $(CLUSTER_DIR); fi
 
-demo: binaries ## Run the whole product locally: control plane, operator, a model, a job (stand-in engine)
+demo: binaries engine ## Run the whole product locally: control plane, operator, a model, a job (stand-in engine)
 	$(BIN)/python -m gptoss_sandbox.demo $(DEMO_ARGS)
 
-test: binaries ## Run every test (unit + real control plane)
+test: binaries engine ## Run every test (unit, real control plane, real vLLM)
 	$(BIN)/python -m pytest
 
 test-unit: setup ## Run the tests that need no control plane

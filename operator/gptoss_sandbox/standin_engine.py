@@ -55,12 +55,13 @@ from typing import Any
 from aiohttp import web
 from openai_harmony import HarmonyEncoding, HarmonyEncodingName, load_harmony_encoding
 
+from gptoss_operator import versions as gptoss_versions
 from gptoss_operator.vocab import ensure_offline_vocab
 
 HOST = "127.0.0.1"
 DEFAULT_MODEL = "gpt-oss-20b"
 DEFAULT_MAX_MODEL_LEN = 131072
-VLLM_VERSION = "0.11.0"  # the version whose wire format this stand-in follows
+VLLM_VERSION = gptoss_versions.VLLM_VERSION  # the release whose wire format it follows
 
 # Harmony special tokens of the o200k_harmony vocabulary (checked against the encoding).
 START = 200006  # <|start|>
@@ -114,20 +115,23 @@ def _random_uuid() -> str:
 
 
 class _RequestError(Exception):
-    def __init__(self, message: str, status: HTTPStatus, err_type: str) -> None:
+    def __init__(
+        self, message: str, status: HTTPStatus, err_type: str, param: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.err_type = err_type
+        self.param = param
 
 
 def _bad_request(message: str) -> _RequestError:
     return _RequestError(message, HTTPStatus.BAD_REQUEST, "BadRequestError")
 
 
-def error_body(message: str, err_type: str, status: HTTPStatus) -> Json:
+def error_body(message: str, err_type: str, status: HTTPStatus, param: str | None = None) -> Json:
     """vLLM's ``ErrorResponse``: ``{"error": {"message", "type", "param", "code"}}``."""
-    return {"error": {"message": message, "type": err_type, "param": None, "code": status.value}}
+    return {"error": {"message": message, "type": err_type, "param": param, "code": status.value}}
 
 
 def _json_response(body: Json, status: HTTPStatus = HTTPStatus.OK) -> web.Response:
@@ -136,8 +140,10 @@ def _json_response(body: Json, status: HTTPStatus = HTTPStatus.OK) -> web.Respon
     )
 
 
-def _error_response(message: str, err_type: str, status: HTTPStatus) -> web.Response:
-    return _json_response(error_body(message, err_type, status), status)
+def _error_response(
+    message: str, err_type: str, status: HTTPStatus, param: str | None = None
+) -> web.Response:
+    return _json_response(error_body(message, err_type, status, param), status)
 
 
 # --------------------------------------------------------------------------------------
@@ -346,9 +352,11 @@ class StandinEngine:
         token_delay: float = 0.0,
         max_model_len: int = DEFAULT_MAX_MODEL_LEN,
         model_root: str | None = None,
+        stream_interval: int = 1,
     ) -> None:
         self.model = model
         self.model_root = model_root or model
+        self.stream_interval = stream_interval
         self.port = port
         self.token_delay = token_delay
         self.max_model_len = max_model_len
@@ -595,7 +603,7 @@ class StandinEngine:
         try:
             completion = self._validate(body)
         except _RequestError as error:
-            return _error_response(error.message, error.err_type, error.status)
+            return _error_response(error.message, error.err_type, error.status, error.param)
         planned = self.plan(completion.prompt_ids, malformed=fault == "malformed")
         request_id = f"cmpl-{request.headers.get('X-Request-Id') or _random_uuid()}"
         if completion.stream:
@@ -614,7 +622,7 @@ class StandinEngine:
         return await self._respond(completion, planned, request_id)
 
     def _validate(self, body: Json) -> _Completion:
-        """The checks vLLM 0.11 makes before generating, with its messages."""
+        """The checks vLLM makes before generating, with its messages."""
         model = body.get("model")
         stream = _optional(body, "stream", bool) or False
         stream_options = body.get("stream_options")
@@ -644,20 +652,23 @@ class StandinEngine:
             )
         if (too_big := max(prompt_ids)) >= VOCAB_SIZE:
             raise _bad_request(f"Token id {too_big} is out of vocabulary")
-        max_tokens = _optional(body, "max_tokens", int) if "max_tokens" in body else 16
-        # vLLM renders the prompt against max_model_len - max_tokens and reports that
-        # difference as "the maximum context length".
-        max_input = self.max_model_len - (max_tokens or 0)
-        if len(prompt_ids) > max_input:
-            raise _bad_request(
-                f"This model's maximum context length is {max_input} tokens. "
-                f"However, your request has {len(prompt_ids)} input tokens. "
-                "Please reduce the length of the input messages."
-            )
-        if max_tokens is None:
-            max_tokens = self.max_model_len - len(prompt_ids)
-        if max_tokens < 1:
+        max_tokens = _optional(body, "max_tokens", int)
+        if max_tokens is not None and max_tokens < 1:
             raise _bad_request(f"max_tokens must be at least 1, got {max_tokens}.")
+        # vLLM refuses only a prompt that alone exceeds the context window; max_tokens is
+        # clamped to what is left of it (the completion then ends with "length").
+        if len(prompt_ids) > self.max_model_len:
+            raise _RequestError(
+                f"This model's maximum context length is {self.max_model_len} tokens. "
+                f"However, your prompt contains {len(prompt_ids)} input tokens, which "
+                "exceeds this limit even without any output tokens. Please reduce the "
+                "length of the input prompt.",
+                HTTPStatus.BAD_REQUEST,
+                "BadRequestError",
+                param="input_tokens",
+            )
+        room = self.max_model_len - len(prompt_ids)
+        max_tokens = room if max_tokens is None else min(max_tokens, room)
         stop_ids = _optional(body, "stop_token_ids", list) or []
         if not all(_is_token(t) for t in stop_ids):
             raise _bad_request("stop_token_ids must be a list of non-negative integers")
@@ -750,6 +761,41 @@ class StandinEngine:
             data = payload if isinstance(payload, str) else _dumps(payload)
             await response.write(f"data: {data}\n\n".encode())
 
+        group: list[Step] = []
+
+        async def send_group() -> None:
+            first = generated == len(group)
+            choice = {
+                "index": 0,
+                "text": "".join(step.text for step in group),
+                "logprobs": None,
+                "finish_reason": group[-1].finish_reason,
+                "stop_reason": group[-1].stop_reason,
+                "prompt_token_ids": (
+                    completion.prompt_ids if first and completion.return_token_ids else None
+                ),
+                "token_ids": [step.token for step in group]
+                if completion.return_token_ids
+                else None,
+            }
+            chunk: Json = {
+                "id": request_id,
+                "object": "text_completion",
+                "created": created,
+                "model": self.model,
+                "choices": [choice],
+                "usage": None,
+            }
+            if completion.continuous_usage:
+                chunk["usage"] = {
+                    "prompt_tokens": prompt_tokens,
+                    "total_tokens": prompt_tokens + generated,
+                    "completion_tokens": generated,
+                    "prompt_tokens_details": None,
+                }
+            group.clear()
+            await send(chunk)
+
         try:
             for step in generate(self.encoding, planned, prompt_tokens, completion.sampling):
                 if fault in ("reset", "stall", "stream_error") and (
@@ -758,35 +804,18 @@ class StandinEngine:
                     break
                 if self.token_delay:
                     await asyncio.sleep(self.token_delay)
-                first = generated == 0
                 generated += 1
-                choice = {
-                    "index": 0,
-                    "text": step.text,
-                    "logprobs": None,
-                    "finish_reason": step.finish_reason,
-                    "stop_reason": step.stop_reason,
-                    "prompt_token_ids": (
-                        completion.prompt_ids if first and completion.return_token_ids else None
-                    ),
-                    "token_ids": [step.token] if completion.return_token_ids else None,
-                }
-                chunk: Json = {
-                    "id": request_id,
-                    "object": "text_completion",
-                    "created": created,
-                    "model": self.model,
-                    "choices": [choice],
-                    "usage": None,
-                }
-                if completion.continuous_usage:
-                    chunk["usage"] = {
-                        "prompt_tokens": prompt_tokens,
-                        "total_tokens": prompt_tokens + generated,
-                        "completion_tokens": generated,
-                        "prompt_tokens_details": None,
-                    }
-                await send(chunk)
+                group.append(step)
+                # vLLM's --stream-interval: the first token at once, then groups of N
+                # tokens, and whatever is left when the request finishes.
+                if (
+                    generated == 1
+                    or len(group) >= self.stream_interval
+                    or step.finish_reason is not None
+                ):
+                    await send_group()
+            if group:
+                await send_group()
             if fault == "reset":
                 _drop_connection(request)
                 return response

@@ -395,11 +395,13 @@ def test_commentary_preamble_and_tool_call(
 # -- errors ------------------------------------------------------------------------------
 
 
-def assert_vllm_error(response: httpx.Response, status: int, err_type: str) -> str:
+def assert_vllm_error(
+    response: httpx.Response, status: int, err_type: str, param: str | None = None
+) -> str:
     assert response.status_code == status
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
-    assert (error["type"], error["code"], error["param"]) == (err_type, status, None)
+    assert (error["type"], error["code"], error["param"]) == (err_type, status, param)
     return str(error["message"])
 
 
@@ -411,20 +413,30 @@ def test_wrong_model_is_404(client: httpx.Client, encoding: HarmonyEncoding) -> 
     assert message == "The model `other` does not exist."
 
 
-def test_prompt_over_max_model_len_is_400(
+def test_a_prompt_over_max_model_len_is_400(
     engine: StandinEngine, client: httpx.Client, encoding: HarmonyEncoding
 ) -> None:
     prompt = render(encoding, "A long one")
-    engine.max_model_len = len(prompt) + 100
-    response = client.post("/v1/completions", json=request_body(prompt, max_tokens=101))
-    message = assert_vllm_error(response, 400, "BadRequestError")
+    engine.max_model_len = len(prompt) - 1
+    response = client.post("/v1/completions", json=request_body(prompt, max_tokens=10))
+    message = assert_vllm_error(response, 400, "BadRequestError", "input_tokens")
     assert message == (
-        f"This model's maximum context length is {len(prompt) - 1} tokens. "
-        f"However, your request has {len(prompt)} input tokens. "
-        "Please reduce the length of the input messages."
+        f"This model's maximum context length is {len(prompt) - 1} tokens. However, your "
+        f"prompt contains {len(prompt)} input tokens, which exceeds this limit even without "
+        "any output tokens. Please reduce the length of the input prompt."
     )
-    ok = client.post("/v1/completions", json=non_streaming(prompt, max_tokens=100))
-    assert ok.status_code == 200
+
+
+def test_max_tokens_beyond_the_context_is_clamped_to_what_is_left(
+    engine: StandinEngine, client: httpx.Client, encoding: HarmonyEncoding
+) -> None:
+    prompt = render(encoding, "A long one")
+    engine.max_model_len = len(prompt) + 5
+    response = client.post("/v1/completions", json=non_streaming(prompt, max_tokens=100))
+    assert response.status_code == 200
+    body = response.json()
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert body["usage"]["completion_tokens"] == 5
 
 
 def test_other_request_errors_are_400(client: httpx.Client, encoding: HarmonyEncoding) -> None:
