@@ -1,0 +1,250 @@
+"""The real engine on a CPU: vLLM's CPU build serving a tiny gpt-oss checkpoint.
+
+``build_tiny_checkpoint`` writes the checkpoint with ``tiny_gptoss.py``, run by the engine
+venv's python (it needs torch and transformers, which this venv lacks). ``VllmServer`` runs
+vLLM's OpenAI-compatible server on a checkpoint, on loopback.
+
+vLLM's server starts an engine-core process, which starts a worker; they outlive a
+killed server, and a server stopped during startup can hang forever. So the server runs
+under a small supervisor (``python -m gptoss_sandbox.real_engine supervise ...``, in a
+session of its own) that gets SIGTERM from ``stop()`` or when the thread that started it
+dies. It then sends SIGTERM to the server's process group, and SIGKILL to what is left of
+it once the server has exited (or after a grace period).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import http.client
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
+
+from gptoss_operator.vocab import VOCAB_FILE, write_vocab
+from gptoss_sandbox.binaries import cache_root
+from gptoss_sandbox.cluster import free_port
+from gptoss_sandbox.engine_venv import EngineVenv, ensure_engine
+
+HOST = "127.0.0.1"
+TINY_GPTOSS = Path(__file__).with_name("tiny_gptoss.py")
+ENGINE_ENV = {
+    "VLLM_TARGET_DEVICE": "cpu",
+    "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB
+    "HF_HUB_OFFLINE": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+}
+SERVER_STOP_GRACE = 10.0  # seconds from SIGTERM to SIGKILL (a healthy server takes ~2 s)
+GROUP_EXIT_GRACE = 5.0  # seconds its helpers (resource tracker) get to finish after it
+
+
+class EngineError(RuntimeError):
+    pass
+
+
+def vocab_folder() -> Path:
+    """A folder holding ``o200k_base.tiktoken`` (for ``TIKTOKEN_ENCODINGS_BASE``)."""
+    folder = cache_root() / "tiktoken"
+    write_vocab(folder)
+    return folder
+
+
+def build_tiny_checkpoint(out: Path, variant: str) -> Path:
+    """Write a tiny gpt-oss checkpoint (``scripted`` or ``random``) into ``out``."""
+    engine = ensure_engine()
+    args = [
+        str(engine.python),
+        str(TINY_GPTOSS),
+        *("--out", str(out), "--variant", variant),
+        *("--vocab", str(vocab_folder() / VOCAB_FILE)),
+    ]
+    result = subprocess.run(args, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise EngineError(f"building the {variant} checkpoint failed:\n{result.stderr[-4000:]}")
+    return out
+
+
+class VllmServer:
+    """vLLM's OpenAI-compatible server on a checkpoint folder, on 127.0.0.1.
+
+    Call ``start()`` from a thread that outlives the server: the server is stopped when
+    that thread ends (``PR_SET_PDEATHSIG`` follows the thread, not the process).
+    """
+
+    def __init__(
+        self,
+        model: Path,
+        *,
+        served_model_name: str = "gpt-oss-20b",
+        port: int | None = None,
+        max_model_len: int = 4096,
+        extra_args: Sequence[str] = (),
+        log_path: Path | None = None,
+        engine: EngineVenv | None = None,
+    ) -> None:
+        self.model = model
+        self.served_model_name = served_model_name
+        self.port = port or free_port()
+        self.max_model_len = max_model_len
+        self.extra_args = list(extra_args)
+        self.log_path = log_path or Path(tempfile.gettempdir()) / f"gptoss-vllm-{self.port}.log"
+        self._engine = engine
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self._started = 0.0
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT`` (no ``/v1``); the same across restarts."""
+        return f"http://{HOST}:{self.port}"
+
+    def command(self, python: Path) -> list[str]:
+        """The server's command line, run by the engine venv's ``python``."""
+        return [
+            str(python),
+            *("-m", "vllm.entrypoints.openai.api_server"),
+            *("--model", str(self.model)),
+            *("--served-model-name", self.served_model_name),
+            *("--host", HOST, "--port", str(self.port)),
+            *("--max-model-len", str(self.max_model_len)),
+            "--enforce-eager",
+            *("--dtype", "bfloat16"),
+            *self.extra_args,
+        ]
+
+    def start(self) -> VllmServer:
+        """Start the server (without waiting for it to load the model)."""
+        if self._process is not None:
+            raise EngineError("the vLLM server is already started")
+        engine = self._engine or ensure_engine()
+        command = self.command(engine.python)
+        env = {**os.environ, **ENGINE_ENV, "TIKTOKEN_ENCODINGS_BASE": str(vocab_folder())}
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log.write(f"$ {shlex.join(command)}\n".encode())
+        self._log.flush()
+        self._started = time.monotonic()
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "gptoss_sandbox.real_engine", "supervise", *command],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_terminate_with_parent,
+        )
+        return self
+
+    def wait_healthy(self, timeout: float = 300.0) -> float:
+        """Wait until ``GET /health`` answers 200; return the seconds since ``start()``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._process is None or self._process.poll() is not None:
+                raise EngineError(f"the vLLM server is not running:\n{self.log_tail()}")
+            with (
+                contextlib.suppress(OSError, http.client.HTTPException),  # not up yet
+                urllib.request.urlopen(f"{self.url}/health", timeout=2) as response,
+            ):
+                if response.status == 200:
+                    return time.monotonic() - self._started
+            if time.monotonic() > deadline:
+                raise EngineError(f"the vLLM server is not healthy after {timeout}s")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        """Stop the server and every process it started (~2 s; at most ~15 s)."""
+        process, self._process = self._process, None
+        if process is not None:
+            process.terminate()
+            try:
+                process.wait(SERVER_STOP_GRACE + GROUP_EXIT_GRACE + 10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def restart(self, timeout: float = 300.0) -> float:
+        """Stop, start again on the same port, and wait until healthy (seconds taken)."""
+        self.stop()
+        return self.start().wait_healthy(timeout)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def __enter__(self) -> VllmServer:
+        self.start()
+        try:
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def supervise(command: Sequence[str]) -> int:
+    """Run ``command`` in a process group of its own until it exits or this process gets
+    SIGTERM; then stop it and SIGKILL what is left of its group. Returns its exit code."""
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    server = subprocess.Popen(command, process_group=0)
+    while server.poll() is None and not stopping.wait(0.2):
+        pass
+    group = server.pid  # the group outlives its leader while members remain
+    if server.poll() is None:
+        _signal_group(group, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.wait(SERVER_STOP_GRACE)
+    deadline = time.monotonic() + GROUP_EXIT_GRACE
+    while server.poll() is not None and _signal_group(group, 0):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    _signal_group(group, signal.SIGKILL)
+    return server.wait()
+
+
+def _terminate_with_parent() -> None:
+    """Run in the child before exec: get SIGTERM when the launching thread dies."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _signal_group(group: int, signum: int) -> bool:
+    """Signal a process group; False when it no longer exists."""
+    try:
+        os.killpg(group, signum)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) < 2 or args[0] != "supervise":
+        print("usage: python -m gptoss_sandbox.real_engine supervise COMMAND...", file=sys.stderr)
+        return 2
+    return supervise(args[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
