@@ -26,10 +26,11 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePosixPath
 from typing import IO
 
+from gptoss_operator import naming
 from gptoss_operator.vocab import VOCAB_FILE, write_vocab
 from gptoss_sandbox.binaries import cache_root
 from gptoss_sandbox.cluster import free_port
@@ -44,6 +45,9 @@ ENGINE_ENV = {
     "VLLM_NO_USAGE_STATS": "1",
     "DO_NOT_TRACK": "1",
 }
+# What running on a CPU adds to a Deployment's arguments: no CUDA graphs or compilation
+# (it only slows start-up here), and the checkpoint's own dtype.
+CPU_ARGS = ("--enforce-eager", "--dtype", "bfloat16")
 SERVER_STOP_GRACE = 10.0  # seconds from SIGTERM to SIGKILL (a healthy server takes ~2 s)
 GROUP_EXIT_GRACE = 5.0  # seconds its helpers (resource tracker) get to finish after it
 
@@ -93,15 +97,51 @@ class VllmServer:
         engine: EngineVenv | None = None,
     ) -> None:
         self.model = model
-        self.served_model_name = served_model_name
         self.port = port or free_port()
-        self.max_model_len = max_model_len
-        self.extra_args = list(extra_args)
+        self.args = [
+            *("--model", str(model)),
+            *("--served-model-name", served_model_name),
+            *("--host", HOST, "--port", str(self.port)),
+            *("--max-model-len", str(max_model_len)),
+            *CPU_ARGS,
+            *extra_args,
+        ]
         self.log_path = log_path or Path(tempfile.gettempdir()) / f"gptoss-vllm-{self.port}.log"
+        self.env = {**ENGINE_ENV, "TIKTOKEN_ENCODINGS_BASE": str(vocab_folder())}
         self._engine = engine
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._started = 0.0
+
+    @classmethod
+    def from_deployment(
+        cls,
+        serve_args: Sequence[str],
+        volume: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        log_path: Path | None = None,
+        engine: EngineVenv | None = None,
+    ) -> VllmServer:
+        """The server a Deployment's vLLM container describes, run here: the same flags
+        and environment, paths on the volume's mount point moved to ``volume``, loopback
+        and a free port instead of 0.0.0.0:8000, plus the CPU's ``CPU_ARGS``."""
+        if list(serve_args[:1]) != ["serve"] or len(serve_args) < 2:
+            raise EngineError(f"not `vllm serve` arguments: {list(serve_args)}")
+        served = PurePosixPath(serve_args[1]).relative_to(naming.VOLUME_MOUNT)
+        flags = _without_options(serve_args[2:], ("--host", "--port"))
+        server = cls(volume / served, log_path=log_path, engine=engine)
+        server.args = [
+            *("--model", str(volume / served)),
+            *("--host", HOST, "--port", str(server.port)),
+            *flags,
+            *CPU_ARGS,
+        ]
+        for name, value in (env or {}).items():
+            if value.startswith(naming.VOLUME_MOUNT + "/"):
+                value = str(volume / PurePosixPath(value).relative_to(naming.VOLUME_MOUNT))
+            server.env[name] = value
+        return server
 
     @property
     def url(self) -> str:
@@ -110,17 +150,7 @@ class VllmServer:
 
     def command(self, python: Path) -> list[str]:
         """The server's command line, run by the engine venv's ``python``."""
-        return [
-            str(python),
-            *("-m", "vllm.entrypoints.openai.api_server"),
-            *("--model", str(self.model)),
-            *("--served-model-name", self.served_model_name),
-            *("--host", HOST, "--port", str(self.port)),
-            *("--max-model-len", str(self.max_model_len)),
-            "--enforce-eager",
-            *("--dtype", "bfloat16"),
-            *self.extra_args,
-        ]
+        return [str(python), "-m", "vllm.entrypoints.openai.api_server", *self.args]
 
     def start(self) -> VllmServer:
         """Start the server (without waiting for it to load the model)."""
@@ -128,7 +158,7 @@ class VllmServer:
             raise EngineError("the vLLM server is already started")
         engine = self._engine or ensure_engine()
         command = self.command(engine.python)
-        env = {**os.environ, **ENGINE_ENV, "TIKTOKEN_ENCODINGS_BASE": str(vocab_folder())}
+        env = {**os.environ, **self.env}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self._log.write(f"$ {shlex.join(command)}\n".encode())
@@ -220,6 +250,20 @@ def supervise(command: Sequence[str]) -> int:
         time.sleep(0.1)
     _signal_group(group, signal.SIGKILL)
     return server.wait()
+
+
+def _without_options(args: Sequence[str], names: tuple[str, ...]) -> list[str]:
+    """``args`` without the options ``names`` and their values."""
+    kept: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in names:
+            skip = True
+        elif not arg.startswith(tuple(f"{name}=" for name in names)):
+            kept.append(arg)
+    return kept
 
 
 def _terminate_with_parent() -> None:

@@ -1,0 +1,244 @@
+"""InferenceJobs answered by the real vLLM (CPU build of the pinned release).
+
+The model is the scripted tiny gpt-oss checkpoint: its weights make it answer any prompt
+that ends ready for the assistant with one fixed harmony reply (an analysis message, then
+a final one), even at temperature 0.7, so the tests can assert exact text and token counts.
+Everything between the user and the engine is the product: the operator's download Job
+and Deployment, the downloader, the sidecar.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from lightkube import Client
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Namespace
+
+from gptoss_operator.harmony import ChatMessage, Harmony
+from gptoss_sandbox.engine_venv import EngineVenv
+from gptoss_sandbox.fake_hub import FakeHub
+from gptoss_sandbox.real_engine import build_tiny_checkpoint
+from gptoss_sandbox.tiny_gptoss import REPLY_FILE, SCRIPTED_ANALYSIS, SCRIPTED_ANSWER
+from tests.cluster.job_helpers import condition, create_job, wait_finished
+from tests.conftest import ClusterUnderTest, OperatorProcess
+from tests.engine.deploy import Deployed, checkpoint_files, deploy
+
+pytestmark = [pytest.mark.cluster, pytest.mark.engine]
+
+REPO = "openai/gpt-oss-tiny"
+MAX_MODEL_LEN = 1024
+
+
+@dataclass
+class Served:
+    kube: Client
+    cluster: ClusterUnderTest
+    deployed: Deployed
+    reply_ids: list[int]
+    harmony: Harmony
+
+    @property
+    def namespace(self) -> str:
+        return self.deployed.namespace
+
+
+@pytest.fixture(scope="module")
+def served(
+    kube: Client,
+    cluster: ClusterUnderTest,
+    operator: OperatorProcess,
+    engine_venv: EngineVenv,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Served]:
+    del operator, engine_venv
+    work = tmp_path_factory.mktemp("real-engine")
+    checkpoint = build_tiny_checkpoint(work / "checkpoint", "scripted")
+    reply = json.loads((checkpoint / REPLY_FILE).read_text())
+    namespace = f"t-vllm-{uuid.uuid4().hex[:8]}"
+    kube.create(Namespace(metadata=ObjectMeta(name=namespace)))
+    with FakeHub() as hub:
+        hub.add_repo(REPO, checkpoint_files(checkpoint))
+        deployed = deploy(
+            kube,
+            cluster,
+            namespace,
+            "tiny",
+            hub,
+            REPO,
+            work,
+            serving={"maxModelLen": MAX_MODEL_LEN},
+        )
+    print(f"vLLM healthy after {deployed.vllm_start_seconds:.1f}s; logs in {work}")
+    try:
+        yield Served(kube, cluster, deployed, list(reply["token_ids"]), Harmony())
+    finally:
+        deployed.sidecar.stop()
+        deployed.vllm.stop()
+        kube.delete(Namespace, namespace)
+
+
+def _name() -> str:
+    return f"j-{uuid.uuid4().hex[:8]}"
+
+
+def _prompt_tokens(served: Served, question: str, level: str = "medium") -> int:
+    return len(served.harmony.render([ChatMessage("user", question)], level))  # type: ignore[arg-type]
+
+
+def _question_of_length(served: Served, tokens: int) -> str:
+    """A user message whose rendered prompt is exactly ``tokens`` tokens long."""
+    base = "Count the apples:"
+    extra = tokens - _prompt_tokens(served, base)
+    assert extra > 0
+    question = base + " apple" * extra
+    assert _prompt_tokens(served, question) == tokens, "' apple' is one token each"
+    return question
+
+
+def _successes(served: Served) -> float:
+    """vLLM's own count of finished requests."""
+    text = httpx.get(f"{served.deployed.vllm.url}/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("vllm:request_success_total{")
+    )
+
+
+def test_the_deployment_args_are_served_by_real_vllm(served: Served) -> None:
+    args = served.deployed.vllm_args
+    assert args[0] == "serve"
+    assert "--enable-prefix-caching" in args
+    assert "--stream-interval" in args
+    models = httpx.get(f"{served.deployed.vllm.url}/v1/models", timeout=10).json()
+    card = models["data"][0]
+    assert card["id"] == "tiny"
+    assert card["max_model_len"] == MAX_MODEL_LEN
+    assert card["root"].endswith(args[1].removeprefix("/data"))
+
+
+def test_the_scripted_answer_with_true_usage(served: Served) -> None:
+    name = _name()
+    question = "What is recursion?"
+    create_job(served.kube, served.namespace, name, "tiny", question)
+    status = wait_finished(served.kube, served.namespace, name, timeout=120)
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["response"] == SCRIPTED_ANSWER
+    assert status["analysis"] == SCRIPTED_ANALYSIS
+    assert status["commentary"] == ""
+    assert status["finishReason"] == "stop"
+    assert condition(status, "Complete")["reason"] == "Completed"
+    assert "rawOutput" not in status
+    usage = status["usage"]
+    assert usage["completionTokens"] == len(served.reply_ids)  # <|return|> included
+    assert usage["promptTokens"] == _prompt_tokens(served, question)
+    assert usage["totalTokens"] == usage["promptTokens"] + usage["completionTokens"]
+    assert status["attempts"] == 1
+    assert status["tokensPerSecond"] > 0
+
+
+def test_max_tokens_cut_gives_length(served: Served) -> None:
+    name = _name()
+    create_job(served.kube, served.namespace, name, "tiny", "Hi", maxTokens=12)
+    status = wait_finished(served.kube, served.namespace, name, timeout=120)
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["finishReason"] == "length"
+    assert condition(status, "Complete")["reason"] == "TokenLimit"
+    assert status["usage"]["completionTokens"] == 12
+    # 12 tokens end inside the final message's header: nothing of the answer yet.
+    assert status["analysis"] == SCRIPTED_ANALYSIS
+    assert status["response"] == ""
+    assert "maxTokens (12)" in status["message"]
+
+
+def test_sixty_four_jobs_in_flight_through_one_sidecar_each_answered_once(
+    served: Served,
+) -> None:
+    before = _successes(served)
+    names = [_name() for _ in range(64)]
+    for name in names:
+        create_job(served.kube, served.namespace, name, "tiny", f"Question {name}")
+    for name in names:
+        status = wait_finished(served.kube, served.namespace, name, timeout=300)
+        assert status["phase"] == "Succeeded", (name, status.get("message"))
+        assert status["response"] == SCRIPTED_ANSWER
+        assert status["attempts"] == 1
+    assert _successes(served) - before == 64
+
+
+def test_a_prompt_over_the_context_fails_naming_the_limit(served: Served) -> None:
+    name = _name()
+    question = _question_of_length(served, MAX_MODEL_LEN + 50)
+    create_job(served.kube, served.namespace, name, "tiny", question)
+    status = wait_finished(served.kube, served.namespace, name, timeout=120)
+    assert status["phase"] == "Failed"
+    failed = condition(status, "Failed")
+    assert failed["reason"] == "PromptTooLong"
+    assert f"the prompt is {MAX_MODEL_LEN + 50} tokens" in failed["message"]
+    assert f"(max-model-len) is {MAX_MODEL_LEN}" in failed["message"]
+    assert status["attempts"] == 1, "a refusal is not retried"
+
+
+def test_prompt_plus_max_tokens_over_the_context_ends_honestly(served: Served) -> None:
+    name = _name()
+    room = 8
+    question = _question_of_length(served, MAX_MODEL_LEN - room)
+    create_job(served.kube, served.namespace, name, "tiny", question, maxTokens=200)
+    status = wait_finished(served.kube, served.namespace, name, timeout=120)
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["finishReason"] == "length"
+    assert condition(status, "Complete")["reason"] == "ContextLimit"
+    assert status["usage"]["completionTokens"] == room
+    assert re.search(
+        r"context window \(prompt \d+ \+ output 8 = 1024 tokens of 1024\)", status["message"]
+    )
+    assert "raise maxTokens" not in status["message"]
+
+
+def test_gptoss_ask_gets_the_answer(served: Served) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gptoss_operator.cli.user_main",
+            "ask",
+            "--model",
+            "tiny",
+            "--namespace",
+            served.namespace,
+            "--kubeconfig",
+            str(served.cluster.kubeconfig),
+            "--json",
+            "--quiet",
+            "Say hello",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    output = json.loads(result.stdout)
+    assert output["response"] == SCRIPTED_ANSWER
+    assert output["analysis"] == SCRIPTED_ANALYSIS
+    assert output["reasoning_level"] == "medium"
+
+
+def test_the_download_put_the_checkpoint_where_vllm_read_it(served: Served) -> None:
+    deployed = served.deployed
+    assert deployed.download_termination["reason"] == "Downloaded"
+    digest = deployed.vllm_args[1].rsplit("/", 1)[1]
+    marker = json.loads((deployed.volume / "served" / f"{digest}.json").read_text())
+    files = {entry["path"] for entry in marker["files"]}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= files
+    log = deployed.vllm.log_path.read_text(errors="replace")
+    assert f"--model {deployed.volume}/served/{digest}" in log
