@@ -39,6 +39,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import hashlib
 import json
 import re
 import signal
@@ -125,8 +126,12 @@ class _RequestError(Exception):
         self.param = param
 
 
-def _bad_request(message: str) -> _RequestError:
-    return _RequestError(message, HTTPStatus.BAD_REQUEST, "BadRequestError")
+def _bad_request(message: str, param: str | None = None, value: Any = None) -> _RequestError:
+    """vLLM's validation errors name the parameter (and value) at the message's end."""
+    if param is not None:
+        detail = f"parameter={param}" + (f", value={value}" if value is not None else "")
+        message = f"{message} ({detail})"
+    return _RequestError(message, HTTPStatus.BAD_REQUEST, "BadRequestError", param=param)
 
 
 def error_body(message: str, err_type: str, status: HTTPStatus, param: str | None = None) -> Json:
@@ -357,6 +362,8 @@ class StandinEngine:
         self.model = model
         self.model_root = model_root or model
         self.stream_interval = stream_interval
+        digest = hashlib.sha256(f"{model}\n{max_model_len}".encode()).hexdigest()[:8]
+        self.system_fingerprint = f"vllm-{VLLM_VERSION}-{digest}"
         self.port = port
         self.token_delay = token_delay
         self.max_model_len = max_model_len
@@ -629,10 +636,22 @@ class StandinEngine:
         if stream_options is not None and not isinstance(stream_options, dict):
             raise _bad_request("stream_options must be an object")
         if stream_options and not stream:
-            raise _bad_request("Stream options can only be defined when `stream=True`.")
+            raise _bad_request(
+                "Stream options can only be defined when `stream=True`.", "stream_options"
+            )
         if model is not None and model != self.model:
             raise _RequestError(
-                f"The model `{model}` does not exist.", HTTPStatus.NOT_FOUND, "NotFoundError"
+                f"The model `{model}` does not exist. Valid aliases: {self.model}.",
+                HTTPStatus.NOT_FOUND,
+                "NotFoundError",
+                param="model",
+            )
+        temperature = _optional(body, "temperature", float)
+        if temperature is not None and temperature < 0:
+            raise _bad_request(
+                f"temperature must be non-negative, got {float(temperature)}.",
+                "temperature",
+                float(temperature),
             )
         n = _optional(body, "n", int)
         if n is not None and n != 1:
@@ -644,7 +663,7 @@ class StandinEngine:
         elif isinstance(prompt, list) and prompt and all(_is_token(t) for t in prompt):
             prompt_ids = [int(t) for t in prompt]
         elif prompt is None or prompt in ("", []):
-            raise _bad_request("Either prompt or prompt_embeds must be provided and non-empty.")
+            raise _bad_request("You must pass at least one prompt")
         else:
             raise _bad_request(
                 "prompt must be a string or a list of non-negative token ids "
@@ -662,7 +681,7 @@ class StandinEngine:
                 f"This model's maximum context length is {self.max_model_len} tokens. "
                 f"However, your prompt contains {len(prompt_ids)} input tokens, which "
                 "exceeds this limit even without any output tokens. Please reduce the "
-                "length of the input prompt.",
+                f"length of the input prompt. (parameter=input_tokens, value={len(prompt_ids)})",
                 HTTPStatus.BAD_REQUEST,
                 "BadRequestError",
                 param="input_tokens",
@@ -722,6 +741,7 @@ class StandinEngine:
             "token_ids": tokens if completion.return_token_ids else None,
             "prompt_logprobs": None,
             "prompt_token_ids": completion.prompt_ids if completion.return_token_ids else None,
+            "routed_experts": None,
         }
         body = {
             "id": request_id,
@@ -730,14 +750,17 @@ class StandinEngine:
             "model": self.model,
             "choices": [choice],
             "service_tier": None,
-            "system_fingerprint": None,
+            "system_fingerprint": self.system_fingerprint,
             "usage": {
                 "prompt_tokens": prompt_tokens,
                 "total_tokens": prompt_tokens + len(tokens),
                 "completion_tokens": len(tokens),
                 "prompt_tokens_details": None,
+                "completion_tokens_details": None,
             },
             "kv_transfer_params": None,
+            "ec_transfer_params": None,
+            "metrics": None,
         }
         return _json_response(body)
 
@@ -784,7 +807,6 @@ class StandinEngine:
                 "created": created,
                 "model": self.model,
                 "choices": [choice],
-                "usage": None,
             }
             if completion.continuous_usage:
                 chunk["usage"] = {
@@ -840,6 +862,7 @@ class StandinEngine:
                             "total_tokens": prompt_tokens + generated,
                             "completion_tokens": generated,
                         },
+                        "system_fingerprint": self.system_fingerprint,
                     }
                 )
             await send("[DONE]")
@@ -876,6 +899,8 @@ def _optional(body: Json, key: str, kind: type) -> Any:
         return None
     if kind is int and not _is_int(value):
         raise _bad_request(f"{key} must be an integer")
+    if kind is float and (_is_int(value) or isinstance(value, float)):
+        return float(value)
     if kind is not int and not isinstance(value, kind):
         raise _bad_request(f"{key} must be of type {kind.__name__}")
     return value

@@ -209,7 +209,7 @@ def test_stream_parses_into_analysis_and_final(
         [choice] = chunk["choices"]
         assert len(choice["token_ids"]) == 1
         assert choice["prompt_token_ids"] == (prompt if index == 0 else None)
-        assert chunk["usage"] is None
+        assert "usage" not in chunk  # only with continuous_usage_stats
         tokens += choice["token_ids"]
         if index < len(token_chunks) - 1:
             assert (choice["finish_reason"], choice["stop_reason"]) == (None, None)
@@ -409,8 +409,8 @@ def test_wrong_model_is_404(client: httpx.Client, encoding: HarmonyEncoding) -> 
     response = client.post(
         "/v1/completions", json=non_streaming(render(encoding, "x"), model="other")
     )
-    message = assert_vllm_error(response, 404, "NotFoundError")
-    assert message == "The model `other` does not exist."
+    message = assert_vllm_error(response, 404, "NotFoundError", "model")
+    assert message == f"The model `other` does not exist. Valid aliases: {MODEL}."
 
 
 def test_a_prompt_over_max_model_len_is_400(
@@ -423,7 +423,8 @@ def test_a_prompt_over_max_model_len_is_400(
     assert message == (
         f"This model's maximum context length is {len(prompt) - 1} tokens. However, your "
         f"prompt contains {len(prompt)} input tokens, which exceeds this limit even without "
-        "any output tokens. Please reduce the length of the input prompt."
+        "any output tokens. Please reduce the length of the input prompt. "
+        f"(parameter=input_tokens, value={len(prompt)})"
     )
 
 
@@ -441,14 +442,16 @@ def test_max_tokens_beyond_the_context_is_clamped_to_what_is_left(
 
 def test_other_request_errors_are_400(client: httpx.Client, encoding: HarmonyEncoding) -> None:
     prompt = render(encoding, "x")
-    for body in (
-        request_body(prompt, n=2),
-        non_streaming(prompt, stream_options={"include_usage": True}),
-        request_body([]),
-        request_body([1, -1]),
-        request_body([300000]),
+    for body, param in (
+        (request_body(prompt, n=2), None),
+        (non_streaming(prompt, stream_options={"include_usage": True}), "stream_options"),
+        (request_body([]), None),
+        (request_body([1, -1]), None),
+        (request_body([300000]), None),
+        (request_body(prompt, temperature=-1), "temperature"),
     ):
-        assert_vllm_error(client.post("/v1/completions", json=body), 400, "BadRequestError")
+        response = client.post("/v1/completions", json=body)
+        assert_vllm_error(response, 400, "BadRequestError", param)
     response = client.post("/v1/completions", content=b"{not json")
     assert_vllm_error(response, 400, "BadRequestError")
 
