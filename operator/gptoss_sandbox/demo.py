@@ -4,9 +4,12 @@ Starts the local control plane (real etcd, kube-apiserver, controller-manager, s
 kwok plays the kubelet of two fake 8-GPU nodes), installs the CRDs, runs the operator,
 applies ``examples/gptossmodel-120b.yaml`` and an InferenceJob, and prints the answer.
 
-Two parts are stand-ins, and the output says so: kwok completes the download Job's pod
-instead of downloading ~65 GB, and the engine answering the sidecar is the test stand-in
-for vLLM's OpenAI server (canned answers, valid harmony tokens), not gpt-oss.
+What is not the real thing, and the output says so: kwok completes the download Job's pod
+instead of downloading ~65 GB, and the weights are a tiny scripted gpt-oss checkpoint built
+on the spot (2 layers; it answers every question with one fixed harmony reply). The engine
+is real: vLLM (its CPU build, the release the operator deploys) runs with the arguments of
+the Deployment the operator created, and the sidecar talks to it. ``--engine standin``
+swaps vLLM for the test stand-in of its API (canned answers; starts in a second).
 """
 
 from __future__ import annotations
@@ -23,13 +26,16 @@ import yaml
 from lightkube import Client, KubeConfig, codecs
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
+from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import Namespace, Pod
 
 from gptoss_operator.api.crdgen import all_crds
 from gptoss_operator.api.resources import GptOssModelResource, InferenceJobResource
 from gptoss_sandbox import binaries
 from gptoss_sandbox.cluster import LocalCluster, free_port
+from gptoss_sandbox.real_engine import VllmServer, build_tiny_checkpoint
 from gptoss_sandbox.standin_engine import StandinEngine
+from gptoss_sandbox.tiny_gptoss import SCRIPTED_ANSWER
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO_ROOT / "examples"
@@ -69,11 +75,13 @@ def _established(kube: Client, name: str) -> bool:
 
 
 class Demo:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, engine: str = "vllm") -> None:
         self.workdir = workdir
+        self.engine_kind = engine
         self.processes: list[subprocess.Popen[bytes]] = []
         self.cluster: LocalCluster | None = None
         self.engine: StandinEngine | None = None
+        self.vllm: VllmServer | None = None
 
     def kubectl(self, *args: str) -> str:
         found = binaries.cached_binaries()
@@ -161,11 +169,6 @@ class Demo:
         _wait(ready, 120, "the model to be Ready")
         print(self.kubectl("get", "gptossmodels,deployments,services,jobs,pvc,pods"))
 
-        say("Starting the sidecar next to a STAND-IN engine")
-        note(
-            "STAND-IN: the engine below is the test stand-in for vLLM's OpenAI server; it "
-            "answers with canned text in valid harmony tokens. It is NOT gpt-oss."
-        )
         pods = [
             p
             for p in kube.list(
@@ -177,8 +180,16 @@ class Demo:
         worker = "gpt-oss-120b-vllm-demo"
         if pods and pods[0].metadata and pods[0].metadata.name:
             worker = pods[0].metadata.name
-        self.engine = StandinEngine(model="gpt-oss-120b", token_delay=0.01)
-        engine_url = self.engine.start_in_thread()
+        if self.engine_kind == "vllm":
+            engine_url = self.start_vllm(kube)
+        else:
+            say("Starting the sidecar next to a STAND-IN engine")
+            note(
+                "STAND-IN: the engine below is the test stand-in for vLLM's OpenAI server; "
+                "it answers with canned text in valid harmony tokens. It is NOT gpt-oss."
+            )
+            self.engine = StandinEngine(model="gpt-oss-120b", token_delay=0.01)
+            engine_url = self.engine.start_in_thread()
         self.spawn(
             "sidecar",
             [sys.executable, "-m", "gptoss_operator.cli.sidecar_main"],
@@ -218,7 +229,7 @@ class Demo:
             "worker",
         ):
             print(f"  {key}: {status.get(key, '')}")
-        note("(answered by the STAND-IN engine: canned text, not gpt-oss)")
+        note(self.answered_by())
 
         say('gptoss ask --model gpt-oss-120b --reasoning high "Prove the Pythagorean theorem"')
         answer = subprocess.run(
@@ -248,6 +259,42 @@ class Demo:
         )
         return 0 if status.get("phase") == "Succeeded" and answer.returncode == 0 else 1
 
+    def start_vllm(self, kube: Client) -> str:
+        """Real vLLM (CPU build) with the operator's Deployment arguments, on tiny weights."""
+        say("Starting REAL vLLM with the arguments of the Deployment the operator created")
+        note(
+            "vLLM's CPU build of the release the operator deploys; the weights are a TINY "
+            "scripted gpt-oss checkpoint (2 layers, built now): it answers every question "
+            f"with the same reply, {SCRIPTED_ANSWER!r}. It is NOT gpt-oss-120b."
+        )
+        deployment = kube.get(Deployment, "gpt-oss-120b-vllm", namespace=NAMESPACE).to_dict()
+        engine = deployment["spec"]["template"]["spec"]["containers"][0]
+        args = list(engine["args"])
+        note("vllm " + " ".join(args))
+        checkpoint = build_tiny_checkpoint(self.workdir / "tiny-gpt-oss", "scripted")
+        volume = self.workdir / "volume"
+        served = volume / args[1].removeprefix("/data/")
+        served.parent.mkdir(parents=True, exist_ok=True)
+        served.symlink_to(checkpoint)
+        env = {e["name"]: e["value"] for e in engine.get("env") or [] if "value" in e}
+        env.pop("TIKTOKEN_ENCODINGS_BASE", None)  # the volume has no vocab: kwok downloaded
+        self.vllm = VllmServer.from_deployment(
+            args, volume, env=env, log_path=self.workdir / "vllm.log"
+        )
+        self.vllm.start()
+        seconds = self.vllm.wait_healthy(timeout=900)
+        note(f"vLLM healthy in {seconds:.0f}s at {self.vllm.url} (log: {self.vllm.log_path})")
+        say("Starting the sidecar next to it")
+        return self.vllm.url
+
+    def answered_by(self) -> str:
+        if self.engine_kind == "vllm":
+            return (
+                "(answered by real vLLM running a TINY scripted checkpoint: a fixed reply, "
+                "not gpt-oss)"
+            )
+        return "(answered by the STAND-IN engine: canned text, not gpt-oss)"
+
     def stop(self) -> None:
         for process in reversed(self.processes):
             if process.poll() is None:
@@ -259,6 +306,8 @@ class Demo:
                 process.kill()
         if self.engine is not None:
             self.engine.stop_in_thread()
+        if self.vllm is not None:
+            self.vllm.stop()
         if self.cluster is not None:
             self.cluster.stop()
 
@@ -276,6 +325,13 @@ def main(argv: list[str] | None = None) -> int:
         help="working folder (logs, certificates, etcd data)",
     )
     parser.add_argument(
+        "--engine",
+        choices=("vllm", "standin"),
+        default="vllm",
+        help="vllm (default): real vLLM, CPU build, on a tiny scripted checkpoint; standin: "
+        "the test stand-in of vLLM's API, for speed",
+    )
+    parser.add_argument(
         "--keep",
         action="store_true",
         help="keep everything running until Ctrl-C to explore with kubectl",
@@ -284,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     import shutil
 
     shutil.rmtree(args.dir, ignore_errors=True)
-    demo = Demo(args.dir)
+    demo = Demo(args.dir, args.engine)
     try:
         code = demo.run()
         if args.keep and demo.cluster is not None:

@@ -1,4 +1,4 @@
-"""The README's first command (`make demo`) works end to end and says what is a stand-in."""
+"""The README's first command (`make demo`) works end to end and says what is not real."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from gptoss_sandbox.tiny_gptoss import SCRIPTED_ANSWER
 from tests.conftest import use_existing_cluster
 
 pytestmark = [
@@ -16,18 +17,33 @@ pytestmark = [
 ]
 
 
-def test_demo_serves_a_model_and_answers_a_job(tmp_path: Path) -> None:
+def _demo(tmp_path: Path, *args: str) -> str:
     result = subprocess.run(
-        [sys.executable, "-m", "gptoss_sandbox.demo", "--dir", str(tmp_path / "demo")],
+        [sys.executable, "-m", "gptoss_sandbox.demo", "--dir", str(tmp_path / "demo"), *args],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
         check=False,
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert "phase: Ready" in output
     assert "inferencejob.gptoss.ai/what-is-recursion condition met" in output
+    return output
+
+
+@pytest.mark.engine
+def test_demo_answers_with_real_vllm_by_default(tmp_path: Path) -> None:
+    output = _demo(tmp_path)
+    assert "Starting REAL vLLM with the arguments of the Deployment" in output
+    assert "It is NOT gpt-oss-120b" in output
+    assert "vllm serve /data/served/" in output
+    assert f"response: {SCRIPTED_ANSWER}" in output
+    assert output.count(SCRIPTED_ANSWER) >= 3  # the note, the job, and gptoss ask
+
+
+def test_demo_with_the_stand_in_engine(tmp_path: Path) -> None:
+    output = _demo(tmp_path, "--engine", "standin")
     assert "response: Stand-in answer to: What is recursion?" in output
     assert "STAND-IN" in output
     assert "It is NOT gpt-oss" in output
