@@ -56,10 +56,11 @@ crds: setup ## Regenerate crds/ and the chart's CRDs from the pydantic models
 docs: setup ## Regenerate the README's API reference from the models
 	$(BIN)/python -m gptoss_operator.api.docs
 
-bench: binaries ## Run the benchmarks (they print figures)
+bench: binaries engine ## Run the benchmarks (they print figures)
 	$(BIN)/python benchmarks/harmony_cost.py
 	$(BIN)/python benchmarks/model_lifecycle.py
 	$(BIN)/python benchmarks/sidecar_throughput.py
+	$(BIN)/python benchmarks/engine_efficiency.py
 
 check-crds: setup ## Fail when the committed CRDs differ from the models
 	$(BIN)/python -m gptoss_operator.api.crdgen --check
