@@ -81,7 +81,7 @@ def cached_binaries() -> Binaries | None:
 
 def ensure_binaries(progress: Progress = print) -> Binaries:
     """Return the binaries, building whatever is missing from the cache."""
-    with _build_lock():
+    with cache_lock():
         if not (binary_dir("etcd", ETCD_VERSION) / "etcd").exists():
             _timed(progress, f"etcd {ETCD_VERSION}", _build_etcd, progress)
         if not (binary_dir("kubernetes", KUBERNETES_VERSION) / "kubectl").exists():
@@ -97,10 +97,10 @@ def ensure_binaries(progress: Progress = print) -> Binaries:
 
 
 @contextlib.contextmanager
-def _build_lock() -> Iterator[None]:
-    """Serialize builds between processes (parallel test runs, make targets)."""
+def cache_lock(name: str = "build") -> Iterator[None]:
+    """Serialize work on the cache between processes (parallel test runs, make targets)."""
     cache_root().mkdir(parents=True, exist_ok=True)
-    with open(cache_root() / ".build.lock", "w") as lock:
+    with open(cache_root() / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield

@@ -17,22 +17,19 @@ redone rather than trusted.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import os
 import shutil
 import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from packaging.requirements import Requirement
 
 from gptoss_operator.versions import VLLM_VERSION
-from gptoss_sandbox.binaries import Progress, cache_root
+from gptoss_sandbox.binaries import Progress, cache_lock, cache_root
 
 TORCH_FAMILY = frozenset({"torch", "torchaudio", "torchvision", "torchcodec"})
 BUILD_PYTHON = os.environ.get("GPTOSS_ENGINE_PYTHON", sys.executable)
@@ -109,20 +106,9 @@ def _run(args: list[str], progress: Progress) -> None:
         raise RuntimeError(f"{args[0]} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
 
 
-@contextlib.contextmanager
-def _install_lock() -> Iterator[None]:
-    cache_root().mkdir(parents=True, exist_ok=True)
-    with open(cache_root() / ".engine.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def ensure_engine(progress: Progress = print, version: str = VLLM_VERSION) -> EngineVenv:
     """Return the engine venv, installing it first when it is missing."""
-    with _install_lock():
+    with cache_lock("engine"):
         found = cached_engine(version)
         if found is not None:
             return found

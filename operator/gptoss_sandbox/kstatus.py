@@ -20,11 +20,11 @@ from gptoss_sandbox.binaries import (
     KUBERNETES_VERSION,
     Progress,
     _build_dir,
-    _build_lock,
     _go,
     _install,
     _timed,
     binary_dir,
+    cache_lock,
     cache_root,
     staging_version,
 )
@@ -57,7 +57,7 @@ def ensure_kstatus(progress: Progress = print) -> Path:
     """Return the kstatus binary, building it on first use."""
     path = kstatus_path()
     if not os.access(path, os.X_OK):
-        with _build_lock():
+        with cache_lock():
             if not os.access(path, os.X_OK):
                 _timed(progress, f"kstatus (cli-utils {CLI_UTILS_VERSION})", _build, progress)
     if not os.access(path, os.X_OK):

@@ -119,3 +119,23 @@ def wait_finished(kube: Client, namespace: str, name: str, timeout: float = 60) 
 
 def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
     return next((dict(c) for c in status.get("conditions") or [] if c["type"] == type_), {})
+
+
+def gptoss_ask(
+    kubeconfig: Path, namespace: str, model: str, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run the ``gptoss ask`` CLI as a user would."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gptoss_operator.cli.user_main",
+            "ask",
+            *("--model", model, "--namespace", namespace, "--kubeconfig", str(kubeconfig)),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from tests.cluster.job_helpers import (
     SidecarProcess,
     condition,
     create_job,
+    gptoss_ask,
     job_status,
     wait_finished,
 )
@@ -318,28 +318,11 @@ def test_large_output_goes_to_a_config_map(served: Served) -> None:
 
 
 def test_cli_asks_and_prints_runner_style_json(served: Served) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gptoss_operator.cli.user_main",
-            "ask",
-            "--model",
-            "m",
-            "--namespace",
-            served.namespace,
-            "--kubeconfig",
-            str(served.cluster.kubeconfig),
-            "--reasoning",
-            "high",
-            "--json",
-            "--quiet",
-            "Explain quantum computing",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    result = gptoss_ask(
+        served.cluster.kubeconfig,
+        served.namespace,
+        "m",
+        *("--reasoning", "high", "--json", "--quiet", "Explain quantum computing"),
     )
     assert result.returncode == 0, result.stderr
     output = json.loads(result.stdout)
@@ -350,25 +333,8 @@ def test_cli_asks_and_prints_runner_style_json(served: Served) -> None:
 
 
 def test_cli_prints_the_answer_and_progress(served: Served) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gptoss_operator.cli.user_main",
-            "ask",
-            "-m",
-            "m",
-            "-n",
-            served.namespace,
-            "--kubeconfig",
-            str(served.cluster.kubeconfig),
-            "--show-reasoning",
-            "What is recursion?",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    result = gptoss_ask(
+        served.cluster.kubeconfig, served.namespace, "m", "--show-reasoning", "What is recursion?"
     )
     assert result.returncode == 0, result.stderr
     assert "--- analysis" in result.stdout
@@ -378,26 +344,8 @@ def test_cli_prints_the_answer_and_progress(served: Served) -> None:
 
 
 def test_cli_refuses_bad_input_before_creating_anything(served: Served) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gptoss_operator.cli.user_main",
-            "ask",
-            "-m",
-            "m",
-            "-n",
-            served.namespace,
-            "--kubeconfig",
-            str(served.cluster.kubeconfig),
-            "--temperature",
-            "5",
-            "hi",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    result = gptoss_ask(
+        served.cluster.kubeconfig, served.namespace, "m", "--temperature", "5", "hi", timeout=60
     )
     assert result.returncode == 2
     assert "temperature" in result.stderr

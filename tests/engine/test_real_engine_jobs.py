@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +26,7 @@ from gptoss_sandbox.engine_venv import EngineVenv
 from gptoss_sandbox.fake_hub import FakeHub
 from gptoss_sandbox.real_engine import build_tiny_checkpoint
 from gptoss_sandbox.tiny_gptoss import REPLY_FILE, SCRIPTED_ANALYSIS, SCRIPTED_ANSWER
-from tests.cluster.job_helpers import condition, create_job, wait_finished
+from tests.cluster.job_helpers import condition, create_job, gptoss_ask, wait_finished
 from tests.conftest import ClusterUnderTest, OperatorProcess
 from tests.engine.deploy import Deployed, checkpoint_files, deploy
 
@@ -205,26 +203,8 @@ def test_prompt_plus_max_tokens_over_the_context_ends_honestly(served: Served) -
 
 
 def test_gptoss_ask_gets_the_answer(served: Served) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gptoss_operator.cli.user_main",
-            "ask",
-            "--model",
-            "tiny",
-            "--namespace",
-            served.namespace,
-            "--kubeconfig",
-            str(served.cluster.kubeconfig),
-            "--json",
-            "--quiet",
-            "Say hello",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
+    result = gptoss_ask(
+        served.cluster.kubeconfig, served.namespace, "tiny", "--json", "--quiet", "Say hello"
     )
     assert result.returncode == 0, result.stderr
     output = json.loads(result.stdout)

@@ -506,7 +506,6 @@ class Sidecar:
         attempt: int,
         reason: str,
         message: str,
-        extra: dict[str, Any] | None = None,
     ) -> None:
         name = job["metadata"]["name"]
         final = with_conditions(
@@ -515,7 +514,6 @@ class Sidecar:
         changes = phase_fields(final)
         changes["completionTime"] = timestamp()
         changes["finishReason"] = "error"
-        changes.update(extra or {})
         await self.store.update(name, attempt, changes, remove=("lease",), current=job["status"])
         await self.store.event(job, "Warning", reason, message)
         log.warning("job %s failed: %s: %s", name, reason, message)
