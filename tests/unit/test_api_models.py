@@ -144,3 +144,23 @@ def test_readme_api_reference_matches_the_models() -> None:
     assert docs.updated_readme(text) == text, "run `make docs`"
     assert "| `spec.messages[].role` |" in text
     assert "| `status.download.percent` |" in text
+
+
+def test_readers_tolerate_fields_a_newer_crd_adds() -> None:
+    # After a CRD upgrade the apiserver defaults fields this version does not know; the
+    # operator and the sidecars still running the old code must keep working.
+    model = GptOssModelSpec.model_validate(
+        {
+            "serving": {"replicas": 2, "autoscaling": {"minReplicas": 0}},
+            "futureSection": {"enabled": True},
+        }
+    )
+    assert model.serving.replicas == 2
+    job = InferenceJobSpec.model_validate(
+        {
+            "modelRef": {"name": "m", "futureRef": "x"},
+            "messages": [{"role": "user", "content": "hi", "name": "alice"}],
+            "responseFormat": {"type": "json"},
+        }
+    )
+    assert job.messages[0].content == "hi"

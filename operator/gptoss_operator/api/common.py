@@ -14,9 +14,15 @@ CATEGORY = "gptoss"
 
 
 class ApiModel(BaseModel):
-    """Base for every API type: camelCase on the wire, unknown fields refused."""
+    """Base for every API type: camelCase on the wire.
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=False)
+    Unknown fields are ignored, not refused: these models read live objects, and after a
+    CRD upgrade adds a (defaulted) field the components still running the previous
+    version must go on working. Writers are held to the schema by the apiserver, whose
+    structural schema prunes or refuses what the CRD does not declare.
+    """
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, validate_assignment=False)
 
     def to_wire(self) -> dict[str, Any]:
         """The object as the apiserver stores it (unset optional fields left out)."""
