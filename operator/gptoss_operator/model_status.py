@@ -95,6 +95,16 @@ def termination_message(pods: list[dict[str, Any]]) -> tuple[str | None, str | N
     return terminated.get("reason"), text or f"exit code {terminated.get('exitCode')}"
 
 
+def waits_for_claim(scheduler_message: str) -> bool:
+    """The scheduler is only waiting for the pod's claim (not yet created or bound).
+
+    That heals itself, usually in seconds: the claim and the Job are created together. A
+    claim that stays unbound is reported through its own grace period (ClaimPending).
+    """
+    text = scheduler_message.lower()
+    return "persistentvolumeclaim" in text
+
+
 def pod_problem(pods: list[dict[str, Any]]) -> Verdict | None:
     """The first reason a pod cannot run: unschedulable, image pull error, crash loop."""
     for pod in pods:
@@ -106,7 +116,12 @@ def pod_problem(pods: list[dict[str, Any]]) -> Verdict | None:
                 and condition.get("reason") == "Unschedulable"
             ):
                 message = condition.get("message", "no node fits the pod")
-                return Verdict(False, "Unschedulable", f"pod {_name(pod)}: {message}", True)
+                return Verdict(
+                    False,
+                    "Unschedulable",
+                    f"pod {_name(pod)}: {message}",
+                    stalled=not waits_for_claim(message),
+                )
         for container in status.get("containerStatuses", []) or []:
             waiting = (container.get("state") or {}).get("waiting") or {}
             reason = waiting.get("reason")

@@ -183,3 +183,44 @@ def test_events_only_on_changes() -> None:
     assert ("Warning", "DownloadFailed") in [(t, r) for t, r, _ in first.events]
     second = compute(observed, first.status, name="m", namespace="ns", replicas=1)
     assert second.events == []
+
+
+def _unschedulable(message: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "dl"},
+        "status": {
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": message,
+                }
+            ]
+        },
+    }
+
+
+def test_a_pod_waiting_for_its_claim_is_reconciling_not_stalled() -> None:
+    # The Job's pod can reach the scheduler before the claim does: that heals itself in
+    # seconds, and a claim that stays unbound is reported by the claim's own grace period.
+    claim = {"metadata": {"name": "m-weights"}, "status": {"phase": "Pending"}}
+    for message in (
+        'persistentvolumeclaim "m-weights" not found',
+        "0/2 nodes are available: pod has unbound immediate PersistentVolumeClaims.",
+    ):
+        observed = Observed(1, "d", claim=claim, job=_job(None), job_pods=[_unschedulable(message)])
+        status = _compute(observed)
+        assert status["phase"] == "Downloading", message
+        assert _cond(status, "Stalled")["status"] == "False"
+        assert _cond(status, "Reconciling")["status"] == "True"
+        assert _cond(status, "Downloaded")["reason"] == "Unschedulable"
+    stuck = Observed(
+        1,
+        "d",
+        claim=claim,
+        claim_pending_too_long=True,
+        job=_job(None),
+        job_pods=[_unschedulable('persistentvolumeclaim "m-weights" not found')],
+    )
+    assert _cond(_compute(stuck), "Stalled")["reason"] == "ClaimPending"
