@@ -33,6 +33,7 @@ from gptoss_operator.api.model import Phase as ModelPhase
 from gptoss_operator.api.resources import GptOssModelResource, InferenceJobResource
 from gptoss_operator.conditions import timestamp
 from gptoss_operator.job_status import (
+    charged_attempts,
     deadline_passed,
     lease_expired,
     parse_time,
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 
 
 # Reasons a Running job went back to Pending; they say more than "Queued" does.
-REQUEUE_REASONS = ("WorkerLost", "WorkerShutdown")
+REQUEUE_REASONS = ("WorkerLost", "WorkerShutdown", "EngineUnavailable")
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class JobFacts:
     scheduled_reason: str | None
     worker: str | None
     attempts: int
+    charged_attempts: int
     backoff_limit: int
     created: str | None
     active_deadline_seconds: int | None
@@ -86,6 +88,7 @@ class JobFacts:
             scheduled_reason=scheduled.get("reason") if scheduled else None,
             worker=status.get("worker"),
             attempts=int(status.get("attempts") or 0),
+            charged_attempts=charged_attempts(status),
             backoff_limit=int(spec.get("backoffLimit", 3)),
             created=metadata.get("creationTimestamp"),
             active_deadline_seconds=spec.get("activeDeadlineSeconds"),
@@ -130,7 +133,7 @@ def decide(facts: JobFacts, model_phase: str | None, now: datetime.datetime) -> 
                 f"activeDeadlineSeconds ({facts.active_deadline_seconds}) passed "
                 f"after {worker} stopped renewing its lease",
             )
-        if facts.attempts >= facts.backoff_limit + 1:
+        if facts.charged_attempts >= facts.backoff_limit + 1:
             return _fail(
                 facts,
                 status,

@@ -81,6 +81,12 @@ def queued(
     return updated
 
 
+def charged_attempts(status: dict[str, Any]) -> int:
+    """Attempts that count against backoffLimit: those started, minus those voided
+    because the engine went away under them."""
+    return int(status.get("attempts") or 0) - int(status.get("voidedAttempts") or 0)
+
+
 def parse_time(value: Any) -> datetime.datetime | None:
     if not value:
         return None

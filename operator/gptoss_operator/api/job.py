@@ -127,7 +127,13 @@ class InferenceJobStatus(ApiModel):
     duration: str | None = Field(default=None, description="completionTime - startTime.")
     timeToFirstTokenSeconds: float | None = Field(default=None, ge=0)
     tokensPerSecond: float | None = Field(default=None, ge=0)
-    attempts: int | None = Field(default=None, ge=0)
+    attempts: int | None = Field(default=None, ge=0, description="Attempts started.")
+    voidedAttempts: int | None = Field(
+        default=None,
+        ge=0,
+        description="Attempts cut short because the engine became unavailable: the platform's "
+        "fault, so they do not count against backoffLimit.",
+    )
     worker: str | None = Field(default=None, description="Pod that ran the last attempt.")
     lease: Lease | None = None
     message: str | None = Field(default=None, description="Human-readable state.")

@@ -122,12 +122,16 @@ class Sidecar:
         self.attempts: dict[str, int] = {}
         self.jobs: dict[str, dict[str, Any]] = {}
         self.max_model_len: int | None = None
+        # Set while the engine answers its health check: no job is claimed otherwise.
+        self.engine_ready = asyncio.Event()
+        self._recovery: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ main loop
     async def run(self) -> None:
         log.info("waiting for the engine at %s", self.config.engine_url)
         await self.engine.wait_until_healthy()
         self.max_model_len = await self.engine.max_model_len()
+        self.engine_ready.set()
         log.info(
             "engine healthy (context window %s tokens); taking InferenceJobs for model %s in "
             "%s as %s",
@@ -141,6 +145,8 @@ class Sidecar:
             await self._dispatch()
         finally:
             watcher.cancel()
+            if self._recovery is not None:
+                self._recovery.cancel()
             for task in list(self.running.values()):
                 task.cancel()
             await self.engine.close()
@@ -189,6 +195,7 @@ class Sidecar:
         away), instead of leaving them to wait for their leases to lapse."""
         self.stopping = True
         self._wake.set()
+        self.engine_ready.set()  # let the dispatch loop see that it is stopping
         running = dict(self.running)
         for task in running.values():
             task.cancel()
@@ -220,6 +227,7 @@ class Sidecar:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            await self.engine_ready.wait()
             await self._slots.acquire()
             if self.stopping:
                 self._slots.release()
@@ -304,6 +312,7 @@ class Sidecar:
             stop_token_ids=self.harmony.stop_token_ids,
         )
         max_attempts = spec.backoffLimit + 1
+        voided = int(status.get("voidedAttempts") or 0)
         while True:
             try:
                 result = await self._generate(name, attempt, prompt, params, deadline)
@@ -324,12 +333,16 @@ class Sidecar:
                     )
                     await self._finish_failed(job, attempt, reason, message)
                     return
-                if attempt >= max_attempts:
+                if not await self.engine.healthy():
+                    # The engine is down (restarting, out of memory): not the job's fault.
+                    await self._hand_back(job, attempt, voided, error.message)
+                    return
+                if attempt - voided >= max_attempts:
                     await self._finish_failed(
                         job,
                         attempt,
                         "BackoffLimitExceeded",
-                        f"{attempt} attempts failed; last error: {error.message}",
+                        f"{attempt - voided} attempts failed; last error: {error.message}",
                     )
                     return
                 delay = min(
@@ -356,6 +369,41 @@ class Sidecar:
                 self.attempts[name] = attempt
                 await asyncio.sleep(delay)
         await self._finish_generated(job, attempt, spec, result)
+
+    async def _hand_back(self, job: dict[str, Any], attempt: int, voided: int, error: str) -> None:
+        """Requeue a job the engine could not run because it went down, without charging
+        the attempt to backoffLimit, and stop claiming until the engine is healthy."""
+        self._engine_went_down(error)
+        name = job["metadata"]["name"]
+        message = (
+            f"the engine of {self.config.worker} became unavailable during attempt {attempt} "
+            f"({error}); requeued, the attempt does not count against backoffLimit"
+        )
+        requeued = queued(
+            job["status"], "EngineUnavailable", message, job["metadata"].get("generation")
+        )
+        await self.store.update(
+            name,
+            attempt,
+            {**phase_fields(requeued), "voidedAttempts": voided + 1},
+            remove=("lease",),
+            current=job["status"],
+        )
+        await self.store.event(job, "Warning", "EngineUnavailable", message)
+        log.warning("job %s handed back: %s", name, message)
+
+    def _engine_went_down(self, error: str) -> None:
+        if not self.engine_ready.is_set():
+            return
+        self.engine_ready.clear()
+        log.warning("the engine is unavailable (%s); no new jobs until it is healthy", error)
+        self._recovery = asyncio.create_task(self._await_engine(), name="engine-recovery")
+
+    async def _await_engine(self) -> None:
+        await self.engine.wait_until_healthy()
+        self.max_model_len = await self.engine.max_model_len() or self.max_model_len
+        log.info("the engine is healthy again; taking jobs")
+        self.engine_ready.set()
 
     def _deadline(self, job: dict[str, Any], spec: InferenceJobSpec) -> float | None:
         if spec.activeDeadlineSeconds is None:

@@ -1,0 +1,67 @@
+"""An engine that goes away and comes back fails no job.
+
+vLLM restarts (a liveness kill, CUDA out of memory, a node hiccup) take minutes for a big
+model; the sidecar must not spend the jobs' backoffLimit on them. Here the engine is the
+stand-in (so it can stop mid-generation at a chosen moment), stopped while jobs stream,
+kept down far longer than the sidecar's whole retry backoff, then started again on the
+same address. The real-vLLM version of this is in the engine tier.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from lightkube import Client
+
+from gptoss_sandbox.cluster import free_port
+from gptoss_sandbox.standin_engine import StandinEngine
+from tests.cluster.job_helpers import SidecarProcess, create_job, job_status, wait_finished
+from tests.cluster.model_helpers import create_model, wait_for_phase
+from tests.conftest import ClusterUnderTest, OperatorProcess
+from tests.support import wait_for
+
+pytestmark = pytest.mark.cluster
+
+
+def test_an_engine_restart_mid_generation_fails_no_job(
+    kube: Client,
+    cluster: ClusterUnderTest,
+    operator: OperatorProcess,
+    namespace: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    del operator
+    create_model(kube, namespace, "m", source={"repo": "openai/gpt-oss-20b"})
+    wait_for_phase(kube, namespace, "m", "Ready")
+    port = free_port()
+    engine = StandinEngine(model="m", port=port, token_delay=0.5)
+    url = engine.start_in_thread()
+    logs = tmp_path_factory.mktemp("restart")
+    # Retries back off 0.2 + 0.4 + 0.8 s: the whole backoffLimit would be spent in 1.4 s.
+    sidecar = SidecarProcess(cluster.kubeconfig, namespace, "m", "sidecar-r", url, logs).start()
+    names = [f"j-{uuid.uuid4().hex[:8]}" for _ in range(6)]
+    try:
+        for name in names:
+            create_job(kube, namespace, name, "m")
+        wait_for(
+            lambda: all(job_status(kube, namespace, n).get("phase") == "Running" for n in names),
+            timeout=30,
+            message="every job streaming",
+        )
+        engine.stop_in_thread()
+        time.sleep(8)
+        phases = {name: job_status(kube, namespace, name).get("phase") for name in names}
+        assert "Failed" not in phases.values(), phases
+        assert set(phases.values()) == {"Pending"}, "handed back while the engine is down"
+        engine = StandinEngine(model="m", port=port, token_delay=0.01)
+        engine.start_in_thread()
+        for name in names:
+            status = wait_finished(kube, namespace, name, timeout=60)
+            assert status["phase"] == "Succeeded", (name, status.get("message"), sidecar.log_tail())
+            assert status["voidedAttempts"] == 1
+            assert status["attempts"] == 2
+    finally:
+        sidecar.stop()
+        engine.stop_in_thread()
