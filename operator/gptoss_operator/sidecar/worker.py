@@ -475,18 +475,24 @@ class Sidecar:
         while True:
             await asyncio.sleep(interval)
             where = f" ({progress.channel} channel)" if progress.channel else ""
-            await self.store.renew(
-                name,
-                attempt,
-                {
-                    "usage": {
-                        "promptTokens": progress.prompt_tokens,
-                        "completionTokens": progress.tokens,
-                        "totalTokens": progress.prompt_tokens + progress.tokens,
+            try:
+                await self.store.renew(
+                    name,
+                    attempt,
+                    {
+                        "usage": {
+                            "promptTokens": progress.prompt_tokens,
+                            "completionTokens": progress.tokens,
+                            "totalTokens": progress.prompt_tokens + progress.tokens,
+                        },
+                        "message": f"generating: {progress.tokens} tokens so far{where}",
                     },
-                    "message": f"generating: {progress.tokens} tokens so far{where}",
-                },
-            )
+                )
+            except LostJob:
+                return  # requeued or deleted: the job's own writes will find out
+            except Exception as error:
+                # A busy or restarting apiserver: the lease outlasts a few missed beats.
+                log.warning("renewing the lease of %s failed (%s); trying again", name, error)
 
     # ------------------------------------------------------------------ results
     async def _finish_generated(
