@@ -52,11 +52,18 @@ def free_port() -> int:
         return port
 
 
-def _die_with_parent() -> None:
-    """Run in the child before exec: get SIGKILL when the launcher dies."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+def parent_death_signal(signum: signal.Signals) -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets ``signum`` when the thread that started it dies."""
+
+    def arm() -> None:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signum)
+
+    return arm
+
+
+_die_with_parent = parent_death_signal(signal.SIGKILL)
 
 
 @dataclass(frozen=True)

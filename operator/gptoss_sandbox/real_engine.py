@@ -15,7 +15,6 @@ it once the server has exited (or after a grace period).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import http.client
 import os
 import shlex
@@ -33,7 +32,7 @@ from typing import IO
 from gptoss_operator import naming
 from gptoss_operator.vocab import VOCAB_FILE, write_vocab
 from gptoss_sandbox.binaries import cache_root
-from gptoss_sandbox.cluster import free_port
+from gptoss_sandbox.cluster import free_port, parent_death_signal
 from gptoss_sandbox.engine_venv import EngineVenv, ensure_engine
 
 HOST = "127.0.0.1"
@@ -171,7 +170,7 @@ class VllmServer:
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
-            preexec_fn=_terminate_with_parent,
+            preexec_fn=parent_death_signal(signal.SIGTERM),
         )
         return self
 
@@ -264,13 +263,6 @@ def _without_options(args: Sequence[str], names: tuple[str, ...]) -> list[str]:
         elif not arg.startswith(tuple(f"{name}=" for name in names)):
             kept.append(arg)
     return kept
-
-
-def _terminate_with_parent() -> None:
-    """Run in the child before exec: get SIGTERM when the launching thread dies."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _signal_group(group: int, signum: int) -> bool:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from gptoss_operator.sidecar.sse import EventReader
+from gptoss_operator.sidecar.sse import Event, EventReader
 
 
 @dataclass
@@ -121,14 +121,7 @@ class EngineClient:
                 if response.status_code != 200:
                     await response.aread()
                     raise _http_error(response)
-                reader = EventReader()
-                async for raw in response.aiter_bytes():
-                    for event in reader.feed(raw):
-                        if event.data == "[DONE]":
-                            return
-                        for item in _parse_event(event.data):
-                            yield item
-                for event in reader.close():
+                async for event in _events(response):
                     if event.data == "[DONE]":
                         return
                     for item in _parse_event(event.data):
@@ -142,6 +135,16 @@ class EngineClient:
                 f"engine connection failed: {type(error).__name__}: {error}", retryable=True
             ) from error
         raise EngineError("the engine's stream ended before [DONE]", retryable=True)
+
+
+async def _events(response: httpx.Response) -> AsyncIterator[Event]:
+    """The server-sent events of a streamed response, the last one included."""
+    reader = EventReader()
+    async for raw in response.aiter_bytes():
+        for event in reader.feed(raw):
+            yield event
+    for event in reader.close():
+        yield event
 
 
 def _parse_event(payload: str) -> list[Chunk | Usage]:

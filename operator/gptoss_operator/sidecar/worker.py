@@ -129,13 +129,9 @@ class Sidecar:
     # ------------------------------------------------------------------ main loop
     async def run(self) -> None:
         log.info("waiting for the engine at %s", self.config.engine_url)
-        await self.engine.wait_until_healthy()
-        self.max_model_len = await self.engine.max_model_len()
-        self.engine_ready.set()
+        await self._await_engine()
         log.info(
-            "engine healthy (context window %s tokens); taking InferenceJobs for model %s in "
-            "%s as %s",
-            self.max_model_len,
+            "taking InferenceJobs for model %s in %s as %s",
             self.config.model,
             self.config.namespace,
             self.config.worker,
@@ -206,17 +202,8 @@ class Sidecar:
             if job is None or attempt is None:
                 continue
             message = f"{self.config.worker} shut down during attempt {attempt}; requeued"
-            requeued = queued(
-                job.get("status") or {},
-                "WorkerShutdown",
-                message,
-                job["metadata"].get("generation"),
-            )
-            changes = phase_fields(requeued)
             try:
-                await self.store.update(
-                    name, attempt, changes, remove=("lease",), current=job.get("status") or {}
-                )
+                await self._requeue(job, attempt, "WorkerShutdown", message)
                 log.info("requeued %s", name)
             except Exception as error:
                 log.warning("could not requeue %s: %s", name, error)
@@ -379,18 +366,30 @@ class Sidecar:
             f"the engine of {self.config.worker} became unavailable during attempt {attempt} "
             f"({error}); requeued, the attempt does not count against backoffLimit"
         )
-        requeued = queued(
-            job["status"], "EngineUnavailable", message, job["metadata"].get("generation")
-        )
-        await self.store.update(
-            name,
-            attempt,
-            {**phase_fields(requeued), "voidedAttempts": voided + 1},
-            remove=("lease",),
-            current=job["status"],
+        await self._requeue(
+            job, attempt, "EngineUnavailable", message, {"voidedAttempts": voided + 1}
         )
         await self.store.event(job, "Warning", "EngineUnavailable", message)
         log.warning("job %s handed back: %s", name, message)
+
+    async def _requeue(
+        self,
+        job: dict[str, Any],
+        attempt: int,
+        reason: str,
+        message: str,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        """Give this attempt's job back to the queue (Pending, lease released)."""
+        status = job.get("status") or {}
+        requeued = queued(status, reason, message, job["metadata"].get("generation"))
+        await self.store.update(
+            job["metadata"]["name"],
+            attempt,
+            {**phase_fields(requeued), **(extra or {})},
+            remove=("lease",),
+            current=status,
+        )
 
     def _engine_went_down(self, error: str) -> None:
         if not self.engine_ready.is_set():
@@ -400,9 +399,10 @@ class Sidecar:
         self._recovery = asyncio.create_task(self._await_engine(), name="engine-recovery")
 
     async def _await_engine(self) -> None:
+        """Wait until the engine is healthy, read its context window, open the gate."""
         await self.engine.wait_until_healthy()
         self.max_model_len = await self.engine.max_model_len() or self.max_model_len
-        log.info("the engine is healthy again; taking jobs")
+        log.info("engine healthy (context window %s tokens)", self.max_model_len)
         self.engine_ready.set()
 
     def _deadline(self, job: dict[str, Any], spec: InferenceJobSpec) -> float | None:
