@@ -59,10 +59,6 @@ async def post_event(
         await client.create(
             codecs.from_dict(event_manifest(body, event_type, reason, message, component))
         )
-    except ApiError as error:
-        log.warning(
-            "could not record event %s on %s: %s",
-            reason,
-            body["metadata"]["name"],
-            error.status.message,
-        )
+    except Exception as error:
+        detail = error.status.message if isinstance(error, ApiError) else repr(error)
+        log.warning("could not record event %s on %s: %s", reason, body["metadata"]["name"], detail)

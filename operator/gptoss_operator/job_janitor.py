@@ -5,7 +5,10 @@ Sidecars claim and run jobs; the operator looks after everything around them:
 - a job for a missing or not-Ready model stays Pending with a condition that says why
   (ModelNotFound, WaitingForModel), never silently;
 - a Running job whose lease lapsed (its pod died) goes back to Pending, with the attempt
-  counted, until ``backoffLimit`` is spent;
+  counted, until ``backoffLimit`` is spent. A lease's age is how long the operator has
+  seen it unchanged, by the operator's own clock (:class:`LeaseClock`): the sidecar's
+  renewTime is compared with nothing, so clocks that disagree cause no false requeue and
+  hide no dead worker;
 - ``activeDeadlineSeconds`` fails jobs still queued; ``ttlSecondsAfterFinished`` deletes
   finished ones;
 - each model's ``status.queue`` counts its Pending and Running jobs.
@@ -19,8 +22,9 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +39,6 @@ from gptoss_operator.conditions import timestamp
 from gptoss_operator.job_status import (
     charged_attempts,
     deadline_passed,
-    lease_expired,
     parse_time,
     queued,
     with_conditions,
@@ -111,8 +114,17 @@ class Action:
     remove: tuple[str, ...] = ()
 
 
-def decide(facts: JobFacts, model_phase: str | None, now: datetime.datetime) -> Action | None:
-    """What, if anything, to do with a job now."""
+def decide(
+    facts: JobFacts,
+    model_phase: str | None,
+    now: datetime.datetime,
+    lease_age: float | None = None,
+) -> Action | None:
+    """What, if anything, to do with a job now.
+
+    ``lease_age``: seconds the operator has seen a Running job's lease unchanged (None:
+    not observed yet, so not lapsed).
+    """
     status = dict(facts.status)
     finished = facts.phase in (Phase.SUCCEEDED.value, Phase.FAILED.value)
     if finished:
@@ -122,7 +134,8 @@ def decide(facts: JobFacts, model_phase: str | None, now: datetime.datetime) -> 
             return Action("delete", "TTLExpired")
         return None
     if facts.phase == Phase.RUNNING.value:
-        if not lease_expired(status, now):
+        duration = float((status.get("lease") or {}).get("durationSeconds", 30))
+        if lease_age is None or lease_age <= duration:
             return None
         worker = facts.worker or "the worker"
         if deadline_passed(facts.created, facts.active_deadline_seconds, now):
@@ -199,6 +212,36 @@ def queue_counts(jobs: Iterable[JobFacts]) -> dict[tuple[str, str], dict[str, in
     }
 
 
+class LeaseClock:
+    """How long each Running job's lease has stayed unchanged, by this process's clock.
+
+    A lease changes when its holder renews it (renewTime), or when a claim or retry
+    replaces it (worker, attempts, acquireTime). Observations start when the operator
+    does: after a restart a dead worker's job is requeued one lease duration later.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._seen: dict[tuple[str, str], tuple[tuple[Any, ...], float]] = {}
+
+    def age(self, job: JobFacts) -> float:
+        lease = job.status.get("lease") or {}
+        token = (job.worker, job.attempts, lease.get("renewTime"), lease.get("acquireTime"))
+        key = (job.namespace, job.name)
+        now = self.clock()
+        seen = self._seen.get(key)
+        if seen is None or seen[0] != token:
+            self._seen[key] = (token, now)
+            return 0.0
+        return now - seen[1]
+
+    def keep_only(self, running: Iterable[JobFacts]) -> None:
+        """Forget jobs that are no longer Running."""
+        keys = {(job.namespace, job.name) for job in running}
+        for key in set(self._seen) - keys:
+            del self._seen[key]
+
+
 class JobJanitor:
     """Applies :func:`decide` to every known job, every ``interval`` seconds."""
 
@@ -213,6 +256,7 @@ class JobJanitor:
         self.jobs = jobs
         self.models = models
         self.interval = interval
+        self.leases = LeaseClock()
         self._queues: dict[tuple[str, str], dict[str, int]] = {}
 
     async def run_forever(self) -> None:
@@ -232,8 +276,11 @@ class JobJanitor:
     async def tick(self) -> None:
         now = datetime.datetime.now(datetime.UTC)
         everything = [job for store in list(self.jobs.values()) for job in store]
+        running = [job for job in everything if job.phase == Phase.RUNNING.value]
+        self.leases.keep_only(running)
         for job in everything:
-            action = decide(job, self._model_phase(job.namespace, job.model), now)
+            age = self.leases.age(job) if job.phase == Phase.RUNNING.value else None
+            action = decide(job, self._model_phase(job.namespace, job.model), now, age)
             if action is not None:
                 await self._apply(job, action)
         await self._publish_queues(everything)

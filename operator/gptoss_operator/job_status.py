@@ -7,17 +7,10 @@ requeues and expires them).
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass
 from typing import Any
 
 from gptoss_operator.api.job import Phase
 from gptoss_operator.conditions import set_condition
-
-# Status should stay small next to etcd's 1.5 MiB object limit: texts above this many
-# characters in total move to a ConfigMap owned by the job.
-MAX_STATUS_TEXT = 200_000
-TRUNCATION_NOTE = "\n[truncated: the full text is in ConfigMap {name}, key {key}]"
-
 
 # The fields with_conditions and queued set: what a phase change writes.
 PHASE_FIELDS = ("phase", "conditions", "message", "observedGeneration")
@@ -105,14 +98,6 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
-def lease_expired(status: dict[str, Any], now: datetime.datetime) -> bool:
-    lease = status.get("lease") or {}
-    renewed = parse_time(lease.get("renewTime"))
-    if renewed is None:
-        return True
-    return (now - renewed).total_seconds() > float(lease.get("durationSeconds", 30))
-
-
 def deadline_passed(
     created: Any, active_deadline_seconds: int | None, now: datetime.datetime
 ) -> bool:
@@ -120,27 +105,3 @@ def deadline_passed(
     if active_deadline_seconds is None or start is None:
         return False
     return (now - start).total_seconds() >= active_deadline_seconds
-
-
-@dataclass
-class SplitOutput:
-    status_fields: dict[str, str]
-    overflow: dict[str, str]  # key -> full text, for the ConfigMap (empty when it all fits)
-
-
-def split_output(
-    texts: dict[str, str], config_map: str, limit: int = MAX_STATUS_TEXT
-) -> SplitOutput:
-    """Keep texts in status when they fit; otherwise keep a head in status and the whole
-    texts in the ConfigMap ``config_map``. Nothing is dropped."""
-    total = sum(len(text) for text in texts.values())
-    if total <= limit:
-        return SplitOutput(dict(texts), {})
-    share = max(1000, limit // max(1, len([t for t in texts.values() if t])))
-    fields: dict[str, str] = {}
-    for key, text in texts.items():
-        if len(text) <= share:
-            fields[key] = text
-        else:
-            fields[key] = text[:share] + TRUNCATION_NOTE.format(name=config_map, key=key)
-    return SplitOutput(fields, {key: text for key, text in texts.items() if text})

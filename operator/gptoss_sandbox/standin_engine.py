@@ -161,6 +161,7 @@ _PROMPT_MESSAGE = re.compile(
     re.DOTALL,
 )
 _EFFORT_LINE = re.compile(r"^Reasoning:\s*(low|medium|high)\s*$", re.MULTILINE | re.IGNORECASE)
+_ENCODE_PIECE = 2048
 _COMMENTARY_WORD = re.compile(r"\bcommentary\b", re.IGNORECASE)
 
 
@@ -344,6 +345,8 @@ class StandinEngine:
       channel, ending in ``<|call|>``, unless a tool result already follows the last
       user message (then the final answer quotes it).
     * ``fault_after_tokens``: tokens sent before ``reset``/``stall``/``stream_error``.
+    * ``answer_repeat``: the final answer repeats the question this many times (for
+      outputs larger than any one message may be).
 
     Records: ``requests_served`` (completion requests received), ``last_request`` (the
     parsed JSON body of the latest one) and ``requests`` (all of them).
@@ -373,6 +376,7 @@ class StandinEngine:
         self.tool_call = False
         self.tool_name = "functions.lookup"
         self.fault_after_tokens = 3
+        self.answer_repeat = 1
         self.requests_served = 0
         self.last_request: Json | None = None
         self.requests: list[Json] = []
@@ -503,7 +507,8 @@ class StandinEngine:
             parts += [START, "assistant", CHANNEL, f"commentary to={self.tool_name} "]
             parts += [CONSTRAIN, "json", MESSAGE, arguments, CALL]
         else:
-            parts += [START, "assistant", CHANNEL, "final", MESSAGE, answer_text(facts), RETURN]
+            answer = answer_text(facts) + facts.question * (self.answer_repeat - 1)
+            parts += [START, "assistant", CHANNEL, "final", MESSAGE, answer, RETURN]
         return self._tokens(parts)
 
     @staticmethod
@@ -514,7 +519,11 @@ class StandinEngine:
             if isinstance(part, int):
                 tokens.append(part)
             else:  # text never becomes special tokens, whatever the user typed
-                tokens += [int(t) for t in encoding.encode(part, disallowed_special=())]
+                # In pieces: BPE is quadratic in a run without pre-token breaks (128K "="
+                # take seconds), and a model may emit any tokens that decode to its text.
+                for start in range(0, len(part), _ENCODE_PIECE):
+                    piece = part[start : start + _ENCODE_PIECE]
+                    tokens += [int(t) for t in encoding.encode(piece, disallowed_special=())]
         return tokens
 
     # -- handlers ----------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,20 @@ class SidecarProcess:
         if not self.log_path.exists():
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def ready_model_namespace(kube: Client, prefix: str, model: str = "m") -> str:
+    """A new namespace holding a Ready GptOssModel (kwok plays its pods)."""
+    from lightkube.models.meta_v1 import ObjectMeta
+    from lightkube.resources.core_v1 import Namespace
+
+    from tests.cluster.model_helpers import create_model, wait_for_phase
+
+    namespace = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    kube.create(Namespace(metadata=ObjectMeta(name=namespace)))
+    create_model(kube, namespace, model, source={"repo": "openai/gpt-oss-20b"})
+    wait_for_phase(kube, namespace, model, "Ready")
+    return namespace
 
 
 def job_manifest(

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 from lightkube import ApiError, Client
-from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import ConfigMap, Namespace
 
 from gptoss_operator.api.resources import InferenceJobResource
+from gptoss_operator.cli.user_main import full_texts
 from gptoss_operator.harmony import Harmony
 from gptoss_sandbox import binaries
 from gptoss_sandbox.standin_engine import StandinEngine
@@ -27,6 +27,7 @@ from tests.cluster.job_helpers import (
     create_job,
     gptoss_ask,
     job_status,
+    ready_model_namespace,
     wait_finished,
 )
 from tests.cluster.model_helpers import (
@@ -61,10 +62,7 @@ def served(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Served]:
     del operator
-    namespace = f"t-ij-{uuid.uuid4().hex[:8]}"
-    kube.create(Namespace(metadata=ObjectMeta(name=namespace)))
-    create_model(kube, namespace, "m", source={"repo": "openai/gpt-oss-20b"})
-    wait_for_phase(kube, namespace, "m", "Ready")
+    namespace = ready_model_namespace(kube, "t-ij")
     engine = StandinEngine(model="m")
     url = engine.start_in_thread()
     logs = tmp_path_factory.mktemp("sidecars")
@@ -88,6 +86,7 @@ def _reset_engine(request: pytest.FixtureRequest) -> Iterator[None]:
         engine.fail_next = []
         engine.token_delay = 0.0
         engine.commentary = False
+        engine.answer_repeat = 1
 
 
 def _name() -> str:
@@ -311,10 +310,57 @@ def test_large_output_goes_to_a_config_map(served: Served) -> None:
     status = wait_finished(served.kube, served.namespace, name, timeout=120)
     assert status["phase"] == "Succeeded", status.get("message")
     ref = status["outputRef"]
+    assert ref["configMapNames"] == [ref["configMapName"]] == [f"{name}-output-a1"]
     config_map = served.kube.get(ConfigMap, ref["configMapName"], namespace=served.namespace)
     assert config_map.data["response"] == f"Stand-in answer to: {question.strip()}"
     assert "truncated" in status["response"]
     assert config_map.metadata.ownerReferences[0].name == name
+
+
+def test_a_pathological_prompt_does_not_stall_the_other_jobs(served: Served) -> None:
+    # BPE is quadratic in a long run without pre-token breaks: these two messages take
+    # ~13 s of CPU to render, twice the 6 s lease of the jobs running meanwhile.
+    served.engine.token_delay = 0.5  # the first job streams for ~15 s
+    running = _name()
+    create_job(served.kube, served.namespace, running, "m")
+    wait_for(
+        lambda: job_status(served.kube, served.namespace, running).get("phase") == "Running",
+        timeout=30,
+        message="the first job running",
+    )
+    hostile = _name()
+    run = "=" * 131_072
+    create_job(
+        served.kube,
+        served.namespace,
+        hostile,
+        "m",
+        messages=[{"role": "user", "content": run}, {"role": "user", "content": run}],
+        maxTokens=40,
+    )
+    for name in (running, hostile):
+        status = wait_finished(served.kube, served.namespace, name, timeout=120)
+        assert status["phase"] == "Succeeded", (name, status.get("message"))
+        assert status["attempts"] == 1, f"{name} lost its lease while the prompt rendered"
+
+
+def test_an_output_larger_than_a_config_map_lands_whole(served: Served) -> None:
+    # 1.4 MB of answer and reasoning: more than one ConfigMap (1 MiB) holds. It used to
+    # fail the job when the one ConfigMap was refused.
+    served.engine.answer_repeat = 10
+    name = _name()
+    question = ("=" * 63 + " ") * 2048  # 131,072 characters, 4,096 tokens, repeated 10 times
+    create_job(served.kube, served.namespace, name, "m", question, maxTokens=100_000)
+    status = wait_finished(served.kube, served.namespace, name, timeout=120)
+    assert status["phase"] == "Succeeded", status.get("message")
+    names = status["outputRef"]["configMapNames"]
+    assert len(names) >= 2
+    asked = question.strip()  # the stand-in answers the stripped question
+    answer = f"Stand-in answer to: {asked}" + asked * 9
+    # As the gptoss CLI reads it back.
+    texts = full_texts(served.kube, served.namespace, status)
+    assert texts["response"] == answer
+    assert texts["analysis"] == f"Reasoning at medium effort about: {asked}"
 
 
 def test_cli_asks_and_prints_runner_style_json(served: Served) -> None:

@@ -7,7 +7,6 @@ import datetime
 import pytest
 
 from gptoss_operator.harmony import CALL_TOKEN, RETURN_TOKEN, ChatMessage, Harmony
-from gptoss_operator.job_status import split_output
 
 DAY = datetime.date(2026, 1, 2)
 
@@ -127,13 +126,3 @@ def test_malformed_output_is_kept_raw(harmony: Harmony) -> None:
     assert parsed.error
     assert parsed.raw_text is not None
     assert "no header here" in parsed.raw_text
-
-
-def test_large_output_moves_to_a_config_map() -> None:
-    small = split_output({"response": "a", "analysis": "b"}, "cm")
-    assert small.overflow == {}
-    assert small.status_fields == {"response": "a", "analysis": "b"}
-    big = split_output({"response": "r" * 150_000, "analysis": "a" * 150_000}, "cm")
-    assert big.overflow == {"response": "r" * 150_000, "analysis": "a" * 150_000}
-    assert sum(len(v) for v in big.status_fields.values()) < 210_000
-    assert "ConfigMap cm, key response" in big.status_fields["response"]

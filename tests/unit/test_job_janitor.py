@@ -5,7 +5,13 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from gptoss_operator.job_janitor import JobFacts, decide, queue_counts, status_patch
+from gptoss_operator.job_janitor import (
+    JobFacts,
+    LeaseClock,
+    decide,
+    queue_counts,
+    status_patch,
+)
 
 NOW = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.UTC)
 
@@ -70,14 +76,15 @@ def _running(renewed: float, attempts: int) -> dict[str, Any]:
 
 
 def test_lost_worker_requeues_then_fails() -> None:
-    assert decide(_facts(_running(5, 1)), "Ready", NOW) is None
-    requeued = decide(_facts(_running(60, 1)), "Ready", NOW)
+    assert decide(_facts(_running(5, 1)), "Ready", NOW, lease_age=5) is None
+    assert decide(_facts(_running(60, 1)), "Ready", NOW, lease_age=None) is None
+    requeued = decide(_facts(_running(60, 1)), "Ready", NOW, lease_age=31)
     assert requeued is not None
     assert requeued.reason == "WorkerLost"
     assert requeued.status is not None
     assert requeued.status["phase"] == "Pending"
     assert requeued.remove == ("lease",)
-    exhausted = decide(_facts(_running(60, 3)), "Ready", NOW)
+    exhausted = decide(_facts(_running(60, 3)), "Ready", NOW, lease_age=31)
     assert exhausted is not None
     assert exhausted.reason == "BackoffLimitExceeded"
 
@@ -93,7 +100,7 @@ def test_ttl_deletes_finished_jobs() -> None:
 
 def test_patch_is_guarded_by_resource_version() -> None:
     facts = _facts(_running(60, 1))
-    action = decide(facts, "Ready", NOW)
+    action = decide(facts, "Ready", NOW, lease_age=60)
     assert action is not None
     ops = status_patch(facts, action)
     assert ops[0] == {"op": "test", "path": "/metadata/resourceVersion", "value": "7"}
@@ -117,3 +124,43 @@ def test_requeue_reasons_are_kept_while_the_job_waits() -> None:
         waiting = decide(requeued, "Starting", NOW)
         assert waiting is not None
         assert waiting.reason == "WaitingForModel"
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_lease_ages_by_the_judges_clock_not_the_renewers() -> None:
+    clock = _Clock()
+    leases = LeaseClock(clock)
+    # A sidecar whose clock is an hour behind: its renewals look an hour old.
+    behind = _facts(_running(3600, 1))
+    assert leases.age(behind) == 0.0
+    clock.now += 20
+    assert leases.age(behind) == 20.0
+    renewed = _facts({**_running(3595, 1)})
+    assert leases.age(renewed) == 0.0, "a changed renewTime is a renewal, whatever it says"
+    # A sidecar whose clock is an hour ahead, then dies: its lease stops changing.
+    ahead = _facts(_running(-3600, 1))
+    leases.age(ahead)
+    clock.now += 31
+    assert leases.age(ahead) == 31.0
+    action = decide(ahead, "Ready", NOW, leases.age(ahead))
+    assert action is not None
+    assert action.reason == "WorkerLost"
+
+
+def test_a_new_attempt_restarts_the_lease_age() -> None:
+    clock = _Clock()
+    leases = LeaseClock(clock)
+    first = _facts(_running(0, 1))
+    leases.age(first)
+    clock.now += 25
+    second = _facts(_running(0, 2))  # same renewTime string, next attempt
+    assert leases.age(second) == 0.0
+    leases.keep_only([])
+    assert leases.age(second) == 0.0, "forgotten jobs start over"

@@ -106,7 +106,14 @@ class Lease(ApiModel):
 class OutputRef(ApiModel):
     """Where the full text lives when it does not fit in status."""
 
-    configMapName: str = Field(description="ConfigMap owned by the job.")
+    configMapName: str = Field(description="ConfigMap owned by the job (the first one).")
+    configMapNames: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Every ConfigMap holding the texts, in order; a text larger than one ConfigMap "
+            "continues under the same key in the next."
+        ),
+    )
     keys: list[str] = Field(default_factory=list, description="Keys holding full texts.")
 
 

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from gptoss_operator import __version__
 from gptoss_operator.api.job import InferenceJobSpec
 from gptoss_operator.api.resources import InferenceJobResource
+from gptoss_operator.job_output import join
 
 FINISHED = ("Succeeded", "Failed")
 
@@ -108,8 +109,9 @@ def full_texts(client: Client, namespace: str, status: dict[str, Any]) -> dict[s
     texts = {key: str(status.get(key) or "") for key in ("response", "analysis", "commentary")}
     ref = status.get("outputRef")
     if ref:
-        config_map = client.get(ConfigMap, ref["configMapName"], namespace=namespace)
-        texts.update({k: v for k, v in (config_map.data or {}).items() if k in texts})
+        names = ref.get("configMapNames") or [ref["configMapName"]]
+        data = [client.get(ConfigMap, name, namespace=namespace).data or {} for name in names]
+        texts.update({key: join(key, data) for key in ref.get("keys") or [] if key in texts})
     return texts
 
 

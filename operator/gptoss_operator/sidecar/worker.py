@@ -28,17 +28,18 @@ from gptoss_operator.harmony import (
     Harmony,
     ParsedOutput,
 )
+from gptoss_operator.job_output import layout
 from gptoss_operator.job_status import (
     format_duration,
     parse_time,
     phase_fields,
     queued,
-    split_output,
     with_conditions,
 )
 from gptoss_operator.sidecar.engine import Chunk, EngineClient, EngineError, SamplingParams, Usage
 from gptoss_operator.sidecar.outcome import Generation, generation_outcome, rejection_reason
-from gptoss_operator.sidecar.store import JobStore, LostJob
+from gptoss_operator.sidecar.renderer import PromptRenderer
+from gptoss_operator.sidecar.store import FINISHED, JobStore, LostJob
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ class SidecarConfig:
     engine_read_timeout: float = 300.0
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 30.0
+    # How long a pod that is shutting down waits for answers being written.
+    finish_grace_seconds: float = 10.0
 
 
 @dataclass
@@ -105,6 +108,7 @@ class Sidecar:
         self.config = config
         self.client = client
         self.harmony = harmony or Harmony()
+        self.renderer = PromptRenderer(self.harmony)
         self.engine = engine or EngineClient(
             config.engine_url,
             config.model,
@@ -121,6 +125,8 @@ class Sidecar:
         self.stopping = False
         self.attempts: dict[str, int] = {}
         self.jobs: dict[str, dict[str, Any]] = {}
+        # Jobs whose answer is complete and being written: never cancelled.
+        self.finishing: set[str] = set()
         self.max_model_len: int | None = None
         # Set while the engine answers its health check: no job is claimed otherwise.
         self.engine_ready = asyncio.Event()
@@ -145,6 +151,7 @@ class Sidecar:
                 self._recovery.cancel()
             for task in list(self.running.values()):
                 task.cancel()
+            self.renderer.close()
             await self.engine.close()
 
     async def _watch(self) -> None:
@@ -179,12 +186,12 @@ class Sidecar:
             self._wake.set()
         else:
             self.pending.pop(name, None)
-            if (
-                name in self.running
-                and status.get("worker") != self.config.worker
-                and phase == Phase.RUNNING.value
-            ):
-                self.running[name].cancel()  # requeued and claimed elsewhere
+            task = self.running.get(name)
+            if task is None or name in self.finishing:
+                return
+            taken = phase == Phase.RUNNING.value and status.get("worker") != self.config.worker
+            if taken or phase in FINISHED:
+                task.cancel()  # claimed elsewhere, or ended without this attempt
 
     async def drain(self) -> None:
         """Stop taking jobs and hand the running ones back at once (the pod is going
@@ -193,13 +200,20 @@ class Sidecar:
         self._wake.set()
         self.engine_ready.set()  # let the dispatch loop see that it is stopping
         running = dict(self.running)
+        for name, task in running.items():
+            if name not in self.finishing:
+                task.cancel()
+        # Answers already complete are written, not thrown away, within the grace period.
+        finishing = [running[name] for name in self.finishing if name in running]
+        if finishing:
+            await asyncio.wait(finishing, timeout=self.config.finish_grace_seconds)
         for task in running.values():
             task.cancel()
         await asyncio.gather(*running.values(), return_exceptions=True)
         for name in running:
             job = self.jobs.get(name)
             attempt = self.attempts.get(name)
-            if job is None or attempt is None:
+            if job is None or attempt is None or name in self.finishing:
                 continue
             message = f"{self.config.worker} shut down during attempt {attempt}; requeued"
             try:
@@ -241,11 +255,18 @@ class Sidecar:
         return self.pending.pop(name)
 
     async def _claim(self, job: dict[str, Any]) -> dict[str, Any] | None:
+        name = job["metadata"]["name"]
         try:
-            return await self.store.claim(job)
+            claimed = await self.store.claim(job)
         except Exception as error:
-            log.warning("claiming %s failed: %s", job["metadata"]["name"], error)
-            return None
+            log.warning("claiming %s failed: %s", name, error)
+            await asyncio.sleep(self.config.retry_base_seconds)
+            claimed = None
+        if claimed is None:
+            # Taken by another worker, or the claim failed: if the job is still Pending
+            # no watch event will say so again, so look.
+            await self._recheck(name)
+        return claimed
 
     async def _run_and_release(self, job: dict[str, Any]) -> None:
         name = job["metadata"]["name"]
@@ -264,6 +285,7 @@ class Sidecar:
             )
         finally:
             self.running.pop(name, None)
+            self.finishing.discard(name)
             self._slots.release()
             self.completed += 1
             if not self.stopping:
@@ -284,25 +306,44 @@ class Sidecar:
     # ------------------------------------------------------------------ one job
     async def run_job(self, job: dict[str, Any]) -> None:
         name = job["metadata"]["name"]
-        status = job["status"]
-        attempt = int(status["attempts"])
+        self.attempts.setdefault(name, int(job["status"]["attempts"]))
         spec = InferenceJobSpec.model_validate(job["spec"])
         deadline = self._deadline(job, spec)
         messages = [ChatMessage(m.role, m.content) for m in spec.messages]
-        # Rendering long conversations is CPU work: keep the event loop (and the leases
-        # of the other jobs) going meanwhile.
-        prompt = await asyncio.to_thread(self.harmony.render, messages, spec.reasoningLevel)
         params = SamplingParams(
             max_tokens=spec.maxTokens,
             temperature=spec.temperature,
             top_p=spec.topP,
             stop_token_ids=self.harmony.stop_token_ids,
         )
+        progress = _Progress(prompt_tokens=0)
+        # The lease is renewed from the claim until the job is released: while the prompt
+        # renders, during retry backoffs and while the result is written.
+        heartbeat = asyncio.create_task(self._heartbeat(name, progress))
+        try:
+            prompt = await self.renderer.render(messages, spec.reasoningLevel)
+            progress.prompt_tokens = len(prompt)
+            await self._attempts(job, spec, prompt, params, deadline, progress)
+        finally:
+            heartbeat.cancel()
+
+    async def _attempts(
+        self,
+        job: dict[str, Any],
+        spec: InferenceJobSpec,
+        prompt: list[int],
+        params: SamplingParams,
+        deadline: float | None,
+        progress: _Progress,
+    ) -> None:
+        name = job["metadata"]["name"]
+        status = job["status"]
+        attempt = int(status["attempts"])
         max_attempts = spec.backoffLimit + 1
         voided = int(status.get("voidedAttempts") or 0)
         while True:
             try:
-                result = await self._generate(name, attempt, prompt, params, deadline)
+                result = await self._generate(prompt, params, deadline, progress)
                 break
             except TimeoutError:
                 await self._finish_failed(
@@ -355,6 +396,7 @@ class Sidecar:
                 attempt += 1
                 self.attempts[name] = attempt
                 await asyncio.sleep(delay)
+        self.finishing.add(name)  # the answer exists: from here on it is only written
         await self._finish_generated(job, attempt, spec, result)
 
     async def _hand_back(self, job: dict[str, Any], attempt: int, voided: int, error: str) -> None:
@@ -420,14 +462,13 @@ class Sidecar:
 
     async def _generate(
         self,
-        name: str,
-        attempt: int,
         prompt: list[int],
         params: SamplingParams,
         deadline: float | None,
+        progress: _Progress,
     ) -> RunResult:
         parser = self.harmony.parser()
-        progress = _Progress(prompt_tokens=len(prompt))
+        progress.tokens, progress.channel = 0, None
         started = self.clock()
         first_token: float | None = None
         finish_reason = "length"
@@ -451,17 +492,13 @@ class Sidecar:
                     if isinstance(chunk.stop_reason, int):
                         stop_token = chunk.stop_reason
 
-        heartbeat = asyncio.create_task(self._heartbeat(name, attempt, progress))
-        try:
-            if deadline is None:
-                await consume()
-            else:
-                remaining = deadline - self.clock()
-                if remaining <= 0:
-                    raise TimeoutError
-                await asyncio.wait_for(consume(), timeout=remaining)
-        finally:
-            heartbeat.cancel()
+        if deadline is None:
+            await consume()
+        else:
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                raise TimeoutError
+            await asyncio.wait_for(consume(), timeout=remaining)
         finished = self.clock()
         parsed = parser.finish(_stop_token(finish_reason, stop_token, parser.tokens))
         prompt_tokens = usage.prompt_tokens if usage else len(prompt)
@@ -470,11 +507,12 @@ class Sidecar:
             parsed, finish_reason, prompt_tokens, completion_tokens, started, first_token, finished
         )
 
-    async def _heartbeat(self, name: str, attempt: int, progress: _Progress) -> None:
+    async def _heartbeat(self, name: str, progress: _Progress) -> None:
         interval = min(self.config.heartbeat_seconds, self.config.lease_seconds / 3)
         while True:
             await asyncio.sleep(interval)
             where = f" ({progress.channel} channel)" if progress.channel else ""
+            attempt = self.attempts[name]
             try:
                 await self.store.renew(
                     name,
@@ -489,6 +527,8 @@ class Sidecar:
                     },
                 )
             except LostJob:
+                if self.attempts.get(name) != attempt:
+                    continue  # the job moved on to its next attempt meanwhile
                 return  # requeued or deleted: the job's own writes will find out
             except Exception as error:
                 # A busy or restarting apiserver: the lease outlasts a few missed beats.
@@ -510,14 +550,18 @@ class Sidecar:
             )
         )
         reason, message = outcome.reason, outcome.message
-        texts = outcome.texts
-        config_map = f"{name[:240]}-output"
-        split = split_output(texts, config_map)
-        changes: dict[str, Any] = dict(split.status_fields)
-        if split.overflow:
-            await self.store.save_output(job, config_map, split.overflow)
-            changes["outputRef"] = {"configMapName": config_map, "keys": sorted(split.overflow)}
-            message += f"; the full text is in ConfigMap {config_map}"
+        output = layout(outcome.texts)
+        changes: dict[str, Any] = dict(output.status_fields)
+        saved: list[str] = []
+        if output.config_maps:
+            saved = await self.store.save_output(job, attempt, output.config_maps)
+            changes["outputRef"] = {
+                "configMapName": saved[0],
+                "configMapNames": saved,
+                "keys": output.keys,
+            }
+            where = f"ConfigMap {saved[0]}" if len(saved) == 1 else f"ConfigMaps {', '.join(saved)}"
+            message += f"; the full text is in {where}"
         total = result.prompt_tokens + result.completion_tokens
         generation_seconds = result.finished - (result.first_token or result.started)
         start = parse_time(job["status"].get("startTime")) or datetime.datetime.now(datetime.UTC)
@@ -546,10 +590,11 @@ class Sidecar:
             message,
             job["metadata"].get("generation"),
         )
-        final_changes = phase_fields(final)
-        await self.store.update(
-            name, attempt, {**changes, **final_changes}, remove=("lease",), current=job["status"]
-        )
+        try:
+            await self.store.finish(name, attempt, {**changes, **phase_fields(final)}, ("lease",))
+        except LostJob:
+            await self.store.delete_output(saved)
+            raise
         succeeded = outcome.phase == Phase.SUCCEEDED
         await self.store.event(job, "Normal" if succeeded else "Warning", reason, message)
         log.info("job %s: %s (%d tokens)", name, reason, result.completion_tokens)
