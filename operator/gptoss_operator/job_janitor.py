@@ -2,8 +2,9 @@
 
 Sidecars claim and run jobs; the operator looks after everything around them:
 
-- a job for a missing or not-Ready model stays Pending with a condition that says why
-  (ModelNotFound, WaitingForModel), never silently;
+- a job for a missing or not-serving model stays Pending with a condition that says why
+  (ModelNotFound, WaitingForModel), never silently. A model serves while any replica is
+  ready, so one of N replicas restarting rewrites no job;
 - a Running job whose lease lapsed (its pod died) goes back to Pending, with the attempt
   counted, until ``backoffLimit`` is spent. A lease's age is how long the operator has
   seen it unchanged, by the operator's own clock (:class:`LeaseClock`): the sidecar's
@@ -104,6 +105,29 @@ class JobFacts:
             },
             has_status=bool(body.get("status")),
         )
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the operator remembers of one GptOssModel."""
+
+    phase: str
+    ready_replicas: int = 0
+
+    @classmethod
+    def from_status(cls, status: Mapping[str, Any]) -> ModelFacts:
+        return cls(
+            str(status.get("phase") or ModelPhase.PENDING.value),
+            int(status.get("readyReplicas") or 0),
+        )
+
+    @property
+    def queue_phase(self) -> str:
+        """The phase as its jobs see it: a model Starting while some replica is ready
+        (one of N restarting, a rollout) still takes jobs."""
+        if self.phase == ModelPhase.STARTING.value and self.ready_replicas > 0:
+            return ModelPhase.READY.value
+        return self.phase
 
 
 @dataclass(frozen=True)
@@ -249,17 +273,23 @@ class JobJanitor:
         self,
         client: AsyncClient,
         jobs: Mapping[Any, Iterable[JobFacts]],
-        models: Mapping[Any, Iterable[str]],
+        models: Mapping[Any, Iterable[ModelFacts]],
         interval: float = 1.0,
+        indexed: asyncio.Event | None = None,
     ) -> None:
         self.client = client
         self.jobs = jobs
         self.models = models
         self.interval = interval
+        # Set once the indexes hold what the apiserver has: acting on half-filled indexes
+        # would write ModelNotFound to jobs whose model is not indexed yet.
+        self.indexed = indexed
         self.leases = LeaseClock()
         self._queues: dict[tuple[str, str], dict[str, int]] = {}
 
     async def run_forever(self) -> None:
+        if self.indexed is not None:
+            await self.indexed.wait()
         while True:
             try:
                 await self.tick()
@@ -270,8 +300,8 @@ class JobJanitor:
             await asyncio.sleep(self.interval)
 
     def _model_phase(self, namespace: str, model: str) -> str | None:
-        phases = list(self.models.get((namespace, model), []))
-        return phases[0] if phases else None
+        facts = list(self.models.get((namespace, model), []))
+        return facts[0].queue_phase if facts else None
 
     async def tick(self) -> None:
         now = datetime.datetime.now(datetime.UTC)

@@ -24,15 +24,15 @@ def _labels(pairs: Iterable[tuple[str, str]]) -> str:
     return "{" + ",".join(items) + "}" if items else ""
 
 
-def render(models: Mapping[Any, Iterable[str]], jobs: Mapping[Any, Iterable[Any]]) -> str:
+def render(models: Mapping[Any, Iterable[Any]], jobs: Mapping[Any, Iterable[Any]]) -> str:
     lines = [
         "# HELP gptoss_models GptOssModels by phase.",
         "# TYPE gptoss_models gauge",
     ]
     phases: Counter[str] = Counter()
     for values in list(models.values()):
-        for phase in values:
-            phases[phase] += 1
+        for facts in values:
+            phases[getattr(facts, "phase", "Unknown")] += 1
     lines += [f'gptoss_models{{phase="{phase}"}} {n}' for phase, n in sorted(phases.items())]
     lines += [
         "# HELP gptoss_inference_jobs InferenceJobs by phase.",

@@ -165,6 +165,38 @@ def finish_pod(
     )
 
 
+def running_pod(kube: Client, namespace: str, pod: Any) -> None:
+    """Every container running and ready, as a kubelet reports a healthy vLLM pod."""
+    now = _now()
+    set_pod_status(
+        kube,
+        namespace,
+        pod.metadata.name,
+        {
+            "phase": "Running",
+            "startTime": now,
+            "conditions": [
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+                {"type": "Initialized", "status": "True", "lastTransitionTime": now},
+                {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
+                {"type": "Ready", "status": "True", "lastTransitionTime": now},
+            ],
+            "containerStatuses": [
+                {
+                    "name": container.name,
+                    "image": container.image,
+                    "imageID": "",
+                    "ready": True,
+                    "started": True,
+                    "restartCount": 0,
+                    "state": {"running": {"startedAt": now}},
+                }
+                for container in pod.spec.containers
+            ],
+        },
+    )
+
+
 def waiting_pod(kube: Client, namespace: str, pod: Any, reason: str, message: str) -> None:
     now = _now()
     statuses = []

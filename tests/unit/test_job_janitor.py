@@ -8,6 +8,7 @@ from typing import Any
 from gptoss_operator.job_janitor import (
     JobFacts,
     LeaseClock,
+    ModelFacts,
     decide,
     queue_counts,
     status_patch,
@@ -164,3 +165,12 @@ def test_a_new_attempt_restarts_the_lease_age() -> None:
     assert leases.age(second) == 0.0
     leases.keep_only([])
     assert leases.age(second) == 0.0, "forgotten jobs start over"
+
+
+def test_a_model_with_a_ready_replica_takes_jobs() -> None:
+    assert ModelFacts.from_status({"phase": "Starting", "readyReplicas": 1}).queue_phase == "Ready"
+    assert ModelFacts.from_status({"phase": "Starting", "readyReplicas": 0}).queue_phase == (
+        "Starting"
+    )
+    assert ModelFacts.from_status({"phase": "Failed", "readyReplicas": 2}).queue_phase == "Failed"
+    assert ModelFacts.from_status({}).queue_phase == "Pending"

@@ -9,7 +9,7 @@ import kopf
 from gptoss_operator.api import job as job_api
 from gptoss_operator.api import model as model_api
 from gptoss_operator.api.common import GROUP, VERSION
-from gptoss_operator.job_janitor import JobFacts
+from gptoss_operator.job_janitor import JobFacts, ModelFacts
 
 
 @kopf.index(GROUP, VERSION, job_api.PLURAL)
@@ -22,6 +22,6 @@ def inference_jobs(body: kopf.Body, **_: Any) -> dict[tuple[str, str], JobFacts]
 @kopf.index(GROUP, VERSION, model_api.PLURAL)
 def model_phases(
     namespace: str | None, name: str, status: kopf.Status, **_: Any
-) -> dict[tuple[str, str], str]:
-    """(namespace, name) -> phase of each GptOssModel."""
-    return {(namespace or "", name): str(status.get("phase") or model_api.Phase.PENDING.value)}
+) -> dict[tuple[str, str], ModelFacts]:
+    """(namespace, name) -> phase and ready replicas of each GptOssModel."""
+    return {(namespace or "", name): ModelFacts.from_status(status)}

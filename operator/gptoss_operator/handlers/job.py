@@ -9,6 +9,9 @@ from typing import Any
 
 import kopf
 
+from gptoss_operator.api import job as job_api
+from gptoss_operator.api import model as model_api
+from gptoss_operator.api.common import GROUP, VERSION
 from gptoss_operator.handlers import indexes  # noqa: F401 - registers the indexes
 from gptoss_operator.job_janitor import JobJanitor
 from gptoss_operator.kube import new_client
@@ -21,11 +24,20 @@ INTERVAL = float(os.environ.get("GPTOSS_JOB_HOUSEKEEPING_SECONDS", "1"))
 @kopf.on.startup()
 async def start_housekeeping(memo: Any, **kwargs: Any) -> None:
     jobs, models = kwargs["inference_jobs"], kwargs["model_phases"]
-    janitor = JobJanitor(new_client(), jobs, models, INTERVAL)
+    memo.indexed = asyncio.Event()
+    janitor = JobJanitor(new_client(), jobs, models, INTERVAL, memo.indexed)
     memo.job_housekeeping = asyncio.create_task(janitor.run_forever())
     port = Settings.from_env().metrics_port
     if port:
         memo.metrics = await start_server(port, lambda: (models, jobs))
+
+
+@kopf.on.event(GROUP, VERSION, job_api.PLURAL)
+@kopf.on.event(GROUP, VERSION, model_api.PLURAL)
+def indexes_filled(memo: Any, **_: Any) -> None:
+    """kopf calls handlers only once every index holds its initial listing: the first
+    call opens the housekeeping loop. (With no object at all there is nothing to keep.)"""
+    memo.indexed.set()
 
 
 @kopf.on.cleanup()
