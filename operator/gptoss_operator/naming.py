@@ -22,6 +22,7 @@ HF_CACHE_DIR = f"{VOLUME_MOUNT}/hub"
 SERVED_DIR = f"{VOLUME_MOUNT}/served"
 VOCAB_DIR = f"{VOLUME_MOUNT}/tiktoken"
 ENGINE_PORT = 8000
+SIDECAR_HEALTH_PORT = 8081
 
 
 def source_hash(spec: GptOssModelSpec) -> str:

@@ -6,6 +6,9 @@ upstream kubeconfig it was given, streaming responses (watches included), except
 :class:`Fault` rule matches: those get the rule's status (429 with ``Retry-After``, 500,
 503, ...) or a dropped connection, without reaching the apiserver.
 
+``freeze_watches`` holds every watch stream's data from then on (new watches included)
+without closing anything: what a half-open connection looks like to the client.
+
 It is a test tool: the identity is the upstream kubeconfig's, whoever the caller is.
 """
 
@@ -99,6 +102,7 @@ class FaultProxy:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self._frozen = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
@@ -135,6 +139,10 @@ class FaultProxy:
     def clear(self) -> None:
         with self._lock:
             self.faults.clear()
+        self._frozen.clear()
+
+    def freeze_watches(self) -> None:
+        self._frozen.set()
 
     def _match(self, method: str, path: str, body: bytes) -> Fault | None:
         with self._lock:
@@ -214,8 +222,11 @@ class FaultProxy:
                     if key.lower() not in _SKIPPED_HEADERS:
                         response.headers[key] = value
                 await response.prepare(request)
+                watch = request.query.get("watch") in ("true", "1")
                 try:
                     async for chunk in upstream.content.iter_any():
+                        while watch and self._frozen.is_set():
+                            await asyncio.sleep(0.1)
                         await response.write(chunk)
                 except aiohttp.ClientPayloadError:
                     # The apiserver cut a stream (a watch at shutdown): cut it here too.

@@ -8,6 +8,8 @@ engine is the stand-in. Every test checks that its faults were actually injected
 
 from __future__ import annotations
 
+import json
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ import pytest
 from lightkube import Client
 from lightkube.resources.core_v1 import Namespace
 
+from gptoss_sandbox.cluster import free_port
 from gptoss_sandbox.fault_proxy import Fault, FaultProxy
 from gptoss_sandbox.standin_engine import StandinEngine
 from tests.cluster.job_helpers import (
@@ -41,6 +44,7 @@ class Faulty:
     engine: StandinEngine
     proxy: FaultProxy
     sidecar: SidecarProcess
+    health_url: str
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +61,19 @@ def faulty(
     logs = tmp_path_factory.mktemp("faults")
     proxy = FaultProxy(cluster.kubeconfig).start()
     kubeconfig = proxy.kubeconfig(Path(logs) / "through-proxy.kubeconfig")
-    sidecar = SidecarProcess(kubeconfig, namespace, "m", "sidecar-f", url, logs).start()
+    health = free_port()
+    sidecar = SidecarProcess(
+        kubeconfig,
+        namespace,
+        "m",
+        "sidecar-f",
+        url,
+        logs,
+        GPTOSS_RESYNC_SECONDS="2",
+        GPTOSS_HEALTH_PORT=str(health),
+    ).start()
     try:
-        yield Faulty(kube, namespace, engine, proxy, sidecar)
+        yield Faulty(kube, namespace, engine, proxy, sidecar, f"http://127.0.0.1:{health}")
     finally:
         sidecar.stop()
         proxy.stop()
@@ -129,3 +143,19 @@ def test_every_write_refused_once_still_gives_one_result(faulty: Faulty) -> None
     for name in names:
         _ran_once_and_succeeded(faulty, name)
     assert faulty.proxy.injected >= 4
+
+
+def test_a_watch_gone_silent_is_noticed_and_restarted(faulty: Faulty) -> None:
+    # Every watch delivers nothing from now on, without an error: a half-open connection.
+    faulty.proxy.freeze_watches()
+    name = f"j-{uuid.uuid4().hex[:8]}"
+    create_job(faulty.kube, faulty.namespace, name, "m")
+    # The sidecar lists every 2 s (GPTOSS_RESYNC_SECONDS): it finds the job anyway.
+    _ran_once_and_succeeded(faulty, name)
+    assert "the watch missed 1 Pending job" in faulty.sidecar.log_tail(200)
+    # The liveness endpoint answers (the loop turns) and reports what happened.
+    with urllib.request.urlopen(f"{faulty.health_url}/healthz", timeout=5) as response:
+        report = json.loads(response.read())
+    assert report["watchRestarts"] >= 1
+    assert report["engineReady"] is True
+    assert report["secondsSinceLastList"] < 10

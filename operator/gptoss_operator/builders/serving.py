@@ -105,7 +105,23 @@ def _sidecar_container(ctx: ModelContext) -> dict[str, Any]:
             {"name": "GPTOSS_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "GPTOSS_ENGINE_URL", "value": f"http://127.0.0.1:{naming.ENGINE_PORT}"},
             {"name": "GPTOSS_CONCURRENCY", "value": str(sidecar.concurrency)},
+            {"name": "GPTOSS_HEALTH_PORT", "value": str(naming.SIDECAR_HEALTH_PORT)},
         ],
+        "ports": [
+            {
+                "name": "sidecar-health",
+                "containerPort": naming.SIDECAR_HEALTH_PORT,
+                "protocol": "TCP",
+            }
+        ],
+        # Fails only when the sidecar's event loop stops answering: everything else it
+        # recovers from without a restart, which would cut the generations in flight.
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "health"},
+            "periodSeconds": 20,
+            "timeoutSeconds": 10,
+            "failureThreshold": 6,
+        },
         # The harmony vocab comes baked into the sidecar image (TIKTOKEN_ENCODINGS_BASE
         # set there); /tmp is the only writable place.
         "volumeMounts": [{"name": "sidecar-tmp", "mountPath": "/tmp"}],

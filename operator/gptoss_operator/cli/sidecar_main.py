@@ -3,7 +3,8 @@
 Configured by environment (the operator sets it in the Deployment): GPTOSS_MODEL,
 GPTOSS_NAMESPACE, GPTOSS_POD_NAME, GPTOSS_ENGINE_URL (default http://127.0.0.1:8000),
 GPTOSS_CONCURRENCY (default 64), GPTOSS_LEASE_SECONDS (default 30),
-GPTOSS_HEARTBEAT_SECONDS (default 5), GPTOSS_ENGINE_READ_TIMEOUT (default 300).
+GPTOSS_HEARTBEAT_SECONDS (default 5), GPTOSS_ENGINE_READ_TIMEOUT (default 300),
+GPTOSS_RESYNC_SECONDS (default 60), GPTOSS_HEALTH_PORT (default 0: no /healthz).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 
 from lightkube import AsyncClient
 
+from gptoss_operator.sidecar.health import start_health_server
 from gptoss_operator.sidecar.worker import Sidecar, SidecarConfig
 
 
@@ -36,11 +38,13 @@ def config_from_env(env: dict[str, str]) -> SidecarConfig:
         heartbeat_seconds=float(env.get("GPTOSS_HEARTBEAT_SECONDS", "5")),
         engine_read_timeout=float(env.get("GPTOSS_ENGINE_READ_TIMEOUT", "300")),
         retry_base_seconds=float(env.get("GPTOSS_RETRY_BASE_SECONDS", "1")),
+        resync_seconds=float(env.get("GPTOSS_RESYNC_SECONDS", "60")),
     )
 
 
-async def _serve(config: SidecarConfig) -> None:
+async def _serve(config: SidecarConfig, health_port: int) -> None:
     sidecar = Sidecar(config, AsyncClient(field_manager="gptoss-sidecar"))
+    health = await start_health_server(sidecar, health_port) if health_port else None
     task = asyncio.create_task(sidecar.run())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -55,6 +59,8 @@ async def _serve(config: SidecarConfig) -> None:
     waiter.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    if health is not None:
+        await health.cleanup()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    asyncio.run(_serve(config_from_env(dict(os.environ))))
+    health_port = int(os.environ.get("GPTOSS_HEALTH_PORT", "0"))
+    asyncio.run(_serve(config_from_env(dict(os.environ)), health_port))
     return 0
 
 

@@ -3,6 +3,11 @@
 Up to ``concurrency`` jobs run at once so vLLM can batch them. Each running job renews
 its lease (and reports progress) every few seconds; a job whose lease lapses (the pod
 died) is requeued by the operator and claimed by another worker.
+
+Jobs are found by a watch, and every ``resync_seconds`` by a list of the model's
+unfinished jobs: a watch whose connection went half-open delivers nothing and reports no
+error, so when the list finds Pending jobs the watch never delivered, the watch is
+restarted.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lightkube import AsyncClient
+from lightkube.operators import not_in
 from lightkube.types import OnErrorAction, OnErrorResult
 
 from gptoss_operator.api.job import InferenceJobSpec, Phase
@@ -58,6 +64,8 @@ class SidecarConfig:
     retry_max_seconds: float = 30.0
     # How long a pod that is shutting down waits for answers being written.
     finish_grace_seconds: float = 10.0
+    resync_seconds: float = 60.0
+    watch_timeout_seconds: int = 240
 
 
 @dataclass
@@ -131,6 +139,9 @@ class Sidecar:
         # Set while the engine answers its health check: no job is claimed otherwise.
         self.engine_ready = asyncio.Event()
         self._recovery: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self.last_sync: float | None = None  # the last successful list, by self.clock
+        self.watch_restarts = 0
 
     # ------------------------------------------------------------------ main loop
     async def run(self) -> None:
@@ -142,11 +153,13 @@ class Sidecar:
             self.config.namespace,
             self.config.worker,
         )
-        watcher = asyncio.create_task(self._watch(), name="watch")
+        self._watcher = asyncio.create_task(self._watch(), name="watch")
+        resync = asyncio.create_task(self._resync_forever(), name="resync")
         try:
             await self._dispatch()
         finally:
-            watcher.cancel()
+            resync.cancel()
+            self._watcher.cancel()
             if self._recovery is not None:
                 self._recovery.cancel()
             for task in list(self.running.values()):
@@ -162,6 +175,7 @@ class Sidecar:
                     InferenceJobResource,
                     namespace=self.config.namespace,
                     fields=dict[str, Any](fields),
+                    server_timeout=self.config.watch_timeout_seconds,
                     on_error=_retry_watch,
                 ):
                     self._observe(event_type, obj.to_dict())
@@ -170,6 +184,44 @@ class Sidecar:
             except Exception as error:
                 log.warning("watch of InferenceJobs ended: %s", error)
                 await asyncio.sleep(1.0)
+
+    async def _resync_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.resync_seconds)
+            try:
+                await self.resync()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("listing InferenceJobs failed (%s); the watch carries on", error)
+
+    async def resync(self) -> int:
+        """List the model's unfinished jobs; restart the watch if it missed Pending ones.
+        Returns how many it missed."""
+        fields = {
+            "spec.modelRef.name": self.config.model,
+            "status.phase": not_in([Phase.RUNNING.value, *FINISHED]),
+        }
+        missed = []
+        async for obj in self.client.list(
+            InferenceJobResource, namespace=self.config.namespace, fields=dict[str, Any](fields)
+        ):
+            job = obj.to_dict()
+            name = job["metadata"]["name"]
+            if name not in self.pending and name not in self.running:
+                missed.append(name)
+            self._observe("MODIFIED", job)
+        self.last_sync = self.clock()
+        if missed and self._watcher is not None:
+            log.warning(
+                "the watch missed %d Pending job(s) (%s); restarting it",
+                len(missed),
+                ", ".join(sorted(missed)[:5]),
+            )
+            self.watch_restarts += 1
+            self._watcher.cancel()
+            self._watcher = asyncio.create_task(self._watch(), name="watch")
+        return len(missed)
 
     def _observe(self, event_type: str, job: dict[str, Any]) -> None:
         name = job["metadata"]["name"]
