@@ -102,7 +102,7 @@ class FaultProxy:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
-        self._frozen = threading.Event()
+        self._thawed: asyncio.Event | None = None  # cleared while watches are frozen
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
@@ -139,10 +139,14 @@ class FaultProxy:
     def clear(self) -> None:
         with self._lock:
             self.faults.clear()
-        self._frozen.clear()
+        self._in_loop(lambda thawed: thawed.set())
 
     def freeze_watches(self) -> None:
-        self._frozen.set()
+        self._in_loop(lambda thawed: thawed.clear())
+
+    def _in_loop(self, action: Any) -> None:
+        if self._loop is not None and self._thawed is not None:
+            self._loop.call_soon_threadsafe(action, self._thawed)
 
     def _match(self, method: str, path: str, body: bytes) -> Fault | None:
         with self._lock:
@@ -181,6 +185,8 @@ class FaultProxy:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        self._thawed = asyncio.Event()
+        self._thawed.set()
         upstream = _upstream(self.upstream_kubeconfig, Path(self._workdir.name))
         connector = aiohttp.TCPConnector(ssl=upstream.ssl, limit=0)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
@@ -225,8 +231,8 @@ class FaultProxy:
                 watch = request.query.get("watch") in ("true", "1")
                 try:
                     async for chunk in upstream.content.iter_any():
-                        while watch and self._frozen.is_set():
-                            await asyncio.sleep(0.1)
+                        if watch and self._thawed is not None:
+                            await self._thawed.wait()
                         await response.write(chunk)
                 except aiohttp.ClientPayloadError:
                     # The apiserver cut a stream (a watch at shutdown): cut it here too.
