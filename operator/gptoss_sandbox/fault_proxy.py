@@ -49,7 +49,8 @@ class Fault:
     """Answer matching requests with ``status`` instead of forwarding them, or drop the
     connection when ``status`` is 0, ``times`` times (None: until removed). With
     ``forward`` the request reaches the apiserver first and only its answer is lost
-    (a write that succeeded while the client timed out).
+    (a write that succeeded while the client timed out); with ``forward`` and ``status``
+    None the answer arrives, ``delay`` seconds late (a write in flight for that long).
 
     ``method`` and ``path`` (a regular expression searched in the path) select the
     requests; ``body`` (a substring) narrows them to requests whose body contains it.
@@ -57,11 +58,12 @@ class Fault:
 
     method: str
     path: str
-    status: int = 0
+    status: int | None = 0
     body: str | None = None
     times: int | None = 1
     retry_after: int | None = None
     forward: bool = False
+    delay: float = 0.0
     hits: int = 0
 
     def matches(self, method: str, path: str, body: bytes) -> bool:
@@ -220,13 +222,19 @@ class FaultProxy:
                 headers=headers,
                 data=body or None,
             ) as upstream:
+                kept = {
+                    key: value
+                    for key, value in upstream.headers.items()
+                    if key.lower() not in _SKIPPED_HEADERS
+                }
                 if fault is not None:
-                    await upstream.read()
+                    answer = await upstream.read()
+                    await asyncio.sleep(fault.delay)
+                    if fault.status is None:
+                        return web.Response(body=answer, status=upstream.status, headers=kept)
                     return _injected(request, fault)
                 response = web.StreamResponse(status=upstream.status)
-                for key, value in upstream.headers.items():
-                    if key.lower() not in _SKIPPED_HEADERS:
-                        response.headers[key] = value
+                response.headers.update(kept)
                 await response.prepare(request)
                 watch = request.query.get("watch") in ("true", "1")
                 try:
@@ -246,7 +254,7 @@ class FaultProxy:
 
 
 def _injected(request: web.Request, fault: Fault) -> web.StreamResponse:
-    if fault.status == 0:
+    if not fault.status:
         if request.transport is not None:
             request.transport.abort()
         raise ConnectionResetError("fault proxy dropped the connection")

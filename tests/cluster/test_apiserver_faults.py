@@ -9,6 +9,7 @@ engine is the stand-in. Every test checks that its faults were actually injected
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -26,10 +27,12 @@ from tests.cluster.job_helpers import (
     SidecarProcess,
     condition,
     create_job,
+    job_status,
     ready_model_namespace,
     wait_finished,
 )
 from tests.conftest import ClusterUnderTest, OperatorProcess
+from tests.support import wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -115,7 +118,7 @@ def test_errors_on_the_result_write_do_not_lose_the_answer(faulty: Faulty) -> No
 
 def test_a_claim_applied_without_its_answer_runs_the_job_once(faulty: Faulty) -> None:
     name = f"j-{uuid.uuid4().hex[:8]}"
-    lost = faulty.proxy.add(Fault("PATCH", JOB_STATUS, body="acquireTime", forward=True))
+    lost = faulty.proxy.add(Fault("PATCH", JOB_STATUS, 0, body="acquireTime", forward=True))
     create_job(faulty.kube, faulty.namespace, name, "m")
     status = _ran_once_and_succeeded(faulty, name)
     assert lost.hits == 1
@@ -159,3 +162,39 @@ def test_a_watch_gone_silent_is_noticed_and_restarted(faulty: Faulty) -> None:
     assert report["watchRestarts"] >= 1
     assert report["engineReady"] is True
     assert report["secondsSinceLastList"] < 10
+
+
+def test_a_claim_in_flight_at_shutdown_is_handed_back_at_once(
+    kube: Client,
+    cluster: ClusterUnderTest,
+    operator: OperatorProcess,
+    tmp_path: Path,
+) -> None:
+    del operator
+    namespace = ready_model_namespace(kube, "t-cs")
+    with StandinEngine(model="m") as engine, FaultProxy(cluster.kubeconfig) as proxy:
+        # The claim reaches the apiserver; its answer takes 3 s to come back.
+        late = proxy.add(
+            Fault("PATCH", JOB_STATUS, None, body="acquireTime", forward=True, delay=3)
+        )
+        kubeconfig = proxy.kubeconfig(tmp_path / "through-proxy.kubeconfig")
+        sidecar = SidecarProcess(
+            kubeconfig, namespace, "m", "leaving", engine.url, tmp_path, GPTOSS_LEASE_SECONDS="60"
+        ).start()
+        try:
+            create_job(kube, namespace, "caught", "m")
+            wait_for(lambda: late.hits == 1, timeout=30, message="the claim in flight")
+            stopped_at = time.monotonic()
+            sidecar.stop()  # SIGTERM while the claim is answered
+        finally:
+            sidecar.stop(kill=True)
+    status = wait_for(
+        lambda: (s := job_status(kube, namespace, "caught")).get("phase") == "Pending" and s,
+        timeout=20,
+        message="the claimed job handed back",
+    )
+    assert time.monotonic() - stopped_at < 20, "handed back long before the 60 s lease"
+    assert condition(status, "Scheduled")["reason"] == "WorkerShutdown"
+    assert status["attempts"] == 1
+    assert status["voidedAttempts"] == 1
+    kube.delete(Namespace, namespace)

@@ -549,7 +549,9 @@ def test_stopping_sidecar_hands_its_jobs_back_at_once(
             tmp_path,
             GPTOSS_LEASE_SECONDS="60",
         ).start()
-        create_job(kube, namespace, "handed-back", "rolling")
+        # backoffLimit 1: one failure of its own is all the job may have. The shutdown is
+        # not one; the engine error on the second sidecar is.
+        create_job(kube, namespace, "handed-back", "rolling", backoffLimit=1)
         wait_for(
             lambda: job_status(kube, namespace, "handed-back").get("phase") == "Running",
             message="running on the first sidecar",
@@ -566,6 +568,8 @@ def test_stopping_sidecar_hands_its_jobs_back_at_once(
         assert time.monotonic() - stopped_at < 20, "handed back long before the 60 s lease"
         assert condition(status, "Scheduled")["reason"] == "WorkerShutdown"
         assert "lease" not in status
+        assert status["voidedAttempts"] == 1, "a shutdown is not the job's failure"
+        fast.fail_next = ["http500"]
         second = SidecarProcess(
             cluster.kubeconfig, namespace, "rolling", "rolling-b", fast.url, tmp_path
         ).start()
@@ -573,6 +577,7 @@ def test_stopping_sidecar_hands_its_jobs_back_at_once(
             status = wait_finished(kube, namespace, "handed-back", timeout=60)
         finally:
             second.stop()
-    assert status["phase"] == "Succeeded"
-    assert status["attempts"] == 2
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["attempts"] == 3
+    assert status["voidedAttempts"] == 1
     assert status["worker"] == "rolling-b"

@@ -140,6 +140,9 @@ class Sidecar:
         self.engine_ready = asyncio.Event()
         self._recovery: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._claiming: asyncio.Future[dict[str, Any] | None] | None = None
+        # Jobs whose attempt was cut short here (cancelled), to hand back on shutdown.
+        self.interrupted: set[str] = set()
         self.last_sync: float | None = None  # the last successful list, by self.clock
         self.watch_restarts = 0
 
@@ -247,10 +250,12 @@ class Sidecar:
 
     async def drain(self) -> None:
         """Stop taking jobs and hand the running ones back at once (the pod is going
-        away), instead of leaving them to wait for their leases to lapse."""
+        away), instead of leaving them to wait for their leases to lapse. A shutdown is
+        not the job's failure: the attempts it cuts short are voided."""
         self.stopping = True
         self._wake.set()
         self.engine_ready.set()  # let the dispatch loop see that it is stopping
+        unstarted = await self._claim_in_flight()
         running = dict(self.running)
         for name, task in running.items():
             if name not in self.finishing:
@@ -262,17 +267,38 @@ class Sidecar:
         for task in running.values():
             task.cancel()
         await asyncio.gather(*running.values(), return_exceptions=True)
-        for name in running:
-            job = self.jobs.get(name)
-            attempt = self.attempts.get(name)
-            if job is None or attempt is None or name in self.finishing:
-                continue
-            message = f"{self.config.worker} shut down during attempt {attempt}; requeued"
+        cut_short = [
+            (self.jobs[name], self.attempts[name])
+            for name in running
+            if name in self.interrupted and name in self.jobs and name in self.attempts
+        ]
+        if unstarted is not None:
+            cut_short.append((unstarted, int(unstarted["status"]["attempts"])))
+        for job, attempt in cut_short:
+            name = job["metadata"]["name"]
+            voided = int(job["status"].get("voidedAttempts") or 0)
+            message = (
+                f"{self.config.worker} shut down during attempt {attempt}; requeued, the "
+                "attempt does not count against backoffLimit"
+            )
             try:
-                await self._requeue(job, attempt, "WorkerShutdown", message)
+                await self._requeue(
+                    job, attempt, "WorkerShutdown", message, {"voidedAttempts": voided + 1}
+                )
                 log.info("requeued %s", name)
             except Exception as error:
                 log.warning("could not requeue %s: %s", name, error)
+
+    async def _claim_in_flight(self) -> dict[str, Any] | None:
+        """Let a claim the dispatch loop is making finish: a job claimed as the pod goes
+        away is handed back now rather than when its lease lapses."""
+        claiming = self._claiming
+        if claiming is None:
+            return None
+        done, _ = await asyncio.wait([claiming], timeout=self.config.finish_grace_seconds)
+        if claiming not in done or claiming.cancelled() or claiming.exception() is not None:
+            return None
+        return claiming.result()
 
     async def _dispatch(self) -> None:
         while not self.stopping:
@@ -289,8 +315,12 @@ class Sidecar:
             if job is None:
                 self._slots.release()
                 continue
-            claimed = await self._claim(job)
-            if claimed is None:
+            self._claiming = asyncio.ensure_future(self._claim(job))
+            try:
+                claimed = await self._claiming
+            finally:
+                self._claiming = None
+            if claimed is None or self.stopping:  # drain hands back a late claim
                 self._slots.release()
                 continue
             name = claimed["metadata"]["name"]
@@ -327,7 +357,8 @@ class Sidecar:
         try:
             await self.run_job(job)
         except asyncio.CancelledError:
-            log.info("job %s cancelled (deleted or taken over)", name)
+            self.interrupted.add(name)
+            log.info("job %s cancelled (deleted, taken over or shutting down)", name)
         except LostJob as error:
             log.info("lost job %s: %s", name, error)
         except Exception:
@@ -343,6 +374,7 @@ class Sidecar:
             if not self.stopping:
                 self.jobs.pop(name, None)
                 self.attempts.pop(name, None)
+                self.interrupted.discard(name)
         if not self.stopping:
             await self._recheck(name)
 
