@@ -21,12 +21,15 @@ from lightkube import ApiError, AsyncClient
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import Event, PersistentVolumeClaim, Pod
-from lightkube.types import CascadeType
+from lightkube.types import CascadeType, PatchType
 
-from gptoss_operator import kube, metrics, model_status, naming
+from gptoss_operator import download_retry, kube, metrics, model_status, naming
 from gptoss_operator.api.model import GptOssModelSpec
 from gptoss_operator.api.resources import GptOssModelResource
 from gptoss_operator.builders import ModelContext, download, rbac, serving, storage
+from gptoss_operator.builders.storage import default_size
+from gptoss_operator.download_retry import RETRY_ANNOTATION
+from gptoss_operator.quantity import to_bytes
 from gptoss_operator.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -116,6 +119,9 @@ class ModelReconciler:
         self.serializer = KeyedSerializer()
         self.applied = AppliedCache()
         self.cleaned: dict[tuple[str, str], str] = {}
+        # Claim sizes the apiserver refused, per model, so a refusal is not retried (and
+        # reported) on every reconcile: (size, why).
+        self.resize_refused: dict[tuple[str, str], tuple[str, str]] = {}
 
     def forget(self, namespace: str, model: str) -> None:
         """A child of the model went away: apply everything again next time."""
@@ -142,7 +148,10 @@ class ModelReconciler:
             return
         spec = GptOssModelSpec.model_validate(body.get("spec") or {})
         ctx = ModelContext(name, namespace, body["metadata"]["uid"], spec, self.settings)
-        observed = await self._converge(ctx, int(body["metadata"].get("generation", 1)))
+        annotations = body["metadata"].get("annotations") or {}
+        observed = await self._converge(
+            ctx, int(body["metadata"].get("generation", 1)), annotations.get(RETRY_ANNOTATION)
+        )
         computed = model_status.compute(
             observed,
             body.get("status") or {},
@@ -160,10 +169,22 @@ class ModelReconciler:
                     return
                 raise
         metrics.count("model_reconciles")
+        if observed.claim_resize_refused_now and observed.claim_resize_error:
+            await self.emit(body, "Warning", "StorageNotExpandable", observed.claim_resize_error)
+        if observed.download_retry is not None and observed.download_retry.now:
+            attempt = download_retry.attempt_of(observed.job or {})
+            await self.emit(
+                body,
+                "Normal",
+                "DownloadRetried",
+                f"download attempt {attempt} started ({observed.download_retry.reason})",
+            )
         for event_type, reason, message in computed.events:
             await self.emit(body, event_type, reason, message)
 
-    async def _converge(self, ctx: ModelContext, generation: int) -> model_status.Observed:
+    async def _converge(
+        self, ctx: ModelContext, generation: int, retry_token: str | None = None
+    ) -> model_status.Observed:
         client = self.client
         digest = naming.source_hash(ctx.spec)
         observed = model_status.Observed(generation=generation, digest=digest)
@@ -183,13 +204,15 @@ class ModelReconciler:
             observed.claim_missing = claim is None
             if observed.claim_missing:
                 return observed
-            observed.job = await kube.create_if_absent(client, Job, download.job(ctx, digest))
+            observed.job = await self._download_job(ctx, digest, generation, retry_token, observed)
         else:
             # The Job's pod waits for the claim by itself: create both at once.
             observed.claim, observed.job = await asyncio.gather(
                 kube.create_if_absent(client, PersistentVolumeClaim, storage.claim(ctx)),
-                kube.create_if_absent(client, Job, download.job(ctx, digest)),
+                self._download_job(ctx, digest, generation, retry_token, observed),
             )
+        if observed.claim is not None and not ctx.spec.storage.existingClaim:
+            await self._grow_claim(ctx, observed)
         claim_age = _age_seconds(observed.claim or {})
         if observed.claim and observed.claim.get("status", {}).get("phase") != "Bound":
             if claim_age > CLAIM_EVENTS_AFTER_SECONDS:
@@ -198,7 +221,9 @@ class ModelReconciler:
                 )
             observed.claim_pending_too_long = claim_age > self.settings.claim_pending_grace_seconds
 
-        job_name = naming.download_job_name(ctx.name, digest)
+        job_name = (observed.job or {}).get("metadata", {}).get("name") or (
+            naming.download_job_name(ctx.name, digest)
+        )
         observed.job_pods = await self._pods(ctx.namespace, {"job-name": job_name})
         downloaded = model_status.download_verdict(observed).ok
 
@@ -226,6 +251,108 @@ class ModelReconciler:
             await self._delete_stale_jobs(ctx, job_name)
             self.cleaned[(ctx.namespace, ctx.name)] = digest
         return observed
+
+    async def _grow_claim(self, ctx: ModelContext, observed: model_status.Observed) -> None:
+        """Raise the claim's request to spec.storage.size when that grew. Kubernetes
+        grows bound claims whose StorageClass allows expansion; it refuses the others,
+        and the model's status says so."""
+        claim = observed.claim or {}
+        desired = ctx.spec.storage.size or default_size(ctx.spec)
+        requested = claim.get("spec", {}).get("resources", {}).get("requests", {}).get("storage")
+        if requested is None or to_bytes(desired) <= to_bytes(str(requested)):
+            return
+        key = (ctx.namespace, ctx.name)
+        refused = self.resize_refused.get(key)
+        if refused is not None and refused[0] == desired:
+            observed.claim_resize_error = refused[1]
+            return
+        name = claim["metadata"]["name"]
+        try:
+            grown = await self.client.patch(
+                PersistentVolumeClaim,
+                name,
+                {"spec": {"resources": {"requests": {"storage": desired}}}},
+                namespace=ctx.namespace,
+                patch_type=PatchType.MERGE,
+            )
+        except ApiError as error:
+            if error.status.code not in (403, 422):
+                raise
+            why = (
+                f"spec.storage.size {desired} cannot be applied: claim {name} "
+                f"({requested}) cannot grow ({error.status.message}); use a StorageClass "
+                "with allowVolumeExpansion, or a new claim (spec.storage.existingClaim)"
+            )
+            self.resize_refused[key] = (desired, why)
+            observed.claim_resize_error = why
+            observed.claim_resize_refused_now = True
+            return
+        log.info("claim %s/%s grows from %s to %s", ctx.namespace, name, requested, desired)
+        observed.claim = kube.to_dict(grown)
+
+    async def _download_job(
+        self,
+        ctx: ModelContext,
+        digest: str,
+        generation: int,
+        retry_token: str | None,
+        observed: model_status.Observed,
+    ) -> dict[str, Any]:
+        """The source's current download Job: created when missing, replaced by the
+        next attempt when a failed one is due to run again."""
+        selector = {
+            naming.MODEL_LABEL: ctx.name,
+            "app.kubernetes.io/component": naming.COMPONENT_DOWNLOAD,
+        }
+        attempts = [
+            kube.to_dict(job)
+            async for job in self.client.list(
+                Job, namespace=ctx.namespace, labels=dict[str, Any](selector)
+            )
+        ]
+        ours = [
+            job
+            for job in attempts
+            if (job["metadata"].get("annotations") or {}).get(naming.SOURCE_HASH_ANNOTATION)
+            == digest
+            and not job["metadata"].get("deletionTimestamp")
+        ]
+        current = max(ours, key=download_retry.attempt_of, default=None)
+        if current is None:
+            manifest = download.job(ctx, digest, 0, generation, retry_token)
+            return await kube.create_if_absent(self.client, Job, manifest)
+        plan = download_retry.plan_retry(
+            current,
+            generation,
+            retry_token,
+            datetime.datetime.now(datetime.UTC),
+            self.settings.download_retry_seconds,
+            self.settings.download_retry_cap_seconds,
+        )
+        observed.download_retry = plan
+        if plan is None or not plan.now:
+            return current
+        attempt = download_retry.attempt_of(current) + 1
+        log.info(
+            "download of %s/%s runs again (attempt %d, %s)",
+            ctx.namespace,
+            ctx.name,
+            attempt,
+            plan.reason,
+        )
+        manifest = download.job(ctx, digest, attempt, generation, retry_token)
+        created = await kube.create_if_absent(self.client, Job, manifest)
+        try:
+            await self.client.delete(
+                Job,
+                current["metadata"]["name"],
+                namespace=ctx.namespace,
+                cascade=CascadeType.BACKGROUND,
+            )
+        except ApiError as error:
+            if error.status.code != 404:
+                raise
+        return created
 
     async def _pods(self, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
         return [

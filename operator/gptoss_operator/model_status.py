@@ -14,6 +14,7 @@ from typing import Any
 from gptoss_operator import naming
 from gptoss_operator.api.model import Phase
 from gptoss_operator.conditions import get_condition, set_condition
+from gptoss_operator.download_retry import RetryPlan, retry_hint
 
 # Waiting reasons of a container that mean the pod will not start by itself.
 IMAGE_PULL_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
@@ -35,7 +36,11 @@ class Observed:
     claim_warning: str | None = None
     claim_pending_too_long: bool = False
     claim_missing: bool = False
+    # Why the claim could not grow to spec.storage.size, when it could not.
+    claim_resize_error: str | None = None
+    claim_resize_refused_now: bool = False
     job: dict[str, Any] | None = None
+    download_retry: RetryPlan | None = None  # when a failed download runs again
     job_pods: list[dict[str, Any]] = field(default_factory=list)
     deployment: dict[str, Any] | None = None
     served_digest: str | None = None
@@ -164,6 +169,9 @@ def download_verdict(observed: Observed) -> Verdict:
     if job is not None and (failed := _job_condition(job, "Failed")):
         reason, message = termination_message(observed.job_pods)
         detail = message or failed.get("message") or "the download Job failed"
+        if observed.claim_resize_error:
+            detail += f"; {observed.claim_resize_error}"
+        detail += retry_hint(observed.download_retry)
         return Verdict(False, reason or "DownloadFailed", detail, True)
     claim = observed.claim
     if claim is not None and claim.get("status", {}).get("phase") != "Bound":

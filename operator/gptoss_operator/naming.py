@@ -41,8 +41,9 @@ def claim_name(model: str, spec: GptOssModelSpec) -> str:
     return spec.storage.existingClaim or f"{model}-weights"
 
 
-def download_job_name(model: str, digest: str) -> str:
-    return f"{model}-dl-{digest}"
+def download_job_name(model: str, digest: str, attempt: int = 0) -> str:
+    """The download Job of a source; attempts after a failure get a suffix."""
+    return f"{model}-dl-{digest}" + (f"-r{attempt}" if attempt else "")
 
 
 def served_path(digest: str) -> str:

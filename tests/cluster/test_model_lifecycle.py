@@ -7,10 +7,22 @@ from typing import Any
 
 import pytest
 from lightkube import ApiError, Client
+from lightkube.models.core_v1 import (
+    HostPathVolumeSource,
+    ObjectReference,
+    PersistentVolumeSpec,
+)
+from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.apps_v1 import Deployment, ReplicaSet
 from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import PersistentVolumeClaim, Service, ServiceAccount
+from lightkube.resources.core_v1 import (
+    PersistentVolume,
+    PersistentVolumeClaim,
+    Service,
+    ServiceAccount,
+)
 from lightkube.resources.rbac_authorization_v1 import Role, RoleBinding
+from lightkube.resources.storage_v1 import StorageClass
 
 from gptoss_operator import naming
 from gptoss_operator.api.model import GptOssModelSpec
@@ -19,6 +31,7 @@ from tests.cluster.model_helpers import (
     MANUAL,
     condition,
     create_model,
+    events_for,
     finish_pod,
     patch_model,
     pods,
@@ -337,16 +350,141 @@ def test_download_failure_surfaces_the_termination_message(
     )
     status = wait_for_phase(kube, namespace, "gated", "Failed")
     downloaded = condition(status, "Downloaded")
-    assert (downloaded["reason"], downloaded["message"]) == (
-        "Unauthorized",
-        "openai/gpt-oss-120b is gated: 401",
-    )
+    assert downloaded["reason"] == "Unauthorized"
+    assert downloaded["message"].startswith("openai/gpt-oss-120b is gated: 401; retrying in")
     assert condition(status, "Stalled")["status"] == "True"
     assert condition(status, "Ready")["reason"] == "Unauthorized"
     assert wait_for_event(kube, namespace, "gated", "Unauthorized")["type"] == "Warning"
     # The pod failure policy ends the Job at once: no retry storm.
     job = next(iter(kube.list(Job, namespace=namespace, labels={naming.MODEL_LABEL: "gated"})))
     assert job.status.failed == 1
+
+
+def _attempt_pod(kube: Client, namespace: str, model: str, attempt: int) -> Any:
+    """The scheduled pod of download attempt ``attempt`` (its Job is named -r<attempt>)."""
+
+    def found() -> Any:
+        for pod in pods(kube, namespace, {naming.MODEL_LABEL: model}):
+            job = (pod.metadata.labels or {}).get("job-name", "")
+            current = job.endswith(f"-r{attempt}") if attempt else "-r" not in job
+            if current and pod.spec.nodeName and not pod.metadata.deletionTimestamp:
+                return pod
+        return None
+
+    return wait_for(found, timeout=60, message=f"download attempt {attempt} scheduled")
+
+
+def test_a_failed_download_runs_again_once_the_cause_is_fixed(
+    kube: Client, namespace: str, operator: OperatorProcess
+) -> None:
+    del operator
+    create_model(kube, namespace, "fixable", download={"podAnnotations": MANUAL})
+    denied = json.dumps({"reason": "Unauthorized", "message": "401: bad token"})
+    finish_pod(
+        kube, namespace, _attempt_pod(kube, namespace, "fixable", 0), exit_code=10, message=denied
+    )
+    status = wait_for_phase(kube, namespace, "fixable", "Failed")
+    message = condition(status, "Downloaded")["message"]
+    assert "retrying in" in message
+    assert "gptoss.ai/retry-download" in message
+    # The token Secret was fixed (outside the spec): the user asks for a retry.
+    patch_model(
+        kube, namespace, "fixable", {"metadata": {"annotations": {"gptoss.ai/retry-download": "1"}}}
+    )
+    retried = _attempt_pod(kube, namespace, "fixable", 1)
+    assert wait_for_event(kube, namespace, "fixable", "DownloadRetried")["type"] == "Normal"
+    wait_for(
+        lambda: status_of(kube, namespace, "fixable").get("phase") == "Downloading",
+        timeout=30,
+        message="downloading again",
+    )
+    # It fails again, this time for space; the fix is in the spec: a bigger volume.
+    full = json.dumps({"reason": "InsufficientStorage", "message": "need 70Gi, 60Gi free"})
+    finish_pod(kube, namespace, retried, exit_code=12, message=full)
+    wait_for_phase(kube, namespace, "fixable", "Failed")
+    patch_model(kube, namespace, "fixable", {"spec": {"storage": {"size": "200Gi"}}})
+    rerun = _attempt_pod(kube, namespace, "fixable", 2)
+    # The sandbox's claims are never bound, so Kubernetes refuses to grow this one: the
+    # model says so, naming the field, instead of failing silently.
+    refused = wait_for_event(kube, namespace, "fixable", "StorageNotExpandable")
+    assert refused["type"] == "Warning"
+    assert "spec.storage.size 200Gi cannot be applied" in refused["message"]
+    finish_pod(kube, namespace, rerun, exit_code=0)
+    wait_for_phase(kube, namespace, "fixable", "Ready")
+
+    # The failed attempts are gone; the one that succeeded stays.
+    def remaining() -> list[str]:
+        jobs = kube.list(Job, namespace=namespace, labels={naming.MODEL_LABEL: "fixable"})
+        return [job.metadata.name for job in jobs if not job.metadata.deletionTimestamp]
+
+    names = wait_for(lambda: len(left := remaining()) == 1 and left, timeout=30)
+    assert names[0].endswith("-r2")
+
+
+PROVISIONER = "sandbox.gptoss.ai/fake-volume"
+
+
+def test_raising_the_storage_size_grows_an_expandable_claim(
+    kube: Client, namespace: str, operator: OperatorProcess
+) -> None:
+    del operator
+    expandable = f"expandable-{namespace}"
+    kube.create(
+        StorageClass(
+            metadata=ObjectMeta(name=expandable),
+            provisioner=PROVISIONER,
+            allowVolumeExpansion=True,
+            volumeBindingMode="Immediate",
+        )
+    )
+    volume = f"pv-{namespace}"
+    try:
+        create_model(
+            kube,
+            namespace,
+            "grows",
+            storage={"storageClassName": expandable, "size": "100Gi"},
+            download={"podAnnotations": MANUAL},
+        )
+        # Play the provisioner: a volume bound to the model's claim.
+        kube.create(
+            PersistentVolume(
+                metadata=ObjectMeta(
+                    name=volume,
+                    annotations={
+                        "pv.kubernetes.io/provisioned-by": "sandbox.gptoss.ai/fake-volume"
+                    },
+                ),
+                spec=PersistentVolumeSpec(
+                    capacity={"storage": "100Gi"},
+                    accessModes=["ReadWriteOnce"],
+                    storageClassName=expandable,
+                    claimRef=ObjectReference(namespace=namespace, name="grows-weights"),
+                    hostPath=HostPathVolumeSource(path=f"/tmp/{volume}"),
+                ),
+            )
+        )
+
+        def claim() -> Any:
+            return kube.get(PersistentVolumeClaim, "grows-weights", namespace=namespace)
+
+        wait_for(
+            lambda: not _gone(kube, PersistentVolumeClaim, "grows-weights", namespace),
+            timeout=30,
+            message="claim created",
+        )
+        wait_for(lambda: claim().status.phase == "Bound", timeout=60, message="claim bound")
+        patch_model(kube, namespace, "grows", {"spec": {"storage": {"size": "200Gi"}}})
+        wait_for(
+            lambda: claim().spec.resources.requests["storage"] == "200Gi",
+            timeout=30,
+            message="the claim's request raised to 200Gi",
+        )
+        reasons = {event["reason"] for event in events_for(kube, namespace, "grows")}
+        assert "StorageNotExpandable" not in reasons
+    finally:
+        kube.delete(StorageClass, expandable)
+        kube.delete(PersistentVolume, volume)
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from gptoss_operator.builders import (
     ModelContext,
 )
 from gptoss_operator.builders.storage import default_size
+from gptoss_operator.download_retry import ATTEMPT_LABEL, GENERATION_ANNOTATION, RETRY_ANNOTATION
 from gptoss_operator.quantity import to_bytes
 
 # Exit codes of gptoss-download for failures that no retry can fix.
@@ -29,7 +30,15 @@ EXIT_STALLED = 20
 EXIT_UNREACHABLE = 21
 
 
-def job(ctx: ModelContext, digest: str) -> dict[str, Any]:
+def job(
+    ctx: ModelContext,
+    digest: str,
+    attempt: int = 0,
+    generation: int = 1,
+    retry_token: str | None = None,
+) -> dict[str, Any]:
+    """Download Job ``attempt`` of the source ``digest``, recording what it was made
+    for (see ``gptoss_operator.download_retry``)."""
     source = ctx.spec.source
     download = ctx.spec.download
     env: list[dict[str, Any]] = [
@@ -123,9 +132,13 @@ def job(ctx: ModelContext, digest: str) -> dict[str, Any]:
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": ctx.metadata(
-            naming.download_job_name(ctx.name, digest),
-            labels,
-            annotations={naming.SOURCE_HASH_ANNOTATION: digest},
+            naming.download_job_name(ctx.name, digest, attempt),
+            {**labels, ATTEMPT_LABEL: str(attempt)},
+            annotations={
+                naming.SOURCE_HASH_ANNOTATION: digest,
+                GENERATION_ANNOTATION: str(generation),
+                **({RETRY_ANNOTATION: retry_token} if retry_token else {}),
+            },
         ),
         "spec": spec,
     }
