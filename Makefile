@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CLUSTER_DIR ?= .cluster
 
-.PHONY: docs bench demo kubectl-path help setup binaries engine cluster cluster-down test test-unit lint format typecheck crds check-crds demo clean
+.PHONY: docs bench demo kubectl-path help setup binaries engine cluster cluster-down test test-faults test-unit lint format typecheck crds check-crds demo clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ demo: binaries engine ## Run the whole product locally: control plane, operator,
 
 test: binaries engine ## Run every test (unit, real control plane, real vLLM)
 	$(BIN)/python -m pytest
+
+test-faults: binaries engine ## Run the fault suite alone (it is part of make test too)
+	$(BIN)/python -m pytest -m faults
 
 test-unit: setup ## Run the tests that need no control plane
 	$(BIN)/python -m pytest tests/unit

@@ -34,7 +34,7 @@ from tests.cluster.job_helpers import (
 from tests.conftest import ClusterUnderTest, OperatorProcess
 from tests.support import wait_for
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.faults]
 
 JOB_STATUS = r"/inferencejobs/[^/]+/status$"
 ANSWER = "Stand-in answer to: What is recursion?"

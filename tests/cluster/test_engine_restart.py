@@ -22,7 +22,7 @@ from tests.cluster.model_helpers import create_model, wait_for_phase
 from tests.conftest import ClusterUnderTest, OperatorProcess
 from tests.support import wait_for
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.faults]
 
 
 def test_an_engine_restart_mid_generation_fails_no_job(

@@ -26,7 +26,7 @@ from tests.cluster.model_helpers import (
 from tests.conftest import OperatorProcess
 from tests.support import wait_for
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.faults]
 
 
 def _queued_jobs(kube: Client, namespace: str, model: str, count: int) -> list[str]:

@@ -25,7 +25,7 @@ from gptoss_operator.sidecar.store import JobStore, LostJob
 from tests.cluster.job_helpers import job_manifest
 from tests.conftest import ClusterUnderTest
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.faults]
 
 
 @pytest.fixture

@@ -405,7 +405,13 @@ class Sidecar:
         # renders, during retry backoffs and while the result is written.
         heartbeat = asyncio.create_task(self._heartbeat(name, progress))
         try:
-            prompt = await self.renderer.render(messages, spec.reasoningLevel)
+            try:
+                prompt = await self.renderer.render(messages, spec.reasoningLevel)
+            except ValueError as error:  # text harmony cannot encode (e.g. a lone surrogate)
+                message = f"spec.messages cannot be rendered in the harmony format: {error}"
+                attempt = int(job["status"]["attempts"])
+                await self._finish_failed(job, attempt, "InvalidInput", message)
+                return
             progress.prompt_tokens = len(prompt)
             await self._attempts(job, spec, prompt, params, deadline, progress)
         finally:
