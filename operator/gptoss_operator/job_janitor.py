@@ -44,6 +44,8 @@ from gptoss_operator.job_status import (
     queued,
     with_conditions,
 )
+from gptoss_operator.kube import is_status
+from gptoss_operator.retry import is_transient
 
 log = logging.getLogger(__name__)
 
@@ -248,9 +250,18 @@ class LeaseClock:
         self.clock = clock
         self._seen: dict[tuple[str, str], tuple[tuple[Any, ...], float]] = {}
 
+    @staticmethod
+    def token(status: Mapping[str, Any]) -> tuple[Any, ...]:
+        lease = status.get("lease") or {}
+        return (
+            status.get("worker"),
+            int(status.get("attempts") or 0),
+            lease.get("renewTime"),
+            lease.get("acquireTime"),
+        )
+
     def age(self, job: JobFacts) -> float:
-        lease = job.status.get("lease") or {}
-        token = (job.worker, job.attempts, lease.get("renewTime"), lease.get("acquireTime"))
+        token = self.token({**job.status, "worker": job.worker, "attempts": job.attempts})
         key = (job.namespace, job.name)
         now = self.clock()
         seen = self._seen.get(key)
@@ -258,6 +269,12 @@ class LeaseClock:
             self._seen[key] = (token, now)
             return 0.0
         return now - seen[1]
+
+    def restart_all(self) -> None:
+        """Start every lease's age over: what was seen may be stale (the apiserver was
+        out of reach, so renewals could not be seen either)."""
+        now = self.clock()
+        self._seen = {key: (token, now) for key, (token, _) in self._seen.items()}
 
     def keep_only(self, running: Iterable[JobFacts]) -> None:
         """Forget jobs that are no longer Running."""
@@ -285,6 +302,7 @@ class JobJanitor:
         # would write ModelNotFound to jobs whose model is not indexed yet.
         self.indexed = indexed
         self.leases = LeaseClock()
+        self._unreachable = False  # the last live read failed for the apiserver's sake
         self._queues: dict[tuple[str, str], dict[str, int]] = {}
 
     async def run_forever(self) -> None:
@@ -311,9 +329,35 @@ class JobJanitor:
         for job in everything:
             age = self.leases.age(job) if job.phase == Phase.RUNNING.value else None
             action = decide(job, self._model_phase(job.namespace, job.model), now, age)
-            if action is not None:
-                await self._apply(job, action)
+            if action is None:
+                continue
+            if job.phase == Phase.RUNNING.value and not await self._lease_still_lapsed(job):
+                continue
+            await self._apply(job, action)
         await self._publish_queues(everything)
+
+    async def _lease_still_lapsed(self, job: JobFacts) -> bool:
+        """Before taking a job from its worker, read it live: the index may lag behind
+        renewals. When the apiserver cannot be read, renewals could not be made or seen
+        either, so every lease gets its full duration again once it can."""
+        try:
+            live = await self.client.get(InferenceJobResource, job.name, namespace=job.namespace)
+        except Exception as error:
+            if is_transient(error):
+                log.warning("the apiserver is out of reach (%s): leases start over", error)
+                self.leases.restart_all()
+                self._unreachable = True
+            elif not is_status(error, 404):
+                log.warning("could not read %s/%s: %s", job.namespace, job.name, error)
+            return False
+        if self._unreachable:
+            # Back after an outage: workers get a whole lease duration from now to renew.
+            self._unreachable = False
+            self.leases.restart_all()
+            return False
+        status = dict(live.to_dict().get("status") or {})
+        facts_status = {**job.status, "worker": job.worker, "attempts": job.attempts}
+        return LeaseClock.token(status) == LeaseClock.token(facts_status)
 
     async def _apply(self, job: JobFacts, action: Action) -> None:
         try:

@@ -156,6 +156,7 @@ class Component:
     process: subprocess.Popen[bytes]
     log_path: Path
     log_file: IO[bytes]
+    args: list[str]
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -338,6 +339,25 @@ class LocalCluster:
             component.log_file.close()
         self.components.clear()
 
+    def restart(self, name: str, down_seconds: float, timeout: float = 60.0) -> None:
+        """Stop one component (SIGTERM), keep it down, start it again with the same
+        arguments; for the apiserver, wait until it is ready. Data (etcd) is kept."""
+        component = next(c for c in self.components if c.name == name)
+        component.process.terminate()
+        try:
+            component.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            component.process.kill()
+            component.process.wait(timeout=10)
+        component.log_file.close()
+        self.components.remove(component)
+        time.sleep(down_seconds)
+        self._spawn(name, component.args)
+        if name == "kube-apiserver":
+            self._wait(
+                "kube-apiserver", lambda: self._api_ok("/readyz"), time.monotonic() + timeout
+            )
+
     def __enter__(self) -> LocalCluster:
         return self.start()
 
@@ -358,7 +378,7 @@ class LocalCluster:
             preexec_fn=_die_with_parent,
             cwd=self.workdir,
         )
-        self.components.append(Component(name, process, log_path, log_file))
+        self.components.append(Component(name, process, log_path, log_file, args))
 
     def _wait(self, what: str, check: Callable[[], bool], deadline: float) -> None:
         while True:
