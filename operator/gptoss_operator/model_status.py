@@ -121,12 +121,11 @@ def pod_problem(pods: list[dict[str, Any]]) -> Verdict | None:
                 and condition.get("reason") == "Unschedulable"
             ):
                 message = condition.get("message", "no node fits the pod")
-                return Verdict(
-                    False,
-                    "Unschedulable",
-                    f"pod {_name(pod)}: {message}",
-                    stalled=not waits_for_claim(message),
-                )
+                if waits_for_claim(message):
+                    return Verdict(
+                        False, "WaitingForClaim", f"pod {_name(pod)} waits for its claim: {message}"
+                    )
+                return Verdict(False, "Unschedulable", f"pod {_name(pod)}: {message}", True)
         for container in status.get("containerStatuses", []) or []:
             waiting = (container.get("state") or {}).get("waiting") or {}
             reason = waiting.get("reason")

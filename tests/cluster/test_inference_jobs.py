@@ -490,44 +490,58 @@ def test_five_hundred_jobs_two_sidecars_none_lost_or_doubled(
 
 
 @pytest.mark.faults
-def test_killed_sidecar_mid_job_is_finished_by_another(
+def test_sidecars_killed_mid_job_ten_times_each_job_finished_by_another(
     kube: Client,
     namespace: str,
     cluster: ClusterUnderTest,
     operator: OperatorProcess,
     tmp_path: Path,
 ) -> None:
+    """Ten trials: a sidecar takes a job and is SIGKILLed mid-generation. Its lease
+    lapses, the operator requeues the job, and another sidecar finishes it."""
     del operator
     create_model(kube, namespace, "frail")
     wait_for_phase(kube, namespace, "frail", "Ready")
+    names = [f"survivor-{trial}" for trial in range(10)]
     with (
         StandinEngine(model="frail", token_delay=0.3) as slow,
         StandinEngine(model="frail") as fast,
     ):
-        first = SidecarProcess(
-            cluster.kubeconfig, namespace, "frail", "frail-a", slow.url, tmp_path
-        ).start()
-        create_job(kube, namespace, "survivor", "frail")
-        wait_for(
-            lambda: job_status(kube, namespace, "survivor").get("phase") == "Running",
-            message="running on the first sidecar",
-        )
-        wait_for(
-            lambda: slow.requests_served >= 1 or bool(slow.requests),
-            message="engine got the request",
-        )
-        first.stop(kill=True)
-        second = SidecarProcess(
-            cluster.kubeconfig, namespace, "frail", "frail-b", fast.url, tmp_path
+        for trial, name in enumerate(names):
+            # Its lease outlasts the ten trials, so no requeued job is taken by (and dies
+            # with) the next doomed sidecar: each job loses exactly one attempt.
+            victim = SidecarProcess(
+                cluster.kubeconfig,
+                namespace,
+                "frail",
+                f"frail-{trial}",
+                slow.url,
+                tmp_path,
+                GPTOSS_LEASE_SECONDS="25",
+            ).start()
+            served_before = len(slow.requests)
+            create_job(kube, namespace, name, "frail")
+            wait_for(
+                lambda name=name: job_status(kube, namespace, name).get("phase") == "Running",
+                message=f"{name} running on a doomed sidecar",
+            )
+            wait_for(
+                lambda before=served_before: len(slow.requests) > before,
+                message="the engine generating",
+            )
+            victim.stop(kill=True)
+        rescuer = SidecarProcess(
+            cluster.kubeconfig, namespace, "frail", "frail-rescuer", fast.url, tmp_path
         ).start()
         try:
-            status = wait_finished(kube, namespace, "survivor", timeout=90)
+            statuses = [wait_finished(kube, namespace, name, timeout=90) for name in names]
         finally:
-            second.stop()
-    assert status["phase"] == "Succeeded", status.get("message")
-    assert status["attempts"] == 2
-    assert status["worker"] == "frail-b"
-    assert status["response"] == "Stand-in answer to: What is recursion?"
+            rescuer.stop()
+    for status in statuses:
+        assert status["phase"] == "Succeeded", status.get("message")
+        assert status["attempts"] == 2
+        assert status["worker"] == "frail-rescuer"
+        assert status["response"] == "Stand-in answer to: What is recursion?"
 
 
 @pytest.mark.faults

@@ -82,8 +82,10 @@ def test_model_goes_from_pending_to_ready_and_cleans_up(
         GptOssModelSpec.model_validate({"source": {"repo": "openai/gpt-oss-20b"}})
     )
 
-    # Downloading: claim and Job exist, the pod runs, no server yet.
-    status = wait_for_phase(kube, namespace, "alpha", "Downloading")
+    # Downloading: claim and Job exist, the pod runs, no server yet. (For a moment the pod
+    # may wait for its claim to reach the scheduler: WaitingForClaim, also Downloading.)
+    status = wait_for_condition(kube, namespace, "alpha", "Downloaded", "Downloading")
+    assert status["phase"] == "Downloading"
     assert status["observedGeneration"] == 1
     assert condition(status, "Ready")["status"] == "False"
     assert condition(status, "Reconciling")["status"] == "True"

@@ -21,9 +21,16 @@ from lightkube.resources.core_v1 import Namespace
 from gptoss_operator.harmony import ChatMessage, Harmony
 from gptoss_sandbox.engine_venv import EngineVenv
 from gptoss_sandbox.real_engine import VllmServer, build_tiny_checkpoint
-from tests.cluster.job_helpers import SidecarProcess, condition, create_job, wait_finished
+from tests.cluster.job_helpers import (
+    SidecarProcess,
+    condition,
+    create_job,
+    job_status,
+    wait_finished,
+)
 from tests.cluster.model_helpers import create_model, wait_for_phase
 from tests.conftest import ClusterUnderTest, OperatorProcess
+from tests.support import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.engine]
 
@@ -54,6 +61,9 @@ def served(
     vllm = VllmServer(
         checkpoint, served_model_name="noise", max_model_len=2048, log_path=work / "vllm.log"
     )
+    # One core for vLLM's compute threads, one left for the control plane: long random
+    # streams on both cores starve the apiserver.
+    vllm.env["VLLM_CPU_OMP_THREADS_BIND"] = "0"
     vllm.start()
     sidecar = None
     try:
@@ -119,3 +129,45 @@ def test_garbage_cut_short_is_kept_and_says_where_it_stopped(served: Served) -> 
     assert condition(status, "Complete")["reason"] == "TokenLimit"
     assert "inside a message header" in status["message"]
     assert status["response"] == ""
+
+
+# Reasons that would blame the job for what the platform did.
+PLATFORM_FAILURES = {"BackoffLimitExceeded", "EngineUnavailable", "WorkerLost", "SidecarError"}
+
+
+@pytest.mark.faults
+def test_real_vllm_stopped_mid_generation_and_restarted_fails_no_job(served: Served) -> None:
+    question = "Tell me a long story"
+    expected, _ = _direct_output(served, question, 600)
+    names = [f"r-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    for name in names:
+        create_job(
+            served.kube, served.namespace, name, "noise", question, maxTokens=600, temperature=0
+        )
+
+    def generating(name: str) -> bool:
+        status = job_status(served.kube, served.namespace, name)
+        tokens = (status.get("usage") or {}).get("completionTokens", 0)
+        return status.get("phase") == "Running" and tokens > 0
+
+    wait_for(lambda: all(generating(n) for n in names), timeout=120, message="both streaming")
+    served.vllm.stop()
+    for name in names:
+        wait_for(
+            lambda name=name: (
+                condition(job_status(served.kube, served.namespace, name), "Scheduled").get(
+                    "reason"
+                )
+                == "EngineUnavailable"
+            ),
+            timeout=60,
+            message=f"{name} handed back while vLLM is down",
+        )
+    served.vllm.start().wait_healthy(timeout=600)
+    for name in names:
+        status = wait_finished(served.kube, served.namespace, name, timeout=300)
+        ended = condition(status, "Complete") or condition(status, "Failed")
+        assert ended["reason"] not in PLATFORM_FAILURES, status.get("message")
+        assert status["rawOutput"] == expected, "the answer of the restarted engine, whole"
+        assert status["attempts"] == 2
+        assert status["voidedAttempts"] == 1

@@ -214,7 +214,7 @@ def test_a_pod_waiting_for_its_claim_is_reconciling_not_stalled() -> None:
         assert status["phase"] == "Downloading", message
         assert _cond(status, "Stalled")["status"] == "False"
         assert _cond(status, "Reconciling")["status"] == "True"
-        assert _cond(status, "Downloaded")["reason"] == "Unschedulable"
+        assert _cond(status, "Downloaded")["reason"] == "WaitingForClaim"
     stuck = Observed(
         1,
         "d",
