@@ -64,6 +64,7 @@ bench: binaries engine ## Run the benchmarks (they print figures)
 	$(BIN)/python benchmarks/model_lifecycle.py
 	$(BIN)/python benchmarks/sidecar_throughput.py
 	$(BIN)/python benchmarks/engine_efficiency.py
+	$(BIN)/python benchmarks/queue_load.py
 
 check-crds: setup ## Fail when the committed CRDs differ from the models
 	$(BIN)/python -m gptoss_operator.api.crdgen --check
