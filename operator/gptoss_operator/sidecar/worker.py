@@ -581,6 +581,9 @@ class Sidecar:
                     finish_reason = chunk.finish_reason
                     if isinstance(chunk.stop_reason, int):
                         stop_token = chunk.stop_reason
+                # Reading a stream whose bytes are already buffered never suspends: a fast
+                # engine would starve every other task (the leases' heartbeats among them).
+                await asyncio.sleep(0)
 
         if deadline is None:
             await consume()
