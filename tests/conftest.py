@@ -21,7 +21,7 @@ from lightkube import Client, KubeConfig
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace
 
-from gptoss_sandbox.cluster import LocalCluster, free_port
+from gptoss_sandbox.cluster import LocalCluster, free_port, stop_process
 
 
 @dataclass
@@ -124,16 +124,7 @@ class OperatorProcess:
     def stop(self, *, kill: bool = False) -> None:
         if self.process is None:
             return
-        if self.process.poll() is None:
-            if kill:
-                self.process.kill()
-            else:
-                self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process, kill=kill, grace=20)
         self.process = None
 
     def log_tail(self, lines: int = 40) -> str:

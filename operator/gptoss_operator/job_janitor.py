@@ -33,7 +33,7 @@ from lightkube import ApiError, AsyncClient
 from lightkube.types import PatchType
 
 from gptoss_operator import metrics
-from gptoss_operator.api.job import Phase
+from gptoss_operator.api.job import FINISHED_PHASES, Phase
 from gptoss_operator.api.model import Phase as ModelPhase
 from gptoss_operator.api.resources import GptOssModelResource, InferenceJobResource
 from gptoss_operator.conditions import timestamp
@@ -76,6 +76,10 @@ class JobFacts:
     status: Mapping[str, Any]
     has_status: bool
 
+    @property
+    def lease_token(self) -> tuple[Any, ...]:
+        return lease_token({**self.status, "worker": self.worker, "attempts": self.attempts})
+
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> JobFacts:
         metadata = body.get("metadata") or {}
@@ -107,6 +111,17 @@ class JobFacts:
             },
             has_status=bool(body.get("status")),
         )
+
+
+def lease_token(status: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What changes when a lease is renewed, claimed again or retried in place."""
+    lease = status.get("lease") or {}
+    return (
+        status.get("worker"),
+        int(status.get("attempts") or 0),
+        lease.get("renewTime"),
+        lease.get("acquireTime"),
+    )
 
 
 @dataclass(frozen=True)
@@ -152,7 +167,7 @@ def decide(
     not observed yet, so not lapsed).
     """
     status = dict(facts.status)
-    finished = facts.phase in (Phase.SUCCEEDED.value, Phase.FAILED.value)
+    finished = facts.phase in FINISHED_PHASES
     if finished:
         done_at = parse_time(facts.completion_time)
         ttl = facts.ttl_seconds_after_finished
@@ -250,18 +265,8 @@ class LeaseClock:
         self.clock = clock
         self._seen: dict[tuple[str, str], tuple[tuple[Any, ...], float]] = {}
 
-    @staticmethod
-    def token(status: Mapping[str, Any]) -> tuple[Any, ...]:
-        lease = status.get("lease") or {}
-        return (
-            status.get("worker"),
-            int(status.get("attempts") or 0),
-            lease.get("renewTime"),
-            lease.get("acquireTime"),
-        )
-
     def age(self, job: JobFacts) -> float:
-        token = self.token({**job.status, "worker": job.worker, "attempts": job.attempts})
+        token = job.lease_token
         key = (job.namespace, job.name)
         now = self.clock()
         seen = self._seen.get(key)
@@ -355,9 +360,7 @@ class JobJanitor:
             self._unreachable = False
             self.leases.restart_all()
             return False
-        status = dict(live.to_dict().get("status") or {})
-        facts_status = {**job.status, "worker": job.worker, "attempts": job.attempts}
-        return LeaseClock.token(status) == LeaseClock.token(facts_status)
+        return lease_token(dict(live.to_dict().get("status") or {})) == job.lease_token
 
     async def _apply(self, job: JobFacts, action: Action) -> None:
         try:

@@ -300,10 +300,7 @@ class ModelReconciler:
     ) -> dict[str, Any]:
         """The source's current download Job: created when missing, replaced by the
         next attempt when a failed one is due to run again."""
-        selector = {
-            naming.MODEL_LABEL: ctx.name,
-            "app.kubernetes.io/component": naming.COMPONENT_DOWNLOAD,
-        }
+        selector = naming.download_selector(ctx.name)
         attempts = [
             kube.to_dict(job)
             async for job in self.client.list(
@@ -375,10 +372,7 @@ class ModelReconciler:
         return newest[1] if newest else None
 
     async def _delete_stale_jobs(self, ctx: ModelContext, keep: str) -> None:
-        selector = {
-            naming.MODEL_LABEL: ctx.name,
-            "app.kubernetes.io/component": naming.COMPONENT_DOWNLOAD,
-        }
+        selector = naming.download_selector(ctx.name)
         async for job in self.client.list(
             Job, namespace=ctx.namespace, labels=dict[str, Any](selector)
         ):

@@ -84,5 +84,9 @@ def server_selector(model: str) -> dict[str, str]:
     return {MODEL_LABEL: model, "app.kubernetes.io/component": COMPONENT_SERVER}
 
 
+def download_selector(model: str) -> dict[str, str]:
+    return {MODEL_LABEL: model, "app.kubernetes.io/component": COMPONENT_DOWNLOAD}
+
+
 def selector_string(selector: dict[str, str]) -> str:
     return ",".join(f"{key}={value}" for key, value in sorted(selector.items()))

@@ -52,6 +52,22 @@ def free_port() -> int:
         return port
 
 
+def stop_process(
+    process: subprocess.Popen[bytes], *, kill: bool = False, grace: float = 15.0
+) -> None:
+    """SIGTERM (or SIGKILL) a process and wait for it; SIGKILL it after ``grace`` s."""
+    if process.poll() is None:
+        if kill:
+            process.kill()
+        else:
+            process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
 def parent_death_signal(signum: signal.Signals) -> Callable[[], None]:
     """A ``preexec_fn``: the child gets ``signum`` when the thread that started it dies."""
 
@@ -343,12 +359,7 @@ class LocalCluster:
         """Stop one component (SIGTERM), keep it down, start it again with the same
         arguments; for the apiserver, wait until it is ready. Data (etcd) is kept."""
         component = next(c for c in self.components if c.name == name)
-        component.process.terminate()
-        try:
-            component.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            component.process.kill()
-            component.process.wait(timeout=10)
+        stop_process(component.process)
         component.log_file.close()
         self.components.remove(component)
         time.sleep(down_seconds)

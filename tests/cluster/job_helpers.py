@@ -12,6 +12,7 @@ from typing import Any
 from lightkube import Client
 
 from gptoss_operator.api.resources import InferenceJobResource
+from gptoss_sandbox.cluster import stop_process
 from tests.support import wait_for
 
 
@@ -59,15 +60,7 @@ class SidecarProcess:
     def stop(self, *, kill: bool = False) -> None:
         if self.process is None or self.process.poll() is not None:
             return
-        if kill:
-            self.process.kill()
-        else:
-            self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        stop_process(self.process, kill=kill)
 
     def log_tail(self, lines: int = 30) -> str:
         if not self.log_path.exists():

@@ -36,6 +36,10 @@ class Phase(StrEnum):
     FAILED = "Failed"
 
 
+# The phases a job never leaves.
+FINISHED_PHASES = (Phase.SUCCEEDED.value, Phase.FAILED.value)
+
+
 Role = Literal["system", "developer", "user", "assistant"]
 ReasoningLevel = Literal["low", "medium", "high"]
 FinishReason = Literal["stop", "length", "error"]

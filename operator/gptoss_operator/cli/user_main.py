@@ -22,11 +22,9 @@ from lightkube.resources.core_v1 import ConfigMap
 from pydantic import ValidationError
 
 from gptoss_operator import __version__
-from gptoss_operator.api.job import InferenceJobSpec
+from gptoss_operator.api.job import FINISHED_PHASES, InferenceJobSpec
 from gptoss_operator.api.resources import InferenceJobResource
 from gptoss_operator.job_output import join
-
-FINISHED = ("Succeeded", "Failed")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,7 +151,7 @@ def ask(args: argparse.Namespace) -> int:
         if not args.quiet and line != last_line:
             print(f"  {line}", file=sys.stderr)
             last_line = line
-        if status.get("phase") in FINISHED:
+        if status.get("phase") in FINISHED_PHASES:
             break
         time.sleep(0.5)
     else:

@@ -23,7 +23,7 @@ from lightkube.resources.core_v1 import ConfigMap
 from lightkube.types import PatchType
 
 from gptoss_operator.api.common import API_VERSION
-from gptoss_operator.api.job import KIND, Phase
+from gptoss_operator.api.job import FINISHED_PHASES, KIND, Phase
 from gptoss_operator.api.resources import InferenceJobResource
 from gptoss_operator.conditions import timestamp
 from gptoss_operator.events import post_event
@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 
 # Answers that mean the job is not in the state a guarded write expected.
 _CHANGED = (404, 409, 422)
-FINISHED = (Phase.SUCCEEDED.value, Phase.FAILED.value)
 
 
 class LostJob(Exception):
@@ -186,7 +185,7 @@ class JobStore:
         while True:
             stored = await self.get(name)
             status = dict((stored or {}).get("status") or {})
-            if stored is None or status.get("phase") in FINISHED:
+            if stored is None or status.get("phase") in FINISHED_PHASES:
                 raise LostJob(f"{name} was deleted or finished before attempt {attempt} ended")
             ops = [
                 {

@@ -24,7 +24,7 @@ from lightkube import AsyncClient
 from lightkube.operators import not_in
 from lightkube.types import OnErrorAction, OnErrorResult
 
-from gptoss_operator.api.job import InferenceJobSpec, Phase
+from gptoss_operator.api.job import FINISHED_PHASES, InferenceJobSpec, Phase
 from gptoss_operator.api.resources import InferenceJobResource
 from gptoss_operator.conditions import timestamp
 from gptoss_operator.harmony import (
@@ -45,7 +45,7 @@ from gptoss_operator.job_status import (
 from gptoss_operator.sidecar.engine import Chunk, EngineClient, EngineError, SamplingParams, Usage
 from gptoss_operator.sidecar.outcome import Generation, generation_outcome, rejection_reason
 from gptoss_operator.sidecar.renderer import PromptRenderer
-from gptoss_operator.sidecar.store import FINISHED, JobStore, LostJob
+from gptoss_operator.sidecar.store import JobStore, LostJob
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ class Sidecar:
         Returns how many it missed."""
         fields = {
             "spec.modelRef.name": self.config.model,
-            "status.phase": not_in([Phase.RUNNING.value, *FINISHED]),
+            "status.phase": not_in([Phase.RUNNING.value, *FINISHED_PHASES]),
         }
         missed = []
         async for obj in self.client.list(
@@ -245,7 +245,7 @@ class Sidecar:
             if task is None or name in self.finishing:
                 return
             taken = phase == Phase.RUNNING.value and status.get("worker") != self.config.worker
-            if taken or phase in FINISHED:
+            if taken or phase in FINISHED_PHASES:
                 task.cancel()  # claimed elsewhere, or ended without this attempt
 
     async def drain(self) -> None:
