@@ -365,8 +365,14 @@ class LocalCluster:
         time.sleep(down_seconds)
         self._spawn(name, component.args)
         if name == "kube-apiserver":
+            deadline = time.monotonic() + timeout
+            self._wait("kube-apiserver", lambda: self._api_ok("/readyz"), deadline)
+            # The scheduler's and controllers' watches were refused while RBAC warmed up
+            # and back off: return once a pod is scheduled again, so whatever runs next
+            # finds a working control plane.
+            probe = f"sandbox-scheduling-probe-{int(time.time())}"
             self._wait(
-                "kube-apiserver", lambda: self._api_ok("/readyz"), time.monotonic() + timeout
+                "scheduling", lambda: self._schedules_a_pod(probe), time.monotonic() + 2 * timeout
             )
 
     def __enter__(self) -> LocalCluster:
@@ -470,6 +476,41 @@ class LocalCluster:
             if cond["type"] == "Ready" and cond["status"] == "True"
         }
         return {spec.name for spec in self.nodes} <= ready
+
+    def _schedules_a_pod(self, name: str) -> bool:
+        """Probe Job ``name`` has a scheduled pod: the Job controller and the scheduler
+        work."""
+        jobs = "/apis/batch/v1/namespaces/default/jobs"
+        try:
+            self.request("GET", f"{jobs}/{name}")
+        except urllib.error.HTTPError as error:
+            if error.code != 404:
+                raise
+            self._create(
+                jobs,
+                {
+                    "apiVersion": "batch/v1",
+                    "kind": "Job",
+                    "metadata": {"name": name},
+                    "spec": {
+                        "template": {
+                            "spec": {
+                                "restartPolicy": "Never",
+                                "containers": [{"name": "probe", "image": "sandbox/probe"}],
+                                "tolerations": [{"operator": "Exists"}],
+                            }
+                        }
+                    },
+                },
+            )
+            return False
+        pods = self.request(
+            "GET", f"/api/v1/namespaces/default/pods?labelSelector=job-name%3D{name}"
+        )
+        if not any(pod.get("spec", {}).get("nodeName") for pod in pods["items"]):
+            return False
+        self.request("DELETE", f"{jobs}/{name}?propagationPolicy=Background")
+        return True
 
     def _default_service_account_exists(self) -> bool:
         self.request("GET", "/api/v1/namespaces/default/serviceaccounts/default")
