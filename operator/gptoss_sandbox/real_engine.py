@@ -10,6 +10,12 @@ under a small supervisor (``python -m gptoss_sandbox.real_engine supervise ...``
 session of its own) that gets SIGTERM from ``stop()`` or when the thread that started it
 dies. It then sends SIGTERM to the server's process group, and SIGKILL to what is left of
 it once the server has exited (or after a grace period).
+
+On a machine with more than one core the whole engine is confined to its first core
+(``engine_cpus``): vLLM's engine-core process busy-waits on its worker's results while
+the worker computes, so an unconfined engine holds two cores for as long as it generates,
+and on a 2-core machine the control plane and the sidecar next to it got no CPU for
+seconds at a time (lease renewals went out 4-8 s late). A GPU node has the cores to spare.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import IO
 
@@ -53,6 +59,26 @@ GROUP_EXIT_GRACE = 5.0  # seconds its helpers (resource tracker) get to finish a
 
 class EngineError(RuntimeError):
     pass
+
+
+def engine_cpus() -> frozenset[int] | None:
+    """The cores the engine may use: the first one this process may use, when it may use
+    more than one (the rest are left to everything else); None on a single core."""
+    allowed = sorted(os.sched_getaffinity(0))
+    return frozenset(allowed[:1]) if len(allowed) > 1 else None
+
+
+def _start_confined(signum: signal.Signals, cpus: frozenset[int] | None) -> Callable[[], None]:
+    """A ``preexec_fn``: arm the parent-death signal, then confine the child (and all it
+    starts) to ``cpus``."""
+    arm = parent_death_signal(signum)
+
+    def start() -> None:
+        arm()
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
+
+    return start
 
 
 def vocab_folder() -> Path:
@@ -107,6 +133,10 @@ class VllmServer:
         ]
         self.log_path = log_path or Path(tempfile.gettempdir()) / f"gptoss-vllm-{self.port}.log"
         self.env = {**ENGINE_ENV, "TIKTOKEN_ENCODINGS_BASE": str(vocab_folder())}
+        self.cpus = engine_cpus()
+        if self.cpus is not None:
+            # vLLM binds its compute threads itself; the same cores, or it reserves one.
+            self.env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, sorted(self.cpus)))
         self._engine = engine
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -170,7 +200,7 @@ class VllmServer:
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
-            preexec_fn=parent_death_signal(signal.SIGTERM),
+            preexec_fn=_start_confined(signal.SIGTERM, self.cpus),
         )
         return self
 
