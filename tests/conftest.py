@@ -73,12 +73,20 @@ def crds(kube: Client) -> list[str]:
     from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 
     from gptoss_operator.api.crdgen import all_crds
+    from gptoss_operator.builders import rbac
+    from gptoss_operator.settings import Settings
     from tests.support import wait_for
 
     names = []
     for document in all_crds().values():
         kube.apply(codecs.from_dict(document), force=True)
         names.append(document["metadata"]["name"])
+    # The workers' ClusterRoles under the names an operator uses outside the chart.
+    settings = Settings()
+    for role in rbac.worker_cluster_roles(
+        settings.downloader_cluster_role, settings.sidecar_cluster_role
+    ):
+        kube.apply(codecs.from_dict(role), force=True)
 
     def established() -> bool:
         for name in names:

@@ -21,6 +21,7 @@ from lightkube import ApiError, AsyncClient
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import Event, PersistentVolumeClaim, Pod
+from lightkube.resources.rbac_authorization_v1 import RoleBinding
 from lightkube.types import CascadeType, PatchType
 
 from gptoss_operator import download_retry, kube, metrics, model_status, naming
@@ -118,6 +119,7 @@ class ModelReconciler:
         self.emit = emit
         self.serializer = KeyedSerializer()
         self.applied = AppliedCache()
+        self.legacy_checked: set[str] = set()  # uids of models without a legacy binding
         self.cleaned: dict[tuple[str, str], str] = {}
         # Claim sizes the apiserver refused, per model, so a refusal is not retried (and
         # reported) on every reconcile: (size, why).
@@ -135,6 +137,23 @@ class ModelReconciler:
         applied = await kube.apply(self.client, manifest)
         self.applied.remember(manifest)
         return applied
+
+    async def _remove_legacy_binding(self, ctx: ModelContext) -> None:
+        """Unbind the one worker Role of earlier versions (it granted both workers the
+        union of their rules); only a binding this model owns."""
+        if ctx.uid in self.legacy_checked:
+            return
+        name = rbac.legacy_binding_name(ctx.name)
+        binding = await kube.get_or_none(self.client, RoleBinding, name, ctx.namespace)
+        owners = (binding.metadata.ownerReferences or []) if binding is not None else []
+        if any(owner.uid == ctx.uid for owner in owners):
+            try:
+                await self.client.delete(RoleBinding, name, namespace=ctx.namespace)
+            except ApiError as error:
+                if error.status.code != 404:
+                    raise
+            log.info("removed the legacy worker binding %s/%s", ctx.namespace, name)
+        self.legacy_checked.add(ctx.uid)
 
     async def reconcile(self, namespace: str, name: str) -> None:
         await self.serializer.run((namespace, name), lambda: self._reconcile(namespace, name))
@@ -189,13 +208,9 @@ class ModelReconciler:
         digest = naming.source_hash(ctx.spec)
         observed = model_status.Observed(generation=generation, digest=digest)
 
-        # The worker ServiceAccount must exist before the Job's pod is created.
-        await asyncio.gather(
-            *(
-                self._apply_once(manifest)
-                for manifest in (rbac.service_account(ctx), rbac.role(ctx), rbac.role_binding(ctx))
-            )
-        )
+        # The workers' ServiceAccounts must exist before their pods are created.
+        await asyncio.gather(*(self._apply_once(m) for m in rbac.worker_identities(ctx)))
+        await self._remove_legacy_binding(ctx)
 
         claim_name = naming.claim_name(ctx.name, ctx.spec)
         if ctx.spec.storage.existingClaim:

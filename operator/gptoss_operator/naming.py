@@ -59,9 +59,14 @@ def service_name(model: str) -> str:
     return f"{model}-vllm"
 
 
-def worker_account_name(model: str) -> str:
-    """ServiceAccount (and Role) of the download Job and the sidecar."""
-    return f"{model}-worker"
+def download_account_name(model: str) -> str:
+    """ServiceAccount (and RoleBinding) of the model's download Jobs."""
+    return f"{model}-download"
+
+
+def sidecar_account_name(model: str) -> str:
+    """ServiceAccount (and RoleBinding) of the model's vLLM pods, used by the sidecar."""
+    return f"{model}-sidecar"
 
 
 def endpoint_url(model: str, namespace: str) -> str:

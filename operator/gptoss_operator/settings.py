@@ -28,6 +28,10 @@ class Settings:
     download_retry_cap_seconds: float = 1800.0
     namespaces: list[str] = field(default_factory=list)
     metrics_port: int = 8081
+    # The ClusterRoles the workers are bound to in each model's namespace (the chart
+    # ships them and lets the operator bind these two and nothing else).
+    downloader_cluster_role: str = "gptoss-downloader"
+    sidecar_cluster_role: str = "gptoss-sidecar"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -43,4 +47,8 @@ class Settings:
             download_retry_seconds=float(os.environ.get("GPTOSS_DOWNLOAD_RETRY_SECONDS", "60")),
             namespaces=namespaces,
             metrics_port=int(os.environ.get("GPTOSS_METRICS_PORT", "8081")),
+            downloader_cluster_role=os.environ.get(
+                "GPTOSS_DOWNLOADER_CLUSTER_ROLE", "gptoss-downloader"
+            ),
+            sidecar_cluster_role=os.environ.get("GPTOSS_SIDECAR_CLUSTER_ROLE", "gptoss-sidecar"),
         )

@@ -31,6 +31,8 @@ from lightkube.resources.core_v1 import Namespace, Pod
 
 from gptoss_operator.api.crdgen import all_crds
 from gptoss_operator.api.resources import GptOssModelResource, InferenceJobResource
+from gptoss_operator.builders import rbac
+from gptoss_operator.settings import Settings
 from gptoss_sandbox import binaries
 from gptoss_sandbox.cluster import LocalCluster, free_port
 from gptoss_sandbox.real_engine import VllmServer, build_tiny_checkpoint
@@ -133,7 +135,11 @@ class Demo:
         env = {"KUBECONFIG": str(self.cluster.kubeconfig)}
 
         say("Installing the CRDs and starting the operator")
-        for document in all_crds().values():
+        settings = Settings()
+        roles = rbac.worker_cluster_roles(
+            settings.downloader_cluster_role, settings.sidecar_cluster_role
+        )
+        for document in [*all_crds().values(), *roles]:
             kube.apply(codecs.from_dict(document), force=True)
         names = [d["metadata"]["name"] for d in all_crds().values()]
         _wait(lambda: all(_established(kube, name) for name in names), 30, "CRDs")

@@ -6,61 +6,32 @@ from __future__ import annotations
 import subprocess
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 from lightkube import Client
-from lightkube.models.authentication_v1 import TokenRequestSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import Namespace, ServiceAccount
 from lightkube.resources.rbac_authorization_v1 import ClusterRole, Role
 
+from gptoss_operator.builders import rbac
 from gptoss_operator.versions import DEFAULT_VLLM_IMAGE
-from gptoss_sandbox import binaries
 from gptoss_sandbox.standin_engine import StandinEngine
+from tests.cluster.chart_helpers import (
+    CHART,
+    KUBE_VERSION,
+    helm,
+    install,
+    render,
+    token_kubeconfig,
+    tools,
+)
 from tests.cluster.job_helpers import SidecarProcess, create_job, wait_finished
 from tests.cluster.model_helpers import create_model, wait_for_phase
 from tests.conftest import ClusterUnderTest, OperatorProcess
 from tests.support import wait_for
 
 pytestmark = pytest.mark.cluster
-
-CHART = Path(__file__).resolve().parents[2] / "charts" / "gptoss-operator"
-KUBE_VERSION = "1.37.2"
-
-
-def _tools() -> binaries.Binaries:
-    found = binaries.ensure_binaries()
-    return found
-
-
-def helm(
-    *args: str, kubeconfig: Path | None = None, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    command = [str(_tools().helm), *args]
-    if kubeconfig is not None:
-        command += ["--kubeconfig", str(kubeconfig)]
-    result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=300)
-    if check and result.returncode != 0:
-        raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def render(*values: str) -> list[dict[str, Any]]:
-    args = [
-        "template",
-        "gptoss",
-        str(CHART),
-        "--namespace",
-        "gptoss-system",
-        "--kube-version",
-        KUBE_VERSION,
-    ]
-    for value in values:
-        args += ["--set", value]
-    return [doc for doc in yaml.safe_load_all(helm(*args).stdout) if doc]
 
 
 def test_helm_lint_is_clean() -> None:
@@ -105,6 +76,8 @@ def test_rendered_objects_carry_recommended_labels_and_restricted_security() -> 
             "ClusterRoleBinding",
             "ClusterRole",
             "ClusterRoleBinding",
+            "ClusterRole",
+            "ClusterRole",
             "Deployment",
             "Service",
         ]
@@ -138,12 +111,56 @@ def test_namespaced_mode_grants_roles_only_in_listed_namespaces() -> None:
     roles = [d for d in documents if d["kind"] == "Role"]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     cluster_roles = [d for d in documents if d["kind"] == "ClusterRole"]
-    assert [r["metadata"]["name"] for r in cluster_roles] == ["gptoss-gptoss-operator-crds"]
+    assert sorted(r["metadata"]["name"] for r in cluster_roles) == [
+        "gptoss-gptoss-operator-crds",
+        "gptoss-gptoss-operator-downloader",
+        "gptoss-gptoss-operator-sidecar",
+    ]
+    assert not [
+        d
+        for d in documents
+        if d["kind"] == "ClusterRoleBinding" and "crds" not in (d["metadata"]["name"])
+    ], "the workers' ClusterRoles are bound per model, never cluster-wide"
     args = next(d for d in documents if d["kind"] == "Deployment")["spec"]["template"]["spec"][
         "containers"
     ][0]["args"]
     assert "--namespace=team-a" in args
     assert "--namespace=team-b" in args
+
+
+def test_workers_cluster_roles_are_the_operators_rules_and_only_they_may_be_bound() -> None:
+    for values in ([], ["watchNamespaces={team-a}"]):
+        documents = render(*values)
+        by_name = {d["metadata"]["name"]: d for d in documents if d["kind"] == "ClusterRole"}
+        assert by_name["gptoss-gptoss-operator-downloader"]["rules"] == rbac.DOWNLOADER_RULES
+        assert by_name["gptoss-gptoss-operator-sidecar"]["rules"] == rbac.SIDECAR_RULES
+        env = {
+            e["name"]: e["value"]
+            for e in next(d for d in documents if d["kind"] == "Deployment")["spec"]["template"][
+                "spec"
+            ]["containers"][0]["env"]
+        }
+        assert env["GPTOSS_DOWNLOADER_CLUSTER_ROLE"] == "gptoss-gptoss-operator-downloader"
+        assert env["GPTOSS_SIDECAR_CLUSTER_ROLE"] == "gptoss-gptoss-operator-sidecar"
+        operator_rules = [
+            rule
+            for d in documents
+            if d["kind"] in ("Role", "ClusterRole")
+            and d["metadata"]["name"] == "gptoss-gptoss-operator"
+            for rule in d["rules"]
+        ]
+        binds = [r for r in operator_rules if "bind" in r["verbs"]]
+        assert binds == [
+            {
+                "apiGroups": ["rbac.authorization.k8s.io"],
+                "resources": ["clusterroles"],
+                "verbs": ["bind"],
+                "resourceNames": [
+                    "gptoss-gptoss-operator-downloader",
+                    "gptoss-gptoss-operator-sidecar",
+                ],
+            }
+        ]
 
 
 def test_service_monitor_is_optional() -> None:
@@ -180,7 +197,7 @@ def test_template_applies_with_server_side_dry_run(
             ).stdout
             result = subprocess.run(
                 [
-                    str(_tools().kubectl),
+                    str(tools().kubectl),
                     "--kubeconfig",
                     str(cluster.kubeconfig),
                     "apply",
@@ -202,39 +219,6 @@ def test_template_applies_with_server_side_dry_run(
         kube.delete(Namespace, namespace)
 
 
-def _token_kubeconfig(
-    cluster: ClusterUnderTest, kube: Client, namespace: str, account: str, path: Path
-) -> Path:
-    request = kube.create(
-        ServiceAccount.Token(
-            metadata=ObjectMeta(name=account, namespace=namespace),
-            spec=TokenRequestSpec(audiences=[], expirationSeconds=3600),
-        ),
-        account,
-        namespace=namespace,
-    )
-    admin = yaml.safe_load(cluster.kubeconfig.read_text())
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": admin["clusters"],
-        "users": [{"name": account, "user": {"token": request.status.token}}],
-        "contexts": [
-            {
-                "name": "sa",
-                "context": {
-                    "cluster": admin["clusters"][0]["name"],
-                    "user": account,
-                    "namespace": namespace,
-                },
-            }
-        ],
-        "current-context": "sa",
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 def test_install_runs_the_operator_with_only_the_charts_rbac(
     cluster: ClusterUnderTest,
     kube: Client,
@@ -252,18 +236,7 @@ def test_install_runs_the_operator_with_only_the_charts_rbac(
     release = f"g{suffix}"
     operator.stop()  # the admin operator steps aside; the chart's identity takes over
     try:
-        helm(
-            "install",
-            release,
-            str(CHART),
-            "--namespace",
-            system,
-            "--wait=false",
-            "--set",
-            f"watchNamespaces={{{team}}}",
-            kubeconfig=cluster.kubeconfig,
-        )
-        deployment_name = f"{release}-gptoss-operator"
+        deployment_name = install(cluster, release, system, team)
         wait_for(
             lambda: (
                 (
@@ -283,20 +256,25 @@ def test_install_runs_the_operator_with_only_the_charts_rbac(
         ).stdout
         assert "kubectl get gptossmodels -w" in notes
 
-        operator_config = _token_kubeconfig(
+        operator_config = token_kubeconfig(
             cluster, kube, system, deployment_name, tmp_path / "operator.kubeconfig"
         )
         scoped = OperatorProcess(
             operator_config,
             tmp_path / "scoped-operator.log",
-            {"GPTOSS_METRICS_PORT": "0", "GPTOSS_RESYNC_SECONDS": "3"},
+            {
+                "GPTOSS_METRICS_PORT": "0",
+                "GPTOSS_RESYNC_SECONDS": "3",
+                "GPTOSS_DOWNLOADER_CLUSTER_ROLE": f"{deployment_name}-downloader",
+                "GPTOSS_SIDECAR_CLUSTER_ROLE": f"{deployment_name}-sidecar",
+            },
         )
         scoped.start(extra_args=["--namespace", team])
         try:
             create_model(kube, team, "scoped")
             wait_for_phase(kube, team, "scoped", "Ready", timeout=90)
-            worker_config = _token_kubeconfig(
-                cluster, kube, team, "scoped-worker", tmp_path / "worker.kubeconfig"
+            worker_config = token_kubeconfig(
+                cluster, kube, team, "scoped-sidecar", tmp_path / "sidecar.kubeconfig"
             )
             with StandinEngine(model="scoped") as engine:
                 sidecar = SidecarProcess(

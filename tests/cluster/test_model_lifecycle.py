@@ -21,7 +21,7 @@ from lightkube.resources.core_v1 import (
     Service,
     ServiceAccount,
 )
-from lightkube.resources.rbac_authorization_v1 import Role, RoleBinding
+from lightkube.resources.rbac_authorization_v1 import RoleBinding
 from lightkube.resources.storage_v1 import StorageClass
 
 from gptoss_operator import naming
@@ -118,9 +118,10 @@ def test_model_goes_from_pending_to_ready_and_cleans_up(
     assert container.securityContext.capabilities.drop == ["ALL"]
     assert job.spec.template.spec.securityContext.seccompProfile.type == "RuntimeDefault"
     for resource, name in (
-        (ServiceAccount, "alpha-worker"),
-        (Role, "alpha-worker"),
-        (RoleBinding, "alpha-worker"),
+        (ServiceAccount, "alpha-download"),
+        (ServiceAccount, "alpha-sidecar"),
+        (RoleBinding, "alpha-download"),
+        (RoleBinding, "alpha-sidecar"),
     ):
         assert kube.get(resource, name, namespace=namespace).metadata.ownerReferences
     assert _gone(kube, Deployment, "alpha-vllm", namespace)
@@ -197,7 +198,7 @@ def test_model_goes_from_pending_to_ready_and_cleans_up(
         (Deployment, "alpha-vllm"),
         (Service, "alpha-vllm"),
         (Job, f"alpha-dl-{digest}"),
-        (ServiceAccount, "alpha-worker"),
+        (ServiceAccount, "alpha-sidecar"),
     ):
         wait_for(
             lambda r=resource, n=name: _gone(kube, r, n, namespace),

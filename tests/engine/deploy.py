@@ -134,8 +134,9 @@ def deploy(
     pod_spec = deployment.to_dict()["spec"]["template"]["spec"]
     engine, sidecar = pod_spec["containers"]
     server_pod = pods(kube, namespace, naming.server_selector(model))[0].metadata.name
-    vllm = VllmServer.from_deployment(
-        engine["args"],
+    # Run as the pod would: uid 10001, read-only root, the volume at /data, emptyDirs.
+    vllm = VllmServer.as_pod(
+        pod_spec,
         volume,
         env=_resolve_env(engine, namespace, server_pod),
         log_path=work / "vllm.log",

@@ -14,6 +14,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -22,6 +23,7 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace
 
 from gptoss_operator.harmony import ChatMessage, Harmony
+from gptoss_sandbox import pod_sandbox
 from gptoss_sandbox.engine_venv import EngineVenv
 from gptoss_sandbox.fake_hub import FakeHub
 from gptoss_sandbox.real_engine import build_tiny_checkpoint
@@ -221,4 +223,56 @@ def test_the_download_put_the_checkpoint_where_vllm_read_it(served: Served) -> N
     files = {entry["path"] for entry in marker["files"]}
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= files
     log = deployed.vllm.log_path.read_text(errors="replace")
-    assert f"--model {deployed.volume}/served/{digest}" in log
+    volume = "/data" if pod_sandbox.available() else str(deployed.volume)  # see deploy()
+    assert f"--model {volume}/served/{digest}" in log
+
+
+def _engine_processes(port: int) -> list[int]:
+    """The vLLM server listening on ``port`` and the processes it started."""
+    server = [
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit()
+        and f"--port\0{port}\0" in _read(entry / "cmdline")
+        and "vllm.entrypoints" in _read(entry / "cmdline")
+        and "supervise" not in _read(entry / "cmdline")  # the harness's watcher of it
+    ]
+    assert len(server) == 1, server
+    children = _read(Path(f"/proc/{server[0]}/task/{server[0]}/children")).split()
+    return [server[0], *map(int, children)]
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+@pytest.mark.skipif(
+    not pod_sandbox.available(),
+    reason="building a pod's view of the machine needs root (mount namespaces, chroot)",
+)
+def test_the_engine_ran_as_its_pod_would(served: Served) -> None:
+    """The restricted pod's promises, held by real vLLM: it runs as uid 10001 without
+    capabilities, its root filesystem and the weights are read-only, and it serves."""
+    processes = _engine_processes(served.deployed.vllm.port)
+    assert len(processes) >= 2, "the API server and its engine core"
+    for pid in processes:
+        status = dict(
+            line.split(":\t", 1) for line in _read(Path(f"/proc/{pid}/status")).splitlines()
+        )
+        assert status["Uid"].split() == ["10001"] * 4, (pid, status["Uid"])
+        assert status["Gid"].split() == ["10001"] * 4, (pid, status["Gid"])
+        assert int(status["CapEff"], 16) == 0
+        assert status["NoNewPrivs"].strip() == "1"
+        mounts = {
+            fields[4]: fields[5].split(",")
+            for fields in (
+                line.split() for line in _read(Path(f"/proc/{pid}/mountinfo")).splitlines()
+            )
+        }
+        assert "ro" in mounts["/"], mounts["/"]
+        assert "ro" in mounts["/data"], mounts["/data"]
+        assert "rw" in mounts["/tmp"], "the scratch emptyDir"
+        assert "rw" in mounts["/dev/shm"]

@@ -200,7 +200,7 @@ def test_deployment_requests_gpus_and_probes_allow_the_startup_budget() -> None:
     assert {"name": "dshm", "mountPath": "/dev/shm"} in engine["volumeMounts"]
     assert pod["nodeSelector"] == {"gpu": "h100"}
     assert pod["priorityClassName"] == "inference"
-    assert pod["serviceAccountName"] == "m-worker"
+    assert pod["serviceAccountName"] == "m-sidecar"
     env = {e["name"]: e for e in sidecar["env"]}
     assert env["GPTOSS_MODEL"]["value"] == "m"
     assert env["GPTOSS_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
@@ -210,12 +210,73 @@ def test_deployment_requests_gpus_and_probes_allow_the_startup_budget() -> None:
     assert deployment["spec"]["selector"]["matchLabels"] == naming.server_selector("m")
 
 
-def test_worker_role_is_narrow() -> None:
-    rules = rbac.role(_ctx())["rules"]
-    verbs = {(rule["resources"][0], verb) for rule in rules for verb in rule["verbs"]}
-    assert ("inferencejobs/status", "patch") in verbs
-    assert not any(verb in ("delete", "deletecollection", "*") for _, verb in verbs)
-    assert not any(rule["resources"][0] == "secrets" for rule in rules)
+def _grants(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    return {
+        (group, resource, verb)
+        for rule in rules
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def test_each_worker_holds_only_its_own_rules() -> None:
+    downloader, sidecar = _grants(rbac.DOWNLOADER_RULES), _grants(rbac.SIDECAR_RULES)
+    assert downloader == {
+        ("gptoss.ai", "gptossmodels", "get"),
+        ("gptoss.ai", "gptossmodels/status", "get"),
+        ("gptoss.ai", "gptossmodels/status", "patch"),
+    }
+    assert ("gptoss.ai", "inferencejobs/status", "patch") in sidecar
+    assert not {g for g in sidecar if g[1].startswith("gptossmodels")}
+    for grants in (downloader, sidecar):
+        assert not {g for g in grants if g[2] in ("*", "deletecollection", "escalate", "bind")}
+        assert not {g for g in grants if g[1] in ("secrets", "pods", "pods/exec", "*")}
+
+
+def test_workers_are_bound_to_the_charts_cluster_roles_with_no_token_by_default() -> None:
+    ctx = _ctx()
+    download_account, sidecar_account, download_binding, sidecar_binding = rbac.worker_identities(
+        ctx
+    )
+    assert [download_account["metadata"]["name"], sidecar_account["metadata"]["name"]] == [
+        "m-download",
+        "m-sidecar",
+    ]
+    assert download_account["automountServiceAccountToken"] is False
+    assert download_binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": ctx.settings.downloader_cluster_role,
+    }
+    assert sidecar_binding["roleRef"]["name"] == ctx.settings.sidecar_cluster_role
+    assert sidecar_binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "m-sidecar", "namespace": ctx.namespace}
+    ]
+
+
+def test_only_the_sidecar_mounts_a_token_and_every_container_is_restricted() -> None:
+    pod = serving.deployment(_ctx(), "h1")["spec"]["template"]["spec"]
+    engine, sidecar = pod["containers"]
+    assert pod["automountServiceAccountToken"] is False
+    token_mounts = [
+        (c["name"], m["mountPath"])
+        for c in pod["containers"]
+        for m in c["volumeMounts"]
+        if m["name"] == serving.TOKEN_VOLUME
+    ]
+    assert token_mounts == [("sidecar", "/var/run/secrets/kubernetes.io/serviceaccount")]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    for container in (engine, sidecar):
+        security = container["securityContext"]
+        assert security["readOnlyRootFilesystem"] is True
+        assert security["capabilities"] == {"drop": ["ALL"]}
+        assert security["allowPrivilegeEscalation"] is False
+    engine_env = {e["name"]: e["value"] for e in engine["env"] if "value" in e}
+    assert engine_env["HOME"] == "/tmp"
+    assert {"name": "engine-scratch", "mountPath": "/tmp"} in engine["volumeMounts"]
+    download_pod = download.job(_ctx(), "h1")["spec"]["template"]["spec"]
+    assert download_pod["serviceAccountName"] == "m-download"
 
 
 def test_source_hash_changes_with_what_is_downloaded() -> None:

@@ -42,9 +42,18 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 
+{{/* The ClusterRoles of a model's workers, bound by the operator in the model's namespace. */}}
+{{- define "gptoss-operator.downloaderRole" -}}
+{{ include "gptoss-operator.fullname" . }}-downloader
+{{- end -}}
+{{- define "gptoss-operator.sidecarRole" -}}
+{{ include "gptoss-operator.fullname" . }}-sidecar
+{{- end -}}
+
 {{/*
-The operator's rules. It creates each model's worker Role, so it must itself hold every
-permission that Role grants (Kubernetes refuses to let it grant more).
+The operator's rules in each namespace it serves. It never holds its workers' rules: it
+binds their ClusterRoles (the bind verb, on those two names alone), so it cannot read
+Secrets, write ConfigMaps, write Roles or bind any other role.
 */}}
 {{- define "gptoss-operator.rules" -}}
 - apiGroups: ["gptoss.ai"]
@@ -59,9 +68,6 @@ permission that Role grants (Kubernetes refuses to let it grant more).
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
-- apiGroups: [""]
-  resources: ["configmaps"]
-  verbs: ["get", "create", "update"]
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]
   verbs: ["get", "list", "watch", "create", "patch"]
@@ -72,6 +78,16 @@ permission that Role grants (Kubernetes refuses to let it grant more).
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["rbac.authorization.k8s.io"]
-  resources: ["roles", "rolebindings"]
-  verbs: ["get", "list", "watch", "create", "patch", "update"]
+  resources: ["rolebindings"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+{{- end -}}
+
+{{/* The operator may bind its workers' ClusterRoles and no other role. */}}
+{{- define "gptoss-operator.bindRules" -}}
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["clusterroles"]
+  verbs: ["bind"]
+  resourceNames:
+    - {{ include "gptoss-operator.downloaderRole" . }}
+    - {{ include "gptoss-operator.sidecarRole" . }}
 {{- end -}}

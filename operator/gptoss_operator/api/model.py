@@ -299,6 +299,13 @@ class Serving(ApiModel):
         pattern=QUANTITY_PATTERN,
         description="Size of the memory-backed /dev/shm.",
     )
+    scratchSize: str = Field(
+        default="8Gi",
+        max_length=64,
+        pattern=QUANTITY_PATTERN,
+        description="Size of the engine's scratch space (an emptyDir at /tmp, also its "
+        "home and compile caches: its root filesystem is read-only).",
+    )
 
     def effective_tensor_parallel_size(self) -> int:
         return self.tensorParallelSize or self.gpusPerReplica

@@ -111,7 +111,8 @@ def job(
             },
             "spec": {
                 "restartPolicy": "Never",
-                "serviceAccountName": naming.worker_account_name(ctx.name),
+                "serviceAccountName": naming.download_account_name(ctx.name),
+                "automountServiceAccountToken": True,
                 "securityContext": RESTRICTED_POD_SECURITY,
                 "containers": [container],
                 "volumes": [

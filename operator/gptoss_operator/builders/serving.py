@@ -7,10 +7,67 @@ from typing import Any
 
 from gptoss_operator import naming
 from gptoss_operator.api.model import GptOssModelSpec
-from gptoss_operator.builders import RESTRICTED_CONTAINER_SECURITY, ModelContext
+from gptoss_operator.builders import (
+    RESTRICTED_CONTAINER_SECURITY,
+    RESTRICTED_POD_SECURITY,
+    ModelContext,
+)
 from gptoss_operator.builders.engine_config import is_120b, vllm_args
 
 PROBE_PERIOD_SECONDS = 10
+
+# The engine's root filesystem is read-only and it runs as a user the image does not
+# name: home, caches (vLLM, Triton, torch's compiler, Hugging Face) and scratch space go
+# to an emptyDir, and a user name is given for libraries that look one up.
+ENGINE_SCRATCH = "/tmp"
+ENGINE_SCRATCH_ENV = [
+    {"name": "HOME", "value": ENGINE_SCRATCH},
+    {"name": "USER", "value": "vllm"},
+    {"name": "XDG_CACHE_HOME", "value": f"{ENGINE_SCRATCH}/.cache"},
+    {"name": "XDG_CONFIG_HOME", "value": f"{ENGINE_SCRATCH}/.config"},
+    {"name": "VLLM_CACHE_ROOT", "value": f"{ENGINE_SCRATCH}/.cache/vllm"},
+    {"name": "VLLM_CONFIG_ROOT", "value": f"{ENGINE_SCRATCH}/.config/vllm"},
+    {"name": "TRITON_CACHE_DIR", "value": f"{ENGINE_SCRATCH}/.triton"},
+    {"name": "TORCHINDUCTOR_CACHE_DIR", "value": f"{ENGINE_SCRATCH}/torchinductor"},
+    {"name": "HF_HOME", "value": f"{ENGINE_SCRATCH}/.cache/huggingface"},
+]
+
+# Only the sidecar talks to the apiserver, so only it gets a token: the pod mounts none
+# by default and the sidecar mounts this projected volume where clients look for one.
+TOKEN_VOLUME = "kube-api-access"
+TOKEN_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+TOKEN_EXPIRATION_SECONDS = 3607  # the kubelet refreshes it at 80% of its life
+
+
+def token_volume() -> dict[str, Any]:
+    return {
+        "name": TOKEN_VOLUME,
+        "projected": {
+            "defaultMode": 0o444,
+            "sources": [
+                {
+                    "serviceAccountToken": {
+                        "path": "token",
+                        "expirationSeconds": TOKEN_EXPIRATION_SECONDS,
+                    }
+                },
+                {
+                    "configMap": {
+                        "name": "kube-root-ca.crt",
+                        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                    }
+                },
+                {
+                    "downwardAPI": {
+                        "items": [
+                            {"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}
+                        ]
+                    }
+                },
+            ],
+        },
+    }
+
 
 # Requests keep the pods out of the BestEffort class (the first evicted). vLLM reads the
 # weights through host memory while it loads them, and its API server, tokenizer and
@@ -51,6 +108,7 @@ def _engine_container(ctx: ModelContext, digest: str) -> dict[str, Any]:
         {"name": "HF_HUB_OFFLINE", "value": "1"},
         {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
         {"name": "DO_NOT_TRACK", "value": "1"},
+        *ENGINE_SCRATCH_ENV,
         *serving.env,
     ]
     return {
@@ -65,6 +123,7 @@ def _engine_container(ctx: ModelContext, digest: str) -> dict[str, Any]:
         "volumeMounts": [
             {"name": "weights", "mountPath": naming.VOLUME_MOUNT, "readOnly": True},
             {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "engine-scratch", "mountPath": ENGINE_SCRATCH},
         ],
         "startupProbe": {
             "httpGet": health,
@@ -84,7 +143,7 @@ def _engine_container(ctx: ModelContext, digest: str) -> dict[str, Any]:
             "timeoutSeconds": 10,
             "failureThreshold": 6,
         },
-        "securityContext": {"allowPrivilegeEscalation": False},
+        "securityContext": RESTRICTED_CONTAINER_SECURITY,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
 
@@ -124,12 +183,11 @@ def _sidecar_container(ctx: ModelContext) -> dict[str, Any]:
         },
         # The harmony vocab comes baked into the sidecar image (TIKTOKEN_ENCODINGS_BASE
         # set there); /tmp is the only writable place.
-        "volumeMounts": [{"name": "sidecar-tmp", "mountPath": "/tmp"}],
-        "securityContext": {
-            **RESTRICTED_CONTAINER_SECURITY,
-            "runAsUser": 10001,
-            "runAsGroup": 10001,
-        },
+        "volumeMounts": [
+            {"name": "sidecar-tmp", "mountPath": "/tmp"},
+            {"name": TOKEN_VOLUME, "mountPath": TOKEN_MOUNT, "readOnly": True},
+        ],
+        "securityContext": RESTRICTED_CONTAINER_SECURITY,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     container["resources"] = _merged(
@@ -143,12 +201,9 @@ def deployment(ctx: ModelContext, digest: str) -> dict[str, Any]:
     selector = naming.server_selector(ctx.name)
     labels = naming.labels(ctx.name, naming.COMPONENT_SERVER)
     pod_spec: dict[str, Any] = {
-        "serviceAccountName": naming.worker_account_name(ctx.name),
-        "securityContext": {
-            "fsGroup": 10001,
-            "fsGroupChangePolicy": "OnRootMismatch",
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "serviceAccountName": naming.sidecar_account_name(ctx.name),
+        "automountServiceAccountToken": False,
+        "securityContext": RESTRICTED_POD_SECURITY,
         "containers": [_engine_container(ctx, digest), _sidecar_container(ctx)],
         "volumes": [
             {
@@ -159,7 +214,9 @@ def deployment(ctx: ModelContext, digest: str) -> dict[str, Any]:
                 },
             },
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": serving.shmSize}},
+            {"name": "engine-scratch", "emptyDir": {"sizeLimit": serving.scratchSize}},
             {"name": "sidecar-tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+            token_volume(),
         ],
         "terminationGracePeriodSeconds": 60,
     }

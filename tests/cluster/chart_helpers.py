@@ -1,0 +1,102 @@
+"""Helm and identities for the chart's tests: render or install the chart, and act as
+one of its ServiceAccounts."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+from lightkube import Client
+from lightkube.models.authentication_v1 import TokenRequestSpec
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import ServiceAccount
+
+from gptoss_sandbox import binaries
+from tests.conftest import ClusterUnderTest
+
+CHART = Path(__file__).resolve().parents[2] / "charts" / "gptoss-operator"
+KUBE_VERSION = "1.37.2"
+
+
+def tools() -> binaries.Binaries:
+    found = binaries.ensure_binaries()
+    return found
+
+
+def helm(
+    *args: str, kubeconfig: Path | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    command = [str(tools().helm), *args]
+    if kubeconfig is not None:
+        command += ["--kubeconfig", str(kubeconfig)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def render(*values: str) -> list[dict[str, Any]]:
+    args = [
+        "template",
+        "gptoss",
+        str(CHART),
+        "--namespace",
+        "gptoss-system",
+        "--kube-version",
+        KUBE_VERSION,
+    ]
+    for value in values:
+        args += ["--set", value]
+    return [doc for doc in yaml.safe_load_all(helm(*args).stdout) if doc]
+
+
+def token_kubeconfig(
+    cluster: ClusterUnderTest, kube: Client, namespace: str, account: str, path: Path
+) -> Path:
+    request = kube.create(
+        ServiceAccount.Token(
+            metadata=ObjectMeta(name=account, namespace=namespace),
+            spec=TokenRequestSpec(audiences=[], expirationSeconds=3600),
+        ),
+        account,
+        namespace=namespace,
+    )
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": admin["clusters"],
+        "users": [{"name": account, "user": {"token": request.status.token}}],
+        "contexts": [
+            {
+                "name": "sa",
+                "context": {
+                    "cluster": admin["clusters"][0]["name"],
+                    "user": account,
+                    "namespace": namespace,
+                },
+            }
+        ],
+        "current-context": "sa",
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def install(cluster: ClusterUnderTest, release: str, namespace: str, *watch: str) -> str:
+    """``helm install`` the chart into ``namespace`` (namespaced mode when ``watch`` names
+    namespaces), without waiting; the name of its operator's objects."""
+    values = ["--set", "watchNamespaces={" + ",".join(watch) + "}"] if watch else []
+    helm(
+        "install",
+        release,
+        str(CHART),
+        "--namespace",
+        namespace,
+        "--wait=false",
+        *values,
+        kubeconfig=cluster.kubeconfig,
+    )
+    return f"{release}-gptoss-operator"

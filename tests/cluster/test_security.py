@@ -1,0 +1,445 @@
+"""Least privilege, checked by the apiserver's own authorizer: for each identity (the
+operator in cluster and namespaced mode, the downloader, the sidecar) every permission it
+uses is allowed and a list of dangerous ones is denied (SubjectAccessReview). The engine
+holds no identity at all: its container mounts no token. And every pod the operator
+creates is admitted in a namespace that enforces the ``restricted`` Pod Security profile.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from lightkube import ApiError, Client, KubeConfig
+from lightkube.models.authorization_v1 import (
+    NonResourceAttributes,
+    ResourceAttributes,
+    SubjectAccessReviewSpec,
+)
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.models.rbac_v1 import RoleRef, Subject
+from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.authorization_v1 import SubjectAccessReview
+from lightkube.resources.batch_v1 import Job
+from lightkube.resources.core_v1 import Event, Namespace, Pod
+from lightkube.resources.rbac_authorization_v1 import RoleBinding
+
+from tests.cluster.chart_helpers import helm, install, token_kubeconfig
+from tests.cluster.model_helpers import create_model, wait_for_phase
+from tests.conftest import ClusterUnderTest, OperatorProcess
+from tests.support import wait_for
+
+pytestmark = pytest.mark.cluster
+
+TOKEN_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+# (verb, group, resource, subresource, name); namespace given per check.
+Check = tuple[str, str, str, str, str]
+
+
+@dataclass(frozen=True)
+class Identity:
+    namespace: str
+    account: str
+
+    @property
+    def user(self) -> str:
+        return f"system:serviceaccount:{self.namespace}:{self.account}"
+
+    @property
+    def groups(self) -> list[str]:
+        return [
+            "system:serviceaccounts",
+            f"system:serviceaccounts:{self.namespace}",
+            "system:authenticated",
+        ]
+
+
+def allowed(kube: Client, who: Identity, namespace: str | None, check: Check) -> bool:
+    verb, group, resource, subresource, name = check
+    review = kube.create(
+        SubjectAccessReview(
+            spec=SubjectAccessReviewSpec(
+                user=who.user,
+                groups=who.groups,
+                resourceAttributes=ResourceAttributes(
+                    verb=verb,
+                    group=group,
+                    resource=resource,
+                    subresource=subresource or None,
+                    name=name or None,
+                    namespace=namespace,
+                ),
+            )
+        )
+    )
+    return bool(review.status.allowed)
+
+
+def assert_grants(
+    kube: Client,
+    who: Identity,
+    namespace: str | None,
+    allow: list[Check],
+    deny: list[Check],
+) -> None:
+    wrong = [("should be allowed", c) for c in allow if not allowed(kube, who, namespace, c)]
+    wrong += [("should be denied", c) for c in deny if allowed(kube, who, namespace, c)]
+    assert not wrong, f"{who.user} in {namespace}: {wrong}"
+
+
+# What no identity of the product may do in any namespace.
+DANGEROUS: list[Check] = [
+    ("get", "", "secrets", "", ""),
+    ("list", "", "secrets", "", ""),
+    ("watch", "", "secrets", "", ""),
+    ("create", "", "pods", "exec", ""),
+    ("create", "", "pods", "attach", ""),
+    ("create", "", "pods", "portforward", ""),
+    ("create", "", "serviceaccounts", "token", ""),
+    ("create", "rbac.authorization.k8s.io", "roles", "", ""),
+    ("escalate", "rbac.authorization.k8s.io", "roles", "", ""),
+    ("bind", "rbac.authorization.k8s.io", "clusterroles", "", "cluster-admin"),
+    ("bind", "rbac.authorization.k8s.io", "clusterroles", "", "admin"),
+    ("bind", "rbac.authorization.k8s.io", "clusterroles", "", "edit"),
+    ("update", "", "configmaps", "", ""),
+    ("impersonate", "", "serviceaccounts", "", ""),
+    ("delete", "", "persistentvolumeclaims", "", ""),
+    ("deletecollection", "gptoss.ai", "inferencejobs", "", ""),
+]
+
+# Cluster-scoped writes no identity may make.
+CLUSTER_WRITES: list[Check] = [
+    ("create", "rbac.authorization.k8s.io", "clusterroles", "", ""),
+    ("create", "rbac.authorization.k8s.io", "clusterrolebindings", "", ""),
+    ("create", "", "namespaces", "", ""),
+    ("delete", "", "namespaces", "", ""),
+    ("patch", "", "nodes", "", ""),
+    ("create", "", "persistentvolumes", "", ""),
+    ("update", "apiextensions.k8s.io", "customresourcedefinitions", "", ""),
+    ("create", "admissionregistration.k8s.io", "validatingwebhookconfigurations", "", ""),
+]
+
+
+def operator_needs(release: str) -> list[Check]:
+    """What the operator does in a namespace it serves."""
+    return [
+        ("watch", "gptoss.ai", "gptossmodels", "", ""),
+        ("patch", "gptoss.ai", "gptossmodels", "status", ""),
+        ("list", "gptoss.ai", "inferencejobs", "", ""),
+        ("patch", "gptoss.ai", "inferencejobs", "status", ""),
+        ("delete", "gptoss.ai", "inferencejobs", "", ""),
+        ("create", "apps", "deployments", "", ""),
+        ("patch", "apps", "deployments", "", ""),
+        ("create", "batch", "jobs", "", ""),
+        ("delete", "batch", "jobs", "", ""),
+        ("create", "", "persistentvolumeclaims", "", ""),
+        ("patch", "", "persistentvolumeclaims", "", ""),
+        ("create", "", "services", "", ""),
+        ("create", "", "serviceaccounts", "", ""),
+        ("list", "", "pods", "", ""),
+        ("create", "", "events", "", ""),
+        ("create", "rbac.authorization.k8s.io", "rolebindings", "", ""),
+        ("bind", "rbac.authorization.k8s.io", "clusterroles", "", f"{release}-downloader"),
+        ("bind", "rbac.authorization.k8s.io", "clusterroles", "", f"{release}-sidecar"),
+    ]
+
+
+def operator_denied() -> list[Check]:
+    return [
+        *DANGEROUS,
+        ("get", "", "configmaps", "", ""),
+        ("create", "", "configmaps", "", ""),
+        ("create", "", "pods", "", ""),
+        ("delete", "", "pods", "", ""),
+        ("delete", "apps", "deployments", "", ""),
+        ("create", "gptoss.ai", "gptossmodels", "", ""),
+        ("create", "gptoss.ai", "inferencejobs", "", ""),
+        ("bind", "rbac.authorization.k8s.io", "roles", "", ""),
+        (
+            "bind",
+            "rbac.authorization.k8s.io",
+            "clusterroles",
+            "",
+            "system:controller:job-controller",
+        ),
+    ]
+
+
+@dataclass
+class Installed:
+    release: str
+    system: str
+    team: str
+    operator: Identity
+
+
+@pytest.fixture
+def installed(
+    request: pytest.FixtureRequest, cluster: ClusterUnderTest, kube: Client, crds: list[str]
+) -> Iterator[Installed]:
+    """The chart installed (its operator Deployment is not what acts here: the reviews
+    ask about its ServiceAccount); ``request.param`` True means namespaced mode."""
+    del crds
+    suffix = uuid.uuid4().hex[:6]
+    system, team = f"t-sys-{suffix}", f"t-team-{suffix}"
+    for name in (system, team):
+        kube.create(Namespace(metadata=ObjectMeta(name=name)))
+    release = f"s{suffix}"
+    fullname = install(cluster, release, system, *([team] if request.param else []))
+    try:
+        yield Installed(fullname, system, team, Identity(system, fullname))
+    finally:
+        helm("uninstall", release, "--namespace", system, kubeconfig=cluster.kubeconfig)
+        for name in (system, team):
+            kube.delete(Namespace, name)
+
+
+@pytest.mark.parametrize("installed", [False], indirect=True, ids=["cluster-mode"])
+def test_operator_in_cluster_mode_holds_what_it_uses_and_nothing_dangerous(
+    kube: Client, installed: Installed
+) -> None:
+    who = installed.operator
+    for namespace in (installed.team, "default"):
+        assert_grants(kube, who, namespace, operator_needs(installed.release), operator_denied())
+    # kube-system: the dangerous grants are denied there too (the ClusterRole makes the
+    # rest reachable in every namespace; namespaced mode is the way to fence it).
+    assert_grants(kube, who, "kube-system", [], operator_denied())
+    discovery: list[Check] = [
+        ("list", "apiextensions.k8s.io", "customresourcedefinitions", "", ""),
+        ("watch", "", "namespaces", "", ""),
+    ]
+    assert_grants(kube, who, None, discovery, CLUSTER_WRITES)
+
+
+@pytest.mark.parametrize("installed", [True], indirect=True, ids=["namespaced-mode"])
+def test_operator_in_namespaced_mode_acts_only_in_its_namespaces(
+    kube: Client, installed: Installed
+) -> None:
+    who = installed.operator
+    needs = operator_needs(installed.release)
+    assert_grants(kube, who, installed.team, needs, operator_denied())
+    for elsewhere in ("default", "kube-system", installed.system):
+        assert_grants(kube, who, elsewhere, [], [*needs, *operator_denied()])
+    assert_grants(kube, who, None, [], CLUSTER_WRITES)
+
+
+@pytest.mark.parametrize("installed", [True], indirect=True, ids=["namespaced-mode"])
+def test_operator_token_can_bind_its_workers_roles_and_no_other(
+    cluster: ClusterUnderTest, kube: Client, installed: Installed, tmp_path: Path
+) -> None:
+    """The escalation check for real: as the operator's ServiceAccount, a RoleBinding to
+    a worker ClusterRole is created, one to cluster-admin or edit is refused."""
+    config = token_kubeconfig(
+        cluster, kube, installed.system, installed.operator.account, tmp_path / "op.kubeconfig"
+    )
+    as_operator = Client(KubeConfig.from_file(str(config)), field_manager="security-test")
+
+    def binding(role: str) -> RoleBinding:
+        return RoleBinding(
+            metadata=ObjectMeta(name=f"probe-{role.replace(':', '-')}", namespace=installed.team),
+            roleRef=RoleRef(apiGroup="rbac.authorization.k8s.io", kind="ClusterRole", name=role),
+            subjects=[Subject(kind="ServiceAccount", name="default", namespace=installed.team)],
+        )
+
+    created = as_operator.create(binding(f"{installed.release}-sidecar"))
+    assert created.roleRef.name == f"{installed.release}-sidecar"
+    for role in ("cluster-admin", "edit", "admin"):
+        with pytest.raises(ApiError) as refused:
+            as_operator.create(binding(role))
+        assert refused.value.status.code == 403, role
+    with pytest.raises(ApiError) as elsewhere:
+        as_operator.create(
+            RoleBinding(
+                metadata=ObjectMeta(name="probe", namespace="kube-system"),
+                roleRef=RoleRef(
+                    apiGroup="rbac.authorization.k8s.io",
+                    kind="ClusterRole",
+                    name=f"{installed.release}-sidecar",
+                ),
+                subjects=[Subject(kind="ServiceAccount", name="default", namespace="kube-system")],
+            )
+        )
+    assert elsewhere.value.status.code == 403
+
+
+def test_workers_hold_only_their_own_rules_and_the_engine_holds_no_token(
+    kube: Client, namespace: str, operator: OperatorProcess
+) -> None:
+    del operator
+    create_model(kube, namespace, "sec")
+    wait_for_phase(kube, namespace, "sec", "Ready", timeout=90)
+    downloader = Identity(namespace, "sec-download")
+    sidecar = Identity(namespace, "sec-sidecar")
+    assert_grants(
+        kube,
+        downloader,
+        namespace,
+        [
+            ("get", "gptoss.ai", "gptossmodels", "", "sec"),
+            ("patch", "gptoss.ai", "gptossmodels", "status", "sec"),
+        ],
+        [
+            *DANGEROUS,
+            ("patch", "gptoss.ai", "gptossmodels", "", "sec"),
+            ("list", "gptoss.ai", "inferencejobs", "", ""),
+            ("patch", "gptoss.ai", "inferencejobs", "status", ""),
+            ("create", "", "configmaps", "", ""),
+            ("create", "", "pods", "", ""),
+        ],
+    )
+    assert_grants(
+        kube,
+        sidecar,
+        namespace,
+        [
+            ("watch", "gptoss.ai", "inferencejobs", "", ""),
+            ("patch", "gptoss.ai", "inferencejobs", "status", ""),
+            ("create", "", "configmaps", "", ""),
+            ("delete", "", "configmaps", "", ""),
+            ("create", "", "events", "", ""),
+            ("create", "events.k8s.io", "events", "", ""),
+        ],
+        [
+            *[c for c in DANGEROUS if c[2] != "configmaps"],
+            ("patch", "gptoss.ai", "inferencejobs", "", ""),
+            ("create", "gptoss.ai", "inferencejobs", "", ""),
+            ("delete", "gptoss.ai", "inferencejobs", "", ""),
+            ("patch", "gptoss.ai", "gptossmodels", "status", ""),
+            ("create", "", "pods", "", ""),
+            ("list", "", "pods", "", ""),
+        ],
+    )
+    for worker in (downloader, sidecar):
+        assert_grants(kube, worker, "default", [], [("get", "gptoss.ai", "inferencejobs", "", "")])
+        assert_grants(kube, worker, None, [], CLUSTER_WRITES)
+    assert not allowed_path(kube, sidecar, "/metrics")
+
+    # The engine has no identity: the pod mounts no token and only the sidecar asks
+    # for one (checked on the pods the ReplicaSet created, after admission).
+    pods = kube.list(Pod, namespace=namespace, labels={"gptoss.ai/model": "sec"})
+    serving = [p for p in pods if "vllm" in {c.name for c in p.spec.containers}]
+    assert serving, "the vLLM pod exists"
+    for pod in serving:
+        assert pod.spec.automountServiceAccountToken is False
+        mounts = {c.name: {m.mountPath for m in c.volumeMounts or []} for c in pod.spec.containers}
+        assert TOKEN_MOUNT not in mounts["vllm"]
+        assert TOKEN_MOUNT in mounts["sidecar"]
+
+
+def allowed_path(kube: Client, who: Identity, path: str) -> bool:
+    review = kube.create(
+        SubjectAccessReview(
+            spec=SubjectAccessReviewSpec(
+                user=who.user,
+                groups=who.groups,
+                nonResourceAttributes=NonResourceAttributes(path=path, verb="get"),
+            )
+        )
+    )
+    return bool(review.status.allowed)
+
+
+def test_every_pod_is_admitted_where_the_restricted_profile_is_enforced(
+    kube: Client, operator: OperatorProcess
+) -> None:
+    del operator
+    namespace = f"t-pss-{uuid.uuid4().hex[:8]}"
+    kube.create(
+        Namespace(
+            metadata=ObjectMeta(
+                name=namespace,
+                labels={
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                    "pod-security.kubernetes.io/enforce-version": "latest",
+                },
+            )
+        )
+    )
+    try:
+        create_model(kube, namespace, "strict")
+        wait_for_phase(kube, namespace, "strict", "Ready", timeout=90)
+        jobs = list(kube.list(Job, namespace=namespace))
+        deployments = list(kube.list(Deployment, namespace=namespace))
+        assert len(jobs) == 1
+        assert len(deployments) == 1
+        pods = list(kube.list(Pod, namespace=namespace))
+        owners = sorted(p.metadata.ownerReferences[0].kind for p in pods)
+        assert owners == ["Job", "ReplicaSet"], owners
+        # A pod the profile refuses is never created; its controller says so.
+        warnings = [e for e in kube.list(Event, namespace=namespace) if e.reason == "FailedCreate"]
+        assert not warnings, [w.message for w in warnings]
+    finally:
+        kube.delete(Namespace, namespace)
+
+
+def test_a_pod_outside_the_profile_is_refused_there(kube: Client) -> None:
+    """The check above can fail: the same namespace refuses a root pod."""
+    namespace = f"t-pss-{uuid.uuid4().hex[:8]}"
+    kube.create(
+        Namespace(
+            metadata=ObjectMeta(
+                name=namespace, labels={"pod-security.kubernetes.io/enforce": "restricted"}
+            )
+        )
+    )
+    try:
+        with pytest.raises(ApiError) as refused:
+            kube.create(
+                Pod.from_dict(
+                    {
+                        "metadata": {"name": "root", "namespace": namespace},
+                        "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+                    }
+                )
+            )
+        assert refused.value.status.code == 403
+        assert "restricted" in refused.value.status.message
+    finally:
+        kube.delete(Namespace, namespace)
+
+
+def test_upgrade_unbinds_the_one_worker_role_of_earlier_versions(
+    kube: Client, namespace: str, operator: OperatorProcess
+) -> None:
+    """Earlier versions bound one Role with both workers' rules to ``<model>-worker``;
+    the operator removes that binding (only one its model owns) when it next reconciles."""
+    model = create_model(kube, namespace, "old")
+    wait_for_phase(kube, namespace, "old", "Ready", timeout=90)
+    owner = {
+        "apiVersion": "gptoss.ai/v1alpha1",
+        "kind": "GptOssModel",
+        "name": "old",
+        "uid": model["metadata"]["uid"],
+        "controller": True,
+    }
+    role_ref = RoleRef(apiGroup="rbac.authorization.k8s.io", kind="Role", name="old-worker")
+    subjects = [Subject(kind="ServiceAccount", name="old-worker", namespace=namespace)]
+    operator.stop()
+    try:
+        kube.create(
+            RoleBinding.from_dict(
+                {
+                    "metadata": {
+                        "name": "old-worker",
+                        "namespace": namespace,
+                        "ownerReferences": [owner],
+                    },
+                    "roleRef": role_ref.to_dict(),
+                    "subjects": [s.to_dict() for s in subjects],
+                }
+            )
+        )
+    finally:
+        operator.start()
+
+    def unbound() -> bool:
+        names = {b.metadata.name for b in kube.list(RoleBinding, namespace=namespace)}
+        return "old-worker" not in names
+
+    wait_for(unbound, timeout=60, message="the legacy worker binding removed")
+    names = {b.metadata.name for b in kube.list(RoleBinding, namespace=namespace)}
+    assert {"old-download", "old-sidecar"} <= names
