@@ -52,6 +52,18 @@ async def create_if_absent(
     return to_dict(created)
 
 
+async def create_unread(client: AsyncClient, manifest: dict[str, Any]) -> bool:
+    """Create the object unless one of that name exists, without reading it (for Secrets,
+    which the operator may create but not read); True when this call created it."""
+    try:
+        await client.create(codecs.from_dict(manifest))
+    except ApiError as error:
+        if error.status.code != 409:
+            raise
+        return False
+    return True
+
+
 async def patch_status(
     client: AsyncClient, resource: Any, name: str, namespace: str, status: dict[str, Any]
 ) -> None:

@@ -12,6 +12,7 @@ import datetime
 import hashlib
 import json
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,7 +28,15 @@ from lightkube.types import CascadeType, PatchType
 from gptoss_operator import download_retry, kube, metrics, model_status, naming
 from gptoss_operator.api.model import GptOssModelSpec
 from gptoss_operator.api.resources import GptOssModelResource
-from gptoss_operator.builders import ModelContext, download, rbac, serving, storage
+from gptoss_operator.builders import (
+    ModelContext,
+    api_key,
+    download,
+    network,
+    rbac,
+    serving,
+    storage,
+)
 from gptoss_operator.builders.storage import default_size
 from gptoss_operator.download_retry import RETRY_ANNOTATION
 from gptoss_operator.quantity import to_bytes
@@ -120,6 +129,7 @@ class ModelReconciler:
         self.serializer = KeyedSerializer()
         self.applied = AppliedCache()
         self.legacy_checked: set[str] = set()  # uids of models without a legacy binding
+        self.api_keys_created: set[str] = set()  # uids of models whose key Secret exists
         self.cleaned: dict[tuple[str, str], str] = {}
         # Claim sizes the apiserver refused, per model, so a refusal is not retried (and
         # reported) on every reconcile: (size, why).
@@ -137,6 +147,16 @@ class ModelReconciler:
         applied = await kube.apply(self.client, manifest)
         self.applied.remember(manifest)
         return applied
+
+    async def _ensure_api_key(self, ctx: ModelContext) -> None:
+        """Create the model's API key Secret unless it names one (once per model and
+        process: the operator may create Secrets but never reads them)."""
+        if ctx.uid in self.api_keys_created:
+            return
+        manifest = api_key.generated_secret(ctx, secrets.token_urlsafe(32))
+        if manifest is not None and await kube.create_unread(self.client, manifest):
+            log.info("created the API key Secret of %s/%s", ctx.namespace, ctx.name)
+        self.api_keys_created.add(ctx.uid)
 
     async def _remove_legacy_binding(self, ctx: ModelContext) -> None:
         """Unbind the one worker Role of earlier versions (it granted both workers the
@@ -177,6 +197,7 @@ class ModelReconciler:
             name=name,
             namespace=namespace,
             replicas=spec.serving.replicas,
+            api_key_secret=api_key.reference(ctx),
         )
         if not _contains(body.get("status") or {}, computed.status):
             try:
@@ -211,6 +232,7 @@ class ModelReconciler:
         # The workers' ServiceAccounts must exist before their pods are created.
         await asyncio.gather(*(self._apply_once(m) for m in rbac.worker_identities(ctx)))
         await self._remove_legacy_binding(ctx)
+        await self._ensure_api_key(ctx)
 
         claim_name = naming.claim_name(ctx.name, ctx.spec)
         if ctx.spec.storage.existingClaim:
@@ -260,6 +282,9 @@ class ModelReconciler:
                 observed.deployment = await self._apply_once(desired)
             service = serving.service(ctx)
             observed.service = await self._apply_once(service) or service
+            policy = network.network_policy(ctx)
+            if policy is not None:
+                await self._apply_once(policy)
             observed.served_digest = served
             observed.server_pods = await self._pods(ctx.namespace, naming.server_selector(ctx.name))
         if downloaded and self.cleaned.get((ctx.namespace, ctx.name)) != digest:

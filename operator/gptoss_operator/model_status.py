@@ -226,6 +226,7 @@ def compute(
     name: str,
     namespace: str,
     replicas: int,
+    api_key_secret: dict[str, str] | None = None,
 ) -> Computed:
     download = download_verdict(observed)
     serving = serving_verdict(observed, replicas)
@@ -297,6 +298,8 @@ def compute(
         status["claimName"] = _name(observed.claim)
     if observed.service is not None:
         status["endpoint"] = naming.endpoint_url(name, namespace)
+    if api_key_secret is not None:
+        status["apiKeySecretRef"] = api_key_secret
     if download.ok and observed.served_digest == observed.digest:
         status["download"] = {"percent": 100}
     return Computed(status, _events(previous, conditions, phase))

@@ -69,6 +69,14 @@ def sidecar_account_name(model: str) -> str:
     return f"{model}-sidecar"
 
 
+def api_key_secret_name(model: str) -> str:
+    """The Secret the operator creates for a model's API key (unless the model names one)."""
+    return f"{model}-api-key"
+
+
+API_KEY_SECRET_KEY = "token"
+
+
 def endpoint_url(model: str, namespace: str) -> str:
     return f"http://{service_name(model)}.{namespace}.svc:{ENGINE_PORT}/v1"
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from gptoss_operator import __version__
 from gptoss_operator.versions import DEFAULT_VLLM_IMAGE
@@ -30,6 +32,11 @@ class Settings:
     metrics_port: int = 8081
     # The ClusterRoles the workers are bound to in each model's namespace (the chart
     # ships them and lets the operator bind these two and nothing else).
+    # A NetworkPolicy per model admitting the engine port to the model's namespace
+    # (network_policy_same_namespace) and to the listed NetworkPolicyPeers.
+    network_policy: bool = False
+    network_policy_same_namespace: bool = True
+    network_policy_from: list[dict[str, Any]] = field(default_factory=list)
     downloader_cluster_role: str = "gptoss-downloader"
     sidecar_cluster_role: str = "gptoss-sidecar"
 
@@ -51,4 +58,9 @@ class Settings:
                 "GPTOSS_DOWNLOADER_CLUSTER_ROLE", "gptoss-downloader"
             ),
             sidecar_cluster_role=os.environ.get("GPTOSS_SIDECAR_CLUSTER_ROLE", "gptoss-sidecar"),
+            network_policy=os.environ.get("GPTOSS_NETWORK_POLICY", "false") == "true",
+            network_policy_same_namespace=(
+                os.environ.get("GPTOSS_NETWORK_POLICY_SAME_NAMESPACE", "true") == "true"
+            ),
+            network_policy_from=json.loads(os.environ.get("GPTOSS_NETWORK_POLICY_FROM") or "[]"),
         )

@@ -40,6 +40,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import hmac
 import json
 import re
 import signal
@@ -377,6 +378,9 @@ class StandinEngine:
         self.tool_name = "functions.lookup"
         self.fault_after_tokens = 3
         self.answer_repeat = 1
+        # Like vLLM's --api-key: /v1 requests need "Authorization: Bearer <key>" (401
+        # {"error": "Unauthorized"} otherwise); /health and /version stay open.
+        self.api_key: str | None = None
         self.requests_served = 0
         self.last_request: Json | None = None
         self.requests: list[Json] = []
@@ -401,7 +405,7 @@ class StandinEngine:
         if self._runner is not None:
             return self.url
         self._stopping = asyncio.Event()
-        app = web.Application(middlewares=[self._json_not_found])
+        app = web.Application(middlewares=[self._json_not_found, self._authenticate])
         app.router.add_get("/health", self._health)
         app.router.add_get("/version", self._version)
         app.router.add_get("/v1/models", self._models)
@@ -540,6 +544,18 @@ class StandinEngine:
                 body = _dumps({"detail": error.reason}).encode()
                 return web.Response(status=error.status, body=body, content_type="application/json")
             raise
+
+    @web.middleware
+    async def _authenticate(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if self.api_key is not None and request.path.startswith("/v1"):
+            scheme, _, given = (request.headers.get("Authorization") or "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                given.encode(), self.api_key.encode()
+            ):
+                return _json_response({"error": "Unauthorized"}, status=HTTPStatus.UNAUTHORIZED)
+        return await handler(request)
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(status=503 if self.loading else 200)

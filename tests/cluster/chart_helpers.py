@@ -85,10 +85,18 @@ def token_kubeconfig(
     return path
 
 
-def install(cluster: ClusterUnderTest, release: str, namespace: str, *watch: str) -> str:
+def install(
+    cluster: ClusterUnderTest,
+    release: str,
+    namespace: str,
+    *watch: str,
+    values: tuple[str, ...] = (),
+) -> str:
     """``helm install`` the chart into ``namespace`` (namespaced mode when ``watch`` names
-    namespaces), without waiting; the name of its operator's objects."""
-    values = ["--set", "watchNamespaces={" + ",".join(watch) + "}"] if watch else []
+    namespaces; ``values`` are --set arguments), without waiting; the name of its
+    operator's objects."""
+    settings = ["watchNamespaces={" + ",".join(watch) + "}"] if watch else []
+    values = tuple(arg for value in (*settings, *values) for arg in ("--set", value))
     helm(
         "install",
         release,

@@ -3,6 +3,7 @@ running with exactly the RBAC the chart grants."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import uuid
 from pathlib import Path
@@ -12,8 +13,10 @@ from lightkube import Client
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import Namespace, ServiceAccount
+from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.resources.rbac_authorization_v1 import ClusterRole, Role
 
+from gptoss_operator import naming
 from gptoss_operator.builders import rbac
 from gptoss_operator.versions import DEFAULT_VLLM_IMAGE
 from gptoss_sandbox.standin_engine import StandinEngine
@@ -267,12 +270,24 @@ def test_install_runs_the_operator_with_only_the_charts_rbac(
                 "GPTOSS_RESYNC_SECONDS": "3",
                 "GPTOSS_DOWNLOADER_CLUSTER_ROLE": f"{deployment_name}-downloader",
                 "GPTOSS_SIDECAR_CLUSTER_ROLE": f"{deployment_name}-sidecar",
+                "GPTOSS_NETWORK_POLICY": "true",
+                "GPTOSS_NETWORK_POLICY_FROM": json.dumps(
+                    [{"namespaceSelector": {"matchLabels": {"gateway": "true"}}}]
+                ),
             },
         )
         scoped.start(extra_args=["--namespace", team])
         try:
             create_model(kube, team, "scoped")
             wait_for_phase(kube, team, "scoped", "Ready", timeout=90)
+            policy = kube.get(NetworkPolicy, "scoped-vllm", namespace=team)
+            assert policy.spec.podSelector.matchLabels == naming.server_selector("scoped")
+            [ingress] = policy.spec.ingress
+            assert [p.port for p in ingress.ports] == [naming.ENGINE_PORT]
+            assert [peer.to_dict() for peer in ingress.from_] == [
+                {"podSelector": {}},
+                {"namespaceSelector": {"matchLabels": {"gateway": "true"}}},
+            ]
             worker_config = token_kubeconfig(
                 cluster, kube, team, "scoped-sidecar", tmp_path / "sidecar.kubeconfig"
             )

@@ -18,11 +18,17 @@ from typing import Any
 
 import pytest
 from lightkube import Client
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.models.rbac_v1 import PolicyRule, RoleRef, Subject
+from lightkube.resources.batch_v1 import Job
+from lightkube.resources.core_v1 import Event, Pod, Secret, ServiceAccount
+from lightkube.resources.rbac_authorization_v1 import Role, RoleBinding
 
 from gptoss_operator.vocab import VOCAB_SHA256
 from gptoss_sandbox.fake_hub import FakeHub
+from tests.cluster.chart_helpers import token_kubeconfig
 from tests.cluster.model_helpers import MANUAL, create_model, status_of
-from tests.conftest import ClusterUnderTest
+from tests.conftest import ClusterUnderTest, OperatorProcess
 from tests.support import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -295,3 +301,115 @@ def test_unreachable_endpoint_is_retryable(downloader: Downloader) -> None:
     run = downloader.run(HF_ENDPOINT="http://127.0.0.1:9")
     assert run.returncode == 21, run.output
     assert run.termination["reason"] == "EndpointUnreachable"
+
+
+PLANTED = "hf_plantedSecretValue4242"
+
+
+def test_a_token_secret_is_used_only_once_its_owner_shared_it_and_only_where_it_allows(
+    cluster: ClusterUnderTest,
+    kube: Client,
+    namespace: str,
+    hub: FakeHub,
+    operator: OperatorProcess,
+    tmp_path: Path,
+) -> None:
+    """The downloader reads the Secret with the model's own identity: refused until the
+    Secret's owner grants that identity get on it, then refused for an endpoint the
+    Secret does not list. The planted token appears nowhere but where it is used."""
+    hub.required_token = PLANTED
+    kube.create(
+        Secret(metadata=ObjectMeta(name="hf", namespace=namespace), stringData={"token": PLANTED})
+    )
+    create_model(
+        kube,
+        namespace,
+        "priv",
+        source={
+            "repo": REPO,
+            "endpoint": hub.url,
+            "tokenSecretRef": {"name": "hf", "key": "token"},
+        },
+        download={"podAnnotations": MANUAL},
+    )
+    wait_for(
+        lambda: list(
+            kube.list(
+                ServiceAccount, namespace=namespace, fields={"metadata.name": "priv-download"}
+            )
+        ),
+        timeout=30,
+        message="the model's download identity",
+    )
+    job = wait_for(
+        lambda: next(iter(kube.list(Job, namespace=namespace)), None),
+        timeout=30,
+        message="the download Job",
+    )
+    env = {e.name: e.value for e in job.spec.template.spec.containers[0].env}
+    identity = token_kubeconfig(
+        cluster, kube, namespace, "priv-download", tmp_path / "download.kubeconfig"
+    )
+    downloader = Downloader(cluster, namespace, "priv", tmp_path / "volume", hub)
+    as_job = {
+        "KUBECONFIG": str(identity),
+        "GPTOSS_TOKEN_SECRET": env["GPTOSS_TOKEN_SECRET"],
+        "GPTOSS_TOKEN_KEY": env["GPTOSS_TOKEN_KEY"],
+    }
+
+    unshared = downloader.run(**as_job)
+    assert unshared.returncode == 10, unshared.output
+    assert unshared.termination["reason"] == "TokenNotShared"
+    assert unshared.termination["message"].startswith(
+        "spec.source.tokenSecretRef: the Secret hf is not shared with this model"
+    )
+    assert f"{namespace}/priv-download" in unshared.termination["message"]
+
+    # The Secret's owner shares it with this model's downloader, and nothing else.
+    kube.create(
+        Role(
+            metadata=ObjectMeta(name="share-hf", namespace=namespace),
+            rules=[
+                PolicyRule(
+                    apiGroups=[""], resources=["secrets"], verbs=["get"], resourceNames=["hf"]
+                )
+            ],
+        )
+    )
+    kube.create(
+        RoleBinding(
+            metadata=ObjectMeta(name="share-hf", namespace=namespace),
+            roleRef=RoleRef(apiGroup="rbac.authorization.k8s.io", kind="Role", name="share-hf"),
+            subjects=[Subject(kind="ServiceAccount", name="priv-download", namespace=namespace)],
+        )
+    )
+    elsewhere = downloader.run(**as_job)
+    assert elsewhere.returncode == 10, elsewhere.output
+    assert elsewhere.termination["reason"] == "TokenEndpointNotAllowed"
+    assert hub.url in elsewhere.termination["message"]
+    assert not hub.requests, "refused before any request: the token went nowhere"
+
+    kube.patch(
+        Secret,
+        "hf",
+        {"metadata": {"annotations": {"gptoss.ai/token-endpoints": hub.url}}},
+        namespace=namespace,
+    )
+    shared = downloader.run(**as_job)
+    assert shared.returncode == 0, shared.output
+    assert shared.termination["reason"] == "Downloaded"
+
+    events = [e.to_dict() for e in kube.list(Event, namespace=namespace)]
+    places = {
+        "downloader output": unshared.output + elsewhere.output + shared.output,
+        "termination messages": json.dumps(
+            [unshared.termination, elsewhere.termination, shared.termination]
+        ),
+        "model status": json.dumps(status_of(kube, namespace, "priv")),
+        "Events": json.dumps(events),
+        "the Job": json.dumps(job.to_dict()),
+        "the Job's pods": json.dumps([p.to_dict() for p in kube.list(Pod, namespace=namespace)]),
+        "operator log": operator.log_path.read_text(errors="replace"),
+    }
+    leaked = [where for where, text in places.items() if PLANTED in text]
+    assert not leaked, leaked

@@ -65,3 +65,46 @@ def test_an_engine_restart_mid_generation_fails_no_job(
     finally:
         sidecar.stop()
         engine.stop_in_thread()
+
+
+def test_an_api_key_the_engine_refuses_fails_no_job(
+    kube: Client,
+    cluster: ClusterUnderTest,
+    operator: OperatorProcess,
+    namespace: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A sidecar whose key the engine refuses (the Secret was replaced and only the engine
+    restarted) takes no job while refused, and the job runs once the keys agree: the
+    platform's mistake is never the job's."""
+    del operator
+    create_model(kube, namespace, "k", source={"repo": "openai/gpt-oss-20b"})
+    wait_for_phase(kube, namespace, "k", "Ready")
+    engine = StandinEngine(model="k", token_delay=0.01)
+    engine.api_key = "the-engines-key"
+    url = engine.start_in_thread()
+    logs = tmp_path_factory.mktemp("api-key")
+    sidecar = SidecarProcess(
+        cluster.kubeconfig,
+        namespace,
+        "k",
+        "sidecar-k",
+        url,
+        logs,
+        GPTOSS_ENGINE_API_KEY="an-old-key",
+    ).start()
+    name = f"j-{uuid.uuid4().hex[:8]}"
+    try:
+        create_job(kube, namespace, name, "k")
+        time.sleep(6)
+        status = job_status(kube, namespace, name)
+        assert status.get("phase") == "Pending", status
+        assert engine.requests_served == 0, "no job reached the engine with a refused key"
+        assert "refuses this sidecar's API key" in sidecar.log_tail()
+        engine.api_key = "an-old-key"  # the keys agree again
+        status = wait_finished(kube, namespace, name, timeout=60)
+        assert status["phase"] == "Succeeded", (status.get("message"), sidecar.log_tail())
+        assert status["attempts"] == 1
+    finally:
+        sidecar.stop()
+        engine.stop_in_thread()

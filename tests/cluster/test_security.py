@@ -26,9 +26,11 @@ from lightkube.resources.authorization_v1 import SubjectAccessReview
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import Event, Namespace, Pod
 from lightkube.resources.rbac_authorization_v1 import RoleBinding
+from lightkube.types import PatchType
 
+from gptoss_operator.api.resources import GptOssModelResource
 from tests.cluster.chart_helpers import helm, install, token_kubeconfig
-from tests.cluster.model_helpers import create_model, wait_for_phase
+from tests.cluster.model_helpers import create_model, model_manifest, wait_for_phase
 from tests.conftest import ClusterUnderTest, OperatorProcess
 from tests.support import wait_for
 
@@ -140,6 +142,8 @@ def operator_needs(release: str) -> list[Check]:
         ("patch", "", "persistentvolumeclaims", "", ""),
         ("create", "", "services", "", ""),
         ("create", "", "serviceaccounts", "", ""),
+        ("create", "", "secrets", "", ""),
+        ("create", "networking.k8s.io", "networkpolicies", "", ""),
         ("list", "", "pods", "", ""),
         ("create", "", "events", "", ""),
         ("create", "rbac.authorization.k8s.io", "rolebindings", "", ""),
@@ -155,6 +159,9 @@ def operator_denied() -> list[Check]:
         ("create", "", "configmaps", "", ""),
         ("create", "", "pods", "", ""),
         ("delete", "", "pods", "", ""),
+        ("update", "", "secrets", "", ""),
+        ("patch", "", "secrets", "", ""),
+        ("delete", "", "secrets", "", ""),
         ("delete", "apps", "deployments", "", ""),
         ("create", "gptoss.ai", "gptossmodels", "", ""),
         ("create", "gptoss.ai", "inferencejobs", "", ""),
@@ -443,3 +450,92 @@ def test_upgrade_unbinds_the_one_worker_role_of_earlier_versions(
     wait_for(unbound, timeout=60, message="the legacy worker binding removed")
     names = {b.metadata.name for b in kube.list(RoleBinding, namespace=namespace)}
     assert {"old-download", "old-sidecar"} <= names
+
+
+def test_guard_rails_refuse_images_and_endpoints_the_admin_did_not_allow(
+    cluster: ClusterUnderTest, kube: Client, namespace: str, crds: list[str]
+) -> None:
+    del crds
+    # A model from before the rules: it keeps working, and only what changes is checked.
+    create_model(
+        kube,
+        namespace,
+        "before",
+        source={"repo": "openai/gpt-oss-20b", "endpoint": "https://mirror.internal"},
+        serving={"image": "elsewhere.example/vllm:1"},
+    )
+    system = f"t-sys-{uuid.uuid4().hex[:6]}"
+    kube.create(Namespace(metadata=ObjectMeta(name=system)))
+    release = f"r{uuid.uuid4().hex[:6]}"
+    install(
+        cluster,
+        release,
+        system,
+        values=(
+            "guardRails.allowedImagePrefixes={registry.internal/,vllm/vllm-openai:}",
+            "guardRails.allowEndpointOverride=false",
+        ),
+    )
+
+    def refusal(name: str, **spec: object) -> str | None:
+        """The apiserver's refusal of a model (dry run), None when it is admitted."""
+        try:
+            kube.create(
+                GptOssModelResource.from_dict(model_manifest(name, **spec)),
+                namespace=namespace,
+                dry_run=True,
+            )
+        except ApiError as error:
+            return str(error.status.message)
+        return None
+
+    try:
+        first = wait_for(
+            lambda: refusal("m", serving={"image": "evil.example/vllm:1"}),
+            timeout=30,
+            message="the guard rails in effect",
+        )
+        assert "spec.serving.image: evil.example/vllm:1 is not an allowed image" in first
+        assert "registry.internal/, vllm/vllm-openai:" in first
+        download = refusal("m", download={"image": "evil.example/dl:1"})
+        assert download is not None
+        assert "spec.download.image: evil.example/dl:1" in download
+        sidecar = refusal("m", sidecar={"image": "evil.example/sc:1"})
+        assert sidecar is not None
+        assert "spec.sidecar.image" in sidecar
+        endpoint = refusal("m", source={"repo": "openai/gpt-oss-20b", "endpoint": "https://x.io"})
+        assert endpoint is not None
+        assert endpoint.endswith(
+            "spec.source.endpoint: models here download from Hugging Face only; "
+            "https://x.io is not allowed (guardRails.allowEndpointOverride)"
+        )
+        assert refusal("m", serving={"image": "registry.internal/vllm:2"}) is None
+        assert refusal("m", serving={"image": "vllm/vllm-openai:v0.32.0"}) is None
+        assert refusal("m") is None, "defaults are the admin's own settings"
+
+        # The older model: edits that keep its image and endpoint pass; a new image not.
+        kube.patch(
+            GptOssModelResource,
+            "before",
+            {"metadata": {"labels": {"team": "a"}}, "spec": {"serving": {"replicas": 2}}},
+            namespace=namespace,
+            patch_type=PatchType.MERGE,
+        )
+        with pytest.raises(ApiError) as changed:
+            kube.patch(
+                GptOssModelResource,
+                "before",
+                {"spec": {"serving": {"image": "elsewhere.example/vllm:2"}}},
+                namespace=namespace,
+                patch_type=PatchType.MERGE,
+            )
+        assert "spec.serving.image: elsewhere.example/vllm:2" in changed.value.status.message
+    finally:
+        helm("uninstall", release, "--namespace", system, kubeconfig=cluster.kubeconfig)
+        kube.delete(Namespace, system)
+        # The apiserver drops a deleted policy a moment later: wait, for the next tests.
+        wait_for(
+            lambda: refusal("after", source={"endpoint": "https://x.io"}) is None,
+            timeout=30,
+            message="the guard rails gone",
+        )

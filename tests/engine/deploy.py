@@ -10,6 +10,7 @@ the sidecar container's environment. Only the pods themselves are kwok's.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -21,8 +22,10 @@ from typing import Any
 from lightkube import Client
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.batch_v1 import Job
+from lightkube.resources.core_v1 import Secret
 
 from gptoss_operator import naming
+from gptoss_sandbox import pod_sandbox
 from gptoss_sandbox.fake_hub import FakeHub
 from gptoss_sandbox.real_engine import VllmServer
 from tests.cluster.job_helpers import SidecarProcess
@@ -39,12 +42,20 @@ def checkpoint_files(folder: Path) -> dict[str, bytes]:
     }
 
 
-def _resolve_env(container: dict[str, Any], namespace: str, pod: str) -> dict[str, str]:
-    """A container's environment as the kubelet would give it (fieldRefs resolved)."""
+def _resolve_env(
+    container: dict[str, Any], namespace: str, pod: str, kube: Client | None = None
+) -> dict[str, str]:
+    """A container's environment as the kubelet would give it (fieldRefs and Secret
+    keys resolved)."""
     env: dict[str, str] = {}
     for item in container.get("env") or []:
         if "value" in item:
             env[item["name"]] = str(item["value"])
+            continue
+        secret = (item.get("valueFrom") or {}).get("secretKeyRef")
+        if secret and kube is not None:
+            data = kube.get(Secret, secret["name"], namespace=namespace).data or {}
+            env[item["name"]] = base64.b64decode(data[secret["key"]]).decode()
             continue
         field = ((item.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
         if field == "metadata.namespace":
@@ -72,6 +83,7 @@ class Deployed:
     volume: Path
     download_termination: dict[str, Any]
     vllm_start_seconds: float
+    api_key: str  # from the model's API key Secret, as the pod got it
 
 
 def deploy(
@@ -134,20 +146,22 @@ def deploy(
     pod_spec = deployment.to_dict()["spec"]["template"]["spec"]
     engine, sidecar = pod_spec["containers"]
     server_pod = pods(kube, namespace, naming.server_selector(model))[0].metadata.name
-    # Run as the pod would: uid 10001, read-only root, the volume at /data, emptyDirs.
-    vllm = VllmServer.as_pod(
-        pod_spec,
-        volume,
-        env=_resolve_env(engine, namespace, server_pod),
-        log_path=work / "vllm.log",
-    )
+    # Run as the pod would (uid 10001, read-only root, the volume at /data, emptyDirs)
+    # where this machine allows it (root); otherwise as this user with paths moved.
+    engine_env = _resolve_env(engine, namespace, server_pod, kube)
+    if pod_sandbox.available():
+        vllm = VllmServer.as_pod(pod_spec, volume, env=engine_env, log_path=work / "vllm.log")
+    else:
+        vllm = VllmServer.from_deployment(
+            engine["args"], volume, env=engine_env, log_path=work / "vllm.log"
+        )
     vllm.start()
     try:
         started = vllm.wait_healthy(timeout=600)
     except BaseException:
         vllm.stop()
         raise
-    sidecar_env = _resolve_env(sidecar, namespace, server_pod)
+    sidecar_env = _resolve_env(sidecar, namespace, server_pod, kube)
     assert sidecar_env["GPTOSS_ENGINE_URL"] == f"http://127.0.0.1:{naming.ENGINE_PORT}"
     worker = SidecarProcess(
         cluster.kubeconfig,
@@ -157,8 +171,17 @@ def deploy(
         vllm.url,
         work,
         GPTOSS_CONCURRENCY=sidecar_env["GPTOSS_CONCURRENCY"],
+        GPTOSS_ENGINE_API_KEY=sidecar_env["GPTOSS_ENGINE_API_KEY"],
     ).start()
     termination = json.loads((work / "termination-log").read_text())
     return Deployed(
-        model, namespace, vllm, worker, list(engine["args"]), volume, termination, started
+        model,
+        namespace,
+        vllm,
+        worker,
+        list(engine["args"]),
+        volume,
+        termination,
+        started,
+        engine_env["VLLM_API_KEY"],
     )

@@ -20,6 +20,7 @@ import httpx
 import pytest
 from lightkube import Client
 from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import Namespace
 
 from gptoss_operator.harmony import ChatMessage, Harmony
@@ -29,6 +30,7 @@ from gptoss_sandbox.fake_hub import FakeHub
 from gptoss_sandbox.real_engine import build_tiny_checkpoint
 from gptoss_sandbox.tiny_gptoss import REPLY_FILE, SCRIPTED_ANALYSIS, SCRIPTED_ANSWER
 from tests.cluster.job_helpers import condition, create_job, gptoss_ask, wait_finished
+from tests.cluster.model_helpers import get_model
 from tests.conftest import ClusterUnderTest, OperatorProcess
 from tests.engine.deploy import Deployed, checkpoint_files, deploy
 
@@ -119,7 +121,11 @@ def test_the_deployment_args_are_served_by_real_vllm(served: Served) -> None:
     assert args[0] == "serve"
     assert "--enable-prefix-caching" in args
     assert "--stream-interval" in args
-    models = httpx.get(f"{served.deployed.vllm.url}/v1/models", timeout=10).json()
+    models = httpx.get(
+        f"{served.deployed.vllm.url}/v1/models",
+        headers={"Authorization": f"Bearer {served.deployed.api_key}"},
+        timeout=10,
+    ).json()
     card = models["data"][0]
     assert card["id"] == "tiny"
     assert card["max_model_len"] == MAX_MODEL_LEN
@@ -276,3 +282,23 @@ def test_the_engine_ran_as_its_pod_would(served: Served) -> None:
         assert "ro" in mounts["/data"], mounts["/data"]
         assert "rw" in mounts["/tmp"], "the scratch emptyDir"
         assert "rw" in mounts["/dev/shm"]
+
+
+def test_the_endpoint_requires_the_models_api_key(served: Served) -> None:
+    """vLLM refuses /v1 without the key from the Secret the model's status names; the
+    sidecar has it; probes stay open; the key is in no manifest or status."""
+    url = served.deployed.vllm.url
+    refused = httpx.get(f"{url}/v1/models", timeout=10)
+    assert refused.status_code == 401
+    wrong = httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer nope"}, timeout=10)
+    assert wrong.status_code == 401
+    assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+    kube = served.kube
+    status = get_model(kube, served.namespace, "tiny")["status"]
+    assert status["apiKeySecretRef"] == {"name": "tiny-api-key", "key": "token"}
+    key = served.deployed.api_key
+    assert len(key) >= 32
+    deployment = kube.get(Deployment, "tiny-vllm", namespace=served.namespace)
+    sidecar_log = served.deployed.sidecar.log_path.read_text(errors="replace")
+    for text in (json.dumps(status), json.dumps(deployment.to_dict()), sidecar_log):
+        assert key not in text

@@ -38,6 +38,7 @@ MODEL = "tiny"
 MAX_MODEL_LEN = 512
 END = 200007  # <|end|>
 STOP_IDS = [RETURN_TOKEN, CALL_TOKEN]
+API_KEY = "contract-key-0123456789abcdef0123456789"
 
 
 @dataclass
@@ -60,16 +61,21 @@ def engines(engine_venv: EngineVenv, tmp_path_factory: pytest.TempPathFactory) -
     (volume / "served" / "abcd1234").symlink_to(checkpoint)
     spec = GptOssModelSpec.model_validate({"serving": {"maxModelLen": MAX_MODEL_LEN}})
     real = VllmServer.from_deployment(
-        vllm_args(MODEL, spec, "abcd1234"), volume, log_path=work / "vllm.log"
+        vllm_args(MODEL, spec, "abcd1234"),
+        volume,
+        env={"VLLM_API_KEY": API_KEY},
+        log_path=work / "vllm.log",
     )
     standin = StandinEngine(MODEL, max_model_len=MAX_MODEL_LEN, stream_interval=STREAM_INTERVAL)
+    standin.api_key = API_KEY
+    auth = {"Authorization": f"Bearer {API_KEY}"}
     real.start()
     try:
         real.wait_healthy(timeout=600)
         with (
             standin,
-            httpx.Client(base_url=real.url, timeout=60) as real_client,
-            httpx.Client(base_url=standin.url, timeout=60) as standin_client,
+            httpx.Client(base_url=real.url, headers=auth, timeout=60) as real_client,
+            httpx.Client(base_url=standin.url, headers=auth, timeout=60) as standin_client,
         ):
             yield Engines(real_client, standin_client, Harmony())
     finally:
@@ -231,3 +237,16 @@ def test_models_and_health_have_the_same_shape(engines: Engines) -> None:
     for _, client in engines.both():
         health = client.get("/health")
         assert (health.status_code, health.content) == (200, b"")
+
+
+def test_without_the_api_key_v1_is_refused_alike_and_health_stays_open(engines: Engines) -> None:
+    answers = {}
+    for name, client in engines.both():
+        for headers in ({"Authorization": ""}, {"Authorization": "Bearer wrong"}):
+            refused = client.post("/v1/completions", json=body([1, 2]), headers=headers)
+            answers[name] = (refused.status_code, refused.json())
+            assert answers[name] == (401, {"error": "Unauthorized"}), name
+        listing = client.get("/v1/models", headers={"Authorization": "Basic x"})
+        assert listing.status_code == 401, name
+        assert client.get("/health", headers={"Authorization": ""}).status_code == 200, name
+    assert answers["real"] == answers["stand-in"]

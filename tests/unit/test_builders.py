@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from typing import Any
 
 import pytest
@@ -10,8 +12,10 @@ from gptoss_operator import naming
 from gptoss_operator.api.model import GptOssModelSpec
 from gptoss_operator.builders import (
     ModelContext,
+    api_key,
     download,
     engine_config,
+    network,
     rbac,
     serving,
     storage,
@@ -20,8 +24,10 @@ from gptoss_operator.quantity import to_bytes
 from gptoss_operator.settings import Settings
 
 
-def _ctx(**spec: Any) -> ModelContext:
-    return ModelContext("m", "ns", "uid-1", GptOssModelSpec.model_validate(spec), Settings())
+def _ctx(settings: Settings | None = None, **spec: Any) -> ModelContext:
+    return ModelContext(
+        "m", "ns", "uid-1", GptOssModelSpec.model_validate(spec), settings or Settings()
+    )
 
 
 def test_default_claim_sizes_fit_the_repo() -> None:
@@ -42,7 +48,7 @@ def test_claim_ownership_follows_the_deletion_policy() -> None:
     assert sized["spec"]["storageClassName"] == "fast"
 
 
-def test_download_job_keeps_the_token_in_a_secret_ref_and_is_restricted() -> None:
+def test_download_job_names_the_token_secret_but_never_holds_it_and_is_restricted() -> None:
     ctx = _ctx(
         source={
             "tokenSecretRef": {"name": "hf", "key": "tok"},
@@ -53,10 +59,10 @@ def test_download_job_keeps_the_token_in_a_secret_ref_and_is_restricted() -> Non
     assert job["metadata"]["name"] == "m-dl-abcd1234"
     container = job["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e for e in container["env"]}
-    assert env["HF_TOKEN"] == {
-        "name": "HF_TOKEN",
-        "valueFrom": {"secretKeyRef": {"name": "hf", "key": "tok"}},
-    }
+    assert env["GPTOSS_TOKEN_SECRET"]["value"] == "hf"
+    assert env["GPTOSS_TOKEN_KEY"]["value"] == "tok"
+    assert "HF_TOKEN" not in env
+    assert "secretKeyRef" not in json.dumps(job), "the pod never gets the Secret from kubelet"
     assert env["HF_ENDPOINT"]["value"] == "https://mirror.internal"
     assert int(env["GPTOSS_VOLUME_CAPACITY_BYTES"]["value"]) == 150 * 2**30
     security = container["securityContext"]
@@ -303,3 +309,46 @@ def test_quantities(text: str, value: int) -> None:
 def test_bad_quantity() -> None:
     with pytest.raises(ValueError, match="not a storage quantity"):
         to_bytes("lots")
+
+
+def test_the_api_key_reaches_both_containers_by_reference_only() -> None:
+    pod = serving.deployment(_ctx(), "h1")["spec"]["template"]["spec"]
+    engine, sidecar = pod["containers"]
+    reference = {"secretKeyRef": {"name": "m-api-key", "key": "token"}}
+    assert {"name": "VLLM_API_KEY", "valueFrom": reference} in engine["env"]
+    assert {"name": "GPTOSS_ENGINE_API_KEY", "valueFrom": reference} in sidecar["env"]
+    secret = api_key.generated_secret(_ctx(), "k" * 43)
+    assert secret is not None
+    assert secret["metadata"]["name"] == "m-api-key"
+    assert secret["metadata"]["ownerReferences"][0]["kind"] == "GptOssModel"
+    assert secret["data"] == {"token": base64.b64encode(b"k" * 43).decode()}
+
+
+def test_a_named_api_key_secret_is_used_and_none_is_generated() -> None:
+    ctx = _ctx(serving={"apiKeySecretRef": {"name": "team-key", "key": "api"}})
+    assert api_key.generated_secret(ctx, "x") is None
+    assert api_key.reference(ctx) == {"name": "team-key", "key": "api"}
+    engine = serving.deployment(ctx, "h1")["spec"]["template"]["spec"]["containers"][0]
+    assert {
+        "name": "VLLM_API_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "team-key", "key": "api"}},
+    } in engine["env"]
+
+
+def test_the_network_policy_admits_the_namespace_and_the_listed_peers_on_the_engine_port() -> None:
+    assert network.network_policy(_ctx()) is None, "off unless the admin turns it on"
+    gateway = {"namespaceSelector": {"matchLabels": {"gateway": "true"}}}
+    ctx = _ctx(settings=Settings(network_policy=True, network_policy_from=[gateway]))
+    policy = network.network_policy(ctx)
+    assert policy is not None
+    spec = policy["spec"]
+    assert spec["podSelector"] == {"matchLabels": naming.server_selector("m")}
+    assert spec["policyTypes"] == ["Ingress"]
+    assert spec["ingress"] == [
+        {"from": [{"podSelector": {}}, gateway], "ports": [{"protocol": "TCP", "port": 8000}]}
+    ]
+    closed = network.network_policy(
+        _ctx(settings=Settings(network_policy=True, network_policy_same_namespace=False))
+    )
+    assert closed is not None
+    assert closed["spec"]["ingress"] == [], "no peers: nothing reaches the engine port"

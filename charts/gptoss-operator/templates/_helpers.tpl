@@ -53,7 +53,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/*
 The operator's rules in each namespace it serves. It never holds its workers' rules: it
 binds their ClusterRoles (the bind verb, on those two names alone), so it cannot read
-Secrets, write ConfigMaps, write Roles or bind any other role.
+Secrets (it only creates each model's API key Secret), write ConfigMaps, write Roles or
+bind any other role.
 */}}
 {{- define "gptoss-operator.rules" -}}
 - apiGroups: ["gptoss.ai"]
@@ -68,6 +69,10 @@ Secrets, write ConfigMaps, write Roles or bind any other role.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
+# Each model's API key Secret is created once with a random key; never read or updated.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["create"]
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]
   verbs: ["get", "list", "watch", "create", "patch"]
@@ -77,6 +82,9 @@ Secrets, write ConfigMaps, write Roles or bind any other role.
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "list", "watch", "create", "patch", "update"]
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["rolebindings"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]

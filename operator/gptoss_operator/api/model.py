@@ -83,7 +83,10 @@ class Source(ApiModel):
     )
     tokenSecretRef: SecretKeyRef | None = Field(
         default=None,
-        description="Secret key holding a Hugging Face token, for gated or private repos.",
+        description="Secret key holding a Hugging Face token, for gated or private repos. "
+        "Used only once the Secret's owner shares it with the model (the ServiceAccount "
+        "<model>-download may get it) and only for the endpoints its annotation "
+        "gptoss.ai/token-endpoints lists (default: https://huggingface.co).",
     )
     excludePatterns: list[str] = Field(
         default_factory=lambda: ["original/*", "metal/*"],
@@ -299,6 +302,12 @@ class Serving(ApiModel):
         pattern=QUANTITY_PATTERN,
         description="Size of the memory-backed /dev/shm.",
     )
+    apiKeySecretRef: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key holding the API key vLLM requires on /v1 (clients send it as "
+        "a Bearer token). Unset: the operator creates the Secret <model>-api-key (key token) "
+        "with a random key, owned by the model.",
+    )
     scratchSize: str = Field(
         default="8Gi",
         max_length=64,
@@ -427,6 +436,10 @@ class GptOssModelStatus(ApiModel):
         default=None, description="In-cluster URL of the OpenAI-compatible API."
     )
     servedModelName: str | None = Field(default=None, description="Model name vLLM serves.")
+    apiKeySecretRef: SecretKeyRef | None = Field(
+        default=None,
+        description="Where the endpoint's API key is (the Secret and key; never the key).",
+    )
     claimName: str | None = Field(default=None, description="Claim holding the weights.")
     selector: str | None = Field(
         default=None, description="Label selector of the vLLM pods (for the scale subresource)."

@@ -59,17 +59,12 @@ def job(
     if source.endpoint:
         env.append({"name": "HF_ENDPOINT", "value": source.endpoint})
     if source.tokenSecretRef:
-        env.append(
-            {
-                "name": "HF_TOKEN",
-                "valueFrom": {
-                    "secretKeyRef": {
-                        "name": source.tokenSecretRef.name,
-                        "key": source.tokenSecretRef.key,
-                    }
-                },
-            }
-        )
+        # Where the token is, not the token: the downloader reads it with its own
+        # identity, only if the Secret's owner shared it (download/token.py).
+        env += [
+            {"name": "GPTOSS_TOKEN_SECRET", "value": source.tokenSecretRef.name},
+            {"name": "GPTOSS_TOKEN_KEY", "value": source.tokenSecretRef.key},
+        ]
     container: dict[str, Any] = {
         "name": "download",
         "image": download.image or ctx.settings.downloader_image,

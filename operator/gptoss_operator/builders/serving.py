@@ -11,6 +11,7 @@ from gptoss_operator.builders import (
     RESTRICTED_CONTAINER_SECURITY,
     RESTRICTED_POD_SECURITY,
     ModelContext,
+    api_key,
 )
 from gptoss_operator.builders.engine_config import is_120b, vllm_args
 
@@ -109,6 +110,7 @@ def _engine_container(ctx: ModelContext, digest: str) -> dict[str, Any]:
         {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
         {"name": "DO_NOT_TRACK", "value": "1"},
         *ENGINE_SCRATCH_ENV,
+        api_key.env("VLLM_API_KEY", ctx),
         *serving.env,
     ]
     return {
@@ -165,6 +167,7 @@ def _sidecar_container(ctx: ModelContext) -> dict[str, Any]:
             {"name": "GPTOSS_ENGINE_URL", "value": f"http://127.0.0.1:{naming.ENGINE_PORT}"},
             {"name": "GPTOSS_CONCURRENCY", "value": str(sidecar.concurrency)},
             {"name": "GPTOSS_HEALTH_PORT", "value": str(naming.SIDECAR_HEALTH_PORT)},
+            api_key.env("GPTOSS_ENGINE_API_KEY", ctx),
         ],
         "ports": [
             {

@@ -2,8 +2,11 @@
 
 Configured by environment (the operator sets it): GPTOSS_REPO, GPTOSS_REVISION,
 GPTOSS_EXCLUDE_PATTERNS (comma-separated), GPTOSS_SOURCE_HASH, GPTOSS_DATA_DIR,
-GPTOSS_STALL_TIMEOUT_SECONDS, GPTOSS_VOLUME_CAPACITY_BYTES, HF_ENDPOINT, HF_TOKEN, and
-GPTOSS_MODEL / GPTOSS_NAMESPACE to report progress into that GptOssModel's status.
+GPTOSS_STALL_TIMEOUT_SECONDS, GPTOSS_VOLUME_CAPACITY_BYTES, HF_ENDPOINT, and
+GPTOSS_MODEL / GPTOSS_NAMESPACE to report progress into that GptOssModel's status. The
+token comes from the Secret GPTOSS_TOKEN_SECRET (key GPTOSS_TOKEN_KEY), read with the
+Job's own identity (see ``gptoss_operator.download.token``); HF_TOKEN is for running it
+by hand.
 The exit code tells the Job whether to retry; the termination message (JSON) says why.
 """
 
@@ -11,12 +14,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from lightkube import Client
 
 from gptoss_operator.builders.download import EXIT_STALLED
 from gptoss_operator.conditions import timestamp
@@ -28,6 +34,7 @@ from gptoss_operator.download.downloader import (
 )
 from gptoss_operator.download.layout import Layout
 from gptoss_operator.download.reporter import NullReporter, StatusReporter
+from gptoss_operator.download.token import TokenRef, read_token
 
 log = logging.getLogger("gptoss.download")
 TERMINATION_LOG = "/dev/termination-log"
@@ -107,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         os._exit(EXIT_STALLED)
 
     try:
+        secret = env.get("GPTOSS_TOKEN_SECRET")
+        if secret and model and namespace:
+            ref = TokenRef(namespace, model, secret, env.get("GPTOSS_TOKEN_KEY", "token"))
+            token = read_token(Client(field_manager="gptoss-download"), ref, config.endpoint)
+            config = dataclasses.replace(config, token=token)
         result = download(config, on_progress, on_stall)
     except DownloadError as error:
         log.error("%s: %s", error.reason, error.message)

@@ -4,7 +4,8 @@ Configured by environment (the operator sets it in the Deployment): GPTOSS_MODEL
 GPTOSS_NAMESPACE, GPTOSS_POD_NAME, GPTOSS_ENGINE_URL (default http://127.0.0.1:8000),
 GPTOSS_CONCURRENCY (default 64), GPTOSS_LEASE_SECONDS (default 30),
 GPTOSS_HEARTBEAT_SECONDS (default 5), GPTOSS_ENGINE_READ_TIMEOUT (default 300),
-GPTOSS_RESYNC_SECONDS (default 60), GPTOSS_HEALTH_PORT (default 0: no /healthz).
+GPTOSS_RESYNC_SECONDS (default 60), GPTOSS_HEALTH_PORT (default 0: no /healthz),
+GPTOSS_ENGINE_API_KEY (the engine's API key, from the model's Secret).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def config_from_env(env: dict[str, str]) -> SidecarConfig:
         namespace=env["GPTOSS_NAMESPACE"],
         worker=env.get("GPTOSS_POD_NAME") or socket.gethostname(),
         engine_url=env.get("GPTOSS_ENGINE_URL", "http://127.0.0.1:8000"),
+        engine_api_key=env.get("GPTOSS_ENGINE_API_KEY") or None,
         concurrency=int(env.get("GPTOSS_CONCURRENCY", "64")),
         lease_seconds=int(env.get("GPTOSS_LEASE_SECONDS", "30")),
         heartbeat_seconds=float(env.get("GPTOSS_HEARTBEAT_SECONDS", "5")),

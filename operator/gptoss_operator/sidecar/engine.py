@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
 
 from gptoss_operator.sidecar.sse import Event, EventReader
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,11 +58,13 @@ class EngineClient:
         *,
         max_connections: int = 100,
         read_timeout: float = 300.0,
+        api_key: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
+            headers={"Authorization": f"Bearer {api_key}"} if api_key else None,
             timeout=httpx.Timeout(connect=10.0, read=read_timeout, write=30.0, pool=None),
             limits=httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
@@ -70,11 +75,19 @@ class EngineClient:
         await self._http.aclose()
 
     async def healthy(self) -> bool:
+        """The engine is up and accepts this sidecar's API key (``/health`` is open to
+        all; a key the engine refuses makes it as unusable as an engine that is down)."""
         try:
             response = await self._http.get("/health", timeout=5.0)
+            if response.status_code != 200:
+                return False
+            models = await self._http.get("/v1/models", timeout=10.0)
         except httpx.HTTPError:
             return False
-        return response.status_code == 200
+        if models.status_code in (401, 403):
+            log.error("the engine refuses this sidecar's API key (HTTP %s)", models.status_code)
+            return False
+        return True
 
     async def max_model_len(self) -> int | None:
         """The served model's context window, from ``/v1/models`` (None if unknown)."""
@@ -192,5 +205,6 @@ def _http_error(response: httpx.Response) -> EngineError:
     return EngineError(
         f"engine answered HTTP {status}: {message}",
         status=status,
-        retryable=status >= 500 or status == 429,
+        # 401/403: the engine refused the API key, a fault of the platform, never the job's.
+        retryable=status >= 500 or status in (401, 403, 429),
     )

@@ -17,7 +17,7 @@ import datetime
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lightkube import AsyncClient
@@ -56,6 +56,8 @@ class SidecarConfig:
     namespace: str
     worker: str
     engine_url: str = "http://127.0.0.1:8000"
+    # The API key the engine requires on /v1; kept out of repr (and so out of logs).
+    engine_api_key: str | None = field(default=None, repr=False)
     concurrency: int = 64
     lease_seconds: int = 30
     heartbeat_seconds: float = 5.0
@@ -122,6 +124,7 @@ class Sidecar:
             config.model,
             max_connections=config.concurrency + 4,
             read_timeout=config.engine_read_timeout,
+            api_key=config.engine_api_key,
         )
         self.store = JobStore(client, config.namespace, config.worker, config.lease_seconds)
         self.clock = clock
