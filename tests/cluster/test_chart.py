@@ -82,6 +82,8 @@ def test_rendered_objects_carry_recommended_labels_and_restricted_security() -> 
             "ClusterRole",
             "ClusterRole",
             "Deployment",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
             "Service",
         ]
     )

@@ -539,3 +539,80 @@ def test_guard_rails_refuse_images_and_endpoints_the_admin_did_not_allow(
             timeout=30,
             message="the guard rails gone",
         )
+
+
+@pytest.mark.parametrize("installed", [True], indirect=True, ids=["namespaced-mode"])
+def test_the_operator_token_starts_only_its_models_pods_as_their_workers(
+    cluster: ClusterUnderTest, kube: Client, installed: Installed, tmp_path: Path
+) -> None:
+    """RBAC must let the operator create Deployments and Jobs; the chart's admission
+    policy fences what they may be, for whoever holds the operator's token."""
+    config = token_kubeconfig(
+        cluster, kube, installed.system, installed.operator.account, tmp_path / "op.kubeconfig"
+    )
+    as_operator = Client(KubeConfig.from_file(str(config)), field_manager="security-test")
+    team = installed.team
+    ours = {"gptoss.ai/model": "m", "app.kubernetes.io/managed-by": "gptoss-operator"}
+
+    def deployment(labels: dict[str, str], **pod: object) -> Deployment:
+        return Deployment.from_dict(
+            {
+                "metadata": {"name": "probe", "namespace": team, "labels": labels},
+                "spec": {
+                    "selector": {"matchLabels": {"probe": "x"}},
+                    "template": {
+                        "metadata": {"labels": {"probe": "x"}},
+                        "spec": {"containers": [{"name": "c", "image": "busybox"}], **pod},
+                    },
+                },
+            }
+        )
+
+    def refusal(obj: Deployment | Job) -> str | None:
+        try:
+            as_operator.create(obj, dry_run=True)
+        except ApiError as error:
+            return f"{error.status.code} {error.status.message}"
+        return None
+
+    unlabelled = wait_for(
+        lambda: refusal(deployment({}, serviceAccountName="m-sidecar")),
+        timeout=30,
+        message="the operator-scope policy in effect",
+    )
+    assert unlabelled.startswith("403 "), "Forbidden, as the policy says"
+    assert "metadata.labels: the operator writes only its models'" in unlabelled
+    other_identity = refusal(deployment(ours, serviceAccountName="default"))
+    assert other_identity is not None
+    assert "serviceAccountName" in other_identity
+    assert "not default" in other_identity
+    assert "serviceAccountName" in (refusal(deployment(ours)) or ""), "no name means default"
+    secret_volume = refusal(
+        deployment(
+            ours,
+            serviceAccountName="m-sidecar",
+            volumes=[{"name": "s", "secret": {"secretName": "anything"}}],
+        )
+    )
+    assert "spec.template.spec.volumes" in (secret_volume or "")
+    host = refusal(deployment(ours, serviceAccountName="m-sidecar", hostNetwork=True))
+    assert "host namespaces" in (host or "")
+    job = Job.from_dict(
+        {
+            "metadata": {"name": "probe", "namespace": team, "labels": ours},
+            "spec": {
+                "template": {
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "serviceAccountName": "kube-admin-ish",
+                        "containers": [{"name": "c", "image": "busybox"}],
+                    }
+                }
+            },
+        }
+    )
+    assert "serviceAccountName" in (refusal(job) or "")
+    assert refusal(deployment(ours, serviceAccountName="m-sidecar")) is None
+    assert refusal(deployment(ours, serviceAccountName="m-download")) is None
+    # Nobody else is fenced by it: the admin creates the unlabelled Deployment.
+    kube.create(deployment({}, serviceAccountName="default"), dry_run=True)
