@@ -27,7 +27,15 @@ from lightkube.resources.rbac_authorization_v1 import Role, RoleBinding
 from gptoss_operator.vocab import VOCAB_SHA256
 from gptoss_sandbox.fake_hub import FakeHub
 from tests.cluster.chart_helpers import token_kubeconfig
-from tests.cluster.model_helpers import MANUAL, create_model, status_of
+from tests.cluster.model_helpers import (
+    MANUAL,
+    condition,
+    create_model,
+    finish_pod,
+    pods,
+    status_of,
+    wait_for_condition,
+)
 from tests.conftest import ClusterUnderTest, OperatorProcess
 from tests.support import wait_for
 
@@ -364,6 +372,27 @@ def test_a_token_secret_is_used_only_once_its_owner_shared_it_and_only_where_it_
         "spec.source.tokenSecretRef: the Secret hf is not shared with this model"
     )
     assert f"{namespace}/priv-download" in unshared.termination["message"]
+    # As the kubelet reports it: the Job's pod ends with that termination message, and
+    # the model says why, naming the field, in its condition and a Warning Event.
+    download_pod = wait_for(
+        lambda: next(iter(pods(kube, namespace, {"job-name": job.metadata.name})), None),
+        timeout=30,
+        message="the download pod",
+    )
+    finish_pod(
+        kube, namespace, download_pod, exit_code=10, message=json.dumps(unshared.termination)
+    )
+    refused = wait_for_condition(kube, namespace, "priv", "Downloaded", "TokenNotShared")
+    assert condition(refused, "Downloaded")["message"].startswith("spec.source.tokenSecretRef")
+    wait_for(
+        lambda: [
+            e
+            for e in kube.list(Event, namespace=namespace)
+            if e.reason == "TokenNotShared" and e.type == "Warning"
+        ],
+        timeout=30,
+        message="a Warning Event TokenNotShared",
+    )
 
     # The Secret's owner shares it with this model's downloader, and nothing else.
     kube.create(
