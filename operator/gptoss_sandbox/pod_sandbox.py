@@ -8,9 +8,9 @@ the volumes bound at their mount paths, and the process enters it with ``chroot`
 privileges). What a restricted pod forbids fails here too: writing outside an emptyDir,
 needing root, needing a name for the uid. Needs root (CAP_SYS_ADMIN) to set up.
 
-The home of this machine's root user is not mounted (a pod's image has no such thing);
-only the directories ``expose`` names from it are, read-only (the engine venv and the
-Python it was made from).
+The home of this machine's root user is not mounted (a pod's image has no such thing),
+and /tmp is the pod's own; the directories ``expose`` names (the engine venv and the
+Python it was made from) are shown at their paths, read-only, wherever they live.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class PodView:
     writable: dict[str, Path] = field(default_factory=dict)
     # container paths of emptyDirs: a fresh tmpfs each
     empty_dirs: tuple[str, ...] = ()
-    # directories of this machine to show at the same path, read-only (under /root)
+    # directories of this machine to show at the same path, read-only
     expose: tuple[Path, ...] = ()
 
 
@@ -113,14 +113,15 @@ def command(view: PodView, argv: Sequence[str], new_root: Path) -> list[str]:
         'mount -t tmpfs -o mode=755 root-home "$R/root"',
         'mount -o remount,ro "$R/run"',
     ]
-    for folder in view.expose:
-        lines.append(_bind(str(folder), f'"$R"{q(str(folder))}', read_only=True))
     for path, host in sorted(view.read_only.items()):
         lines.append(_bind(str(host), f'"$R"{q(path)}', read_only=True))
     for path, host in sorted(view.writable.items()):
         lines.append(_bind(str(host), f'"$R"{q(path)}', read_only=False))
     for path in view.empty_dirs:
         lines.append(f'mkdir -p "$R"{q(path)} && mount -t tmpfs -o mode=1777 empty "$R"{q(path)}')
+    # Last, so that neither the home tmpfs nor an emptyDir (/tmp) hides them.
+    for folder in view.expose:
+        lines.append(_bind(str(folder), f'"$R"{q(str(folder))}', read_only=True))
     lines.append('mount -o remount,ro "$R/root"')
     lines.append('mount -o remount,ro "$R"')
     lines.append(

@@ -323,12 +323,11 @@ def _served_path(serve_args: Sequence[str]) -> PurePosixPath:
 
 
 def _engine_folders(python: Path) -> tuple[Path, ...]:
-    """The engine venv and the Python it was made from, where a pod view hides them
-    (under this machine's root home)."""
+    """The engine venv and the Python it was made from: a pod view hides them where
+    they live under a home or /tmp (the cache may be anywhere)."""
     venv = python.parent.parent
     base = Path(os.path.realpath(python)).parent.parent
-    home = Path("/root")
-    return tuple(folder for folder in (venv, base) if home in folder.parents)
+    return (venv, base)
 
 
 def _without_options(args: Sequence[str], names: tuple[str, ...]) -> list[str]:
