@@ -30,13 +30,13 @@ class Settings:
     download_retry_cap_seconds: float = 1800.0
     namespaces: list[str] = field(default_factory=list)
     metrics_port: int = 8081
-    # The ClusterRoles the workers are bound to in each model's namespace (the chart
-    # ships them and lets the operator bind these two and nothing else).
     # A NetworkPolicy per model admitting the engine port to the model's namespace
     # (network_policy_same_namespace) and to the listed NetworkPolicyPeers.
     network_policy: bool = False
     network_policy_same_namespace: bool = True
     network_policy_from: list[dict[str, Any]] = field(default_factory=list)
+    # The ClusterRoles the workers are bound to in each model's namespace (the chart
+    # ships them and lets the operator bind these two and nothing else).
     downloader_cluster_role: str = "gptoss-downloader"
     sidecar_cluster_role: str = "gptoss-sidecar"
 

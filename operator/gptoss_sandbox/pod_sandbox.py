@@ -15,10 +15,11 @@ Python it was made from) are shown at their paths, read-only, wherever they live
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,8 +44,10 @@ class PodView:
     expose: tuple[Path, ...] = ()
 
 
+@functools.cache
 def available() -> bool:
-    """True when this process may build a pod's view (root, mount namespaces)."""
+    """True when this process may build a pod's view (root, mount namespaces); probed
+    once per process."""
     if os.geteuid() != 0:
         return False
     probe = subprocess.run(
@@ -53,11 +56,9 @@ def available() -> bool:
     return probe.returncode == 0
 
 
-def view_of(
-    pod: dict[str, Any], container: str, volumes: dict[str, Path], expose: Iterable[Path] = ()
-) -> PodView:
+def view_of(pod: dict[str, Any], container: str, volumes: dict[str, Path]) -> PodView:
     """The view of ``container`` in a pod spec; ``volumes`` maps the pod's volume names
-    that are not emptyDirs to host folders."""
+    that are not emptyDirs to host folders (what to ``expose`` is the caller's)."""
     spec = next(c for c in pod["containers"] if c["name"] == container)
     security = {**(pod.get("securityContext") or {}), **(spec.get("securityContext") or {})}
     if "runAsUser" not in security:
@@ -81,7 +82,6 @@ def view_of(
         read_only=read_only,
         writable=writable,
         empty_dirs=tuple(empty_dirs),
-        expose=tuple(expose),
     )
 
 

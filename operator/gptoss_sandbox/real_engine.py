@@ -140,7 +140,7 @@ class VllmServer:
             # vLLM binds its compute threads itself; the same cores, or it reserves one.
             self.env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, sorted(self.cpus)))
         self._engine = engine
-        # Set by from_deployment: run as the pod would (its user, a read-only root).
+        # Set by as_pod: run as the pod would (its user, a read-only root).
         self.view: pod_sandbox.PodView | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
