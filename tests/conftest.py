@@ -151,6 +151,7 @@ def operator(
         log_path,
         {
             "GPTOSS_RESYNC_SECONDS": "3",
+            "GPTOSS_AUTOSCALE_SECONDS": "1",
             "GPTOSS_CLAIM_PENDING_GRACE": "5",
             "GPTOSS_IMAGE": "registry.example/gptoss-operator:test",
             "GPTOSS_METRICS_PORT": str(free_port()),

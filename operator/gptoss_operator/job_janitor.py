@@ -3,7 +3,7 @@
 Sidecars claim and run jobs; the operator looks after everything around them:
 
 - a job for a missing or not-serving model stays Pending with a condition that says why
-  (ModelNotFound, WaitingForModel), never silently. A model serves while any replica is
+  (ModelNotFound, WaitingForModel, ModelWaking), never silently. A model serves while any replica is
   ready, so one of N replicas restarting rewrites no job;
 - a Running job whose lease lapsed (its pod died) goes back to Pending, with the attempt
   counted, until ``backoffLimit`` is spent. A lease's age is how long the operator has
@@ -26,14 +26,16 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from lightkube import ApiError, AsyncClient
 from lightkube.types import PatchType
+from pydantic import ValidationError
 
 from gptoss_operator import metrics
 from gptoss_operator.api.job import FINISHED_PHASES, Phase
+from gptoss_operator.api.model import Autoscaling
 from gptoss_operator.api.model import Phase as ModelPhase
 from gptoss_operator.api.resources import GptOssModelResource, InferenceJobResource
 from gptoss_operator.conditions import timestamp
@@ -124,26 +126,73 @@ def lease_token(status: Mapping[str, Any]) -> tuple[Any, ...]:
     )
 
 
+def _autoscaling(value: Any) -> Autoscaling | None:
+    """The policy, or None when there is none (or it cannot be read: the apiserver holds
+    it to the schema, so only a CRD older than the reader gets here)."""
+    if not value:
+        return None
+    try:
+        return Autoscaling.model_validate(value)
+    except ValidationError:
+        log.warning("ignoring an unreadable spec.serving.autoscaling: %s", value)
+        return None
+
+
+# What a job sees of a model at zero pods that its autoscaler will wake for the queue.
+WAKING = "Waking"
+
+
 @dataclass(frozen=True)
 class ModelFacts:
     """What the operator remembers of one GptOssModel."""
 
     phase: str
     ready_replicas: int = 0
+    replicas: int | None = None  # status.replicas: the pods the operator last asked for
+    uid: str = ""
+    autoscaling: Autoscaling | None = None
+    concurrency: int = 64
+    serving_reason: str | None = None
 
     @classmethod
     def from_status(cls, status: Mapping[str, Any]) -> ModelFacts:
+        serving: Mapping[str, Any] = next(
+            (c for c in status.get("conditions") or [] if c.get("type") == "Serving"), {}
+        )
+        replicas = status.get("replicas")
         return cls(
             str(status.get("phase") or ModelPhase.PENDING.value),
             int(status.get("readyReplicas") or 0),
+            int(replicas) if replicas is not None else None,
+            serving_reason=serving.get("reason"),
+        )
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> ModelFacts:
+        spec = body.get("spec") or {}
+        serving = spec.get("serving") or {}
+        facts = cls.from_status(body.get("status") or {})
+        return replace(
+            facts,
+            uid=str((body.get("metadata") or {}).get("uid", "")),
+            autoscaling=_autoscaling(serving.get("autoscaling")),
+            concurrency=int((spec.get("sidecar") or {}).get("concurrency", 64)),
         )
 
     @property
     def queue_phase(self) -> str:
         """The phase as its jobs see it: a model Starting while some replica is ready
-        (one of N restarting, a rollout) still takes jobs."""
-        if self.phase == ModelPhase.STARTING.value and self.ready_replicas > 0:
+        (one of N restarting, a rollout) still takes jobs; one at zero pods that its
+        autoscaler wakes for them, or woke and is loading, is Waking."""
+        if self.ready_replicas > 0 and self.phase == ModelPhase.STARTING.value:
             return ModelPhase.READY.value
+        at_zero = self.phase == ModelPhase.SCALED_TO_ZERO.value
+        if (
+            self.autoscaling
+            and not self.ready_replicas
+            and (at_zero or self.serving_reason == WAKING)
+        ):
+            return WAKING
         return self.phase
 
 
@@ -219,6 +268,14 @@ def decide(
             (
                 f"GptOssModel {facts.model!r} does not exist in namespace {facts.namespace}; "
                 "the job waits for it"
+            ),
+        )
+    elif model_phase == WAKING:
+        reason, message = (
+            "ModelWaking",
+            (
+                f"GptOssModel {facts.model!r} is waking from zero pods for its queue; the "
+                "job runs once a pod has loaded the weights"
             ),
         )
     elif model_phase != ModelPhase.READY.value:

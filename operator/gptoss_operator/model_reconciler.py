@@ -28,6 +28,7 @@ from lightkube.types import CascadeType, PatchType
 from gptoss_operator import download_retry, kube, metrics, model_status, naming
 from gptoss_operator.api.model import GptOssModelSpec
 from gptoss_operator.api.resources import GptOssModelResource
+from gptoss_operator.autoscaler import Autoscaler, zero_message
 from gptoss_operator.builders import (
     ModelContext,
     api_key,
@@ -122,10 +123,17 @@ def _contains(old: Any, new: Any) -> bool:
 
 
 class ModelReconciler:
-    def __init__(self, client: AsyncClient, settings: Settings, emit: EventSink) -> None:
+    def __init__(
+        self,
+        client: AsyncClient,
+        settings: Settings,
+        emit: EventSink,
+        autoscaler: Autoscaler | None = None,
+    ) -> None:
         self.client = client
         self.settings = settings
         self.emit = emit
+        self.autoscaler = autoscaler
         self.serializer = KeyedSerializer()
         self.applied = AppliedCache()
         self.legacy_checked: set[str] = set()  # uids of models without a legacy binding
@@ -274,7 +282,8 @@ class ModelReconciler:
             annotations = kube.to_dict(existing)["metadata"].get("annotations") or {}
             served = annotations.get(naming.SOURCE_HASH_ANNOTATION)
         if served is not None:
-            desired = serving.deployment(ctx, served)
+            self._choose_replicas(ctx, existing, observed)
+            desired = serving.deployment(ctx, served, observed.replicas)
             applied = await self._apply_once(desired)
             observed.deployment = applied or kube.to_dict(existing)
             if not observed.deployment:
@@ -291,6 +300,30 @@ class ModelReconciler:
             await self._delete_stale_jobs(ctx, job_name)
             self.cleaned[(ctx.namespace, ctx.name)] = digest
         return observed
+
+    def _choose_replicas(
+        self, ctx: ModelContext, existing: Any, observed: model_status.Observed
+    ) -> None:
+        """spec.serving.replicas, or the autoscaler's count when the model has a policy.
+        A Deployment scaled by hand is applied again (the model says how many pods)."""
+        deployed = existing.spec.replicas if existing is not None and existing.spec else None
+        policy = ctx.spec.serving.autoscaling
+        if policy is None or self.autoscaler is None:
+            if self.autoscaler is not None:
+                self.autoscaler.forget(ctx.namespace, ctx.name)
+            observed.replicas = ctx.spec.serving.replicas
+        else:
+            target = policy.target(ctx.spec.sidecar.concurrency)
+            autoscaler = self.autoscaler
+            observed.replicas = autoscaler.replicas_for(
+                ctx.namespace, ctx.name, policy, target, deployed
+            )
+            last = autoscaler.states[(ctx.namespace, ctx.name)].last
+            observed.zero_message = zero_message(policy, last)
+            observed.waking = autoscaler.waking(ctx.namespace, ctx.name)
+            observed.autoscaling = autoscaler.status_of(ctx.namespace, ctx.name)
+        if deployed is not None and deployed != observed.replicas:
+            self.applied.forget(ctx.namespace, ctx.name)
 
     async def _grow_claim(self, ctx: ModelContext, observed: model_status.Observed) -> None:
         """Raise the claim's request to spec.storage.size when that grew. Kubernetes

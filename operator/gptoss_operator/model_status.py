@@ -46,6 +46,13 @@ class Observed:
     served_digest: str | None = None
     server_pods: list[dict[str, Any]] = field(default_factory=list)
     service: dict[str, Any] | None = None
+    # Set by the autoscaler's policy (None: spec.serving.replicas): the pods wanted, why
+    # there are none when there are none, whether it woke the model from zero, and its
+    # status.autoscaling.
+    replicas: int | None = None
+    zero_message: str = "spec.serving.replicas is 0"
+    waking: bool = False
+    autoscaling: dict[str, Any] | None = None
 
 
 @dataclass
@@ -199,7 +206,7 @@ def serving_verdict(observed: Observed, replicas: int) -> Verdict:
     if deployment is None:
         return Verdict(False, "WaitingForDownload", "the server starts once the download is done")
     if replicas == 0:
-        return Verdict(False, "ScaledToZero", "spec.serving.replicas is 0")
+        return Verdict(False, "ScaledToZero", observed.zero_message)
     status = deployment.get("status", {})
     ready = status.get("readyReplicas", 0) or 0
     updated = status.get("updatedReplicas", 0) or 0
@@ -214,9 +221,10 @@ def serving_verdict(observed: Observed, replicas: int) -> Verdict:
             "ProgressDeadlineExceeded"
         ):
             return Verdict(False, "ProgressDeadlineExceeded", condition.get("message", ""), True)
-    return Verdict(
-        False, "Starting", f"{ready}/{replicas} vLLM pods ready; vLLM is loading the weights"
-    )
+    loading = f"{ready}/{replicas} vLLM pods ready; vLLM is loading the weights"
+    if observed.waking and ready == 0:
+        return Verdict(False, "Waking", f"woken from zero for its queue; {loading}")
+    return Verdict(False, "Starting", loading)
 
 
 def compute(
@@ -228,6 +236,8 @@ def compute(
     replicas: int,
     api_key_secret: dict[str, str] | None = None,
 ) -> Computed:
+    if observed.replicas is not None:
+        replicas = observed.replicas
     download = download_verdict(observed)
     serving = serving_verdict(observed, replicas)
     generation = observed.generation
@@ -237,15 +247,19 @@ def compute(
         phase = Phase.PENDING
     elif not download.ok:
         phase = Phase.DOWNLOADING
-    elif serving.ok or serving.reason == "ScaledToZero":
+    elif serving.ok:
         phase = Phase.READY
+    elif serving.reason == "ScaledToZero":
+        phase = Phase.SCALED_TO_ZERO
     else:
         phase = Phase.STARTING
     if download.ok and observed.served_digest and observed.served_digest != observed.digest:
         phase = Phase.STARTING
 
     stalled = (download.stalled and not download.ok) or (download.ok and serving.stalled)
-    ready = phase == Phase.READY
+    # A model at zero pods on purpose is where it was asked to be: Ready (kstatus
+    # Current), not Serving.
+    ready = phase in (Phase.READY, Phase.SCALED_TO_ZERO)
     if ready:
         summary = Verdict(True, serving.reason, serving.message)
     elif stalled:
@@ -300,6 +314,8 @@ def compute(
         status["endpoint"] = naming.endpoint_url(name, namespace)
     if api_key_secret is not None:
         status["apiKeySecretRef"] = api_key_secret
+    # None removes what an earlier policy left (a merge patch deletes null fields).
+    status["autoscaling"] = observed.autoscaling
     if download.ok and observed.served_digest == observed.digest:
         status["download"] = {"percent": 100}
     return Computed(status, _events(previous, conditions, phase))
@@ -325,6 +341,7 @@ def _events(
             "Starting",
             "WaitingForDownload",
             "ScaledToZero",
+            "Waking",
         }:
             continue
         else:

@@ -25,6 +25,9 @@ class Settings:
     claim_pending_grace_seconds: int = 60
     # How often every model is reconciled even when nothing changed.
     resync_seconds: float = 30.0
+    # How often the autoscaler samples each autoscaled model's load (a new job for a
+    # model at zero wakes it at once).
+    autoscale_seconds: float = 5.0
     # A failed download runs again after this, doubling per attempt up to 30 minutes.
     download_retry_seconds: float = 60.0
     download_retry_cap_seconds: float = 1800.0
@@ -51,6 +54,7 @@ class Settings:
             image_pull_policy=os.environ.get("GPTOSS_IMAGE_PULL_POLICY", "IfNotPresent"),
             claim_pending_grace_seconds=int(os.environ.get("GPTOSS_CLAIM_PENDING_GRACE", "60")),
             resync_seconds=float(os.environ.get("GPTOSS_RESYNC_SECONDS", "30")),
+            autoscale_seconds=float(os.environ.get("GPTOSS_AUTOSCALE_SECONDS", "5")),
             download_retry_seconds=float(os.environ.get("GPTOSS_DOWNLOAD_RETRY_SECONDS", "60")),
             namespaces=namespaces,
             metrics_port=int(os.environ.get("GPTOSS_METRICS_PORT", "8081")),

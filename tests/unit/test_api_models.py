@@ -151,7 +151,7 @@ def test_readers_tolerate_fields_a_newer_crd_adds() -> None:
     # operator and the sidecars still running the old code must keep working.
     model = GptOssModelSpec.model_validate(
         {
-            "serving": {"replicas": 2, "autoscaling": {"minReplicas": 0}},
+            "serving": {"replicas": 2, "speculativeDecoding": {"draftModel": "x"}},
             "futureSection": {"enabled": True},
         }
     )

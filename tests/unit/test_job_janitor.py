@@ -174,3 +174,45 @@ def test_a_model_with_a_ready_replica_takes_jobs() -> None:
     )
     assert ModelFacts.from_status({"phase": "Failed", "readyReplicas": 2}).queue_phase == "Failed"
     assert ModelFacts.from_status({}).queue_phase == "Pending"
+
+
+def _model(phase: str, serving_reason: str | None = None, autoscaled: bool = True) -> ModelFacts:
+    spec: dict[str, Any] = {"serving": {"autoscaling": {"minReplicas": 0, "maxReplicas": 2}}}
+    conditions = [{"type": "Serving", "status": "False", "reason": serving_reason or phase}]
+    return ModelFacts.from_body(
+        {
+            "metadata": {"uid": "u1"},
+            "spec": spec if autoscaled else {},
+            "status": {"phase": phase, "readyReplicas": 0, "replicas": 0, "conditions": conditions},
+        }
+    )
+
+
+def test_a_job_for_a_model_at_zero_says_it_is_waking() -> None:
+    at_zero = _model("ScaledToZero")
+    assert at_zero.autoscaling is not None
+    assert at_zero.autoscaling.maxReplicas == 2
+    assert at_zero.uid == "u1"
+    assert at_zero.queue_phase == "Waking"
+    assert _model("Starting", "Waking").queue_phase == "Waking"
+    assert _model("Starting", "Starting").queue_phase == "Starting"
+    waking = decide(_facts(), at_zero.queue_phase, NOW)
+    assert waking is not None
+    assert waking.reason == "ModelWaking"
+    assert waking.status is not None
+    assert waking.status["phase"] == "Pending"
+    assert "waking from zero" in waking.status["conditions"][0]["message"]
+
+
+def test_a_model_scaled_to_zero_by_hand_does_not_wake() -> None:
+    """Without a policy nobody wakes it: the job waits and says why."""
+    by_hand = _model("ScaledToZero", autoscaled=False)
+    assert by_hand.queue_phase == "ScaledToZero"
+    waiting = decide(_facts(), by_hand.queue_phase, NOW)
+    assert waiting is not None
+    assert waiting.reason == "WaitingForModel"
+
+
+def test_an_unreadable_policy_is_ignored_not_fatal() -> None:
+    facts = ModelFacts.from_body({"spec": {"serving": {"autoscaling": {"minReplicas": 1}}}})
+    assert facts.autoscaling is None

@@ -75,14 +75,43 @@ def test_phases_in_order() -> None:
 
 
 def test_scaled_to_zero_is_ready_but_not_serving() -> None:
+    """Zero pods on purpose is where the model was asked to be: kstatus Current."""
     status = _compute(
         Observed(
             1, "d", job=_job("Complete"), deployment=_deployment(0), served_digest="d", service={}
         ),
         replicas=0,
     )
-    assert status["phase"] == "Ready"
+    assert status["phase"] == "ScaledToZero"
     assert _cond(status, "Serving")["reason"] == "ScaledToZero"
+    assert _cond(status, "Ready")["status"] == "True"
+    assert _cond(status, "Reconciling")["status"] == "False"
+    assert _cond(status, "Stalled")["status"] == "False"
+
+
+def test_the_autoscalers_count_and_reasons_are_reported() -> None:
+    observed = Observed(
+        1, "d", job=_job("Complete"), deployment=_deployment(0), served_digest="d", service={}
+    )
+    observed.replicas = 0
+    observed.zero_message = "2 → 0 replicas: no work for 600s; a new InferenceJob wakes it"
+    observed.autoscaling = {"desiredReplicas": 0, "lastScaleReason": "ScaledToZero"}
+    status = _compute(observed, replicas=1)
+    assert status["replicas"] == 0
+    assert status["phase"] == "ScaledToZero"
+    assert _cond(status, "Ready")["message"] == observed.zero_message
+    assert status["autoscaling"] == observed.autoscaling
+    observed.replicas, observed.waking = 1, True
+    status = _compute(observed, replicas=1)
+    assert status["phase"] == "Starting"
+    assert _cond(status, "Serving")["reason"] == "Waking"
+    assert _cond(status, "Reconciling")["status"] == "True"
+
+
+def test_a_model_without_a_policy_clears_status_autoscaling() -> None:
+    status = _compute(Observed(1, "d", job=_job("Complete")), replicas=1)
+    assert "autoscaling" in status
+    assert status["autoscaling"] is None
 
 
 def test_failed_download_uses_the_termination_message() -> None:

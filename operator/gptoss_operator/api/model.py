@@ -50,6 +50,7 @@ class Phase(StrEnum):
     DOWNLOADING = "Downloading"
     STARTING = "Starting"
     READY = "Ready"
+    SCALED_TO_ZERO = "ScaledToZero"
     FAILED = "Failed"
 
 
@@ -200,6 +201,61 @@ class ResourceRequirements(ApiModel):
 Download.model_rebuild()
 
 
+class Autoscaling(ApiModel):
+    """Replicas that follow the model's queue: its Pending and Running InferenceJobs, and
+    the requests vLLM itself is working on or holding."""
+
+    minReplicas: int = Field(
+        default=1,
+        ge=0,
+        le=1024,
+        description="Fewest vLLM pods. 0 lets the model scale to zero once idle "
+        "(scaleToZeroAfterSeconds); a new InferenceJob wakes it.",
+    )
+    maxReplicas: int = Field(ge=1, le=1024, description="Most vLLM pods.")
+    targetInFlightPerReplica: int | None = Field(
+        default=None,
+        ge=1,
+        le=65536,
+        description="Work in flight (queued and running InferenceJobs, or vLLM's own running "
+        "and waiting requests, whichever is larger) each pod should carry. Unset: "
+        "spec.sidecar.concurrency.",
+    )
+    scaleUpStabilizationSeconds: int = Field(
+        default=0,
+        ge=0,
+        le=3600,
+        description="Scale up only to the smallest count wanted over this window (0: at once).",
+    )
+    scaleDownStabilizationSeconds: int = Field(
+        default=300,
+        ge=0,
+        le=86400,
+        description="Scale down only to the largest count wanted over this window: a short "
+        "lull does not remove a pod that takes minutes to load.",
+    )
+    scaleToZeroAfterSeconds: int = Field(
+        default=900,
+        ge=0,
+        le=604800,
+        description="With minReplicas 0: how long the model must have had no work at all "
+        "before its last pod is removed.",
+    )
+
+    def target(self, concurrency: int) -> int:
+        return self.targetInFlightPerReplica or concurrency
+
+
+_AUTOSCALING_RULES: list[JsonValue] = [
+    {
+        "rule": "self.minReplicas <= self.maxReplicas",
+        "message": "minReplicas must not exceed maxReplicas",
+        "fieldPath": ".minReplicas",
+        "reason": "FieldValueInvalid",
+    }
+]
+
+
 class Serving(ApiModel):
     """The vLLM Deployment that serves the model."""
 
@@ -210,7 +266,18 @@ class Serving(ApiModel):
         description="vLLM OpenAI-compatible server image. Unset: the operator's pinned "
         f"default ({DEFAULT_VLLM_IMAGE}, set by the chart's defaults.vllmImage).",
     )
-    replicas: int = Field(default=1, ge=0, le=1024, description="Number of vLLM pods.")
+    replicas: int = Field(
+        default=1,
+        ge=0,
+        le=1024,
+        description="Number of vLLM pods (what kubectl scale sets). Ignored while autoscaling "
+        "is set: the operator then owns the count.",
+    )
+    autoscaling: Autoscaling | None = Field(
+        default=None,
+        description="Let the operator set the number of vLLM pods from the model's queue.",
+        json_schema_extra={"x-kubernetes-validations": _AUTOSCALING_RULES},
+    )
     gpusPerReplica: int = Field(default=1, ge=1, le=16, description="GPUs each pod requests.")
     gpuResourceName: str = Field(
         default="nvidia.com/gpu",
@@ -390,6 +457,9 @@ class GptOssModelSpec(ApiModel):
         gpus = self.serving.gpusPerReplica
         if tp is not None and (tp > gpus or gpus % tp):
             raise ValueError("serving.tensorParallelSize must divide serving.gpusPerReplica")
+        scaling = self.serving.autoscaling
+        if scaling is not None and scaling.minReplicas > scaling.maxReplicas:
+            raise ValueError("serving.autoscaling.minReplicas must not exceed maxReplicas")
         storage = self.storage
         if storage.existingClaim and (storage.size or storage.storageClassName):
             raise ValueError(
@@ -420,9 +490,24 @@ class QueueStatus(ApiModel):
     running: int = Field(default=0, ge=0, description="InferenceJobs running now.")
 
 
+class AutoscalingStatus(ApiModel):
+    desiredReplicas: int | None = Field(
+        default=None, ge=0, description="vLLM pods the autoscaler wants now."
+    )
+    lastScaleTime: datetime.datetime | None = Field(
+        default=None, description="When the autoscaler last changed the count."
+    )
+    lastScaleReason: str | None = Field(
+        default=None, description="ScaledUp, ScaledDown, ScaledToZero or Woken."
+    )
+    lastScaleMessage: str | None = Field(default=None, description="Why, with the figures.")
+
+
 class GptOssModelStatus(ApiModel):
     phase: Phase | None = Field(
-        default=None, description="Pending, Downloading, Starting, Ready or Failed."
+        default=None,
+        description="Pending, Downloading, Starting, Ready, ScaledToZero (no pods on purpose) "
+        "or Failed.",
     )
     observedGeneration: int | None = Field(default=None, ge=0)
     conditions: list[Condition] = conditions_field(
@@ -445,6 +530,7 @@ class GptOssModelStatus(ApiModel):
         default=None, description="Label selector of the vLLM pods (for the scale subresource)."
     )
     queue: QueueStatus | None = None
+    autoscaling: AutoscalingStatus | None = None
     kopf: dict[str, Any] | None = Field(
         default=None,
         description="Bookkeeping of the operator framework.",

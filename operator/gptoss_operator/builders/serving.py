@@ -199,7 +199,7 @@ def _sidecar_container(ctx: ModelContext) -> dict[str, Any]:
     return container
 
 
-def deployment(ctx: ModelContext, digest: str) -> dict[str, Any]:
+def deployment(ctx: ModelContext, digest: str, replicas: int | None = None) -> dict[str, Any]:
     serving = ctx.spec.serving
     selector = naming.server_selector(ctx.name)
     labels = naming.labels(ctx.name, naming.COMPONENT_SERVER)
@@ -240,7 +240,7 @@ def deployment(ctx: ModelContext, digest: str) -> dict[str, Any]:
             annotations={naming.SOURCE_HASH_ANNOTATION: digest},
         ),
         "spec": {
-            "replicas": serving.replicas,
+            "replicas": serving.replicas if replicas is None else replicas,
             "selector": {"matchLabels": selector},
             # GPUs are scarce: replace pods one at a time instead of surging.
             "strategy": {

@@ -21,7 +21,7 @@ def inference_jobs(body: kopf.Body, **_: Any) -> dict[tuple[str, str], JobFacts]
 
 @kopf.index(GROUP, VERSION, model_api.PLURAL)
 def model_phases(
-    namespace: str | None, name: str, status: kopf.Status, **_: Any
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[tuple[str, str], ModelFacts]:
-    """(namespace, name) -> phase and ready replicas of each GptOssModel."""
-    return {(namespace or "", name): ModelFacts.from_status(status)}
+    """(namespace, name) -> phase, replicas and autoscaling policy of each GptOssModel."""
+    return {(namespace or "", name): ModelFacts.from_body(body)}

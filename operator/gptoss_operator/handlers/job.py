@@ -36,8 +36,12 @@ async def start_housekeeping(memo: Any, **kwargs: Any) -> None:
 @kopf.on.event(GROUP, VERSION, model_api.PLURAL)
 def indexes_filled(memo: Any, **_: Any) -> None:
     """kopf calls handlers only once every index holds its initial listing: the first
-    call opens the housekeeping loop. (With no object at all there is nothing to keep.)"""
+    call opens the housekeeping loop. (With no object at all there is nothing to keep.)
+    Any change may matter to the autoscaler (a job for a model at zero wakes it)."""
     memo.indexed.set()
+    autoscaler = memo.get("autoscaler")
+    if autoscaler is not None:
+        autoscaler.poke()
 
 
 @kopf.on.cleanup()

@@ -13,6 +13,7 @@ from lightkube import ApiError
 from gptoss_operator import naming
 from gptoss_operator.api.common import GROUP, VERSION
 from gptoss_operator.api.model import PLURAL
+from gptoss_operator.autoscaler import Autoscaler
 from gptoss_operator.events import post_event
 from gptoss_operator.handlers import indexes  # noqa: F401 - registers the indexes
 from gptoss_operator.kube import new_client
@@ -39,10 +40,15 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any)
     async def emit(body: dict[str, Any], event_type: str, reason: str, message: str) -> None:
         await post_event(client, body, event_type, reason, message)
 
-    memo.models = ModelReconciler(client, SETTINGS, emit)
+    memo.autoscaler = Autoscaler(
+        kwargs["inference_jobs"], kwargs["model_phases"], SETTINGS.autoscale_seconds, emit
+    )
+    memo.models = ModelReconciler(client, SETTINGS, emit, memo.autoscaler)
+    memo.autoscaler.apply = memo.models.reconcile
     memo.model_resync = asyncio.create_task(
         _resync_forever(memo.models, kwargs["model_phases"], SETTINGS.resync_seconds)
     )
+    memo.autoscaling = asyncio.create_task(memo.autoscaler.run_forever())
 
 
 async def _resync_forever(
@@ -62,9 +68,10 @@ async def _resync_forever(
 
 @kopf.on.cleanup()
 async def stop(memo: Any, **_: Any) -> None:
-    task = memo.get("model_resync")
-    if task is not None:
-        task.cancel()
+    for name in ("model_resync", "autoscaling"):
+        task = memo.get(name)
+        if task is not None:
+            task.cancel()
 
 
 async def _reconcile(memo: Any, namespace: str | None, name: str) -> None:
