@@ -80,7 +80,7 @@ def _per_model(models: Mapping[Any, Iterable[Any]], jobs: Mapping[Any, Iterable[
         if facts is None:
             continue
         namespace, model = key
-        labels = f'namespace="{namespace}",model="{model}"'
+        labels = f'model="{model}",namespace="{namespace}"'
         phases = Counter(getattr(job, "phase", "") for job in list(jobs.get(key, [])))
         for state in ("Pending", "Running"):
             queue.append(f'gptoss_model_queue{{{labels},phase="{state}"}} {phases[state]}')

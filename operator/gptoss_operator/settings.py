@@ -28,6 +28,8 @@ class Settings:
     # How often the autoscaler samples each autoscaled model's load (a new job for a
     # model at zero wakes it at once).
     autoscale_seconds: float = 5.0
+    # Also read vLLM's running and waiting requests from each pod's /metrics.
+    autoscale_engine_metrics: bool = True
     # A failed download runs again after this, doubling per attempt up to 30 minutes.
     download_retry_seconds: float = 60.0
     download_retry_cap_seconds: float = 1800.0
@@ -55,6 +57,9 @@ class Settings:
             claim_pending_grace_seconds=int(os.environ.get("GPTOSS_CLAIM_PENDING_GRACE", "60")),
             resync_seconds=float(os.environ.get("GPTOSS_RESYNC_SECONDS", "30")),
             autoscale_seconds=float(os.environ.get("GPTOSS_AUTOSCALE_SECONDS", "5")),
+            autoscale_engine_metrics=(
+                os.environ.get("GPTOSS_AUTOSCALE_ENGINE_METRICS", "true") == "true"
+            ),
             download_retry_seconds=float(os.environ.get("GPTOSS_DOWNLOAD_RETRY_SECONDS", "60")),
             namespaces=namespaces,
             metrics_port=int(os.environ.get("GPTOSS_METRICS_PORT", "8081")),

@@ -10,13 +10,17 @@ the engine is the stand-in, slow enough that jobs are still running when pods go
 
 from __future__ import annotations
 
+import time
+import urllib.request
 import uuid
 
 import pytest
 from lightkube import Client
 from lightkube.resources.apps_v1 import Deployment
+from lightkube.types import PatchType
 
 from gptoss_operator import naming
+from gptoss_operator.api.resources import GptOssModelResource
 from gptoss_sandbox.cluster import free_port
 from gptoss_sandbox.standin_engine import StandinEngine
 from tests.cluster.job_helpers import condition, create_job, job_status, wait_finished
@@ -53,6 +57,17 @@ def _reasons(kube: Client, namespace: str) -> list[str]:
     return [str(e.get("reason")) for e in events_for(kube, namespace, "m")]
 
 
+def _operator_metrics(operator: OperatorProcess) -> dict[str, float]:
+    port = operator.env["GPTOSS_METRICS_PORT"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+
+
 def _scheduled_reason(kube: Client, namespace: str, name: str) -> str | None:
     return condition(job_status(kube, namespace, name), "Scheduled").get("reason")
 
@@ -64,7 +79,6 @@ def test_replicas_follow_the_queue_from_zero_to_max_and_back(
     namespace: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    del operator
     engine = StandinEngine(model="m", port=free_port(), token_delay=0.1)
     url = engine.start_in_thread()
     create_model(
@@ -159,6 +173,15 @@ def test_replicas_follow_the_queue_from_zero_to_max_and_back(
         )
         reasons = _reasons(kube, namespace)
         assert {"Woken", "ScaledDown", "ScaledToZero"} <= set(reasons), reasons
+        # The operator's /metrics tell the same story.
+        series = _operator_metrics(operator)
+        labels = f'model="m",namespace="{namespace}"'
+        assert series[f"gptoss_model_replicas{{{labels}}}"] == 0
+        assert series[f"gptoss_model_desired_replicas{{{labels}}}"] == 0
+        assert series[f'gptoss_model_queue{{{labels},phase="Pending"}}'] == 0
+        for reason in ("Woken", "ScaledDown", "ScaledToZero"):
+            decisions = f'gptoss_scaling_decisions_total{{{labels},reason="{reason}"}}'
+            assert series[decisions] >= 1, decisions
         assert not sidecars.errors, sidecars.errors
     except Exception:
         print(sidecars.log_tail())
@@ -166,3 +189,66 @@ def test_replicas_follow_the_queue_from_zero_to_max_and_back(
     finally:
         sidecars.stop()
         engine.stop_in_thread()
+
+
+def test_with_autoscaling_the_operator_owns_the_count(
+    kube: Client, operator: OperatorProcess, namespace: str
+) -> None:
+    """Which wins, documented in the README: the autoscaler. Scaling the Deployment by
+    hand is undone; `kubectl scale gom` (the model's /scale) writes spec.serving.replicas,
+    which is unused while autoscaling is set, and /scale reads back the autoscaler's
+    count. Without autoscaling, spec.serving.replicas rules again."""
+    del operator
+    create_model(
+        kube,
+        namespace,
+        "m",
+        source={"repo": "openai/gpt-oss-20b"},
+        serving={"autoscaling": {"minReplicas": 2, "maxReplicas": 3}},
+    )
+    status = wait_for_phase(kube, namespace, "m", "Ready", timeout=60)
+    assert status["replicas"] == 2
+    assert status["autoscaling"]["desiredReplicas"] == 2
+    wait_for(lambda: _deployment_replicas(kube, namespace) == 2, timeout=20, message="2 pods")
+
+    kube.patch(
+        Deployment,
+        naming.deployment_name("m"),
+        {"spec": {"replicas": 5}},
+        namespace=namespace,
+        patch_type=PatchType.MERGE,
+    )
+    wait_for(
+        lambda: _deployment_replicas(kube, namespace) == 2,
+        timeout=20,
+        message="the hand-scaled Deployment back at the autoscaler's count",
+    )
+
+    scale = kube.get(GptOssModelResource.Scale, "m", namespace=namespace)
+    scale.spec.replicas = 3
+    kube.replace(scale, "m", namespace=namespace)
+    time.sleep(3)  # several autoscaler passes and a resync
+    assert _deployment_replicas(kube, namespace) == 2
+    scale = kube.get(GptOssModelResource.Scale, "m", namespace=namespace)
+    assert (scale.spec.replicas, scale.status.replicas) == (3, 2)
+
+    kube.patch(
+        GptOssModelResource,
+        "m",
+        [{"op": "remove", "path": "/spec/serving/autoscaling"}],
+        namespace=namespace,
+        patch_type=PatchType.JSON,
+    )
+    wait_for(
+        lambda: _deployment_replicas(kube, namespace) == 3,
+        timeout=20,
+        message="spec.serving.replicas applied once autoscaling is gone",
+    )
+    wait_for(
+        lambda: (
+            "autoscaling" not in status_of(kube, namespace, "m")
+            and status_of(kube, namespace, "m")["replicas"] == 3
+        ),
+        timeout=20,
+        message="status.autoscaling cleared",
+    )

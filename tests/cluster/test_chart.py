@@ -4,11 +4,13 @@ running with exactly the RBAC the chart grants."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 from lightkube import Client
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.apps_v1 import Deployment
@@ -320,3 +322,66 @@ def test_install_runs_the_operator_with_only_the_charts_rbac(
         operator.start()
         for name in (system, team):
             kube.delete(Namespace, name)
+
+
+def _exported_metric_names() -> set[str]:
+    """The series names the operator's /metrics serves for one model with jobs."""
+    from gptoss_operator import metrics
+    from gptoss_operator.job_janitor import JobFacts, ModelFacts
+
+    model = ModelFacts.from_status({"phase": "Ready", "readyReplicas": 1, "replicas": 1})
+    job = JobFacts.from_body(
+        {"metadata": {"namespace": "ns", "name": "j"}, "spec": {"modelRef": {"name": "m"}}}
+    )
+    text = metrics.render({("ns", "m"): [model]}, {("ns", "m"): [job]})
+    return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line[:1] != "#"}
+
+
+def _metric_names(expression: str) -> set[str]:
+    return set(re.findall(r"\bgptoss_[a-z_]+\b", expression))
+
+
+def test_prometheus_rule_is_optional_and_reads_what_the_operator_exports() -> None:
+    assert not [d for d in render() if d["kind"] == "PrometheusRule"]
+    documents = render("prometheusRule.enabled=true", "prometheusRule.queueWaitingFor=10m")
+    (rule,) = [d for d in documents if d["kind"] == "PrometheusRule"]
+    rules = rule["spec"]["groups"][0]["rules"]
+    exported = _exported_metric_names()
+    assert "gptoss_model_queue" in exported
+    for item in rules:
+        used = _metric_names(item["expr"])
+        assert used, item
+        assert used <= exported, (used - exported, item)
+    (alert,) = [item for item in rules if "alert" in item]
+    assert alert["for"] == "10m"
+
+
+def test_keda_example_scales_the_model_through_its_scale_subresource() -> None:
+    example = yaml.safe_load((CHART / "files" / "keda-scaledobject.yaml").read_text())
+    target = example["spec"]["scaleTargetRef"]
+    crd = yaml.safe_load((CHART / "crds" / "gptoss.ai_gptossmodels.yaml").read_text())
+    group, version = target["apiVersion"].split("/")
+    assert (group, target["kind"]) == (crd["spec"]["group"], crd["spec"]["names"]["kind"])
+    (served,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
+    assert served["subresources"]["scale"]["specReplicasPath"] == ".spec.serving.replicas"
+    (trigger,) = example["spec"]["triggers"]
+    assert _metric_names(trigger["metadata"]["query"]) <= _exported_metric_names()
+
+
+def test_autoscaler_settings_reach_the_operator_and_its_network_peer() -> None:
+    def env_of(*values: str) -> dict[str, str]:
+        (deployment,) = [d for d in render(*values) if d["kind"] == "Deployment"]
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        return {e["name"]: e.get("value") for e in container["env"]}
+
+    env = env_of("autoscaling.intervalSeconds=2")
+    assert env["GPTOSS_AUTOSCALE_SECONDS"] == "2"
+    assert env["GPTOSS_AUTOSCALE_ENGINE_METRICS"] == "true"
+    (peer,) = json.loads(env["GPTOSS_NETWORK_POLICY_FROM"])
+    assert peer["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "gptoss-system"
+    }
+    assert peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "gptoss-operator"
+    env = env_of("autoscaling.engineMetrics=false")
+    assert env["GPTOSS_AUTOSCALE_ENGINE_METRICS"] == "false"
+    assert json.loads(env["GPTOSS_NETWORK_POLICY_FROM"]) == []

@@ -9,6 +9,7 @@ and Deployment, the downloader, the sidecar.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import uuid
@@ -23,6 +24,7 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import Namespace
 
+from gptoss_operator.engine_load import EngineLoads
 from gptoss_operator.harmony import ChatMessage, Harmony
 from gptoss_sandbox import pod_sandbox
 from gptoss_sandbox.engine_venv import EngineVenv
@@ -302,3 +304,37 @@ def test_the_endpoint_requires_the_models_api_key(served: Served) -> None:
     sidecar_log = served.deployed.sidecar.log_path.read_text(errors="replace")
     for text in (json.dumps(status), json.dumps(deployment.to_dict()), sidecar_log):
         assert key not in text
+
+
+def test_the_autoscaler_reads_real_vllms_load(served: Served) -> None:
+    """The gauges the autoscaler adds up are those vLLM exports: 0 when idle, and the
+    requests it is running or holding while it works."""
+    url = httpx.URL(served.deployed.vllm.url)
+    key = ("ns", "tiny")
+    loads = EngineLoads({key: [str(url.host)]}, lambda: [key], interval=1.0, port=url.port or 80)
+    prompt = served.harmony.render([ChatMessage("user", "What is recursion?")], "medium")
+    body = {"model": "tiny", "prompt": prompt, "max_tokens": 64, "temperature": 0.7}
+    headers = {"Authorization": f"Bearer {served.deployed.api_key}"}
+
+    async def scenario() -> tuple[int | None, int]:
+        async with httpx.AsyncClient(timeout=120) as client:
+            await loads.refresh(client)
+            idle = loads(*key)
+            sent = asyncio.gather(
+                *(
+                    client.post(f"{url}/v1/completions", json=body, headers=headers)
+                    for _ in range(6)
+                )
+            )
+            busiest = 0
+            while not sent.done():
+                await loads.refresh(client)
+                busiest = max(busiest, loads(*key) or 0)
+                await asyncio.sleep(0.01)
+            replies = await sent
+            assert all(reply.status_code == 200 for reply in replies)
+            return idle, busiest
+
+    idle, busiest = asyncio.run(scenario())
+    assert idle == 0
+    assert 1 <= busiest <= 6

@@ -99,3 +99,18 @@ bind any other role.
     - {{ include "gptoss-operator.downloaderRole" . }}
     - {{ include "gptoss-operator.sidecarRole" . }}
 {{- end -}}
+
+{{/*
+Peers the models' NetworkPolicies admit besides their namespace: the listed ones, and
+the operator's own pods when it reads vLLM's /metrics for the autoscaler (JSON).
+*/}}
+{{- define "gptoss-operator.networkPolicyFrom" -}}
+{{- $from := .Values.networkPolicy.from -}}
+{{- if .Values.autoscaling.engineMetrics -}}
+{{- $operator := dict
+      "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" .Release.Namespace))
+      "podSelector" (dict "matchLabels" (include "gptoss-operator.selectorLabels" . | fromYaml)) -}}
+{{- $from = append $from $operator -}}
+{{- end -}}
+{{- $from | toJson -}}
+{{- end }}

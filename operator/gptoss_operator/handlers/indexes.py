@@ -6,10 +6,17 @@ from typing import Any
 
 import kopf
 
+from gptoss_operator import naming
 from gptoss_operator.api import job as job_api
 from gptoss_operator.api import model as model_api
 from gptoss_operator.api.common import GROUP, VERSION
+from gptoss_operator.engine_load import ready_pod
 from gptoss_operator.job_janitor import JobFacts, ModelFacts
+
+SERVER_PODS = {
+    "app.kubernetes.io/managed-by": naming.MANAGED_BY,
+    "app.kubernetes.io/component": naming.COMPONENT_SERVER,
+}
 
 
 @kopf.index(GROUP, VERSION, job_api.PLURAL)
@@ -25,3 +32,16 @@ def model_phases(
 ) -> dict[tuple[str, str], ModelFacts]:
     """(namespace, name) -> phase, replicas and autoscaling policy of each GptOssModel."""
     return {(namespace or "", name): ModelFacts.from_body(body)}
+
+
+def _is_ready(body: kopf.Body, **_: Any) -> bool:
+    return ready_pod(body) is not None
+
+
+@kopf.index("", "v1", "pods", labels=SERVER_PODS, when=_is_ready)
+def server_pods(
+    body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
+) -> dict[tuple[str, str], str]:
+    """(namespace, model) -> IP of each ready vLLM pod (a pod that stops being ready
+    leaves the index: it no longer matches the filter)."""
+    return {(namespace or "", labels.get(naming.MODEL_LABEL, "")): ready_pod(body) or ""}

@@ -14,6 +14,7 @@ from gptoss_operator import naming
 from gptoss_operator.api.common import GROUP, VERSION
 from gptoss_operator.api.model import PLURAL
 from gptoss_operator.autoscaler import Autoscaler
+from gptoss_operator.engine_load import EngineLoads
 from gptoss_operator.events import post_event
 from gptoss_operator.handlers import indexes  # noqa: F401 - registers the indexes
 from gptoss_operator.kube import new_client
@@ -49,6 +50,12 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any)
         _resync_forever(memo.models, kwargs["model_phases"], SETTINGS.resync_seconds)
     )
     memo.autoscaling = asyncio.create_task(memo.autoscaler.run_forever())
+    if SETTINGS.autoscale_engine_metrics:
+        loads = EngineLoads(
+            kwargs["server_pods"], lambda: list(memo.autoscaler.states), SETTINGS.autoscale_seconds
+        )
+        memo.autoscaler.engine_loads = loads
+        memo.engine_loads = asyncio.create_task(loads.run_forever())
 
 
 async def _resync_forever(
@@ -68,7 +75,7 @@ async def _resync_forever(
 
 @kopf.on.cleanup()
 async def stop(memo: Any, **_: Any) -> None:
-    for name in ("model_resync", "autoscaling"):
+    for name in ("model_resync", "autoscaling", "engine_loads"):
         task = memo.get(name)
         if task is not None:
             task.cancel()

@@ -1,0 +1,110 @@
+"""vLLM's own load, read from each ready pod's ``/metrics``.
+
+InferenceJobs are not the only work a model does: clients may call its OpenAI-compatible
+endpoint directly. vLLM reports the requests it is running and holding as the gauges
+``vllm:num_requests_running`` and ``vllm:num_requests_waiting``; their sum over a model's
+pods is the ``engine`` part of the autoscaler's :class:`~gptoss_operator.autoscaling.Load`.
+Reading them is best effort: a pod that does not answer within the timeout (a
+NetworkPolicy that does not admit the operator, a pod still loading) adds nothing, and
+the autoscaler goes by the InferenceJobs alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import httpx
+
+from gptoss_operator import naming
+
+log = logging.getLogger(__name__)
+
+GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting")
+
+
+def requests_in_flight(text: str) -> int | None:
+    """Running plus waiting requests in one ``/metrics`` page (None: vLLM's gauges are
+    not there)."""
+    total = 0.0
+    found = False
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in GAUGES:
+            try:
+                total += float(line.rsplit(" ", 1)[1])
+            except (IndexError, ValueError):
+                continue
+            found = True
+    return round(total) if found else None
+
+
+def ready_pod(body: Mapping[str, Any]) -> str | None:
+    """The IP of a ready, not terminating pod."""
+    metadata = body.get("metadata") or {}
+    status = body.get("status") or {}
+    if metadata.get("deletionTimestamp") or not status.get("podIP"):
+        return None
+    conditions = status.get("conditions") or []
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    return str(status["podIP"]) if ready else None
+
+
+class EngineLoads:
+    """Reads every ``interval`` seconds the pods of the models ``wanted()`` names; a
+    model's figure is dropped when no pod answered for three intervals."""
+
+    def __init__(
+        self,
+        pods: Mapping[Any, Iterable[str]],
+        wanted: Callable[[], Iterable[tuple[str, str]]],
+        interval: float,
+        port: int = naming.ENGINE_PORT,
+        timeout: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.pods = pods
+        self.wanted = wanted
+        self.interval = interval
+        self.port = port
+        self.timeout = timeout
+        self.clock = clock
+        self.loads: dict[tuple[str, str], tuple[int, float]] = {}
+
+    def __call__(self, namespace: str, model: str) -> int | None:
+        entry = self.loads.get((namespace, model))
+        if entry is None or self.clock() - entry[1] > 3 * self.interval:
+            return None
+        return entry[0]
+
+    async def run_forever(self) -> None:
+        async with httpx.AsyncClient(timeout=self.timeout) as client:
+            while True:
+                try:
+                    await self.refresh(client)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("reading vLLM's metrics failed")
+                await asyncio.sleep(self.interval)
+
+    async def refresh(self, client: httpx.AsyncClient) -> None:
+        for key in list(self.wanted()):
+            addresses = list(self.pods.get(key, []))
+            figures = await asyncio.gather(*(self._read(client, ip) for ip in addresses))
+            answered = [figure for figure in figures if figure is not None]
+            if answered:
+                self.loads[key] = (sum(answered), self.clock())
+
+    async def _read(self, client: httpx.AsyncClient, address: str) -> int | None:
+        host = f"[{address}]" if ":" in address else address
+        try:
+            reply = await client.get(f"http://{host}:{self.port}/metrics")
+        except httpx.HTTPError:
+            return None
+        if reply.status_code != 200:
+            return None
+        return requests_in_flight(reply.text)
