@@ -174,7 +174,7 @@ def test_crds_are_established_and_structural(api: Client) -> None:
 def test_examples_are_accepted_and_defaulted(api: Client, namespace: str) -> None:
     documents = _examples()
     kinds = [doc["kind"] for doc in documents]
-    assert (kinds.count("GptOssModel"), kinds.count("InferenceJob")) == (3, 3)
+    assert (kinds.count("GptOssModel"), kinds.count("InferenceJob")) == (4, 3)
     for document in documents:
         if document["kind"] not in ("GptOssModel", "InferenceJob"):
             continue
@@ -190,6 +190,42 @@ def test_examples_are_accepted_and_defaulted(api: Client, namespace: str) -> Non
             assert spec["download"]["stallTimeoutSeconds"] == 300
             assert spec["sidecar"]["concurrency"] in (64, 128)
             assert parsed_model.serving.gpusPerReplica >= 1
+
+
+def test_autoscaling_is_checked_and_defaulted_at_admission(api: Client, namespace: str) -> None:
+    with pytest.raises(ApiError) as refused:
+        api.create(
+            GptOssModelResource.from_dict(
+                _model(serving={"autoscaling": {"minReplicas": 3, "maxReplicas": 2}})
+            ),
+            namespace=namespace,
+            dry_run=True,
+        )
+    assert refused.value.status.code == 422
+    message = refused.value.status.message or ""
+    assert "spec.serving.autoscaling.minReplicas" in message
+    assert "minReplicas must not exceed maxReplicas" in message
+    with pytest.raises(ApiError) as missing:
+        api.create(
+            GptOssModelResource.from_dict(_model(serving={"autoscaling": {"minReplicas": 0}})),
+            namespace=namespace,
+            dry_run=True,
+        )
+    assert "spec.serving.autoscaling.maxReplicas: Required value" in (
+        missing.value.status.message or ""
+    )
+    stored = api.create(
+        GptOssModelResource.from_dict(_model(serving={"autoscaling": {"maxReplicas": 2}})),
+        namespace=namespace,
+        dry_run=True,
+    ).to_dict()
+    assert stored["spec"]["serving"]["autoscaling"] == {
+        "minReplicas": 1,
+        "maxReplicas": 2,
+        "scaleUpStabilizationSeconds": 0,
+        "scaleDownStabilizationSeconds": 300,
+        "scaleToZeroAfterSeconds": 900,
+    }
 
 
 def test_an_empty_model_gets_every_default(api: Client, namespace: str) -> None:

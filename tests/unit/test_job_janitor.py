@@ -202,6 +202,10 @@ def test_a_job_for_a_model_at_zero_says_it_is_waking() -> None:
     assert waking.status is not None
     assert waking.status["phase"] == "Pending"
     assert "waking from zero" in waking.status["conditions"][0]["message"]
+    # Waking takes as long as vLLM takes to load; the job's own deadline still holds.
+    late = decide(_facts(activeDeadlineSeconds=60), at_zero.queue_phase, NOW)
+    assert late is not None
+    assert late.reason == "DeadlineExceeded"
 
 
 def test_a_model_scaled_to_zero_by_hand_does_not_wake() -> None:
