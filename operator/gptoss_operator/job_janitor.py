@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -346,7 +347,13 @@ class LeaseClock:
 
 
 class JobJanitor:
-    """Applies :func:`decide` to every known job, every ``interval`` seconds."""
+    """Applies :func:`decide` to every known job when something may have changed.
+
+    A pass over every job runs when the indexes changed (:meth:`touch`, called for every
+    watch event), when the earliest moment a decision can change falls due (a lease
+    lapsing, a deadline, a TTL), and at least every ``full_pass_seconds``. A queue of
+    thousands of waiting jobs thus costs nothing while it waits.
+    """
 
     def __init__(
         self,
@@ -355,6 +362,9 @@ class JobJanitor:
         models: Mapping[Any, Iterable[ModelFacts]],
         interval: float = 1.0,
         indexed: asyncio.Event | None = None,
+        full_pass_seconds: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC),
     ) -> None:
         self.client = client
         self.jobs = jobs
@@ -363,40 +373,85 @@ class JobJanitor:
         # Set once the indexes hold what the apiserver has: acting on half-filled indexes
         # would write ModelNotFound to jobs whose model is not indexed yet.
         self.indexed = indexed
-        self.leases = LeaseClock()
+        self.full_pass_seconds = full_pass_seconds
+        self.clock = clock  # paces passes and ages leases
+        self.wall_clock = wall_clock  # compared with the apiserver's timestamps
+        self.leases = LeaseClock(clock)
         self._unreachable = False  # the last live read failed for the apiserver's sake
         self._queues: dict[tuple[str, str], dict[str, int]] = {}
+        self._changed = True
+        self._next_due = 0.0  # on self.clock
+        self._last_pass = -math.inf
+        self.passes = 0
+
+    def touch(self) -> None:
+        """Something in the indexes changed: look at every job on the next step."""
+        self._changed = True
 
     async def run_forever(self) -> None:
         if self.indexed is not None:
             await self.indexed.wait()
         while True:
             try:
-                await self.tick()
+                await self.step()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("InferenceJob housekeeping pass failed")
             await asyncio.sleep(self.interval)
 
+    async def step(self) -> None:
+        """One pass over every job, if anything may have changed since the last one."""
+        now = self.clock()
+        if (
+            self._changed
+            or now >= self._next_due
+            or now - self._last_pass >= self.full_pass_seconds
+        ):
+            self._changed = False
+            self._last_pass = now
+            try:
+                await self.tick()
+            except BaseException:
+                self._changed = True  # not done: the next step tries again
+                raise
+
     def _model_phase(self, namespace: str, model: str) -> str | None:
         facts = list(self.models.get((namespace, model), []))
         return facts[0].queue_phase if facts else None
 
     async def tick(self) -> None:
-        now = datetime.datetime.now(datetime.UTC)
+        self.passes += 1
+        now = self.wall_clock()
         everything = [job for store in list(self.jobs.values()) for job in store]
         running = [job for job in everything if job.phase == Phase.RUNNING.value]
         self.leases.keep_only(running)
+        next_due = math.inf
         for job in everything:
             age = self.leases.age(job) if job.phase == Phase.RUNNING.value else None
+            next_due = min(next_due, self._due_in(job, now, age))
             action = decide(job, self._model_phase(job.namespace, job.model), now, age)
             if action is None:
                 continue
             if job.phase == Phase.RUNNING.value and not await self._lease_still_lapsed(job):
                 continue
             await self._apply(job, action)
+        self._next_due = self.clock() + next_due
         await self._publish_queues(everything)
+
+    @staticmethod
+    def _due_in(job: JobFacts, now: datetime.datetime, lease_age: float | None) -> float:
+        """Seconds until a decision about the job may change with time alone."""
+        if job.phase == Phase.RUNNING.value:
+            duration = float((job.status.get("lease") or {}).get("durationSeconds", 30))
+            return max(0.0, duration - (lease_age or 0.0)) + 0.001
+        if job.phase in FINISHED_PHASES:
+            start, seconds = parse_time(job.completion_time), job.ttl_seconds_after_finished
+        else:
+            start, seconds = parse_time(job.created), job.active_deadline_seconds
+        if start is None or seconds is None:
+            return math.inf
+        return max(0.0, seconds - (now - start).total_seconds())
 
     async def _lease_still_lapsed(self, job: JobFacts) -> bool:
         """Before taking a job from its worker, read it live: the index may lag behind

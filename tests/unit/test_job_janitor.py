@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+from dataclasses import replace
 from typing import Any
 
 from gptoss_operator.job_janitor import (
     JobFacts,
+    JobJanitor,
     LeaseClock,
     ModelFacts,
     decide,
@@ -220,3 +223,81 @@ def test_a_model_scaled_to_zero_by_hand_does_not_wake() -> None:
 def test_an_unreadable_policy_is_ignored_not_fatal() -> None:
     facts = ModelFacts.from_body({"spec": {"serving": {"autoscaling": {"minReplicas": 1}}}})
     assert facts.autoscaling is None
+
+
+class _RecordingClient:
+    """Stands in for the apiserver client: records the janitor's writes."""
+
+    def __init__(self) -> None:
+        self.patches: list[tuple[str, Any]] = []
+
+    async def patch(self, resource: Any, name: str, body: Any, **_: Any) -> None:
+        self.patches.append((name, body))
+
+
+def _queued(name: str, **spec: Any) -> JobFacts:
+    facts = _facts(
+        {
+            "phase": "Pending",
+            "conditions": [{"type": "Scheduled", "status": "True", "reason": "Queued"}],
+        },
+        **spec,
+    )
+    return replace(facts, name=name)
+
+
+def test_a_waiting_queue_costs_no_passes_until_something_changes() -> None:
+    clock = _Clock()
+    jobs = {("ns", "m"): [_queued(f"j{i}") for i in range(1000)]}
+    models = {("ns", "m"): [ModelFacts("Ready", 1)]}
+    janitor = JobJanitor(
+        _RecordingClient(),  # type: ignore[arg-type]
+        jobs,
+        models,
+        clock=clock,
+        wall_clock=lambda: NOW,
+    )
+
+    async def scenario() -> None:
+        await janitor.step()
+        assert janitor.passes == 1
+        for _ in range(20):
+            clock.now += 1
+            await janitor.step()
+        assert janitor.passes == 1, "nothing changed, nothing falls due"
+        janitor.touch()
+        await janitor.step()
+        assert janitor.passes == 2
+        clock.now += janitor.full_pass_seconds
+        await janitor.step()
+        assert janitor.passes == 3, "a full pass now and then, whatever happens"
+
+    asyncio.run(scenario())
+
+
+def test_a_deadline_falling_due_brings_a_pass_without_any_event() -> None:
+    clock = _Clock()
+    client = _RecordingClient()
+    # Created 100 s ago with a 101 s deadline: due in about a second.
+    jobs = {("ns", "m"): [_queued("late", activeDeadlineSeconds=101)]}
+    models = {("ns", "m"): [ModelFacts("Ready", 1)]}
+    janitor = JobJanitor(
+        client,  # type: ignore[arg-type]
+        jobs,
+        models,
+        clock=clock,
+        wall_clock=lambda: NOW + datetime.timedelta(seconds=clock.now - 1000.0),
+    )
+
+    async def scenario() -> None:
+        await janitor.step()
+        assert [name for name, _ in client.patches] == ["m"], "the model's queue only"
+        clock.now += 0.2
+        await janitor.step()
+        assert janitor.passes == 1
+        clock.now += 0.9
+        await janitor.step()
+        assert janitor.passes == 2
+        assert [name for name, _ in client.patches] == ["m", "late"]
+
+    asyncio.run(scenario())

@@ -25,8 +25,8 @@ INTERVAL = float(os.environ.get("GPTOSS_JOB_HOUSEKEEPING_SECONDS", "1"))
 async def start_housekeeping(memo: Any, **kwargs: Any) -> None:
     jobs, models = kwargs["inference_jobs"], kwargs["model_phases"]
     memo.indexed = asyncio.Event()
-    janitor = JobJanitor(new_client(), jobs, models, INTERVAL, memo.indexed)
-    memo.job_housekeeping = asyncio.create_task(janitor.run_forever())
+    memo.janitor = JobJanitor(new_client(), jobs, models, INTERVAL, memo.indexed)
+    memo.job_housekeeping = asyncio.create_task(memo.janitor.run_forever())
     port = Settings.from_env().metrics_port
     if port:
         memo.metrics = await start_server(port, lambda: (models, jobs))
@@ -37,8 +37,12 @@ async def start_housekeeping(memo: Any, **kwargs: Any) -> None:
 def indexes_filled(memo: Any, **_: Any) -> None:
     """kopf calls handlers only once every index holds its initial listing: the first
     call opens the housekeeping loop. (With no object at all there is nothing to keep.)
-    Any change may matter to the autoscaler (a job for a model at zero wakes it)."""
+    Any change may matter to the housekeeping (it looks at the jobs again) and to the
+    autoscaler (a job for a model at zero wakes it)."""
     memo.indexed.set()
+    janitor = memo.get("janitor")
+    if janitor is not None:
+        janitor.touch()
     autoscaler = memo.get("autoscaler")
     if autoscaler is not None:
         autoscaler.poke()
