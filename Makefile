@@ -59,12 +59,9 @@ crds: setup ## Regenerate crds/ and the chart's CRDs from the pydantic models
 docs: setup ## Regenerate the README's API reference from the models
 	$(BIN)/python -m gptoss_operator.api.docs
 
-bench: binaries engine ## Run the benchmarks (they print figures)
-	$(BIN)/python benchmarks/harmony_cost.py
-	$(BIN)/python benchmarks/model_lifecycle.py
-	$(BIN)/python benchmarks/sidecar_throughput.py
-	$(BIN)/python benchmarks/engine_efficiency.py
-	$(BIN)/python benchmarks/queue_load.py
+bench: binaries engine ## Run the benchmarks: benchmarks/results.json, BENCHMARKS.md, plots
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 check-crds: setup ## Fail when the committed CRDs differ from the models
 	$(BIN)/python -m gptoss_operator.api.crdgen --check

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 from gptoss_operator.harmony import RETURN_TOKEN, ChatMessage, Harmony  # noqa: E402
 
 
-def main() -> None:
+def measure() -> dict[str, float]:
     harmony = Harmony()
     words = " ".join(f"step{i} of the reasoning" for i in range(3000))
     output = harmony.encoding.encode(
@@ -42,12 +42,9 @@ def main() -> None:
 
     render_us = render_seconds / len(prompt) * 1e6
     parse_us = parse_seconds / len(output) * 1e6
-    print(f"render: {len(prompt)} prompt tokens in {render_seconds * 1000:.1f} ms "
-          f"= {render_us:.2f} µs/token")
-    print(f"parse:  {len(output)} output tokens fed one by one in {parse_seconds * 1000:.1f} ms "
-          f"= {parse_us:.2f} µs/token")
-    print(f"render + parse: {render_us + parse_us:.2f} µs per token (goal < 5 µs)")
+    return {"render_us_per_token": render_us, "parse_us_per_token": parse_us,
+            "harmony_us_per_token": render_us + parse_us}
 
 
 if __name__ == "__main__":
-    main()
+    print(measure())

@@ -350,7 +350,8 @@ class StandinEngine:
       outputs larger than any one message may be).
 
     Records: ``requests_served`` (completion requests received), ``last_request`` (the
-    parsed JSON body of the latest one) and ``requests`` (all of them).
+    parsed JSON body of the latest one), ``requests`` (all of them) and
+    ``request_seconds`` (how long each took to answer, for the benchmarks).
     """
 
     def __init__(
@@ -384,6 +385,7 @@ class StandinEngine:
         self.requests_served = 0
         self.last_request: Json | None = None
         self.requests: list[Json] = []
+        self.request_seconds: list[float] = []
         self.encoding = harmony_encoding()
         self._runner: web.AppRunner | None = None
         self._stopping: asyncio.Event | None = None
@@ -409,7 +411,7 @@ class StandinEngine:
         app.router.add_get("/health", self._health)
         app.router.add_get("/version", self._version)
         app.router.add_get("/v1/models", self._models)
-        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/completions", self._timed_completions)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         site = web.TCPSite(runner, HOST, self.port)
@@ -590,6 +592,13 @@ class StandinEngine:
             "permission": [permission],
         }
         return _json_response({"object": "list", "data": [card]})
+
+    async def _timed_completions(self, request: web.Request) -> web.StreamResponse:
+        started = time.monotonic()
+        try:
+            return await self._completions(request)
+        finally:
+            self.request_seconds.append(time.monotonic() - started)
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         try:

@@ -1,0 +1,152 @@
+"""Engine efficiency: output tokens/s through InferenceJobs (apiserver, operator, sidecar,
+harmony) divided by output tokens/s of the same requests sent straight to the same server
+at the same concurrency, rounds alternating within one run.
+
+(a) the real vLLM (its CPU build, the tiny random-weights gpt-oss checkpoint, which
+rambles on to max_tokens); (b) the stand-in with a fixed delay per token that mimics one
+H100's decode rate for gpt-oss-120b at 64 concurrent streams (see BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from lightkube import AsyncClient
+from plane import Plane
+
+from gptoss_operator.api.resources import InferenceJobResource
+from gptoss_operator.harmony import ChatMessage, Harmony
+from gptoss_sandbox.standin_engine import StandinEngine
+
+CONCURRENCY = 64
+# One H100 80GB serving gpt-oss-120b at 64 concurrent streams decodes about 50 tokens/s per
+# stream (about 3,200 tokens/s in all; BENCHMARKS.md gives the sources).
+H100_SECONDS_PER_TOKEN = 0.02
+
+
+def _question(round_: int, index: int) -> str:
+    return f"Round {round_} question {index}: tell me about the number {index * 7919}"
+
+
+def _job(name: str, question: str, max_tokens: int) -> Any:
+    return InferenceJobResource.from_dict({
+        "apiVersion": "gptoss.ai/v1alpha1", "kind": "InferenceJob", "metadata": {"name": name},
+        "spec": {"modelRef": {"name": "m"}, "maxTokens": max_tokens,
+                 "messages": [{"role": "user", "content": question}]},
+    })
+
+
+async def _through_jobs(world: Plane, namespace: str, round_: int,
+                        max_tokens: int) -> tuple[int, float]:
+    names = {f"r{round_}-{i:03d}": _question(round_, i) for i in range(CONCURRENCY)}
+    finished: dict[str, int] = {}
+    client = AsyncClient(world.kube.config, field_manager="bench")
+
+    async def watch() -> None:
+        async for _, obj in client.watch(InferenceJobResource, namespace=namespace):
+            status = obj.to_dict().get("status") or {}
+            if obj.metadata.name in names and status.get("phase") in ("Succeeded", "Failed"):
+                usage = status.get("usage") or {}
+                finished.setdefault(obj.metadata.name, int(usage.get("completionTokens", 0)))
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(1.0)
+    started = time.monotonic()
+    await asyncio.gather(*(client.create(_job(n, q, max_tokens), namespace=namespace)
+                           for n, q in names.items()))
+    while len(finished) < len(names) and time.monotonic() - started < 900:
+        await asyncio.sleep(0.05)
+    elapsed = time.monotonic() - started
+    watcher.cancel()
+    await client.close()
+    return sum(finished.values()), elapsed
+
+
+async def _direct(url: str, round_: int, harmony: Harmony, max_tokens: int,
+                  headers: dict[str, str]) -> tuple[int, float]:
+    prompts = [harmony.render([ChatMessage("user", _question(round_, i))], "medium")
+               for i in range(CONCURRENCY)]
+    limits = httpx.Limits(max_connections=CONCURRENCY)
+    async with httpx.AsyncClient(base_url=url, timeout=900, limits=limits,
+                                 headers=headers) as client:
+        async def one(prompt: list[int]) -> int:
+            body = {"model": "m", "prompt": prompt, "max_tokens": max_tokens,
+                    "temperature": 0.7, "stop_token_ids": harmony.stop_token_ids,
+                    "skip_special_tokens": False, "stream": True,
+                    "stream_options": {"include_usage": True}}
+            tokens = 0
+            async with client.stream("POST", "/v1/completions", json=body) as reply:
+                async for line in reply.aiter_lines():
+                    if line.startswith("data: {"):
+                        usage = json.loads(line[6:]).get("usage")
+                        if usage:
+                            tokens = int(usage["completion_tokens"])
+            return tokens
+
+        started = time.monotonic()
+        counts = await asyncio.gather(*(one(prompt) for prompt in prompts))
+    return sum(counts), time.monotonic() - started
+
+
+def _rounds(world: Plane, namespace: str, url: str, rounds: int, max_tokens: int,
+            headers: dict[str, str] | None = None) -> dict[str, Any]:
+    harmony = Harmony()
+    asyncio.run(_direct(url, -1, harmony, max_tokens, headers or {}))  # warm-up
+    ratios, direct_rates, job_rates = [], [], []
+    for round_ in range(rounds):
+        d_tokens, d_seconds = asyncio.run(_direct(url, round_, harmony, max_tokens,
+                                                  headers or {}))
+        j_tokens, j_seconds = asyncio.run(_through_jobs(world, namespace, round_, max_tokens))
+        direct_rates.append(d_tokens / d_seconds)
+        job_rates.append(j_tokens / j_seconds)
+        ratios.append(job_rates[-1] / direct_rates[-1])
+    return {"ratio": statistics.median(ratios), "ratios": ratios,
+            "direct_tokens_per_second": statistics.median(direct_rates),
+            "jobs_tokens_per_second": statistics.median(job_rates),
+            "concurrency": CONCURRENCY, "max_tokens": max_tokens}
+
+
+def standin_h100(world: Plane, rounds: int = 3) -> dict[str, Any]:
+    namespace = world.namespace("eff-standin")
+    world.ready_model(namespace)
+    with StandinEngine(model="m", token_delay=H100_SECONDS_PER_TOKEN) as engine:
+        engine.answer_repeat = 12  # about 200 output tokens per answer
+        sidecars = world.start_sidecars(namespace, 1, engine.url, concurrency=CONCURRENCY)
+        try:
+            time.sleep(3)
+            figures = _rounds(world, namespace, engine.url, rounds, max_tokens=400)
+        finally:
+            world.stop_sidecars(sidecars)
+    figures["seconds_per_token"] = H100_SECONDS_PER_TOKEN
+    return figures
+
+
+def real_vllm(world: Plane, rounds: int = 3) -> dict[str, Any]:
+    from gptoss_sandbox.engine_venv import ensure_engine
+    from gptoss_sandbox.real_engine import VllmServer, build_tiny_checkpoint
+
+    engine = ensure_engine(progress=lambda line: None)
+    work = Path(tempfile.mkdtemp(prefix="gptoss-efficiency-"))
+    checkpoint = build_tiny_checkpoint(work / "checkpoint", "random")
+    namespace = world.namespace("eff-vllm")
+    world.ready_model(namespace)
+    server = VllmServer(checkpoint, served_model_name="m", max_model_len=4096,
+                        extra_args=["--max-num-seqs", str(CONCURRENCY)],
+                        log_path=work / "vllm.log", engine=engine)
+    server.start()
+    try:
+        server.wait_healthy(900)
+        sidecars = world.start_sidecars(namespace, 1, server.url, concurrency=CONCURRENCY)
+        try:
+            time.sleep(3)
+            return _rounds(world, namespace, server.url, rounds, max_tokens=128)
+        finally:
+            world.stop_sidecars(sidecars)
+    finally:
+        server.stop()
