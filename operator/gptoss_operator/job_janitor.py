@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 
 # Reasons a Running job went back to Pending; they say more than "Queued" does.
 REQUEUE_REASONS = ("WorkerLost", "WorkerShutdown", "EngineUnavailable")
+# A new job for a serving model is marked Queued only once it has waited this long: most
+# are claimed sooner, and the mark would be one more write for each of them.
+QUEUED_AFTER_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -286,11 +289,18 @@ def decide(
         )
     else:
         reason, message = "Queued", f"waiting for a worker of GptOssModel {facts.model!r}"
+        if facts.scheduled_reason is None and _age(facts, now) < QUEUED_AFTER_SECONDS:
+            return None
     if facts.scheduled_reason == reason or (
         facts.scheduled_reason in REQUEUE_REASONS and reason == "Queued"
     ):
         return None
     return Action("status", reason, queued(status, reason, message, facts.generation))
+
+
+def _age(facts: JobFacts, now: datetime.datetime) -> float:
+    created = parse_time(facts.created)
+    return (now - created).total_seconds() if created is not None else math.inf
 
 
 def _fail(facts: JobFacts, status: dict[str, Any], reason: str, message: str) -> Action:
@@ -445,10 +455,13 @@ class JobJanitor:
         if job.phase == Phase.RUNNING.value:
             duration = float((job.status.get("lease") or {}).get("durationSeconds", 30))
             return max(0.0, duration - (lease_age or 0.0)) + 0.001
+        seconds: float | None
         if job.phase in FINISHED_PHASES:
             start, seconds = parse_time(job.completion_time), job.ttl_seconds_after_finished
         else:
             start, seconds = parse_time(job.created), job.active_deadline_seconds
+            if job.scheduled_reason is None:  # to be marked Queued (or why it waits)
+                seconds = min(seconds if seconds is not None else math.inf, QUEUED_AFTER_SECONDS)
         if start is None or seconds is None:
             return math.inf
         return max(0.0, seconds - (now - start).total_seconds())

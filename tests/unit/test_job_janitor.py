@@ -301,3 +301,16 @@ def test_a_deadline_falling_due_brings_a_pass_without_any_event() -> None:
         assert [name for name, _ in client.patches] == ["m", "late"]
 
     asyncio.run(scenario())
+
+
+def test_a_new_job_for_a_serving_model_is_marked_queued_only_after_a_while() -> None:
+    """Most jobs are claimed within moments; marking each Queued first would be one more
+    write per job. Problems are said at once."""
+    fresh = replace(_facts(), created=_ago(1))
+    assert decide(fresh, "Ready", NOW) is None
+    waited = decide(replace(_facts(), created=_ago(6)), "Ready", NOW)
+    assert waited is not None
+    assert waited.reason == "Queued"
+    missing = decide(fresh, None, NOW)
+    assert missing is not None
+    assert missing.reason == "ModelNotFound"

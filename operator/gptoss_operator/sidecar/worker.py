@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import heapq
 import logging
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +48,15 @@ from gptoss_operator.sidecar.engine import Chunk, EngineClient, EngineError, Sam
 from gptoss_operator.sidecar.outcome import Generation, generation_outcome, rejection_reason
 from gptoss_operator.sidecar.renderer import PromptRenderer
 from gptoss_operator.sidecar.store import JobStore, LostJob
+
+# How many of the oldest pending jobs a worker chooses from (see Sidecar._next_pending).
+CLAIM_CHOICES = 16
+
+
+def claim_rank(worker: str, job: str) -> int:
+    """This worker's preference for a job: the same everywhere, different per worker."""
+    return zlib.crc32(f"{worker}/{job}".encode())
+
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +140,12 @@ class Sidecar:
         self.store = JobStore(client, config.namespace, config.worker, config.lease_seconds)
         self.clock = clock
         self.pending: dict[str, dict[str, Any]] = {}
+        # (creationTimestamp, name) of pending jobs, oldest first; entries of jobs no
+        # longer pending are skipped when they come up.
+        self._order: list[tuple[str, str]] = []
+        # The latest Pending version of a job seen while it still ran here (it was
+        # requeued meanwhile): claimable again once its task has ended.
+        self._requeued: dict[str, dict[str, Any]] = {}
         self.running: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(config.concurrency)
@@ -239,11 +256,13 @@ class Sidecar:
             if task is not None:
                 task.cancel()
             return
-        if phase == Phase.PENDING.value and name not in self.running:
-            self.pending[name] = job
-            self._wake.set()
+        if phase == Phase.PENDING.value and name in self.running:
+            self._requeued[name] = job
+        elif phase == Phase.PENDING.value:
+            self._add_pending(job)
         else:
             self.pending.pop(name, None)
+            self._requeued.pop(name, None)
             task = self.running.get(name)
             if task is None or name in self.finishing:
                 return
@@ -330,28 +349,44 @@ class Sidecar:
             task = asyncio.create_task(self._run_and_release(claimed), name=f"job-{name}")
             self.running[name] = task
 
+    def _add_pending(self, job: dict[str, Any]) -> None:
+        name = job["metadata"]["name"]
+        if name not in self.pending:
+            created = str(job["metadata"].get("creationTimestamp", ""))
+            heapq.heappush(self._order, (created, name))
+        self.pending[name] = job
+        self._wake.set()
+
     def _next_pending(self) -> dict[str, Any] | None:
-        if not self.pending:
+        """One of the oldest pending jobs: among the oldest CLAIM_CHOICES, the one this
+        worker ranks first. Workers rank differently, so sidecars of the same model seldom
+        race for the same job (a lost race costs a write refused by the apiserver)."""
+        candidates: dict[str, tuple[str, str]] = {}
+        while self._order and len(candidates) < CLAIM_CHOICES:
+            entry = heapq.heappop(self._order)
+            if entry[1] in self.pending:
+                candidates.setdefault(entry[1], entry)
+        if not candidates:
+            self._order.clear()
             return None
-        name = min(
-            self.pending,
-            key=lambda n: (str(self.pending[n]["metadata"].get("creationTimestamp", "")), n),
-        )
-        return self.pending.pop(name)
+        chosen = min(candidates, key=lambda name: claim_rank(self.config.worker, name))
+        for name, entry in candidates.items():
+            if name != chosen:
+                heapq.heappush(self._order, entry)
+        return self.pending.pop(chosen)
 
     async def _claim(self, job: dict[str, Any]) -> dict[str, Any] | None:
         name = job["metadata"]["name"]
+        # A claim refused because the job changed (None) needs no second look: the watch
+        # brings the newer version, Pending again or taken by another worker.
         try:
-            claimed = await self.store.claim(job)
+            return await self.store.claim(job)
         except Exception as error:
             log.warning("claiming %s failed: %s", name, error)
             await asyncio.sleep(self.config.retry_base_seconds)
-            claimed = None
-        if claimed is None:
-            # Taken by another worker, or the claim failed: if the job is still Pending
-            # no watch event will say so again, so look.
+            # Nothing changed the job, so no watch event will bring it back: look.
             await self._recheck(name)
-        return claimed
+            return None
 
     async def _run_and_release(self, job: dict[str, Any]) -> None:
         name = job["metadata"]["name"]
@@ -378,12 +413,12 @@ class Sidecar:
                 self.jobs.pop(name, None)
                 self.attempts.pop(name, None)
                 self.interrupted.discard(name)
-        if not self.stopping:
-            await self._recheck(name)
+        requeued = self._requeued.pop(name, None)
+        if requeued is not None and not self.stopping:
+            self._add_pending(requeued)
 
     async def _recheck(self, name: str) -> None:
-        """Look at a job again after running it: if it was requeued meanwhile (its
-        Pending event arrived while it was still running here), it is claimable again."""
+        """Look at a job again (a claim failed without the job changing)."""
         try:
             job = await self.client.get(InferenceJobResource, name, namespace=self.config.namespace)
         except Exception:
