@@ -128,7 +128,7 @@ def throughput(world: Plane, sidecars: int, count: int) -> dict[str, Any]:
     world.ready_model(namespace)
     names = [f"t-{index:05d}" for index in range(count)]
     asyncio.run(_create_all(world, namespace, names))
-    time.sleep(3)  # the operator has marked them Queued
+    time.sleep(8)  # the operator has marked them all Queued: a queue that waits
     with StandinEngine(model="m") as engine:
         before = {name: cpu_seconds(pid) for name, pid in world.pids().items()}
         processes = world.start_sidecars(namespace, sidecars, engine.url)

@@ -726,8 +726,10 @@ class Sidecar:
         except LostJob:
             await self.store.delete_output(saved)
             raise
-        succeeded = outcome.phase == Phase.SUCCEEDED
-        await self.store.event(job, "Normal" if succeeded else "Warning", reason, message)
+        # An answer is in the job's status; only a job that went wrong gets an Event too
+        # (one per success would be a write per job, and bulk work floods the Events).
+        if outcome.phase != Phase.SUCCEEDED:
+            await self.store.event(job, "Warning", reason, message)
         log.info("job %s: %s (%d tokens)", name, reason, result.completion_tokens)
 
     async def _finish_failed(
