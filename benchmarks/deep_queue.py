@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Any
 
-from jobs import _create_all, _drain
+from jobs import STREAM_INTERVAL, _create_all, _drain
 from plane import Plane, cpu_seconds, rss_mb
 
 from gptoss_operator.api.resources import GptOssModelResource
@@ -41,7 +41,7 @@ def deep_queue(world: Plane, jobs: int, idle_seconds: float = 30) -> dict[str, A
     idle_cpu = (cpu_seconds(operator) - cpu_before) / idle_seconds * 100
     operator_rss = rss_mb(operator)
     peak_sidecar = 0.0
-    with StandinEngine(model="m") as engine:
+    with StandinEngine(model="m", stream_interval=STREAM_INTERVAL) as engine:
         (sidecar,) = world.start_sidecars(namespace, 1, engine.url)
         sampling = threading.Event()
 

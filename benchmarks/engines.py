@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from jobs import STREAM_INTERVAL
 from lightkube import AsyncClient
 from plane import Plane
 
@@ -115,7 +116,8 @@ def _rounds(world: Plane, namespace: str, url: str, rounds: int, max_tokens: int
 def standin_h100(world: Plane, rounds: int = 3) -> dict[str, Any]:
     namespace = world.namespace("eff-standin")
     world.ready_model(namespace)
-    with StandinEngine(model="m", token_delay=H100_SECONDS_PER_TOKEN) as engine:
+    with StandinEngine(model="m", token_delay=H100_SECONDS_PER_TOKEN,
+                       stream_interval=STREAM_INTERVAL) as engine:
         engine.answer_repeat = 12  # about 200 output tokens per answer
         sidecars = world.start_sidecars(namespace, 1, engine.url, concurrency=CONCURRENCY)
         try:

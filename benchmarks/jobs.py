@@ -17,6 +17,9 @@ from gptoss_operator.api.resources import InferenceJobResource
 from gptoss_sandbox.standin_engine import StandinEngine
 
 FINISHED = ("Succeeded", "Failed")
+# Tokens per streamed chunk, as the Deployment runs vLLM on the GPU profiles
+# (--stream-interval 20, the gpt-oss recipe).
+STREAM_INTERVAL = 20
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -76,7 +79,7 @@ def job_overhead(world: Plane, rate: int, count: int) -> dict[str, Any]:
     request, at ``rate`` jobs/s; one sidecar, instant engine."""
     namespace = world.namespace(f"overhead-{rate}")
     world.ready_model(namespace)
-    with StandinEngine(model="m") as engine:
+    with StandinEngine(model="m", stream_interval=STREAM_INTERVAL) as engine:
         sidecars = world.start_sidecars(namespace, 1, engine.url)
         try:
             time.sleep(3)  # the sidecar's watch is up
@@ -129,7 +132,7 @@ def throughput(world: Plane, sidecars: int, count: int) -> dict[str, Any]:
     names = [f"t-{index:05d}" for index in range(count)]
     asyncio.run(_create_all(world, namespace, names))
     time.sleep(8)  # the operator has marked them all Queued: a queue that waits
-    with StandinEngine(model="m") as engine:
+    with StandinEngine(model="m", stream_interval=STREAM_INTERVAL) as engine:
         before = {name: cpu_seconds(pid) for name, pid in world.pids().items()}
         processes = world.start_sidecars(namespace, sidecars, engine.url)
         try:
@@ -170,7 +173,7 @@ def apiserver_writes(world: Plane, jobs: int = 20, long_seconds: float = 30) -> 
     idle window of the same length are subtracted."""
     namespace = world.namespace("writes")
     world.ready_model(namespace)
-    with StandinEngine(model="m") as engine:
+    with StandinEngine(model="m", stream_interval=STREAM_INTERVAL) as engine:
         sidecars = world.start_sidecars(namespace, 1, engine.url)
         try:
             time.sleep(3)

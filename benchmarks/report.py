@@ -213,7 +213,8 @@ def main() -> None:
 METHODS = """\
 - **Job overhead**: jobs created at a fixed rate (10, 50, 200 per second; 200, 500 and
   1,000 jobs) for a Ready model with one sidecar (concurrency 64) and the stand-in engine
-  answering at once. Per job: from just before the create request to the moment the
+  answering at once, streaming 20 tokens per chunk as the Deployment's vLLM does
+  (`--stream-interval 20`). Per job: from just before the create request to the moment the
   load generator's watch sees it Succeeded, minus the engine's median time per request
   (the stand-in's own measurement). This is what `kubectl wait` would see.
 - **Throughput**: 1,000 jobs queued first, then 1, 2 or 4 sidecars start; jobs/s from the

@@ -34,7 +34,7 @@ async def start_housekeeping(memo: Any, **kwargs: Any) -> None:
 
 @kopf.on.event(GROUP, VERSION, job_api.PLURAL)
 @kopf.on.event(GROUP, VERSION, model_api.PLURAL)
-def indexes_filled(memo: Any, **_: Any) -> None:
+async def indexes_filled(memo: Any, **_: Any) -> None:
     """kopf calls handlers only once every index holds its initial listing: the first
     call opens the housekeeping loop. (With no object at all there is nothing to keep.)
     Any change may matter to the housekeeping (it looks at the jobs again) and to the
