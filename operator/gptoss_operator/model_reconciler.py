@@ -237,10 +237,13 @@ class ModelReconciler:
         digest = naming.source_hash(ctx.spec)
         observed = model_status.Observed(generation=generation, digest=digest)
 
-        # The workers' ServiceAccounts must exist before their pods are created.
-        await asyncio.gather(*(self._apply_once(m) for m in rbac.worker_identities(ctx)))
-        await self._remove_legacy_binding(ctx)
-        await self._ensure_api_key(ctx)
+        # The workers' ServiceAccounts must exist before their pods are created (the rest
+        # of this step may go along: a model's first children come one round trip sooner).
+        await asyncio.gather(
+            *(self._apply_once(m) for m in rbac.worker_identities(ctx)),
+            self._remove_legacy_binding(ctx),
+            self._ensure_api_key(ctx),
+        )
 
         claim_name = naming.claim_name(ctx.name, ctx.spec)
         if ctx.spec.storage.existingClaim:
@@ -269,12 +272,11 @@ class ModelReconciler:
         job_name = (observed.job or {}).get("metadata", {}).get("name") or (
             naming.download_job_name(ctx.name, digest)
         )
-        observed.job_pods = await self._pods(ctx.namespace, {"job-name": job_name})
-        downloaded = model_status.download_verdict(observed).ok
-
-        existing = await kube.get_or_none(
-            client, Deployment, naming.deployment_name(ctx.name), ctx.namespace
+        observed.job_pods, existing = await asyncio.gather(
+            self._pods(ctx.namespace, {"job-name": job_name}),
+            kube.get_or_none(client, Deployment, naming.deployment_name(ctx.name), ctx.namespace),
         )
+        downloaded = model_status.download_verdict(observed).ok
         served: str | None = None
         if downloaded:
             served = digest
