@@ -35,7 +35,16 @@ def deep_queue(world: Plane, jobs: int, idle_seconds: float = 30) -> dict[str, A
     while _queued(world, namespace) < jobs and time.monotonic() - created < 600:
         time.sleep(0.2)
     counted = time.monotonic()
-    time.sleep(5)  # the last Queued conditions are written
+    # The jobs wait: the operator marks each Queued after 5 s (one write each), then has
+    # nothing to do. Idle is measured from when its CPU has settled.
+    quiet_windows = 0
+    deadline = time.monotonic() + 600
+    while quiet_windows < 2 and time.monotonic() < deadline:
+        before = cpu_seconds(operator)
+        time.sleep(5)
+        busy = (cpu_seconds(operator) - before) / 5
+        quiet_windows = quiet_windows + 1 if busy < 0.05 else 0
+    marked = time.monotonic()
     cpu_before = cpu_seconds(operator)
     time.sleep(idle_seconds)
     idle_cpu = (cpu_seconds(operator) - cpu_before) / idle_seconds * 100
@@ -69,6 +78,7 @@ def deep_queue(world: Plane, jobs: int, idle_seconds: float = 30) -> dict[str, A
         "queue_create_seconds": created - started,
         "queue_settle_seconds": counted - created,
         "queue_settle_from_first_create_seconds": counted - started,
+        "queue_marked_seconds": marked - created,
         "operator_idle_cpu_percent": idle_cpu,
         "drain_jobs_per_second": finished / (last - first),
     }

@@ -76,6 +76,18 @@ GOALS: list[tuple[str, str, str, str, Callable[[float], bool] | None]] = [
 ]
 
 
+def _commits(results: dict[str, Any]) -> list[str]:
+    """A line naming the commit of each group of figures, when they differ."""
+    commits: dict[str, str] = results.get("commits") or {}
+    if len(set(commits.values())) < 2:
+        return []
+    groups: dict[str, list[str]] = {}
+    for figure, commit in sorted(commits.items()):
+        groups.setdefault(commit, []).append(figure)
+    parts = [f"{', '.join(figures)} at {commit}" for commit, figures in groups.items()]
+    return ["- Measured: " + "; ".join(parts)]
+
+
 def table(results: dict[str, Any]) -> list[str]:
     lines = ["| figure | measured (spread) | goal | met |", "|---|---|---|---|"]
     for label, path, unit, goal, test in GOALS:
@@ -185,6 +197,7 @@ def main() -> None:
         f"Kubernetes {machine.get('kubernetes')}, vLLM {machine.get('vllm')} (CPU build), "
         f"Python {machine.get('python')}",
         f"- Command: `{results.get('command', 'make bench')}`",
+        *_commits(results),
         f"- Date: {machine.get('date')}",
         "",
         "## Results",
@@ -230,8 +243,9 @@ METHODS = """\
   completes download pods).
 - **Deep queue**: a freshly started operator; 1,000 or 10,000 jobs created at once (16
   concurrent clients) for a Ready model without sidecars; time until `status.queue`
-  counts them all; operator RSS and CPU over 30 s once they wait; then one sidecar drains
-  them while its RSS is sampled.
+  counts them all; operator RSS, and its CPU over 30 s once they wait (after it has
+  marked them Queued and its CPU has settled); then one sidecar drains them while its RSS
+  is sampled.
 - **Harmony**: rendering an 81-message conversation and parsing a 12,000-token answer fed
   one token at a time, per token."""
 

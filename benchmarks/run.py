@@ -173,6 +173,8 @@ def main() -> None:
         f" BENCH_ARGS='--repeat {args.repeat}'" if args.repeat != 3 else "")
     results["repeats"] = args.repeat
     wanted = set(args.only)
+    for figure in wanted:
+        results.setdefault("commits", {})[figure] = results["machine"]["commit"]
 
     if "harmony" in wanted:
         results["harmony"] = repeated(args.repeat, harmony_cost.measure, "harmony")

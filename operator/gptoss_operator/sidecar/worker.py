@@ -51,6 +51,8 @@ from gptoss_operator.sidecar.store import JobStore, LostJob
 
 # How many of the oldest pending jobs a worker chooses from (see Sidecar._next_pending).
 CLAIM_CHOICES = 16
+# How many claims a worker makes at once.
+CLAIMS_IN_FLIGHT = 8
 
 
 def claim_rank(worker: str, job: str) -> int:
@@ -160,7 +162,11 @@ class Sidecar:
         self.engine_ready = asyncio.Event()
         self._recovery: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
-        self._claiming: asyncio.Future[dict[str, Any] | None] | None = None
+        # Claims in flight (several at once: a burst of jobs starts within one round
+        # trip, not one round trip per job), and jobs claimed as the pod began to stop.
+        self._claims: set[asyncio.Task[None]] = set()
+        self._claim_slots = asyncio.Semaphore(CLAIMS_IN_FLIGHT)
+        self._claimed_unstarted: list[dict[str, Any]] = []
         # Jobs whose attempt was cut short here (cancelled), to hand back on shutdown.
         self.interrupted: set[str] = set()
         self.last_sync: float | None = None  # the last successful list, by self.clock
@@ -277,7 +283,7 @@ class Sidecar:
         self.stopping = True
         self._wake.set()
         self.engine_ready.set()  # let the dispatch loop see that it is stopping
-        unstarted = await self._claim_in_flight()
+        unstarted = await self._claims_in_flight()
         running = dict(self.running)
         for name, task in running.items():
             if name not in self.finishing:
@@ -294,8 +300,7 @@ class Sidecar:
             for name in running
             if name in self.interrupted and name in self.jobs and name in self.attempts
         ]
-        if unstarted is not None:
-            cut_short.append((unstarted, int(unstarted["status"]["attempts"])))
+        cut_short += [(job, int(job["status"]["attempts"])) for job in unstarted]
         for job, attempt in cut_short:
             name = job["metadata"]["name"]
             voided = int(job["status"].get("voidedAttempts") or 0)
@@ -311,16 +316,13 @@ class Sidecar:
             except Exception as error:
                 log.warning("could not requeue %s: %s", name, error)
 
-    async def _claim_in_flight(self) -> dict[str, Any] | None:
-        """Let a claim the dispatch loop is making finish: a job claimed as the pod goes
-        away is handed back now rather than when its lease lapses."""
-        claiming = self._claiming
-        if claiming is None:
-            return None
-        done, _ = await asyncio.wait([claiming], timeout=self.config.finish_grace_seconds)
-        if claiming not in done or claiming.cancelled() or claiming.exception() is not None:
-            return None
-        return claiming.result()
+    async def _claims_in_flight(self) -> list[dict[str, Any]]:
+        """Let the claims the dispatch loop is making finish: jobs claimed as the pod goes
+        away are handed back now rather than when their leases lapse."""
+        if self._claims:
+            await asyncio.wait(set(self._claims), timeout=self.config.finish_grace_seconds)
+        unstarted, self._claimed_unstarted = self._claimed_unstarted, []
+        return unstarted
 
     async def _dispatch(self) -> None:
         while not self.stopping:
@@ -330,24 +332,29 @@ class Sidecar:
                 continue
             await self.engine_ready.wait()
             await self._slots.acquire()
-            if self.stopping:
-                self._slots.release()
-                return
-            job = self._next_pending()
+            await self._claim_slots.acquire()
+            job = None if self.stopping else self._next_pending()
             if job is None:
+                self._claim_slots.release()
                 self._slots.release()
                 continue
-            self._claiming = asyncio.ensure_future(self._claim(job))
-            try:
-                claimed = await self._claiming
-            finally:
-                self._claiming = None
-            if claimed is None or self.stopping:  # drain hands back a late claim
-                self._slots.release()
-                continue
-            name = claimed["metadata"]["name"]
-            task = asyncio.create_task(self._run_and_release(claimed), name=f"job-{name}")
-            self.running[name] = task
+            task = asyncio.create_task(self._claim_and_start(job))
+            self._claims.add(task)
+            task.add_done_callback(self._claims.discard)
+
+    async def _claim_and_start(self, job: dict[str, Any]) -> None:
+        try:
+            claimed = await self._claim(job)
+        finally:
+            self._claim_slots.release()
+        if claimed is None or self.stopping:
+            if claimed is not None:
+                self._claimed_unstarted.append(claimed)  # the drain hands it back
+            self._slots.release()
+            return
+        name = claimed["metadata"]["name"]
+        task = asyncio.create_task(self._run_and_release(claimed), name=f"job-{name}")
+        self.running[name] = task
 
     def _add_pending(self, job: dict[str, Any]) -> None:
         name = job["metadata"]["name"]
