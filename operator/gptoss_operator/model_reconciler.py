@@ -54,10 +54,8 @@ EventSink = Callable[[dict[str, Any], str, str, str], Awaitable[None]]
 @dataclass
 class KeyedSerializer:
     """Run at most one reconcile per key at a time; triggers that arrive while one
-    runs, or within ``settle_seconds`` of the first (a child's events come in bursts: a
-    Job completes as its pod succeeds), collapse into a single run."""
+    runs collapse into a single follow-up run."""
 
-    settle_seconds: float = 0.0
     locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
     waiting: set[tuple[str, str]] = field(default_factory=set)
 
@@ -66,8 +64,6 @@ class KeyedSerializer:
             return
         lock = self.locks.setdefault(key, asyncio.Lock())
         self.waiting.add(key)
-        if self.settle_seconds:
-            await asyncio.sleep(self.settle_seconds)
         async with lock:
             self.waiting.discard(key)
             await work()
@@ -138,7 +134,7 @@ class ModelReconciler:
         self.settings = settings
         self.emit = emit
         self.autoscaler = autoscaler
-        self.serializer = KeyedSerializer(settings.reconcile_settle_seconds)
+        self.serializer = KeyedSerializer()
         self.applied = AppliedCache()
         self.legacy_checked: set[str] = set()  # uids of models without a legacy binding
         self.api_keys_created: set[str] = set()  # uids of models whose key Secret exists

@@ -25,8 +25,6 @@ class Settings:
     claim_pending_grace_seconds: int = 60
     # How often every model is reconciled even when nothing changed.
     resync_seconds: float = 30.0
-    # Triggers of one model's reconcile within this long of each other make one run.
-    reconcile_settle_seconds: float = 0.05
     # How often the autoscaler samples each autoscaled model's load (a new job for a
     # model at zero wakes it at once).
     autoscale_seconds: float = 5.0
