@@ -83,11 +83,13 @@ async def _direct(url: str, round_: int, harmony: Harmony, max_tokens: int,
                     "stream_options": {"include_usage": True}}
             tokens = 0
             async with client.stream("POST", "/v1/completions", json=body) as reply:
-                async for line in reply.aiter_lines():
-                    if line.startswith("data: {"):
-                        usage = json.loads(line[6:]).get("usage")
-                        if usage:
-                            tokens = int(usage["completion_tokens"])
+                text = "".join([part async for part in reply.aiter_text()])
+            # SSE lines end with "\n" only: the text may hold other line separators.
+            for line in text.split("\n"):
+                if line.startswith("data: {"):
+                    usage = json.loads(line[6:]).get("usage")
+                    if usage:
+                        tokens = int(usage["completion_tokens"])
             return tokens
 
         started = time.monotonic()

@@ -198,6 +198,7 @@ def main() -> None:
         f"Python {machine.get('python')}",
         f"- Command: `{results.get('command', 'make bench')}`",
         *_commits(results),
+        *([f"- Note: {results['note']}"] if results.get("note") else []),
         f"- Date: {machine.get('date')}",
         "",
         "## Results",

@@ -66,7 +66,7 @@ def repeated(times: int, measure: Callable[[], Any], label: str) -> Any:
         started = time.monotonic()
         runs.append(measure())
         print(f"  {label} run {index + 1}/{times}: {time.monotonic() - started:.0f}s "
-              f"{json.dumps(runs[-1], default=str)[:300]}", flush=True)
+              f"{json.dumps(runs[-1], default=str)}", flush=True)
     return aggregate(runs)
 
 
