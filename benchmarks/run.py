@@ -179,11 +179,13 @@ def main() -> None:
     if "harmony" in wanted:
         results["harmony"] = repeated(args.repeat, harmony_cost.measure, "harmony")
         results["harmony_us_per_token"] = results["harmony"]["harmony_us_per_token"]
-    if wanted - {"harmony"}:
-        with plane() as world:
-            measure_on_plane(world, wanted, args.repeat, results)
-    RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    print(f"wrote {RESULTS}")
+    try:
+        if wanted - {"harmony"}:
+            with plane() as world:
+                measure_on_plane(world, wanted, args.repeat, results)
+    finally:  # figures measured before a failure are kept
+        RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+        print(f"wrote {RESULTS}")
     import report
 
     report.main()
