@@ -20,7 +20,6 @@ from typing import Any
 
 from gptoss_operator import metrics
 from gptoss_operator.api.common import API_VERSION
-from gptoss_operator.api.job import Phase as JobPhase
 from gptoss_operator.api.model import KIND, Autoscaling
 from gptoss_operator.autoscaling import (
     SCALED_TO_ZERO,
@@ -33,7 +32,7 @@ from gptoss_operator.autoscaling import (
     record,
 )
 from gptoss_operator.conditions import timestamp
-from gptoss_operator.job_janitor import JobFacts, ModelFacts
+from gptoss_operator.job_janitor import JobFacts, ModelFacts, queue_counts
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +79,10 @@ class Autoscaler:
         self._poked.set()
 
     def load(self, namespace: str, model: str) -> Load:
-        pending = running = 0
-        for job in list(self.jobs.get((namespace, model), [])):
-            if job.phase == JobPhase.PENDING.value:
-                pending += 1
-            elif job.phase == JobPhase.RUNNING.value:
-                running += 1
+        key = (namespace, model)
+        queue = queue_counts(list(self.jobs.get(key, []))).get(key, {})
         engine = self.engine_loads(namespace, model) if self.engine_loads else None
-        return Load(pending, running, engine)
+        return Load(queue.get("pending", 0), queue.get("running", 0), engine)
 
     def replicas_for(
         self,
@@ -162,17 +157,15 @@ class Autoscaler:
         record(state.history, Sample(now, self.load(namespace, model)), keep)
         if state.desired is None:
             return  # no Deployment yet: the reconciler sets the first count
-        metrics.set_gauge("model_desired_replicas", state.desired, namespace=namespace, model=model)
         target = policy.target(facts.concurrency)
         decision = decide(policy, target, state.history, state.desired, now, state.since)
+        if decision is not None:
+            state.desired = decision.replicas
+            state.last = decision
+            state.last_time = timestamp()
+        metrics.set_gauge("model_desired_replicas", state.desired, namespace=namespace, model=model)
         if decision is None:
             return
-        state.desired = decision.replicas
-        state.last = decision
-        state.last_time = timestamp()
-        metrics.set_gauge(
-            "model_desired_replicas", decision.replicas, namespace=namespace, model=model
-        )
         metrics.count("scaling_decisions", namespace=namespace, model=model, reason=decision.reason)
         log.info("%s/%s: %s: %s", namespace, model, decision.reason, decision.message)
         body = {
