@@ -224,9 +224,15 @@ def test_with_autoscaling_the_operator_owns_the_count(
         message="the hand-scaled Deployment back at the autoscaler's count",
     )
 
-    scale = kube.get(GptOssModelResource.Scale, "m", namespace=namespace)
-    scale.spec.replicas = 3
-    kube.replace(scale, "m", namespace=namespace)
+    # As `kubectl scale` does it: a patch of /scale (a read-then-replace would race the
+    # operator's status writes and be refused with a conflict).
+    kube.patch(
+        GptOssModelResource.Scale,
+        "m",
+        {"spec": {"replicas": 3}},
+        namespace=namespace,
+        patch_type=PatchType.MERGE,
+    )
     time.sleep(3)  # several autoscaler passes and a resync
     assert _deployment_replicas(kube, namespace) == 2
     scale = kube.get(GptOssModelResource.Scale, "m", namespace=namespace)
