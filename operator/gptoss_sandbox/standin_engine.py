@@ -90,7 +90,17 @@ VOCAB_SIZE = 201088  # gpt-oss config.json vocab_size
 GENERATION_CONFIG_STOP_IDS = (ENDOFTEXT, CALL)
 
 FAULTS = frozenset(
-    {"http500", "http503", "http400", "hang", "stall", "reset", "malformed", "stream_error"}
+    {
+        "http500",
+        "http503",
+        "http400",
+        "hang",
+        "stall",
+        "reset",
+        "malformed",
+        "stream_error",
+        "restart",
+    }
 )
 
 Json = dict[str, Any]
@@ -336,7 +346,9 @@ class StandinEngine:
       streaming); ``malformed`` streams tokens that are not valid harmony (the final
       answer lacks its ``<|start|>assistant<|channel|>final<|message|>`` header), so a
       strict ``StreamableParser`` raises ``HarmonyError``; ``stream_error`` sends
-      ``fault_after_tokens`` tokens then vLLM's in-stream error event and ``[DONE]``.
+      ``fault_after_tokens`` tokens then vLLM's in-stream error event and ``[DONE]``;
+      ``restart`` answers 503 and turns ``loading`` on for ``restart_seconds``, as an
+      engine that went down and comes back.
     * ``max_model_len``: context length; a prompt longer than ``max_model_len -
       max_tokens`` is refused with vLLM's 400 message.
     * ``loading``: while true, ``GET /health`` answers 503.
@@ -374,6 +386,7 @@ class StandinEngine:
         self.max_model_len = max_model_len
         self.fail_next: list[str] = []
         self.loading = False
+        self.restart_seconds = 1.0
         self.commentary = False
         self.tool_call = False
         self.tool_name = "functions.lookup"
@@ -627,7 +640,13 @@ class StandinEngine:
                 "InternalServerError",
                 HTTPStatus.INTERNAL_SERVER_ERROR,
             )
-        if fault == "http503":
+        if fault == "restart":
+            # As a restarting engine: this request fails, /health fails for a while.
+            self.loading = True
+            asyncio.get_running_loop().call_later(
+                self.restart_seconds, setattr, self, "loading", False
+            )
+        if fault in ("http503", "restart"):
             return _error_response(
                 "Stand-in engine fault: service unavailable.",
                 "ServiceUnavailableError",

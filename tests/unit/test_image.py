@@ -72,5 +72,6 @@ def test_pinned_requirements_cover_the_runtime_dependencies() -> None:
         "aiohttp",
         "httpx",
         "pyyaml",
+        "boto3",
     ):
         assert needed in pins, needed

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from gptoss_operator.api import job, model
+from gptoss_operator.api import batch, job, model
 from gptoss_operator.api.common import CATEGORY, GROUP, VERSION
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -196,11 +196,28 @@ def inferencejob_crd() -> dict[str, Any]:
     return _crd(job, schema, {"status": {}})
 
 
+def inferencebatch_crd() -> dict[str, Any]:
+    schema = root_schema(
+        batch.InferenceBatchSpec,
+        batch.InferenceBatchStatus,
+        spec_required=True,
+        spec_rules=batch.SPEC_RULES,
+        root_rules=batch.ROOT_RULES,
+        spec_default=False,
+    )
+    schema["description"] = (
+        "InferenceBatch runs a file of chat requests in OpenAI's batch format against a "
+        "GptOssModel and writes the answers to a file in the same format."
+    )
+    return _crd(batch, schema, {"status": {}})
+
+
 def all_crds() -> dict[str, dict[str, Any]]:
     """File name -> CRD document."""
     return {
         f"{GROUP}_{model.PLURAL}.yaml": gptossmodel_crd(),
         f"{GROUP}_{job.PLURAL}.yaml": inferencejob_crd(),
+        f"{GROUP}_{batch.PLURAL}.yaml": inferencebatch_crd(),
     }
 
 

@@ -29,13 +29,8 @@ from lightkube.types import OnErrorAction, OnErrorResult
 from gptoss_operator.api.job import FINISHED_PHASES, InferenceJobSpec, Phase
 from gptoss_operator.api.resources import InferenceJobResource
 from gptoss_operator.conditions import timestamp
-from gptoss_operator.harmony import (
-    CALL_TOKEN,
-    RETURN_TOKEN,
-    ChatMessage,
-    Harmony,
-    ParsedOutput,
-)
+from gptoss_operator.generation import Progress, RunResult, generate
+from gptoss_operator.harmony import ChatMessage, Harmony
 from gptoss_operator.job_output import layout
 from gptoss_operator.job_status import (
     format_duration,
@@ -44,7 +39,7 @@ from gptoss_operator.job_status import (
     queued,
     with_conditions,
 )
-from gptoss_operator.sidecar.engine import Chunk, EngineClient, EngineError, SamplingParams, Usage
+from gptoss_operator.sidecar.engine import EngineClient, EngineError, SamplingParams
 from gptoss_operator.sidecar.outcome import Generation, generation_outcome, rejection_reason
 from gptoss_operator.sidecar.renderer import PromptRenderer
 from gptoss_operator.sidecar.store import JobStore, LostJob
@@ -81,37 +76,6 @@ class SidecarConfig:
     finish_grace_seconds: float = 10.0
     resync_seconds: float = 60.0
     watch_timeout_seconds: int = 240
-
-
-@dataclass
-class RunResult:
-    parsed: ParsedOutput
-    finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
-    started: float
-    first_token: float | None
-    finished: float
-
-
-@dataclass
-class _Progress:
-    prompt_tokens: int
-    tokens: int = 0
-    channel: str | None = None
-
-
-def _stop_token(finish_reason: str, stop_reason: int | None, tokens: list[int]) -> int | None:
-    """The token that ended generation, or None when the token limit cut it.
-
-    vLLM returns the stop token as the last generated id; ``stop_reason`` is null when it
-    was the end-of-sequence token (``<|return|>`` for gpt-oss) and the id otherwise.
-    """
-    if finish_reason != "stop":
-        return None
-    if tokens and tokens[-1] in (RETURN_TOKEN, CALL_TOKEN):
-        return tokens[-1]
-    return stop_reason if stop_reason is not None else RETURN_TOKEN
 
 
 def _retry_watch(error: Exception, count: int) -> OnErrorResult:
@@ -445,7 +409,7 @@ class Sidecar:
             top_p=spec.topP,
             stop_token_ids=self.harmony.stop_token_ids,
         )
-        progress = _Progress(prompt_tokens=0)
+        progress = Progress(prompt_tokens=0)
         # The lease is renewed from the claim until the job is released: while the prompt
         # renders, during retry backoffs and while the result is written.
         heartbeat = asyncio.create_task(self._heartbeat(name, progress))
@@ -469,7 +433,7 @@ class Sidecar:
         prompt: list[int],
         params: SamplingParams,
         deadline: float | None,
-        progress: _Progress,
+        progress: Progress,
     ) -> None:
         name = job["metadata"]["name"]
         status = job["status"]
@@ -478,7 +442,15 @@ class Sidecar:
         voided = int(status.get("voidedAttempts") or 0)
         while True:
             try:
-                result = await self._generate(prompt, params, deadline, progress)
+                result = await generate(
+                    self.engine,
+                    self.harmony,
+                    prompt,
+                    params,
+                    clock=self.clock,
+                    deadline=deadline,
+                    progress=progress,
+                )
                 break
             except TimeoutError:
                 await self._finish_failed(
@@ -595,57 +567,7 @@ class Sidecar:
         ).total_seconds()
         return self.clock() + remaining
 
-    async def _generate(
-        self,
-        prompt: list[int],
-        params: SamplingParams,
-        deadline: float | None,
-        progress: _Progress,
-    ) -> RunResult:
-        parser = self.harmony.parser()
-        progress.tokens, progress.channel = 0, None
-        started = self.clock()
-        first_token: float | None = None
-        finish_reason = "length"
-        stop_token: int | None = None
-        usage: Usage | None = None
-
-        async def consume() -> None:
-            nonlocal first_token, finish_reason, stop_token, usage
-            async for item in self.engine.stream(prompt, params):
-                if isinstance(item, Usage):
-                    usage = item
-                    continue
-                chunk: Chunk = item
-                if chunk.token_ids and first_token is None:
-                    first_token = self.clock()
-                parser.feed(chunk.token_ids)
-                progress.tokens += len(chunk.token_ids)
-                progress.channel = parser.current_channel
-                if chunk.finish_reason:
-                    finish_reason = chunk.finish_reason
-                    if isinstance(chunk.stop_reason, int):
-                        stop_token = chunk.stop_reason
-                # Reading a stream whose bytes are already buffered never suspends: a fast
-                # engine would starve every other task (the leases' heartbeats among them).
-                await asyncio.sleep(0)
-
-        if deadline is None:
-            await consume()
-        else:
-            remaining = deadline - self.clock()
-            if remaining <= 0:
-                raise TimeoutError
-            await asyncio.wait_for(consume(), timeout=remaining)
-        finished = self.clock()
-        parsed = parser.finish(_stop_token(finish_reason, stop_token, parser.tokens))
-        prompt_tokens = usage.prompt_tokens if usage else len(prompt)
-        completion_tokens = usage.completion_tokens if usage else len(parser.tokens)
-        return RunResult(
-            parsed, finish_reason, prompt_tokens, completion_tokens, started, first_token, finished
-        )
-
-    async def _heartbeat(self, name: str, progress: _Progress) -> None:
+    async def _heartbeat(self, name: str, progress: Progress) -> None:
         interval = min(self.config.heartbeat_seconds, self.config.lease_seconds / 3)
         while True:
             await asyncio.sleep(interval)

@@ -1,0 +1,1 @@
+"""InferenceBatch workers: the shard runner and the merge, and what they share."""

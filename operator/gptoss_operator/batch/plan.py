@@ -1,0 +1,61 @@
+"""What a batch's workers are told: written by the operator into the pods' environment
+(``GPTOSS_BATCH_PLAN``), read by ``gptoss-batch``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from gptoss_operator.api.batch import RequestDefaults, S3Location
+from gptoss_operator.api.common import ApiModel
+from gptoss_operator.batch.storage import (
+    InputFile,
+    OutputFolder,
+    S3File,
+    S3Folder,
+    VolumeFile,
+    VolumeFolder,
+)
+
+PLAN_ENV = "GPTOSS_BATCH_PLAN"
+
+
+class Place(ApiModel):
+    """A file or folder: a path in the pod (a mounted volume) or an S3 location."""
+
+    path: str | None = None
+    url: str | None = Field(default=None, description="How to name it to a user.")
+    s3: S3Location | None = None
+
+
+class BatchPlan(ApiModel):
+    batch: str
+    namespace: str
+    uid: str
+    shards: int = Field(ge=1)
+    requestsPerShard: int = Field(ge=1)
+    maxLineAttempts: int = Field(ge=1)
+    defaults: RequestDefaults
+    engineUrl: str
+    servedModelName: str
+    modelNames: list[str] = Field(description="What a line's body.model may say.")
+    input: Place
+    output: Place
+    progressSeconds: float = 5.0
+    flushLines: int = 500
+    flushSeconds: float = 10.0
+
+
+def input_file(place: Place) -> InputFile:
+    if place.s3 is not None:
+        return S3File(place.s3)
+    assert place.path is not None
+    return VolumeFile(Path(place.path), place.url or place.path)
+
+
+def output_folder(place: Place) -> OutputFolder:
+    if place.s3 is not None:
+        return S3Folder(place.s3)
+    assert place.path is not None
+    return VolumeFolder(Path(place.path), place.url or place.path)

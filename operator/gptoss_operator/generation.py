@@ -1,0 +1,104 @@
+"""One generation: stream a rendered prompt through the engine and parse what comes back.
+
+Shared by the InferenceJob sidecar and the InferenceBatch worker; what the result means
+for a job or a batch line is decided elsewhere (``sidecar.outcome``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gptoss_operator.harmony import CALL_TOKEN, RETURN_TOKEN, Harmony, ParsedOutput
+from gptoss_operator.sidecar.engine import Chunk, EngineClient, SamplingParams, Usage
+
+
+@dataclass
+class RunResult:
+    parsed: ParsedOutput
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    started: float
+    first_token: float | None
+    finished: float
+
+
+@dataclass
+class Progress:
+    """What a generation has produced so far (read by heartbeats)."""
+
+    prompt_tokens: int = 0
+    tokens: int = 0
+    channel: str | None = None
+
+
+def stop_token(finish_reason: str, stop_reason: int | None, tokens: list[int]) -> int | None:
+    """The token that ended generation, or None when the token limit cut it.
+
+    vLLM returns the stop token as the last generated id; ``stop_reason`` is null when it
+    was the end-of-sequence token (``<|return|>`` for gpt-oss) and the id otherwise.
+    """
+    if finish_reason != "stop":
+        return None
+    if tokens and tokens[-1] in (RETURN_TOKEN, CALL_TOKEN):
+        return tokens[-1]
+    return stop_reason if stop_reason is not None else RETURN_TOKEN
+
+
+async def generate(
+    engine: EngineClient,
+    harmony: Harmony,
+    prompt: list[int],
+    params: SamplingParams,
+    *,
+    clock: Callable[[], float],
+    deadline: float | None = None,
+    progress: Progress | None = None,
+) -> RunResult:
+    """Run one completion. Raises EngineError, and TimeoutError past ``deadline``
+    (a ``clock()`` value)."""
+    parser = harmony.parser()
+    progress = progress or Progress()
+    progress.tokens, progress.channel = 0, None
+    started = clock()
+    first_token: float | None = None
+    finish_reason = "length"
+    stop_id: int | None = None
+    usage: Usage | None = None
+
+    async def consume() -> None:
+        nonlocal first_token, finish_reason, stop_id, usage
+        async for item in engine.stream(prompt, params):
+            if isinstance(item, Usage):
+                usage = item
+                continue
+            chunk: Chunk = item
+            if chunk.token_ids and first_token is None:
+                first_token = clock()
+            parser.feed(chunk.token_ids)
+            progress.tokens += len(chunk.token_ids)
+            progress.channel = parser.current_channel
+            if chunk.finish_reason:
+                finish_reason = chunk.finish_reason
+                if isinstance(chunk.stop_reason, int):
+                    stop_id = chunk.stop_reason
+            # Reading a stream whose bytes are already buffered never suspends: a fast
+            # engine would starve every other task (the leases' heartbeats among them).
+            await asyncio.sleep(0)
+
+    if deadline is None:
+        await consume()
+    else:
+        remaining = deadline - clock()
+        if remaining <= 0:
+            raise TimeoutError
+        await asyncio.wait_for(consume(), timeout=remaining)
+    finished = clock()
+    parsed = parser.finish(stop_token(finish_reason, stop_id, parser.tokens))
+    prompt_tokens = usage.prompt_tokens if usage else len(prompt)
+    completion_tokens = usage.completion_tokens if usage else len(parser.tokens)
+    return RunResult(
+        parsed, finish_reason, prompt_tokens, completion_tokens, started, first_token, finished
+    )
