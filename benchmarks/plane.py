@@ -138,7 +138,9 @@ def plane() -> Iterator[Plane]:
         kube = Client(KubeConfig.from_file(str(cluster.kubeconfig)), field_manager="bench")
         for document in all_crds().values():
             kube.apply(codecs.from_dict(document), force=True)
-        for role in rbac.worker_cluster_roles("gptoss-downloader", "gptoss-sidecar"):
+        for role in rbac.worker_cluster_roles(
+            "gptoss-downloader", "gptoss-sidecar", "gptoss-batch-worker"
+        ):
             kube.apply(codecs.from_dict(role), force=True)
         time.sleep(2)
         world = Plane(cluster, kube, workdir)

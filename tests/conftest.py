@@ -84,7 +84,9 @@ def crds(kube: Client) -> list[str]:
     # The workers' ClusterRoles under the names an operator uses outside the chart.
     settings = Settings()
     for role in rbac.worker_cluster_roles(
-        settings.downloader_cluster_role, settings.sidecar_cluster_role
+        settings.downloader_cluster_role,
+        settings.sidecar_cluster_role,
+        settings.batch_worker_cluster_role,
     ):
         kube.apply(codecs.from_dict(role), force=True)
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -29,3 +30,15 @@ def wait_for(
             detail = f": {last_error}" if last_error else ""
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {message}{detail}")
         time.sleep(interval)
+
+
+async def settled_count(engine: Any) -> int:
+    """A stand-in engine's request count once requests a cancelled worker had already
+    sent have reached it (they may arrive just after the cancel)."""
+    count: int = engine.requests_served
+    for _ in range(50):
+        await asyncio.sleep(0.1)
+        if engine.requests_served == count:
+            return count
+        count = engine.requests_served
+    return count

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from gptoss_operator.harmony import CALL_TOKEN, RETURN_TOKEN, Harmony, ParsedOutput
 from gptoss_operator.sidecar.engine import Chunk, EngineClient, SamplingParams, Usage
+from gptoss_operator.sidecar.outcome import Generation, Outcome, generation_outcome
 
 
 @dataclass
@@ -23,6 +24,19 @@ class RunResult:
     started: float
     first_token: float | None
     finished: float
+
+    def outcome(self, max_tokens: int, max_model_len: int | None) -> Outcome:
+        """What this result means for the request (see ``sidecar.outcome``)."""
+        return generation_outcome(
+            Generation(
+                parsed=self.parsed,
+                finish_reason=self.finish_reason,
+                max_tokens=max_tokens,
+                prompt_tokens=self.prompt_tokens,
+                completion_tokens=self.completion_tokens,
+                max_model_len=max_model_len,
+            )
+        )
 
 
 @dataclass

@@ -84,3 +84,11 @@ def to_dict(obj: Any) -> dict[str, Any]:
         return obj
     result: dict[str, Any] = obj.to_dict()
     return result
+
+
+async def delete_if_present(client: AsyncClient, resource: Any, name: str, namespace: str) -> None:
+    try:
+        await client.delete(resource, name, namespace=namespace)
+    except ApiError as error:
+        if error.status.code != 404:
+            raise

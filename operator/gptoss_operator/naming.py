@@ -15,6 +15,9 @@ MODEL_LABEL = "gptoss.ai/model"
 SOURCE_HASH_ANNOTATION = "gptoss.ai/source-hash"
 COMPONENT_DOWNLOAD = "download"
 COMPONENT_SERVER = "server"
+COMPONENT_BATCH_SHARDS = "batch-shards"
+COMPONENT_BATCH_MERGE = "batch-merge"
+BATCH_LABEL = "gptoss.ai/batch"
 
 # Paths inside the weights volume.
 VOLUME_MOUNT = "/data"
@@ -69,6 +72,11 @@ def sidecar_account_name(model: str) -> str:
     return f"{model}-sidecar"
 
 
+def batch_account_name(model: str) -> str:
+    """ServiceAccount (and RoleBinding) of the workers of the model's InferenceBatches."""
+    return f"{model}-batch"
+
+
 def api_key_secret_name(model: str) -> str:
     """The Secret the operator creates for a model's API key (unless the model names one)."""
     return f"{model}-api-key"
@@ -91,6 +99,18 @@ def labels(model: str, component: str | None = None) -> dict[str, str]:
     if component:
         result["app.kubernetes.io/component"] = component
     return result
+
+
+def batch_labels(model: str, batch: str, component: str) -> dict[str, str]:
+    return {**labels(model, component), BATCH_LABEL: batch}
+
+
+def batch_shards_job_name(batch: str) -> str:
+    return f"{batch}-shards"
+
+
+def batch_merge_job_name(batch: str) -> str:
+    return f"{batch}-merge"
 
 
 def server_selector(model: str) -> dict[str, str]:

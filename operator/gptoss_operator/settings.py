@@ -41,9 +41,10 @@ class Settings:
     network_policy_same_namespace: bool = True
     network_policy_from: list[dict[str, Any]] = field(default_factory=list)
     # The ClusterRoles the workers are bound to in each model's namespace (the chart
-    # ships them and lets the operator bind these two and nothing else).
+    # ships them and lets the operator bind these and nothing else).
     downloader_cluster_role: str = "gptoss-downloader"
     sidecar_cluster_role: str = "gptoss-sidecar"
+    batch_worker_cluster_role: str = "gptoss-batch-worker"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -67,6 +68,9 @@ class Settings:
                 "GPTOSS_DOWNLOADER_CLUSTER_ROLE", "gptoss-downloader"
             ),
             sidecar_cluster_role=os.environ.get("GPTOSS_SIDECAR_CLUSTER_ROLE", "gptoss-sidecar"),
+            batch_worker_cluster_role=os.environ.get(
+                "GPTOSS_BATCH_WORKER_CLUSTER_ROLE", "gptoss-batch-worker"
+            ),
             network_policy=os.environ.get("GPTOSS_NETWORK_POLICY", "false") == "true",
             network_policy_same_namespace=(
                 os.environ.get("GPTOSS_NETWORK_POLICY_SAME_NAMESPACE", "true") == "true"

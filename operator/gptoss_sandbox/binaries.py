@@ -1,12 +1,14 @@
 """Build and cache the local control plane's binaries from upstream Go modules.
 
-Three binaries, each built once per version and cached outside the repository:
+The binaries, each built once per version and cached outside the repository:
 
 - ``etcd``: a tiny main around ``go.etcd.io/etcd/server/v3/etcdmain``;
 - ``kube``: one multi-call binary holding kube-apiserver, kube-controller-manager,
   kube-scheduler and kubectl (symlinks with those names point at it);
 - ``kwok``: ``sigs.k8s.io/kwok/cmd/kwok``, installed from its module;
-- ``helm``: ``helm.sh/helm/v3/cmd/helm``, installed from its module (chart tests, demo).
+- ``helm``: ``helm.sh/helm/v3/cmd/helm``, installed from its module (chart tests, demo);
+- ``versitygw``: the Versity S3 Gateway (``github.com/versity/versitygw``), an
+  S3-compatible server over a folder, for InferenceBatch files in buckets.
 
 Everything comes from the Go module proxy; nothing else is downloaded.
 """
@@ -31,6 +33,7 @@ KUBERNETES_VERSION = "v1.37.2"
 ETCD_VERSION = "v3.7.0"
 KWOK_VERSION = "v0.8.0"
 HELM_VERSION = "v3.22.0"
+VERSITYGW_VERSION = "v1.8.0"
 
 KUBE_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 GO_SOURCES = Path(__file__).parent / "gosrc"
@@ -56,6 +59,7 @@ class Binaries:
     kubectl: Path
     kwok: Path
     helm: Path
+    versitygw: Path
 
 
 def binary_dir(name: str, version: str) -> Path:
@@ -73,6 +77,7 @@ def cached_binaries() -> Binaries | None:
         kubectl=kube_dir / "kubectl",
         kwok=binary_dir("kwok", KWOK_VERSION) / "kwok",
         helm=binary_dir("helm", HELM_VERSION) / "helm",
+        versitygw=binary_dir("versitygw", VERSITYGW_VERSION) / "versitygw",
     )
     if all(os.access(p, os.X_OK) for p in vars(found).values()):
         return found
@@ -90,6 +95,8 @@ def ensure_binaries(progress: Progress = print) -> Binaries:
             _timed(progress, f"kwok {KWOK_VERSION}", _build_kwok, progress)
         if not (binary_dir("helm", HELM_VERSION) / "helm").exists():
             _timed(progress, f"helm {HELM_VERSION}", _build_helm, progress)
+        if not (binary_dir("versitygw", VERSITYGW_VERSION) / "versitygw").exists():
+            _timed(progress, f"versitygw {VERSITYGW_VERSION}", _build_versitygw, progress)
     found = cached_binaries()
     if found is None:
         raise RuntimeError(f"binaries missing from {cache_root()} after a build")
@@ -254,6 +261,12 @@ def _build_kwok(progress: Progress) -> None:
 
 def _build_helm(progress: Progress) -> None:
     _go_install("helm", "helm.sh/helm/v3/cmd/helm", HELM_VERSION, progress)
+
+
+def _build_versitygw(progress: Progress) -> None:
+    _go_install(
+        "versitygw", "github.com/versity/versitygw/cmd/versitygw", VERSITYGW_VERSION, progress
+    )
 
 
 def cache_size_bytes() -> int:

@@ -137,7 +137,9 @@ class Demo:
         say("Installing the CRDs and starting the operator")
         settings = Settings()
         roles = rbac.worker_cluster_roles(
-            settings.downloader_cluster_role, settings.sidecar_cluster_role
+            settings.downloader_cluster_role,
+            settings.sidecar_cluster_role,
+            settings.batch_worker_cluster_role,
         )
         for document in [*all_crds().values(), *roles]:
             kube.apply(codecs.from_dict(document), force=True)

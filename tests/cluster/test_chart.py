@@ -83,6 +83,7 @@ def test_rendered_objects_carry_recommended_labels_and_restricted_security() -> 
             "ClusterRoleBinding",
             "ClusterRole",
             "ClusterRole",
+            "ClusterRole",
             "Deployment",
             "ValidatingAdmissionPolicy",
             "ValidatingAdmissionPolicyBinding",
@@ -119,6 +120,7 @@ def test_namespaced_mode_grants_roles_only_in_listed_namespaces() -> None:
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     cluster_roles = [d for d in documents if d["kind"] == "ClusterRole"]
     assert sorted(r["metadata"]["name"] for r in cluster_roles) == [
+        "gptoss-gptoss-operator-batch-worker",
         "gptoss-gptoss-operator-crds",
         "gptoss-gptoss-operator-downloader",
         "gptoss-gptoss-operator-sidecar",
@@ -141,6 +143,7 @@ def test_workers_cluster_roles_are_the_operators_rules_and_only_they_may_be_boun
         by_name = {d["metadata"]["name"]: d for d in documents if d["kind"] == "ClusterRole"}
         assert by_name["gptoss-gptoss-operator-downloader"]["rules"] == rbac.DOWNLOADER_RULES
         assert by_name["gptoss-gptoss-operator-sidecar"]["rules"] == rbac.SIDECAR_RULES
+        assert by_name["gptoss-gptoss-operator-batch-worker"]["rules"] == rbac.BATCH_WORKER_RULES
         env = {
             e["name"]: e["value"]
             for e in next(d for d in documents if d["kind"] == "Deployment")["spec"]["template"][
@@ -149,6 +152,7 @@ def test_workers_cluster_roles_are_the_operators_rules_and_only_they_may_be_boun
         }
         assert env["GPTOSS_DOWNLOADER_CLUSTER_ROLE"] == "gptoss-gptoss-operator-downloader"
         assert env["GPTOSS_SIDECAR_CLUSTER_ROLE"] == "gptoss-gptoss-operator-sidecar"
+        assert env["GPTOSS_BATCH_WORKER_CLUSTER_ROLE"] == "gptoss-gptoss-operator-batch-worker"
         operator_rules = [
             rule
             for d in documents
@@ -165,6 +169,7 @@ def test_workers_cluster_roles_are_the_operators_rules_and_only_they_may_be_boun
                 "resourceNames": [
                     "gptoss-gptoss-operator-downloader",
                     "gptoss-gptoss-operator-sidecar",
+                    "gptoss-gptoss-operator-batch-worker",
                 ],
             }
         ]
@@ -274,6 +279,7 @@ def test_install_runs_the_operator_with_only_the_charts_rbac(
                 "GPTOSS_RESYNC_SECONDS": "3",
                 "GPTOSS_DOWNLOADER_CLUSTER_ROLE": f"{deployment_name}-downloader",
                 "GPTOSS_SIDECAR_CLUSTER_ROLE": f"{deployment_name}-sidecar",
+                "GPTOSS_BATCH_WORKER_CLUSTER_ROLE": f"{deployment_name}-batch-worker",
                 "GPTOSS_NETWORK_POLICY": "true",
                 "GPTOSS_NETWORK_POLICY_FROM": json.dumps(
                     [{"namespaceSelector": {"matchLabels": {"gateway": "true"}}}]

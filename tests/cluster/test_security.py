@@ -320,7 +320,30 @@ def test_workers_hold_only_their_own_rules_and_the_engine_holds_no_token(
             ("list", "", "pods", "", ""),
         ],
     )
-    for worker in (downloader, sidecar):
+    batch_worker = Identity(namespace, "sec-batch")
+    assert_grants(
+        kube,
+        batch_worker,
+        namespace,
+        [
+            ("get", "gptoss.ai", "inferencebatches", "", ""),
+            ("patch", "gptoss.ai", "inferencebatches", "status", ""),
+        ],
+        [
+            *DANGEROUS,
+            ("patch", "gptoss.ai", "inferencebatches", "", ""),
+            ("create", "gptoss.ai", "inferencebatches", "", ""),
+            ("delete", "gptoss.ai", "inferencebatches", "", ""),
+            ("list", "gptoss.ai", "inferencejobs", "", ""),
+            ("patch", "gptoss.ai", "inferencejobs", "status", ""),
+            ("patch", "gptoss.ai", "gptossmodels", "status", ""),
+            ("create", "", "configmaps", "", ""),
+            ("create", "", "pods", "", ""),
+            ("list", "", "pods", "", ""),
+            ("create", "batch", "jobs", "", ""),
+        ],
+    )
+    for worker in (downloader, sidecar, batch_worker):
         assert_grants(kube, worker, "default", [], [("get", "gptoss.ai", "inferencejobs", "", "")])
         assert_grants(kube, worker, None, [], CLUSTER_WRITES)
     assert not allowed_path(kube, sidecar, "/metrics")

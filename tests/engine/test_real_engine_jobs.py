@@ -31,8 +31,16 @@ from gptoss_sandbox.engine_venv import EngineVenv
 from gptoss_sandbox.fake_hub import FakeHub
 from gptoss_sandbox.real_engine import build_tiny_checkpoint
 from gptoss_sandbox.tiny_gptoss import REPLY_FILE, SCRIPTED_ANALYSIS, SCRIPTED_ANSWER
+from tests.cluster.batch_pods import BatchPods
 from tests.cluster.job_helpers import condition, create_job, gptoss_ask, wait_finished
 from tests.cluster.model_helpers import get_model
+from tests.cluster.test_inference_batches import (
+    batch_identity,
+    create_batch,
+    create_claim,
+    read_jsonl,
+    wait_phase,
+)
 from tests.conftest import ClusterUnderTest, OperatorProcess
 from tests.engine.deploy import Deployed, checkpoint_files, deploy
 
@@ -338,3 +346,81 @@ def test_the_autoscaler_reads_real_vllms_load(served: Served) -> None:
     idle, busiest = asyncio.run(scenario())
     assert idle == 0
     assert 1 <= busiest <= 6
+
+
+def test_a_batch_is_answered_by_real_vllm_in_openai_batch_format(
+    served: Served, tmp_path: Path
+) -> None:
+    """The batch workers' requests, rendering and parsing against the real engine: every
+    line answered with the scripted text and true usage, a cut line marked `length`, a
+    prompt over the context in the error file with the engine's refusal."""
+    kube, namespace = served.kube, served.namespace
+    data = tmp_path / "data"
+    (data / "in").mkdir(parents=True)
+
+    def line(i: int, **body: object) -> str:
+        messages = [{"role": "user", "content": f"What is {i}?"}]
+        return json.dumps(
+            {
+                "custom_id": f"q{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"model": "tiny", "messages": messages, **body},
+            }
+        )
+
+    lines = [line(i) for i in range(1, 11)]
+    lines.append(line(11, max_completion_tokens=12))
+    too_long = _question_of_length(served, MAX_MODEL_LEN + 10)
+    lines.append(
+        json.dumps(
+            {
+                "custom_id": "q12",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"messages": [{"role": "user", "content": too_long}]},
+            }
+        )
+    )
+    (data / "in" / "r.jsonl").write_text("\n".join(lines))
+    create_claim(kube, namespace, "batch-data")
+    kubeconfig = batch_identity(kube, served.cluster, namespace, tmp_path, model="tiny")
+    before = _successes(served)
+    create_batch(
+        kube,
+        namespace,
+        "real",
+        model="tiny",
+        input={"volume": {"claimName": "batch-data", "path": "in/r.jsonl"}},
+        output={"volume": {"claimName": "batch-data", "path": "out"}},
+        shards=2,
+        requestsPerShard=4,
+        defaults={"maxTokens": 200},
+    )
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    engine_url = served.deployed.vllm.url
+    with BatchPods(kube, namespace, kubeconfig, engine_url, {"batch-data": data}, logs) as pods:
+        status = wait_phase(kube, namespace, "real", ("Succeeded", "Failed"), timeout=300)
+        assert not pods.errors, pods.errors
+    assert status["phase"] == "Succeeded", status
+    assert status["counts"] == {"total": 12, "succeeded": 11, "failed": 1, "inFlight": 0}
+    answers = {a["custom_id"]: a for a in read_jsonl(data / "out" / "output.jsonl")}
+    assert set(answers) == {f"q{i}" for i in range(1, 12)}
+    for i in range(1, 11):
+        body = answers[f"q{i}"]["response"]["body"]
+        assert body["model"] == "tiny"
+        choice = body["choices"][0]
+        assert choice["message"]["content"] == SCRIPTED_ANSWER
+        assert choice["message"]["reasoning"] == SCRIPTED_ANALYSIS
+        assert choice["finish_reason"] == "stop"
+        assert body["usage"]["completion_tokens"] == len(served.reply_ids)
+        assert body["usage"]["prompt_tokens"] == _prompt_tokens(served, f"What is {i}?")
+    assert answers["q11"]["response"]["body"]["choices"][0]["finish_reason"] == "length"
+    assert answers["q11"]["response"]["body"]["usage"]["completion_tokens"] == 12
+    (refused,) = read_jsonl(data / "out" / "errors.jsonl")
+    assert refused["custom_id"] == "q12"
+    assert refused["response"]["status_code"] == 400
+    assert refused["response"]["body"]["error"]["code"] == "PromptTooLong"
+    assert _successes(served) - before == 11  # nothing asked twice
+    assert status["usage"]["completionTokens"] == 10 * len(served.reply_ids) + 12

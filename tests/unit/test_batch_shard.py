@@ -23,6 +23,7 @@ from gptoss_operator.batch.storage import VolumeFile, VolumeFolder
 from gptoss_operator.harmony import Harmony
 from gptoss_operator.sidecar.engine import EngineClient
 from gptoss_sandbox.standin_engine import StandinEngine
+from tests.support import settled_count
 
 MODEL = "gpt-oss-test"
 
@@ -154,7 +155,7 @@ async def test_a_killed_shard_resumes_without_asking_written_lines_again(
     assert 12 <= written < 40
     engine.token_delay = 0.0
 
-    served = engine.requests_served
+    served = await settled_count(engine)
     second = runner(plan, 0, harmony, "pod-b")
     tally = await second.run()
     assert tally.done == 40

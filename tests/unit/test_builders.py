@@ -242,13 +242,21 @@ def test_each_worker_holds_only_its_own_rules() -> None:
 
 def test_workers_are_bound_to_the_charts_cluster_roles_with_no_token_by_default() -> None:
     ctx = _ctx()
-    download_account, sidecar_account, download_binding, sidecar_binding = rbac.worker_identities(
-        ctx
-    )
-    assert [download_account["metadata"]["name"], sidecar_account["metadata"]["name"]] == [
-        "m-download",
-        "m-sidecar",
-    ]
+    (
+        download_account,
+        sidecar_account,
+        batch_account,
+        download_binding,
+        sidecar_binding,
+        batch_binding,
+    ) = rbac.worker_identities(ctx)
+    assert [
+        download_account["metadata"]["name"],
+        sidecar_account["metadata"]["name"],
+        batch_account["metadata"]["name"],
+    ] == ["m-download", "m-sidecar", "m-batch"]
+    assert batch_account["automountServiceAccountToken"] is False
+    assert batch_binding["roleRef"]["name"] == ctx.settings.batch_worker_cluster_role
     assert download_account["automountServiceAccountToken"] is False
     assert download_binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",

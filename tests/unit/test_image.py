@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from gptoss_operator.api.batch import InferenceBatchSpec
 from gptoss_operator.api.model import GptOssModelSpec
-from gptoss_operator.builders import ModelContext, download, serving
+from gptoss_operator.builders import ModelContext, batch, download, serving
+from gptoss_operator.builders.batch import BatchContext
 from gptoss_operator.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,9 +47,30 @@ def test_every_command_the_product_runs_is_an_installed_entrypoint() -> None:
         download.job(ctx, "h")["spec"]["template"]["spec"]["containers"][0]["command"][0],
         serving.deployment(ctx, "h")["spec"]["template"]["spec"]["containers"][1]["command"][0],
     }
+    batch_ctx = BatchContext(
+        "b",
+        "ns",
+        "u",
+        InferenceBatchSpec.model_validate(
+            {
+                "modelRef": {"name": "m"},
+                "input": {"configMap": {"name": "c"}},
+                "output": {"volume": {"claimName": "d", "path": "o"}},
+            }
+        ),
+        ctx,
+    )
+    for batch_job in (batch.shards_job(batch_ctx), batch.merge_job(batch_ctx)):
+        commands.add(batch_job["spec"]["template"]["spec"]["containers"][0]["command"][0])
     commands |= set(re.findall(r'CMD \["([^"]+)"\]', DOCKERFILE.read_text()))
     commands.add("gptoss")
-    assert commands == {"gptoss-operator", "gptoss-sidecar", "gptoss-download", "gptoss"}
+    assert commands == {
+        "gptoss-operator",
+        "gptoss-sidecar",
+        "gptoss-download",
+        "gptoss-batch",
+        "gptoss",
+    }
     assert commands <= scripts
 
 

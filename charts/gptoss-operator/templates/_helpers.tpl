@@ -49,19 +49,22 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "gptoss-operator.sidecarRole" -}}
 {{ include "gptoss-operator.fullname" . }}-sidecar
 {{- end -}}
+{{- define "gptoss-operator.batchWorkerRole" -}}
+{{ include "gptoss-operator.fullname" . }}-batch-worker
+{{- end -}}
 
 {{/*
 The operator's rules in each namespace it serves. It never holds its workers' rules: it
-binds their ClusterRoles (the bind verb, on those two names alone), so it cannot read
+binds their ClusterRoles (the bind verb, on those names alone), so it cannot read
 Secrets (it only creates each model's API key Secret), write ConfigMaps, write Roles or
 bind any other role.
 */}}
 {{- define "gptoss-operator.rules" -}}
 - apiGroups: ["gptoss.ai"]
-  resources: ["gptossmodels", "inferencejobs"]
+  resources: ["gptossmodels", "inferencejobs", "inferencebatches"]
   verbs: ["get", "list", "watch", "patch", "update", "delete"]
 - apiGroups: ["gptoss.ai"]
-  resources: ["gptossmodels/status", "inferencejobs/status"]
+  resources: ["gptossmodels/status", "inferencejobs/status", "inferencebatches/status"]
   verbs: ["get", "patch", "update"]
 - apiGroups: [""]
   resources: ["persistentvolumeclaims", "services", "serviceaccounts"]
@@ -98,6 +101,7 @@ bind any other role.
   resourceNames:
     - {{ include "gptoss-operator.downloaderRole" . }}
     - {{ include "gptoss-operator.sidecarRole" . }}
+    - {{ include "gptoss-operator.batchWorkerRole" . }}
 {{- end -}}
 
 {{/*

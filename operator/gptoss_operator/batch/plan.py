@@ -16,9 +16,14 @@ from gptoss_operator.batch.storage import (
     S3Folder,
     VolumeFile,
     VolumeFolder,
+    s3_client,
 )
 
 PLAN_ENV = "GPTOSS_BATCH_PLAN"
+# Exit codes of gptoss-batch (the Jobs' pod failure policies read them).
+EXIT_CANNOT_RUN = 2  # input unreadable or output not writable: no retry can help
+EXIT_STORAGE = 3  # storage failed for a while: retried
+EXIT_SIGNAL = 143
 
 
 class Place(ApiModel):
@@ -27,6 +32,11 @@ class Place(ApiModel):
     path: str | None = None
     url: str | None = Field(default=None, description="How to name it to a user.")
     s3: S3Location | None = None
+    credentialsEnv: str | None = Field(
+        default=None,
+        description="Prefix of the env vars holding this location's S3 keys "
+        "(<prefix>AWS_ACCESS_KEY_ID, ...); unset: the default credential chain.",
+    )
 
 
 class BatchPlan(ApiModel):
@@ -49,13 +59,13 @@ class BatchPlan(ApiModel):
 
 def input_file(place: Place) -> InputFile:
     if place.s3 is not None:
-        return S3File(place.s3)
+        return S3File(place.s3, s3_client(place.s3, place.credentialsEnv))
     assert place.path is not None
     return VolumeFile(Path(place.path), place.url or place.path)
 
 
 def output_folder(place: Place) -> OutputFolder:
     if place.s3 is not None:
-        return S3Folder(place.s3)
+        return S3Folder(place.s3, s3_client(place.s3, place.credentialsEnv))
     assert place.path is not None
     return VolumeFolder(Path(place.path), place.url or place.path)

@@ -44,7 +44,7 @@ from gptoss_operator.batch.storage import InputFile, OutputFolder, StorageError
 from gptoss_operator.generation import generate
 from gptoss_operator.harmony import Harmony
 from gptoss_operator.sidecar.engine import EngineClient, EngineError, SamplingParams
-from gptoss_operator.sidecar.outcome import Generation, generation_outcome, rejection_reason
+from gptoss_operator.sidecar.outcome import rejection_reason
 from gptoss_operator.sidecar.renderer import PromptRenderer
 
 log = logging.getLogger(__name__)
@@ -226,16 +226,7 @@ class ShardRunner:
                 await asyncio.sleep(min(30.0, 2.0 ** (failures - 1)))
             finally:
                 self.in_flight -= 1
-        outcome = generation_outcome(
-            Generation(
-                parsed=result.parsed,
-                finish_reason=result.finish_reason,
-                max_tokens=request.max_tokens,
-                prompt_tokens=result.prompt_tokens,
-                completion_tokens=result.completion_tokens,
-                max_model_len=self.max_model_len,
-            )
-        )
+        outcome = result.outcome(request.max_tokens, self.max_model_len)
         if outcome.phase == Phase.FAILED:
             self._fail(
                 request,

@@ -181,11 +181,20 @@ _PERMANENT_CODES = {
 }
 
 
-def s3_client(location: S3Location) -> Any:
-    """A boto3 client for a location; credentials come from the environment (the Secret
-    the pod maps to AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or a web identity)."""
+def s3_client(location: S3Location, credentials_env: str | None = None) -> Any:
+    """A boto3 client for a location. With ``credentials_env``, the keys are in the env
+    vars ``<prefix>AWS_ACCESS_KEY_ID`` ... (the pod maps the location's Secret there);
+    without, boto3's default chain finds them (AWS_* env vars, a web identity)."""
     import boto3
     from botocore.config import Config
+
+    keys: dict[str, Any] = {}
+    if credentials_env is not None:
+        keys = {
+            "aws_access_key_id": os.environ.get(f"{credentials_env}AWS_ACCESS_KEY_ID"),
+            "aws_secret_access_key": os.environ.get(f"{credentials_env}AWS_SECRET_ACCESS_KEY"),
+            "aws_session_token": os.environ.get(f"{credentials_env}AWS_SESSION_TOKEN") or None,
+        }
 
     config = Config(
         region_name=location.region,
@@ -194,7 +203,7 @@ def s3_client(location: S3Location) -> Any:
         connect_timeout=10,
         read_timeout=120,
     )
-    return boto3.client("s3", endpoint_url=location.endpoint, config=config)
+    return boto3.client("s3", endpoint_url=location.endpoint, config=config, **keys)
 
 
 def _s3_error(what: str, error: Exception) -> StorageError:
@@ -212,10 +221,10 @@ def _s3_error(what: str, error: Exception) -> StorageError:
 
 
 class S3File:
-    def __init__(self, location: S3Location, client: Any | None = None) -> None:
+    def __init__(self, location: S3Location, client: Any) -> None:
         self.location = location
         self.url = f"s3://{location.bucket}/{location.key}"
-        self._client = client or s3_client(location)
+        self._client = client
 
     def lines(self) -> Iterator[bytes]:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -237,15 +246,16 @@ class S3File:
 class _Upload:
     """A multipart upload, completed on a clean exit and aborted otherwise."""
 
-    def __init__(self, client: Any, bucket: str, key: str) -> None:
+    def __init__(self, client: Any, bucket: str, key: str, part_size: int) -> None:
         self.client, self.bucket, self.key = client, bucket, key
+        self.part_size = part_size
         self.buffer = bytearray()
         self.parts: list[dict[str, Any]] = []
         self.upload_id: str | None = None
 
     def write(self, data: bytes) -> None:
         self.buffer += data
-        if len(self.buffer) >= UPLOAD_PART:
+        if len(self.buffer) >= self.part_size:
             self._send_part()
 
     def _send_part(self) -> None:
@@ -285,11 +295,12 @@ class _Upload:
 
 
 class S3Folder:
-    def __init__(self, location: S3Location, client: Any | None = None) -> None:
+    def __init__(self, location: S3Location, client: Any, part_size: int = UPLOAD_PART) -> None:
         self.location = location
         self.bucket = location.bucket
         self.prefix = location.key.strip("/")
-        self._client = client or s3_client(location)
+        self.part_size = part_size
+        self._client = client
 
     def _key(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
@@ -367,7 +378,7 @@ class S3Folder:
     def writer(self, name: str) -> Iterator[Writer]:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        upload = _Upload(self._client, self.bucket, self._key(name))
+        upload = _Upload(self._client, self.bucket, self._key(name), self.part_size)
         try:
             yield upload
             upload.complete()

@@ -1,5 +1,6 @@
 """The identities of a model's workers: one ServiceAccount for the download Job, one for
-the sidecar, each bound in the model's namespace to a ClusterRole the chart ships.
+the sidecar, one for the workers of its InferenceBatches, each bound in the model's
+namespace to a ClusterRole the chart ships.
 
 The operator binds those ClusterRoles (the ``bind`` verb, on them alone) instead of
 writing Roles: Kubernetes lets a subject grant only what it holds, so a Role written by
@@ -39,6 +40,14 @@ SIDECAR_RULES: list[dict[str, Any]] = [
 ]
 
 
+# A batch worker reports its shard's progress into its batch's status; it reads nothing
+# else (its input and output are files, its credentials come from the pod's env).
+BATCH_WORKER_RULES: list[dict[str, Any]] = [
+    {"apiGroups": [GROUP], "resources": ["inferencebatches"], "verbs": ["get"]},
+    {"apiGroups": [GROUP], "resources": ["inferencebatches/status"], "verbs": ["get", "patch"]},
+]
+
+
 def legacy_binding_name(model: str) -> str:
     """The RoleBinding that versions before the split gave both workers: its Role granted
     the union of their rules, so it is removed when the model is next reconciled."""
@@ -55,8 +64,12 @@ def cluster_role(name: str, rules: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def worker_cluster_roles(downloader: str, sidecar: str) -> list[dict[str, Any]]:
-    return [cluster_role(downloader, DOWNLOADER_RULES), cluster_role(sidecar, SIDECAR_RULES)]
+def worker_cluster_roles(downloader: str, sidecar: str, batch: str) -> list[dict[str, Any]]:
+    return [
+        cluster_role(downloader, DOWNLOADER_RULES),
+        cluster_role(sidecar, SIDECAR_RULES),
+        cluster_role(batch, BATCH_WORKER_RULES),
+    ]
 
 
 def _service_account(ctx: ModelContext, name: str) -> dict[str, Any]:
@@ -88,9 +101,12 @@ def worker_identities(ctx: ModelContext) -> list[dict[str, Any]]:
     """The workers' ServiceAccounts and RoleBindings, accounts first."""
     download = naming.download_account_name(ctx.name)
     sidecar = naming.sidecar_account_name(ctx.name)
+    batch = naming.batch_account_name(ctx.name)
     return [
         _service_account(ctx, download),
         _service_account(ctx, sidecar),
+        _service_account(ctx, batch),
         _role_binding(ctx, download, ctx.settings.downloader_cluster_role),
         _role_binding(ctx, sidecar, ctx.settings.sidecar_cluster_role),
+        _role_binding(ctx, batch, ctx.settings.batch_worker_cluster_role),
     ]

@@ -27,7 +27,15 @@ from typing import Any
 
 from gptoss_operator.api.batch import ShardProgress
 from gptoss_operator.batch.merge import merge
-from gptoss_operator.batch.plan import PLAN_ENV, BatchPlan, input_file, output_folder
+from gptoss_operator.batch.plan import (
+    EXIT_CANNOT_RUN,
+    EXIT_SIGNAL,
+    EXIT_STORAGE,
+    PLAN_ENV,
+    BatchPlan,
+    input_file,
+    output_folder,
+)
 from gptoss_operator.batch.shard import ShardRunner
 from gptoss_operator.batch.storage import StorageError
 from gptoss_operator.conditions import timestamp
@@ -36,9 +44,6 @@ from gptoss_operator.sidecar.engine import EngineClient
 
 log = logging.getLogger("gptoss.batch")
 TERMINATION_LOG = "/dev/termination-log"
-EXIT_CANNOT_RUN = 2
-EXIT_STORAGE = 3
-EXIT_SIGNAL = 143
 
 
 def write_termination(path: str, payload: dict[str, Any]) -> None:

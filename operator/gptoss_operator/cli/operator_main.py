@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     kopf.configure(verbose=args.verbose)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("kopf.objects").addFilter(_QuietChildEvents())
+    import gptoss_operator.handlers.batch
     import gptoss_operator.handlers.job
     import gptoss_operator.handlers.model  # noqa: F401 - importing registers the handlers
 

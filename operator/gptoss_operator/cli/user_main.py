@@ -1,4 +1,5 @@
-"""`gptoss`: ask a served gpt-oss model a question from the command line.
+"""`gptoss`: ask a served gpt-oss model a question, or run a file of them, from the
+command line.
 
     gptoss ask --model gpt-oss-120b "Explain quantum computing"
     gptoss ask --model gpt-oss-120b --reasoning high --max-tokens 2048 --show-reasoning "..."
@@ -7,6 +8,12 @@
 Each call creates an InferenceJob, shows its progress on stderr while it waits, and prints
 the answer (or, with --json, the runner-style result: response, analysis, commentary,
 reasoning_level, plus usage and timings).
+
+    gptoss batch submit requests.jsonl --model gpt-oss-120b --output pvc://results/run1 --wait
+    gptoss batch status NAME --watch
+    gptoss batch results NAME
+
+runs a JSONL file in OpenAI's batch format as an InferenceBatch (see `gptoss batch -h`).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from pydantic import ValidationError
 from gptoss_operator import __version__
 from gptoss_operator.api.job import FINISHED_PHASES, InferenceJobSpec
 from gptoss_operator.api.resources import InferenceJobResource
+from gptoss_operator.cli import batch_cli
 from gptoss_operator.job_output import join
 
 
@@ -57,7 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--delete", action="store_true", help="delete the job when done")
     ask.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube)")
     ask.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--namespace", "-n", help="namespace (default: the kubeconfig's)")
+    common.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube)")
+    batch_cli.add_parser(sub, common)
     return parser
+
+
+def new_client(args: argparse.Namespace) -> Client:
+    if args.kubeconfig:
+        return Client(config=KubeConfig.from_file(args.kubeconfig), field_manager="gptoss-cli")
+    return Client(field_manager="gptoss-cli")
 
 
 def job_manifest(args: argparse.Namespace) -> dict[str, Any]:
@@ -124,12 +142,7 @@ def ask(args: argparse.Namespace) -> int:
     except (ValueError, ValidationError) as error:
         print(f"gptoss: {error}", file=sys.stderr)
         return 2
-    config = KubeConfig.from_file(args.kubeconfig) if args.kubeconfig else None
-    client = (
-        Client(config=config, field_manager="gptoss-cli")
-        if config
-        else Client(field_manager="gptoss-cli")
-    )
+    client = new_client(args)
     namespace = args.namespace or client.namespace
     try:
         created = client.create(InferenceJobResource.from_dict(manifest), namespace=namespace)
@@ -186,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "ask":
         return ask(args)
+    if args.command == "batch":
+        client = new_client(args)
+        return batch_cli.run(args, client, args.namespace or client.namespace)
     return 2
 
 

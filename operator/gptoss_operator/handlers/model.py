@@ -14,9 +14,10 @@ from gptoss_operator import naming
 from gptoss_operator.api.common import GROUP, VERSION
 from gptoss_operator.api.model import PLURAL
 from gptoss_operator.autoscaler import Autoscaler
+from gptoss_operator.batch_reconciler import BatchReconciler
 from gptoss_operator.engine_load import EngineLoads
 from gptoss_operator.events import post_event
-from gptoss_operator.handlers import indexes  # noqa: F401 - registers the indexes
+from gptoss_operator.handlers import batch, indexes  # noqa: F401 - registers handlers
 from gptoss_operator.kube import new_client
 from gptoss_operator.model_reconciler import ModelReconciler
 from gptoss_operator.settings import Settings
@@ -50,6 +51,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any)
         _resync_forever(memo.models, kwargs["model_phases"], SETTINGS.resync_seconds)
     )
     memo.autoscaling = asyncio.create_task(memo.autoscaler.run_forever())
+    memo.batches = BatchReconciler(client, SETTINGS, emit)
+    memo.batch_resync = asyncio.create_task(batch.resync_forever(memo, kwargs["open_batches"]))
     if SETTINGS.autoscale_engine_metrics:
         loads = EngineLoads(
             kwargs["server_pods"], lambda: list(memo.autoscaler.states), SETTINGS.autoscale_seconds
@@ -75,7 +78,7 @@ async def _resync_forever(
 
 @kopf.on.cleanup()
 async def stop(memo: Any, **_: Any) -> None:
-    for name in ("model_resync", "autoscaling", "engine_loads"):
+    for name in ("model_resync", "autoscaling", "engine_loads", "batch_resync"):
         task = memo.get(name)
         if task is not None:
             task.cancel()
@@ -105,8 +108,8 @@ async def child_changed(
     labels: Mapping[str, str], namespace: str | None, memo: Any, type: str, **_: Any
 ) -> None:
     model = labels.get(naming.MODEL_LABEL)
-    if not model or namespace is None:
-        return
+    if not model or namespace is None or naming.BATCH_LABEL in labels:
+        return  # not the model's own (a batch's Jobs and pods are the batch's)
     if type == "DELETED":
         memo.models.forget(namespace, model)
     try:

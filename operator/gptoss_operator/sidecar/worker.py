@@ -40,7 +40,7 @@ from gptoss_operator.job_status import (
     with_conditions,
 )
 from gptoss_operator.sidecar.engine import EngineClient, EngineError, SamplingParams
-from gptoss_operator.sidecar.outcome import Generation, generation_outcome, rejection_reason
+from gptoss_operator.sidecar.outcome import rejection_reason
 from gptoss_operator.sidecar.renderer import PromptRenderer
 from gptoss_operator.sidecar.store import JobStore, LostJob
 
@@ -599,16 +599,7 @@ class Sidecar:
         self, job: dict[str, Any], attempt: int, spec: InferenceJobSpec, result: RunResult
     ) -> None:
         name = job["metadata"]["name"]
-        outcome = generation_outcome(
-            Generation(
-                parsed=result.parsed,
-                finish_reason=result.finish_reason,
-                max_tokens=spec.maxTokens,
-                prompt_tokens=result.prompt_tokens,
-                completion_tokens=result.completion_tokens,
-                max_model_len=self.max_model_len,
-            )
-        )
+        outcome = result.outcome(spec.maxTokens, self.max_model_len)
         reason, message = outcome.reason, outcome.message
         output = layout(outcome.texts)
         changes: dict[str, Any] = dict(output.status_fields)

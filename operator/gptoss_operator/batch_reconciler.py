@@ -1,0 +1,262 @@
+"""Reconcile one InferenceBatch: wait for its model, run the shards' Indexed Job, then
+the merge Job, and keep the status in step with what they and the workers report.
+
+The Jobs are created once and never changed (the spec is immutable); the status is
+recomputed from them on every trigger, so a restarted operator picks up where things
+are. A batch whose model is missing or not serving yet waits (it is never failed for
+that); a worker pod that cannot start (a missing Secret, an unpullable image) is
+reported as a condition reason and an Event while the pod waits to be fixed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from lightkube import AsyncClient
+from lightkube.resources.batch_v1 import Job
+from lightkube.resources.core_v1 import Pod
+
+from gptoss_operator import kube, naming
+from gptoss_operator.api.batch import FINISHED_PHASES, InferenceBatchSpec
+from gptoss_operator.api.model import GptOssModelSpec
+from gptoss_operator.api.resources import GptOssModelResource, InferenceBatchResource
+from gptoss_operator.batch_status import (
+    Observed,
+    batch_status,
+    job_finished,
+    pod_trouble,
+    termination_message,
+)
+from gptoss_operator.builders import ModelContext
+from gptoss_operator.builders.batch import BatchContext, merge_job, shards_job
+from gptoss_operator.conditions import now
+from gptoss_operator.job_status import parse_time
+from gptoss_operator.model_reconciler import KeyedSerializer
+from gptoss_operator.settings import Settings
+
+log = logging.getLogger(__name__)
+EventSink = Callable[[dict[str, Any], str, str, str], Awaitable[None]]
+# Reasons worth an Event when the batch enters them (Warnings unless listed as Normal).
+NORMAL_REASONS = {"Running", "Merging", "Completed"}
+QUIET_REASONS = {"Creating"}
+
+
+class BatchReconciler:
+    def __init__(self, client: AsyncClient, settings: Settings, emit: EventSink) -> None:
+        self.client = client
+        self.settings = settings
+        self.emit = emit
+        self.serializer = KeyedSerializer()
+        self.expiries: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self.poked: set[tuple[str, str]] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def poke(self, namespace: str, name: str, delay: float) -> None:
+        """Reconcile within ``delay`` seconds; pokes meanwhile fold into that one run (the
+        workers' progress reports arrive from every shard)."""
+        key = (namespace, name)
+        if key in self.poked:
+            return
+        self.poked.add(key)
+
+        async def later() -> None:
+            await asyncio.sleep(delay)
+            self.poked.discard(key)
+            try:
+                await self.reconcile(namespace, name)
+            except Exception as error:
+                log.warning("reconcile of InferenceBatch %s/%s failed: %s", namespace, name, error)
+
+        task = asyncio.get_running_loop().create_task(later())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def reconcile(self, namespace: str, name: str) -> None:
+        await self.serializer.run((namespace, name), lambda: self._reconcile(namespace, name))
+
+    async def _reconcile(self, namespace: str, name: str) -> None:
+        found = await kube.get_or_none(self.client, InferenceBatchResource, name, namespace)
+        if found is None:
+            return
+        batch = kube.to_dict(found)
+        status = batch.get("status") or {}
+        if status.get("phase") in FINISHED_PHASES:
+            await self._expire(batch)
+            return
+        spec = InferenceBatchSpec.model_validate(batch["spec"])
+        observed = await self._observe(batch, spec)
+        fields = batch_status(
+            spec.shards, status, batch["metadata"].get("generation"), observed, now()
+        )
+        await kube.patch_status(self.client, InferenceBatchResource, name, namespace, fields)
+        await self._announce(batch, status, fields)
+        if fields["phase"] in FINISHED_PHASES:
+            batch["status"] = {**status, **fields}
+            await self._expire(batch)
+
+    async def _observe(self, batch: dict[str, Any], spec: InferenceBatchSpec) -> Observed:
+        namespace = batch["metadata"]["namespace"]
+        name = batch["metadata"]["name"]
+        shards = await kube.get_or_none(
+            self.client, Job, naming.batch_shards_job_name(name), namespace
+        )
+        if shards is None:
+            model = await kube.get_or_none(
+                self.client, GptOssModelResource, spec.modelRef.name, namespace
+            )
+            waiting = self._waiting_for(spec.modelRef.name, kube.to_dict(model) or None)
+            if waiting is not None:
+                return Observed(waiting=waiting)
+            ctx = self._context(batch, spec, kube.to_dict(model))
+            shards = await kube.create_if_absent(self.client, Job, shards_job(ctx))
+        shards_dict = kube.to_dict(shards)
+        pods = [
+            kube.to_dict(pod)
+            async for pod in self.client.list(
+                Pod, namespace=namespace, labels={naming.BATCH_LABEL: name}
+            )
+        ]
+        observed = Observed(shards_job=shards_dict, trouble=pod_trouble(pods))
+        shards_done = job_finished(shards_dict)
+        if shards_done is None:
+            return observed
+        failure = None
+        if shards_done == "Failed":
+            failure = _last_failure(pods, naming.COMPONENT_BATCH_SHARDS)
+        merge = await kube.get_or_none(
+            self.client, Job, naming.batch_merge_job_name(name), namespace
+        )
+        if merge is None:
+            model = await kube.get_or_none(
+                self.client, GptOssModelResource, spec.modelRef.name, namespace
+            )
+            ctx = self._context(batch, spec, kube.to_dict(model) or _absent(spec))
+            merge = await kube.create_if_absent(self.client, Job, merge_job(ctx))
+        merge_dict = kube.to_dict(merge)
+        merged = None
+        if job_finished(merge_dict) == "Complete":
+            merged = _last_success(pods, naming.COMPONENT_BATCH_MERGE)
+        return Observed(
+            shards_job=shards_dict,
+            merge_job=merge_dict,
+            trouble=observed.trouble,
+            shard_failure=failure,
+            merged=merged,
+        )
+
+    def _waiting_for(self, model: str, found: dict[str, Any] | None) -> tuple[str, str] | None:
+        if found is None:
+            return (
+                "ModelNotFound",
+                f"GptOssModel {model} does not exist in this namespace; the batch starts "
+                "once it does",
+            )
+        if not (found.get("status") or {}).get("servedModelName"):
+            return "WaitingForModel", f"GptOssModel {model} is not set up yet"
+        return None
+
+    def _context(
+        self, batch: dict[str, Any], spec: InferenceBatchSpec, model: dict[str, Any]
+    ) -> BatchContext:
+        metadata = batch["metadata"]
+        model_ctx = ModelContext(
+            name=spec.modelRef.name,
+            namespace=metadata["namespace"],
+            uid=str((model.get("metadata") or {}).get("uid") or ""),
+            spec=GptOssModelSpec.model_validate(model.get("spec") or {}),
+            settings=self.settings,
+        )
+        return BatchContext(
+            name=metadata["name"],
+            namespace=metadata["namespace"],
+            uid=metadata["uid"],
+            spec=spec,
+            model=model_ctx,
+        )
+
+    async def _announce(
+        self, batch: dict[str, Any], before: dict[str, Any], after: dict[str, Any]
+    ) -> None:
+        """An Event when the batch's phase or reason changes."""
+        old = _reason(before)
+        new = _reason(after)
+        if new == old or new in QUIET_REASONS:
+            return
+        kind = "Normal" if new in NORMAL_REASONS else "Warning"
+        if after.get("phase") == "Failed":
+            kind = "Warning"
+        await self.emit(batch, kind, new or "Unknown", after.get("message") or "")
+
+    async def _expire(self, batch: dict[str, Any]) -> None:
+        """Delete a finished batch once its ttlSecondsAfterFinished has passed."""
+        ttl = (batch.get("spec") or {}).get("ttlSecondsAfterFinished")
+        finished = parse_time((batch.get("status") or {}).get("completionTime"))
+        if ttl is None or finished is None:
+            return
+        metadata = batch["metadata"]
+        key = (metadata["namespace"], metadata["name"])
+        left = (
+            finished + datetime.timedelta(seconds=int(ttl)) - datetime.datetime.now(datetime.UTC)
+        ).total_seconds()
+        if left <= 0:
+            log.info("deleting finished InferenceBatch %s/%s (TTL)", *key)
+            await kube.delete_if_present(self.client, InferenceBatchResource, key[1], key[0])
+            self.expiries.pop(key, None)
+            return
+        if key not in self.expiries:
+            loop = asyncio.get_running_loop()
+            self.expiries[key] = loop.call_later(
+                left + 0.5, lambda: asyncio.ensure_future(self._expire_later(key))
+            )
+
+    async def _expire_later(self, key: tuple[str, str]) -> None:
+        self.expiries.pop(key, None)
+        try:
+            await self.reconcile(*key)
+        except Exception as error:
+            log.warning("expiring InferenceBatch %s/%s failed: %s", *key, error)
+
+
+def _reason(status: dict[str, Any]) -> str | None:
+    for condition in status.get("conditions") or []:
+        if condition.get("type") in ("Reconciling", "Stalled", "Complete") and (
+            condition.get("status") == "True"
+        ):
+            return str(condition.get("reason"))
+    return None
+
+
+def _absent(spec: InferenceBatchSpec) -> dict[str, Any]:
+    """A model that went away after the shards ran: the merge needs only its name."""
+    return {"metadata": {"name": spec.modelRef.name}, "spec": {}}
+
+
+def _component_pods(pods: list[dict[str, Any]], component: str) -> list[dict[str, Any]]:
+    return sorted(
+        (
+            pod
+            for pod in pods
+            if pod["metadata"].get("labels", {}).get("app.kubernetes.io/component") == component
+        ),
+        key=lambda pod: pod["metadata"].get("creationTimestamp") or "",
+    )
+
+
+def _last_failure(pods: list[dict[str, Any]], component: str) -> dict[str, Any] | None:
+    for pod in reversed(_component_pods(pods, component)):
+        if (pod.get("status") or {}).get("phase") == "Failed":
+            message = termination_message(pod)
+            if message:
+                return message
+    return None
+
+
+def _last_success(pods: list[dict[str, Any]], component: str) -> dict[str, Any] | None:
+    for pod in reversed(_component_pods(pods, component)):
+        if (pod.get("status") or {}).get("phase") == "Succeeded":
+            return termination_message(pod)
+    return None

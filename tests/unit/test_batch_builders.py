@@ -1,0 +1,215 @@
+"""The Jobs of an InferenceBatch: an Indexed Job per shard with the right failure policy,
+identity, volumes and credentials; the plan its workers read; the status it leads to."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from typing import Any
+
+from gptoss_operator.api.batch import InferenceBatchSpec
+from gptoss_operator.api.model import GptOssModelSpec
+from gptoss_operator.batch.plan import BatchPlan
+from gptoss_operator.batch_status import Observed, batch_status, pod_trouble
+from gptoss_operator.builders import ModelContext
+from gptoss_operator.builders.batch import BatchContext, merge_job, model_names, shards_job
+from gptoss_operator.settings import Settings
+
+
+def context(**spec: Any) -> BatchContext:
+    model = ModelContext(
+        "gpt-oss-20b",
+        "team",
+        "model-uid",
+        GptOssModelSpec.model_validate({"source": {"repo": "openai/gpt-oss-20b"}}),
+        Settings(),
+    )
+    body = {
+        "modelRef": {"name": "gpt-oss-20b"},
+        "input": {"volume": {"claimName": "datasets", "path": "in/r.jsonl"}},
+        "output": {"volume": {"claimName": "results", "path": "out"}},
+        **spec,
+    }
+    return BatchContext("eval", "team", "batch-uid", InferenceBatchSpec.model_validate(body), model)
+
+
+def env_of(job: dict[str, Any]) -> dict[str, Any]:
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    return {var["name"]: var.get("value", var.get("valueFrom")) for var in container["env"]}
+
+
+def test_the_shards_run_as_an_indexed_job_of_the_models_batch_identity() -> None:
+    job = shards_job(context(shards=8, parallelism=3, backoffLimitPerIndex=2))
+    spec = job["spec"]
+    assert job["metadata"]["name"] == "eval-shards"
+    assert job["metadata"]["ownerReferences"][0]["kind"] == "InferenceBatch"
+    assert job["metadata"]["labels"]["gptoss.ai/batch"] == "eval"
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 8, 3)
+    assert spec["backoffLimitPerIndex"] == 2
+    rules = spec["podFailurePolicy"]["rules"]
+    assert rules[0]["action"] == "FailJob"
+    assert rules[0]["onExitCodes"]["values"] == [2]
+    assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+    pod = spec["template"]["spec"]
+    assert pod["serviceAccountName"] == "gpt-oss-20b-batch"
+    assert pod["automountServiceAccountToken"] is False
+    container = pod["containers"][0]
+    assert container["command"] == ["gptoss-batch", "shard"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {m["mountPath"]: m.get("readOnly", False) for m in container["volumeMounts"]}
+    assert mounts["/batch/volumes/datasets"] is True  # the input is only read
+    assert mounts["/batch/volumes/results"] is False
+    assert env_of(job)["GPTOSS_ENGINE_API_KEY"] == {
+        "secretKeyRef": {"name": "gpt-oss-20b-api-key", "key": "token"}
+    }
+
+
+def test_the_plan_points_at_the_models_service_and_the_mounted_files() -> None:
+    plan = BatchPlan.model_validate_json(env_of(shards_job(context()))["GPTOSS_BATCH_PLAN"])
+    assert plan.engineUrl == "http://gpt-oss-20b-vllm.team.svc:8000"
+    assert plan.servedModelName == "gpt-oss-20b"
+    assert plan.input.path == "/batch/volumes/datasets/in/r.jsonl"
+    assert plan.input.url == "pvc://datasets/in/r.jsonl"
+    assert plan.output.path == "/batch/volumes/results/out"
+    assert model_names(context().model) == ["gpt-oss-20b", "openai/gpt-oss-20b"]
+
+
+def test_s3_keys_come_from_the_secret_by_reference_and_never_sit_in_the_plan() -> None:
+    s3 = {
+        "bucket": "data",
+        "key": "in.jsonl",
+        "endpoint": "https://s3.example.com",
+        "credentialsSecretRef": {"name": "s3-keys"},
+    }
+    job = merge_job(
+        context(
+            input={"s3": s3}, output={"s3": {**s3, "key": "out/", "credentialsSecretRef": None}}
+        )
+    )
+    env = env_of(job)
+    assert env["GPTOSS_INPUT_AWS_ACCESS_KEY_ID"] == {
+        "secretKeyRef": {"name": "s3-keys", "key": "AWS_ACCESS_KEY_ID"}
+    }
+    assert env["GPTOSS_INPUT_AWS_SESSION_TOKEN"]["secretKeyRef"]["optional"] is True
+    assert "GPTOSS_OUTPUT_AWS_ACCESS_KEY_ID" not in env  # the pod's own credentials
+    assert "GPTOSS_ENGINE_API_KEY" not in env  # the merge calls no engine
+    plan = json.loads(env["GPTOSS_BATCH_PLAN"])
+    assert plan["input"]["credentialsEnv"] == "GPTOSS_INPUT_"
+    assert "credentialsEnv" not in plan["output"]
+    volumes = job["spec"]["template"]["spec"]["volumes"]
+    assert not any("secret" in volume for volume in volumes)
+
+
+def test_a_configmap_input_is_mounted_as_a_file() -> None:
+    job = shards_job(context(input={"configMap": {"name": "small", "key": "r.jsonl"}}))
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["input"]["configMap"] == {
+        "name": "small",
+        "items": [{"key": "r.jsonl", "path": "input.jsonl"}],
+    }
+
+
+NOW = datetime.datetime(2026, 11, 26, 12, 0, 0, tzinfo=datetime.UTC)
+
+
+def finished(type_: str, reason: str = "", message: str = "") -> dict[str, Any]:
+    return {
+        "status": {
+            "startTime": "2026-11-26T11:50:00Z",
+            "conditions": [{"type": type_, "status": "True", "reason": reason, "message": message}],
+        }
+    }
+
+
+def test_status_counts_shards_and_estimates_the_time_left() -> None:
+    running = {"status": {"startTime": "2026-11-26T11:50:00Z"}}
+    shards = {
+        "0": {"total": 600, "succeeded": 290, "failed": 10, "inFlight": 4, "completionTokens": 900},
+        "1": {"total": 600, "succeeded": 300, "failed": 0, "inFlight": 4, "completionTokens": 1000},
+    }
+    status = batch_status(2, {"shards": shards}, 1, Observed(shards_job=running), NOW)
+    assert status["phase"] == "Running"
+    assert status["counts"] == {"total": 1200, "succeeded": 590, "failed": 10, "inFlight": 8}
+    assert status["percent"] == 50
+    assert status["linesPerSecond"] == 1.0  # 600 lines in 600 s
+    assert status["estimatedTimeLeft"] == "10m00s"
+    reconciling = next(c for c in status["conditions"] if c["type"] == "Reconciling")
+    assert reconciling["status"] == "True"
+
+
+def test_a_batch_finishes_with_the_merges_figures_or_fails_with_the_shards_reason() -> None:
+    summary = {
+        "summary": {
+            "succeeded": 1190,
+            "failed": 10,
+            "promptTokens": 5,
+            "completionTokens": 7,
+            "output": "s3://b/o/output.jsonl",
+            "errors": "s3://b/o/errors.jsonl",
+        }
+    }
+    done = batch_status(
+        2,
+        {},
+        1,
+        Observed(shards_job=finished("Complete"), merge_job=finished("Complete"), merged=summary),
+        NOW,
+    )
+    assert done["phase"] == "Succeeded"
+    assert done["output"]["results"] == "s3://b/o/output.jsonl"
+    assert done["estimatedTimeLeft"] is None
+    complete = next(c for c in done["conditions"] if c["type"] == "Complete")
+    assert (complete["status"], complete["reason"]) == ("True", "Completed")
+
+    failure = {"reason": "StorageUnusable", "message": "output s3://b/o is not writable"}
+    merging = batch_status(
+        2,
+        {},
+        1,
+        Observed(shards_job=finished("Failed", "PodFailurePolicy"), shard_failure=failure),
+        NOW,
+    )
+    assert merging["phase"] == "Merging"  # what was answered is kept
+    failed = batch_status(
+        2,
+        {},
+        1,
+        Observed(
+            shards_job=finished("Failed", "PodFailurePolicy"),
+            merge_job=finished("Complete"),
+            shard_failure=failure,
+            merged=summary,
+        ),
+        NOW,
+    )
+    assert failed["phase"] == "Failed"
+    stalled = next(c for c in failed["conditions"] if c["type"] == "Failed")
+    assert (stalled["status"], stalled["reason"]) == ("True", "StorageUnusable")
+    assert "not writable" in stalled["message"]
+
+
+def test_pods_that_cannot_start_name_the_reason() -> None:
+    waiting = {
+        "metadata": {"name": "eval-shards-0-x"},
+        "status": {
+            "containerStatuses": [
+                {
+                    "state": {
+                        "waiting": {
+                            "reason": "CreateContainerConfigError",
+                            "message": 'secret "s3-keys" not found',
+                        }
+                    }
+                }
+            ]
+        },
+    }
+    assert pod_trouble([waiting]) == (
+        "CreateContainerConfigError",
+        'pod eval-shards-0-x: secret "s3-keys" not found',
+    )
+    creating = {
+        "metadata": {"name": "p"},
+        "status": {"containerStatuses": [{"state": {"waiting": {"reason": "ContainerCreating"}}}]},
+    }
+    assert pod_trouble([creating]) is None

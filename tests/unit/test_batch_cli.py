@@ -1,0 +1,86 @@
+"""`gptoss batch`: locations from URLs, the spec it submits, the progress line."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from gptoss_operator.cli.batch_cli import batch_spec, location, progress_line
+from gptoss_operator.cli.user_main import build_parser
+
+
+def args(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(["batch", "submit", *argv])
+
+
+def test_urls_become_volume_or_s3_locations() -> None:
+    parsed = args(
+        "in.jsonl",
+        "--model",
+        "m",
+        "--output",
+        "s3://b/out/",
+        "--s3-endpoint",
+        "http://minio:9000",
+        "--s3-secret",
+        "keys",
+        "--s3-path-style",
+    )
+    assert location("pvc://data/in/r.jsonl", parsed, output=False) == {
+        "volume": {"claimName": "data", "path": "in/r.jsonl"}
+    }
+    assert location("s3://b/out/", parsed, output=True) == {
+        "s3": {
+            "bucket": "b",
+            "key": "out",
+            "region": "us-east-1",
+            "pathStyle": True,
+            "endpoint": "http://minio:9000",
+            "credentialsSecretRef": {"name": "keys"},
+        }
+    }
+    for bad in ("in.jsonl", "pvc://data", "http://x/y", "s3:///key"):
+        with pytest.raises(ValueError, match="expected pvc://CLAIM/PATH or s3://BUCKET/KEY"):
+            location(bad, parsed, output=False)
+
+
+def test_the_submitted_spec_passes_the_apis_rules() -> None:
+    parsed = args(
+        "in.jsonl",
+        "--model",
+        "m",
+        "--output",
+        "pvc://data/out",
+        "--shards",
+        "3",
+        "--max-tokens",
+        "900",
+        "--reasoning",
+        "high",
+    )
+    spec = batch_spec(parsed, {"configMap": {"name": "x", "key": "input.jsonl"}})
+    assert spec["shards"] == 3
+    assert spec["defaults"] == {"maxTokens": 900, "reasoningLevel": "high"}
+    with pytest.raises(ValueError, match="shards"):
+        batch_spec(
+            args("in.jsonl", "--model", "m", "--output", "pvc://d/o", "--shards", "0"),
+            {"configMap": {"name": "x"}},
+        )
+
+
+def test_the_progress_line_shows_a_bar_counts_rate_and_time_left() -> None:
+    status = {
+        "phase": "Running",
+        "counts": {"total": 1000, "succeeded": 440, "failed": 10},
+        "percent": 45,
+        "linesPerSecond": 12.34,
+        "estimatedTimeLeft": "1m20s",
+    }
+    assert progress_line(status) == (
+        "Running [#############-----------------]  45% 450/1000 (440 ok, 10 failed) "
+        "12.3 lines/s, 1m20s left"
+    )
+    assert progress_line({"phase": "Pending", "message": "GptOssModel m does not exist"}) == (
+        "Pending: GptOssModel m does not exist"
+    )
