@@ -63,8 +63,10 @@ class Autoscaler:
         apply: Apply | None = None,
         engine_loads: EngineLoads | None = None,
         clock: Callable[[], float] = time.monotonic,
+        batches: Mapping[Any, Iterable[tuple[str, int]]] | None = None,
     ) -> None:
         self.jobs = jobs
+        self.batches = batches or {}
         self.models = models
         self.interval = interval
         self.emit = emit
@@ -82,7 +84,8 @@ class Autoscaler:
         key = (namespace, model)
         queue = queue_counts(list(self.jobs.get(key, []))).get(key, {})
         engine = self.engine_loads(namespace, model) if self.engine_loads else None
-        return Load(queue.get("pending", 0), queue.get("running", 0), engine)
+        batch = sum(demand for _, demand in list(self.batches.get(key, [])))
+        return Load(queue.get("pending", 0), queue.get("running", 0), engine, batch)
 
     def replicas_for(
         self,

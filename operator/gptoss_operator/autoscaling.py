@@ -35,13 +35,17 @@ class Load:
     pending: int = 0
     running: int = 0
     engine: int | None = None  # vLLM's running + waiting requests over all pods, if read
+    batch: int = 0  # requests the model's InferenceBatches keep in flight (see batch_demand)
 
     @property
     def in_flight(self) -> int:
-        return self.pending + max(self.running, self.engine or 0)
+        # The engine's own count includes the jobs' and the batches' requests it holds.
+        return self.pending + max(self.running + self.batch, self.engine or 0)
 
     def describe(self) -> str:
         text = f"{self.in_flight} in flight ({self.pending} queued, {self.running} running"
+        if self.batch:
+            text += f", {self.batch} for batches"
         if self.engine is not None:
             text += f", {self.engine} in vLLM"
         return text + ")"

@@ -37,6 +37,20 @@ class Observed:
     merged: dict[str, Any] | None = None
 
 
+def batch_demand(spec: dict[str, Any], status: dict[str, Any]) -> int:
+    """Requests a batch keeps at its model's engine while its shards run: every running
+    shard's requestsPerShard, or what is left to answer when that is less."""
+    if status.get("phase") not in (None, Phase.PENDING.value, Phase.RUNNING.value):
+        return 0
+    shards = int(spec.get("shards") or 4)
+    capacity = int(spec.get("parallelism") or shards) * int(spec.get("requestsPerShard") or 32)
+    counts = status.get("counts") or {}
+    if counts.get("total") is None:
+        return capacity
+    left = int(counts["total"]) - int(counts.get("succeeded", 0)) - int(counts.get("failed", 0))
+    return max(0, min(capacity, left))
+
+
 def job_finished(job: dict[str, Any] | None) -> str | None:
     """ "Complete" or "Failed" once a batch/v1 Job has finished, else None."""
     for condition in (job or {}).get("status", {}).get("conditions") or []:

@@ -114,9 +114,11 @@ def wait_phase(
     return wait_for(reached, timeout=timeout, message=f"batch {name} in {phases}")
 
 
-def batch_identity(kube: Client, cluster: ClusterUnderTest, namespace: str, tmp_path: Path) -> Path:
+def batch_identity(
+    kube: Client, cluster: ClusterUnderTest, namespace: str, tmp_path: Path, model: str = "m"
+) -> Path:
     """A kubeconfig holding a token of the model's batch identity, once it is bound."""
-    account = naming.batch_account_name("m")
+    account = naming.batch_account_name(model)
     wait_for(
         lambda: any(
             binding.metadata.name == account

@@ -140,6 +140,18 @@ def test_one_job_wakes_a_model_at_zero() -> None:
     assert sim.decisions == [(10.0, 1, WOKEN)]
 
 
+def test_a_batch_wakes_a_model_and_keeps_it_up_while_it_runs() -> None:
+    """A batch's shards keep requests at the engine: that is work like queued jobs, and
+    the engine's own count of the same requests is not added to it."""
+    assert Load(batch=64, engine=60).in_flight == 64
+    assert Load(pending=1, running=2, batch=64, engine=100).in_flight == 101
+    sim = Simulation(replicas=0)
+    assert sim.run(1, Load(batch=25)) == 3
+    assert sim.decisions[-1][2] == WOKEN
+    assert sim.run(2000, Load(batch=5, engine=5)) == 1  # down to what it needs, never zero
+    assert sim.run(901, Load()) == 0
+
+
 def test_a_burst_at_zero_wakes_as_many_pods_as_it_needs() -> None:
     sim = Simulation(replicas=0)
     assert sim.run(1, Load(pending=25)) == 3

@@ -10,7 +10,7 @@ from typing import Any
 from gptoss_operator.api.batch import InferenceBatchSpec
 from gptoss_operator.api.model import GptOssModelSpec
 from gptoss_operator.batch.plan import BatchPlan
-from gptoss_operator.batch_status import Observed, batch_status, pod_trouble
+from gptoss_operator.batch_status import Observed, batch_demand, batch_status, pod_trouble
 from gptoss_operator.builders import ModelContext
 from gptoss_operator.builders.batch import BatchContext, merge_job, model_names, shards_job
 from gptoss_operator.settings import Settings
@@ -213,3 +213,13 @@ def test_pods_that_cannot_start_name_the_reason() -> None:
         "status": {"containerStatuses": [{"state": {"waiting": {"reason": "ContainerCreating"}}}]},
     }
     assert pod_trouble([creating]) is None
+
+
+def test_a_batch_asks_the_engine_for_its_shards_requests_or_what_is_left() -> None:
+    spec = {"shards": 8, "parallelism": 2, "requestsPerShard": 32}
+    assert batch_demand(spec, {}) == 64  # not counted yet: every running shard's share
+    running = {"phase": "Running", "counts": {"total": 1000, "succeeded": 900, "failed": 80}}
+    assert batch_demand(spec, running) == 20
+    assert batch_demand({"shards": 3}, {"phase": "Pending"}) == 96  # the defaults
+    assert batch_demand(spec, {"phase": "Merging"}) == 0
+    assert batch_demand(spec, {"phase": "Succeeded"}) == 0

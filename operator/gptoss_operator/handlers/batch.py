@@ -13,6 +13,7 @@ from lightkube import ApiError
 from gptoss_operator import naming
 from gptoss_operator.api.batch import FINISHED_PHASES, PLURAL
 from gptoss_operator.api.common import GROUP, VERSION
+from gptoss_operator.batch_status import batch_demand
 
 log = logging.getLogger(__name__)
 # Shards' progress reports are folded into one status update per this many seconds.
@@ -22,12 +23,18 @@ RESYNC_SECONDS = 30.0
 
 @kopf.index(GROUP, VERSION, PLURAL)
 async def open_batches(
-    namespace: str | None, name: str, status: Mapping[str, Any], **_: Any
-) -> dict[tuple[str, str], str] | None:
-    """Batches not finished yet, for the resync (a model appearing starts its batches)."""
+    namespace: str | None,
+    name: str,
+    spec: Mapping[str, Any],
+    status: Mapping[str, Any],
+    **_: Any,
+) -> dict[tuple[str, str], tuple[str, int]] | None:
+    """Unfinished batches by (namespace, model): their names, for the resync (a model
+    appearing starts its batches), and what they ask of the engine, for the autoscaler."""
     if namespace is None or status.get("phase") in FINISHED_PHASES:
         return None
-    return {(namespace, name): str(status.get("phase") or "")}
+    model = str((spec.get("modelRef") or {}).get("name") or "")
+    return {(namespace, model): (name, batch_demand(dict(spec), dict(status)))}
 
 
 async def _reconcile(memo: Any, namespace: str | None, name: str) -> None:
@@ -42,6 +49,7 @@ async def _reconcile(memo: Any, namespace: str | None, name: str) -> None:
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 async def batch_created(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
+    memo.autoscaler.poke()  # a model at zero wakes for a batch as for a job
     await _reconcile(memo, namespace, name)
 
 
@@ -66,5 +74,6 @@ async def resync_forever(memo: Any, known: Mapping[tuple[str, str], Any]) -> Non
     no child to wake it."""
     while True:
         await asyncio.sleep(RESYNC_SECONDS)
-        for namespace, name in list(known.keys()):
-            memo.batches.poke(namespace, name, 0.0)
+        for (namespace, _model), batches in list(known.items()):
+            for name, _demand in list(batches):
+                memo.batches.poke(namespace, name, 0.0)

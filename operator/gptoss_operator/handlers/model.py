@@ -43,7 +43,11 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any)
         await post_event(client, body, event_type, reason, message)
 
     memo.autoscaler = Autoscaler(
-        kwargs["inference_jobs"], kwargs["model_phases"], SETTINGS.autoscale_seconds, emit
+        kwargs["inference_jobs"],
+        kwargs["model_phases"],
+        SETTINGS.autoscale_seconds,
+        emit,
+        batches=kwargs["open_batches"],
     )
     memo.models = ModelReconciler(client, SETTINGS, emit, memo.autoscaler)
     memo.autoscaler.apply = memo.models.reconcile
