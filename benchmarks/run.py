@@ -23,6 +23,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import batches  # noqa: E402
 import deep_queue  # noqa: E402
 import engines  # noqa: E402
 import harmony_cost  # noqa: E402
@@ -35,7 +36,7 @@ RATES = {"10": 200, "50": 500, "200": 1000}  # offered jobs/s -> jobs sent
 SIDECARS = ("1", "2", "4")
 QUEUES = ("1000", "10000")
 FIGURES = ("harmony", "overhead", "throughput", "writes", "models", "standin",
-           "queue", "vllm")
+           "queue", "vllm", "batch", "batchvllm")
 
 
 def aggregate(runs: list[Any]) -> Any:
@@ -160,6 +161,17 @@ def measure_on_plane(world: Plane, wanted: set[str], repeat: int, results: dict[
         results.setdefault("engine_efficiency", {})["real_vllm"] = repeated(
             1, lambda: engines.real_vllm(world, rounds=repeat),
             "engine efficiency, real vLLM")
+    if "batch" in wanted:
+        results["batch_scale"] = repeated(
+            1, lambda: batches.standin_scale(world), "batch of 100,000 lines")
+        drop(world, "batch-scale-")
+        results.setdefault("batch_engine_efficiency", {})["standin_h100"] = repeated(
+            repeat, lambda: batches.standin_h100(world), "batch efficiency, stand-in")
+        drop(world, "batch-eff-standin-")
+    if "batchvllm" in wanted:
+        results.setdefault("batch_engine_efficiency", {})["real_vllm"] = repeated(
+            1, lambda: batches.real_vllm(world), "batch efficiency, real vLLM")
+        drop(world, "batch-eff-vllm-")
 
 
 def main() -> None:
