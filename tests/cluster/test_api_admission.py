@@ -11,10 +11,16 @@ import pytest
 import yaml
 from lightkube import ApiError, Client, codecs
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
+from lightkube.types import PatchType
 
+from gptoss_operator.api.batch import InferenceBatchSpec
 from gptoss_operator.api.job import InferenceJobSpec
 from gptoss_operator.api.model import GptOssModelSpec
-from gptoss_operator.api.resources import GptOssModelResource, InferenceJobResource
+from gptoss_operator.api.resources import (
+    GptOssModelResource,
+    InferenceBatchResource,
+    InferenceJobResource,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -174,13 +180,20 @@ def test_crds_are_established_and_structural(api: Client) -> None:
 def test_examples_are_accepted_and_defaulted(api: Client, namespace: str) -> None:
     documents = _examples()
     kinds = [doc["kind"] for doc in documents]
-    assert (kinds.count("GptOssModel"), kinds.count("InferenceJob")) == (4, 3)
+    assert (
+        kinds.count("GptOssModel"),
+        kinds.count("InferenceJob"),
+        kinds.count("InferenceBatch"),
+    ) == (4, 3, 1)
     for document in documents:
-        if document["kind"] not in ("GptOssModel", "InferenceJob"):
-            continue
         stored = api.create(codecs.from_dict(document), namespace=namespace, dry_run=True)
         spec = stored.to_dict()["spec"]
-        if document["kind"] == "InferenceJob":
+        if document["kind"] == "InferenceBatch":
+            batch = InferenceBatchSpec.model_validate(spec)
+            assert (spec["maxLineAttempts"], spec["backoffLimitPerIndex"]) == (3, 3)
+            assert batch.input.s3 is not None
+            assert batch.input.s3.region == "us-east-1"
+        elif document["kind"] == "InferenceJob":
             parsed = InferenceJobSpec.model_validate(spec)
             assert spec["backoffLimit"] == 3
             assert {"temperature", "maxTokens", "reasoningLevel"} <= set(spec)
@@ -190,6 +203,68 @@ def test_examples_are_accepted_and_defaulted(api: Client, namespace: str) -> Non
             assert spec["download"]["stallTimeoutSeconds"] == 300
             assert spec["sidecar"]["concurrency"] in (64, 128)
             assert parsed_model.serving.gpusPerReplica >= 1
+
+
+def _batch(**spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "modelRef": {"name": "m"},
+        "input": {"volume": {"claimName": "data", "path": "in.jsonl"}},
+        "output": {"volume": {"claimName": "data", "path": "out"}},
+    }
+    body.update(spec)
+    return {
+        "apiVersion": "gptoss.ai/v1alpha1",
+        "kind": "InferenceBatch",
+        "metadata": {"name": "b"},
+        "spec": body,
+    }
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "says"),
+    [
+        (
+            {"input": {"volume": {"claimName": "d", "path": "a"}, "configMap": {"name": "c"}}},
+            "spec.input",
+            "set exactly one of volume, s3 and configMap",
+        ),
+        ({"output": {}}, "spec.output", "set exactly one of volume and s3"),
+        (
+            {"input": {"volume": {"claimName": "d", "path": "a/../../etc"}}},
+            "spec.input.volume.path",
+            "path must stay inside the volume",
+        ),
+        ({"shards": 4, "parallelism": 5}, "spec.parallelism", "must not exceed shards"),
+        ({"shards": 0}, "spec.shards", "should be greater than or equal to 1"),
+        ({"defaults": {"maxTokens": 0}}, "spec.defaults.maxTokens", "greater than or equal"),
+        (
+            {"output": {"s3": {"bucket": "bucket", "key": "k", "endpoint": "ftp://x"}}},
+            "spec.output.s3.endpoint",
+            "should match",
+        ),
+    ],
+)
+def test_a_bad_batch_is_refused_naming_the_field(
+    api: Client, namespace: str, spec: dict[str, Any], field: str, says: str
+) -> None:
+    with pytest.raises(ApiError) as refused:
+        api.create(codecs.from_dict(_batch(**spec)), namespace=namespace, dry_run=True)
+    message = refused.value.status.message or ""
+    assert field in message, message
+    assert says in message, message
+
+
+def test_a_batch_spec_is_immutable(api: Client, namespace: str) -> None:
+    created = api.create(codecs.from_dict(_batch()), namespace=namespace)
+    with pytest.raises(ApiError) as refused:
+        api.patch(
+            InferenceBatchResource,
+            created.metadata.name,
+            {"spec": {"shards": 9}},
+            namespace=namespace,
+            patch_type=PatchType.MERGE,
+        )
+    assert "spec is immutable" in (refused.value.status.message or "")
 
 
 def test_autoscaling_is_checked_and_defaulted_at_admission(api: Client, namespace: str) -> None:

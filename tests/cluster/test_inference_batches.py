@@ -239,7 +239,7 @@ def test_a_batch_waits_for_its_model_runs_its_shards_and_merges_every_line_once(
     assert waited.returncode == 0, waited.stderr
 
 
-def test_a_killed_worker_is_replaced_and_its_shard_resumes(
+def test_a_killed_worker_is_replaced_and_its_shard_resumes_while_the_operator_restarts(
     kube: Client,
     cluster: ClusterUnderTest,
     operator: OperatorProcess,
@@ -275,11 +275,13 @@ def test_a_killed_worker_is_replaced_and_its_shard_resumes(
                 message="a first part written",
             )
             first = kubelet.started[0]
+            operator.stop(kill=True)  # the operator may go away at any moment too
             kube.delete(Pod, first, namespace=namespace)
             wait_for(lambda: first in kubelet.finished, timeout=30, message="the first pod gone")
             # What the next pod must still ask: the lines not in any part.
             asked_before = engine.requests_served
             written = sum(len(path.read_text().splitlines()) for path in parts.glob("*.jsonl"))
+            operator.start()
             status = wait_phase(kube, namespace, "b2", ("Succeeded", "Failed"), timeout=120)
             assert status["phase"] == "Succeeded", status
             shard_pods = [pod for pod in kubelet.started if "-shards-" in pod]
@@ -439,3 +441,59 @@ def test_the_cli_submits_a_local_file_follows_it_and_reads_results_from_a_bucket
     assert inputs[0].metadata.ownerReferences[0].name == "cli"
     assert "s3-keys" not in json.dumps(batch_of(kube, namespace, "cli")["status"])
     assert s3.secret_key not in json.dumps(batch_of(kube, namespace, "cli"))
+
+
+def test_an_input_that_cannot_be_read_fails_the_batch_with_the_reason(
+    kube: Client,
+    cluster: ClusterUnderTest,
+    operator: OperatorProcess,
+    namespace: str,
+    engine: StandinEngine,
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    create_claim(kube, namespace, "data")
+    create_model(kube, namespace, "m")
+    kubeconfig = batch_identity(kube, cluster, namespace, tmp_path)
+    create_batch(
+        kube,
+        namespace,
+        "b4",
+        input={"volume": {"claimName": "data", "path": "in/missing.jsonl"}},
+        output={"volume": {"claimName": "data", "path": "out"}},
+        shards=2,
+        ttlSecondsAfterFinished=8,
+    )
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    with BatchPods(kube, namespace, kubeconfig, engine.url, {"data": data}, logs) as kubelet:
+        status = wait_phase(kube, namespace, "b4", ("Succeeded", "Failed"), timeout=120)
+        assert not kubelet.errors, kubelet.errors
+    assert status["phase"] == "Failed"
+    failed = condition(status, "Failed")
+    assert failed["status"] == "True"
+    assert failed["reason"] == "StorageUnusable"
+    assert "pvc://data/in/missing.jsonl does not exist" in failed["message"]
+    assert condition(status, "Stalled")["status"] == "True"
+    assert condition(status, "Complete")["status"] == "False"
+    # A shard that cannot run ends the Job (no retry can help): no pod ran twice.
+    shard_pods = [pod for pod in kubelet.started if "-shards-" in pod]
+    assert len(shard_pods) <= 2, kubelet.started
+    assert "StorageUnusable" in batch_events(kube, namespace, "b4")
+    waited = kubectl(
+        f"--kubeconfig={cluster.kubeconfig}",
+        "wait",
+        "--for=condition=Failed",
+        "ib/b4",
+        "-n",
+        namespace,
+        "--timeout=5s",
+    )
+    assert waited.returncode == 0, waited.stderr
+    # ttlSecondsAfterFinished: the batch goes (and its Jobs with it).
+    wait_for(
+        lambda: not list(kube.list(InferenceBatchResource, namespace=namespace)),
+        timeout=40,
+        message="the finished batch deleted after its TTL",
+    )

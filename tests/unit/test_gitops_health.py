@@ -20,6 +20,8 @@ import pytest
 import yaml
 
 from gptoss_operator.api.job import Phase as JobPhase
+from gptoss_operator.batch_status import Observed as BatchObserved
+from gptoss_operator.batch_status import batch_status
 from gptoss_operator.job_status import queued, with_conditions
 from gptoss_operator.model_status import Observed, compute
 
@@ -30,6 +32,7 @@ SNIPPET = FILES / "argocd-cm-snippet.yaml"
 SCRIPTS = {
     "resource.customizations.health.gptoss.ai_GptOssModel": MODEL_SCRIPT,
     "resource.customizations.health.gptoss.ai_InferenceJob": JOB_SCRIPT,
+    "resource.customizations.health.gptoss.ai_InferenceBatch": JOB_SCRIPT,
 }
 HEALTH_STATUSES = {"Healthy", "Progressing", "Degraded", "Suspended", "Missing"}
 WAITING = "Waiting for the operator"
@@ -479,6 +482,67 @@ def render_snippet() -> str:
         lines.append(f"  {key}: |")
         lines += [f"    {line}" if line else "" for line in path.read_text().splitlines()]
     return SNIPPET_HEADER + "\n".join(lines) + "\n"
+
+
+# --- InferenceBatch (the InferenceJob script: same conditions and phases) -----------
+
+
+def _job_with(condition_type: str, reason: str = "", message: str = "") -> dict[str, Any]:
+    return {
+        "status": {
+            "conditions": [
+                {"type": condition_type, "status": "True", "reason": reason, "message": message}
+            ]
+        }
+    }
+
+
+def batch_objects() -> dict[str, dict[str, Any]]:
+    """InferenceBatches in each phase, with status from the operator's own function."""
+    import datetime
+
+    summary = {
+        "summary": {
+            "succeeded": 3,
+            "failed": 1,
+            "promptTokens": 1,
+            "completionTokens": 2,
+            "output": "o",
+            "errors": "e",
+        }
+    }
+    cases = {
+        "Pending": BatchObserved(waiting=("ModelNotFound", "GptOssModel m does not exist")),
+        "Running": BatchObserved(shards_job={"status": {}}),
+        "Merging": BatchObserved(shards_job=_job_with("Complete")),
+        "Succeeded": BatchObserved(
+            shards_job=_job_with("Complete"), merge_job=_job_with("Complete"), merged=summary
+        ),
+        "Failed": BatchObserved(
+            shards_job=_job_with("Failed", "PodFailurePolicy"),
+            merge_job=_job_with("Complete"),
+            shard_failure={"reason": "StorageUnusable", "message": "input file x does not exist"},
+        ),
+    }
+    now = datetime.datetime(2026, 11, 26, 12, 0, tzinfo=datetime.UTC)
+    objects = {}
+    for case, observed in cases.items():
+        obj = job_object(batch_status(2, {}, 1, observed, now))
+        obj["kind"] = "InferenceBatch"
+        objects[case] = obj
+    return objects
+
+
+def test_batch_health_follows_its_phase() -> None:
+    def health(case: str) -> tuple[str, str]:
+        found = run_health(JOB_SCRIPT, batch_objects()[case])
+        return found["status"], found.get("message", "")
+
+    assert health("Pending") == ("Progressing", "Pending: GptOssModel m does not exist")
+    assert health("Running") == ("Progressing", "Running: answering")
+    assert health("Merging")[0] == "Progressing"
+    assert health("Succeeded") == ("Healthy", "3 lines answered, 1 failed")
+    assert health("Failed") == ("Degraded", "input file x does not exist")
 
 
 def test_snippet_embeds_the_scripts() -> None:

@@ -14,6 +14,7 @@ import pytest
 from gptoss_sandbox import kstatus
 from tests.unit.test_gitops_health import (
     GENERATION,
+    batch_objects,
     job_object,
     job_statuses,
     model_object,
@@ -82,6 +83,21 @@ def test_model_with_an_unobserved_generation_is_in_progress() -> None:
 )
 def test_job(case: str, expected: str) -> None:
     assert verdict(job_object(job_statuses()[case])) == expected
+
+
+@pytest.mark.usefixtures("binary")
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("Pending", "InProgress"),
+        ("Running", "InProgress"),
+        ("Merging", "InProgress"),
+        ("Succeeded", "Current"),
+        ("Failed", "Failed"),
+    ],
+)
+def test_batch(case: str, expected: str) -> None:
+    assert verdict(batch_objects()[case]) == expected
 
 
 @pytest.mark.usefixtures("binary")

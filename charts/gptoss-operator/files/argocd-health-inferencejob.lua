@@ -1,8 +1,8 @@
--- Argo CD health check for gptoss.ai/v1alpha1 InferenceJob.
+-- Argo CD health check for gptoss.ai/v1alpha1 InferenceJob and InferenceBatch.
 -- The status is in kstatus format (Ready, Reconciling and Stalled conditions plus
 -- status.observedGeneration): https://github.com/kubernetes-sigs/cli-utils/tree/master/pkg/kstatus
 -- and, like batch/v1 Job, has Complete and Failed conditions and a phase
--- (Pending, Running, Succeeded, Failed); status.message says why.
+-- (Pending, Running, Succeeded, Failed; a batch also Merging); status.message says why.
 -- It uses no Lua standard library, so it runs without resource.customizations.useOpenLibs.
 local hs = {}
 hs.status = "Progressing"

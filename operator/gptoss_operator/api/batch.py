@@ -69,6 +69,12 @@ class VolumePath(ApiModel):
         json_schema_extra={"x-kubernetes-validations": _PATH_RULES},
     )
 
+    @model_validator(mode="after")
+    def _inside_the_volume(self) -> VolumePath:
+        if any(part in ("..", "") for part in self.path.split("/")):
+            raise ValueError("path must stay inside the volume: no '..' and no empty segment")
+        return self
+
 
 class S3Location(ApiModel):
     """An object (input) or a key prefix (output) in an S3-compatible bucket."""
@@ -233,6 +239,12 @@ class InferenceBatchSpec(ApiModel):
     workerResources: WorkerResources | None = Field(
         default=None, description="Resources of each shard's worker container."
     )
+
+    @model_validator(mode="after")
+    def _parallelism_within_shards(self) -> InferenceBatchSpec:
+        if self.parallelism is not None and self.parallelism > self.shards:
+            raise ValueError("parallelism must not exceed shards")
+        return self
 
 
 class Counts(ApiModel):
