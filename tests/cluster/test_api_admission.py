@@ -186,6 +186,8 @@ def test_examples_are_accepted_and_defaulted(api: Client, namespace: str) -> Non
         kinds.count("InferenceBatch"),
     ) == (4, 3, 1)
     for document in documents:
+        if document["kind"] not in ("GptOssModel", "InferenceJob", "InferenceBatch"):
+            continue  # the Secrets some examples come with
         stored = api.create(codecs.from_dict(document), namespace=namespace, dry_run=True)
         spec = stored.to_dict()["spec"]
         if document["kind"] == "InferenceBatch":
