@@ -15,6 +15,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,36 @@ def batch_identity(
         message="the model's batch identity",
     )
     return token_kubeconfig(cluster, kube, namespace, account, tmp_path / "batch.kubeconfig")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A model, a claim "data" whose files are in ``data``, and the batch identity."""
+
+    data: Path
+    kubeconfig: Path
+    logs: Path
+
+
+def setting(kube: Client, cluster: ClusterUnderTest, namespace: str, tmp_path: Path) -> Setting:
+    data, logs = tmp_path / "data", tmp_path / "logs"
+    data.mkdir()
+    logs.mkdir()
+    create_claim(kube, namespace, "data")
+    create_model(kube, namespace, "m")
+    return Setting(data, batch_identity(kube, cluster, namespace, tmp_path), logs)
+
+
+def volume_batch(kube: Client, namespace: str, name: str, path: str, **spec: Any) -> None:
+    """A batch reading ``path`` on the claim "data" and writing to its folder out/."""
+    create_batch(
+        kube,
+        namespace,
+        name,
+        input={"volume": {"claimName": "data", "path": path}},
+        output={"volume": {"claimName": "data", "path": "out"}},
+        **spec,
+    )
 
 
 def kubectl(*args: str) -> subprocess.CompletedProcess[str]:
@@ -247,27 +278,16 @@ def test_a_killed_worker_is_replaced_and_its_shard_resumes_while_the_operator_re
     engine: StandinEngine,
     tmp_path: Path,
 ) -> None:
-    data = tmp_path / "data"
-    (data / "in").mkdir(parents=True)
-    (data / "in" / "r.jsonl").write_text("\n".join(request_line(i) for i in range(1, 121)))
-    create_claim(kube, namespace, "data")
-    create_model(kube, namespace, "m")
-    kubeconfig = batch_identity(kube, cluster, namespace, tmp_path)
+    here = setting(kube, cluster, namespace, tmp_path)
+    data = here.data
+    (data / "r.jsonl").write_text("\n".join(request_line(i) for i in range(1, 121)))
     # Slow enough that the first pod is still answering after its first part (10 s).
     engine.token_delay = 0.02
     try:
-        create_batch(
-            kube,
-            namespace,
-            "b2",
-            input={"volume": {"claimName": "data", "path": "in/r.jsonl"}},
-            output={"volume": {"claimName": "data", "path": "out"}},
-            shards=1,
-            requestsPerShard=2,
-        )
-        logs = tmp_path / "logs"
-        logs.mkdir()
-        with BatchPods(kube, namespace, kubeconfig, engine.url, {"data": data}, logs) as kubelet:
+        volume_batch(kube, namespace, "b2", "r.jsonl", shards=1, requestsPerShard=2)
+        with BatchPods(
+            kube, namespace, here.kubeconfig, engine.url, {"data": data}, here.logs
+        ) as kubelet:
             parts = data / "out" / "parts" / "00000"
             wait_for(
                 lambda: parts.is_dir() and len(list(parts.glob("*.jsonl"))) >= 1,
@@ -451,23 +471,11 @@ def test_an_input_that_cannot_be_read_fails_the_batch_with_the_reason(
     engine: StandinEngine,
     tmp_path: Path,
 ) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
-    create_claim(kube, namespace, "data")
-    create_model(kube, namespace, "m")
-    kubeconfig = batch_identity(kube, cluster, namespace, tmp_path)
-    create_batch(
-        kube,
-        namespace,
-        "b4",
-        input={"volume": {"claimName": "data", "path": "in/missing.jsonl"}},
-        output={"volume": {"claimName": "data", "path": "out"}},
-        shards=2,
-        ttlSecondsAfterFinished=8,
-    )
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    with BatchPods(kube, namespace, kubeconfig, engine.url, {"data": data}, logs) as kubelet:
+    here = setting(kube, cluster, namespace, tmp_path)
+    volume_batch(kube, namespace, "b4", "in/missing.jsonl", shards=2, ttlSecondsAfterFinished=8)
+    with BatchPods(
+        kube, namespace, here.kubeconfig, engine.url, {"data": here.data}, here.logs
+    ) as kubelet:
         status = wait_phase(kube, namespace, "b4", ("Succeeded", "Failed"), timeout=120)
         assert not kubelet.errors, kubelet.errors
     assert status["phase"] == "Failed"
