@@ -11,8 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gptoss_operator.harmony import CALL_TOKEN, RETURN_TOKEN, Harmony, ParsedOutput
-from gptoss_operator.sidecar.engine import Chunk, EngineClient, SamplingParams, Usage
+from gptoss_operator.sidecar.engine import Chunk, EngineClient, EngineError, SamplingParams, Usage
 from gptoss_operator.sidecar.outcome import Generation, Outcome, generation_outcome
+
+# Finish reasons that mean the engine gave up on the request rather than finished it.
+ENGINE_GAVE_UP = ("abort", "error")
 
 
 @dataclass
@@ -71,8 +74,8 @@ async def generate(
     deadline: float | None = None,
     progress: Progress | None = None,
 ) -> RunResult:
-    """Run one completion. Raises EngineError, and TimeoutError past ``deadline``
-    (a ``clock()`` value)."""
+    """Run one completion. Raises EngineError (also for a stream the engine ended with
+    ``abort`` or ``error``), and TimeoutError past ``deadline`` (a ``clock()`` value)."""
     parser = harmony.parser()
     progress = progress or Progress()
     progress.tokens, progress.channel = 0, None
@@ -109,6 +112,14 @@ async def generate(
         if remaining <= 0:
             raise TimeoutError
         await asyncio.wait_for(consume(), timeout=remaining)
+    if finish_reason in ENGINE_GAVE_UP:
+        # Not an answer: vLLM aborts its requests when it shuts down, and "error" is its
+        # retryable internal failure. The caller asks again (or hands the job back).
+        raise EngineError(
+            f"the engine ended the request with finish_reason {finish_reason!r} "
+            f"after {progress.tokens} tokens",
+            retryable=True,
+        )
     finished = clock()
     parsed = parser.finish(stop_token(finish_reason, stop_id, parser.tokens))
     prompt_tokens = usage.prompt_tokens if usage else len(prompt)

@@ -100,6 +100,7 @@ FAULTS = frozenset(
         "malformed",
         "stream_error",
         "restart",
+        "shutdown",
     }
 )
 
@@ -348,7 +349,10 @@ class StandinEngine:
       strict ``StreamableParser`` raises ``HarmonyError``; ``stream_error`` sends
       ``fault_after_tokens`` tokens then vLLM's in-stream error event and ``[DONE]``;
       ``restart`` answers 503 and turns ``loading`` on for ``restart_seconds``, as an
-      engine that went down and comes back.
+      engine that went down and comes back; ``shutdown`` is vLLM stopping gracefully
+      mid-stream: ``fault_after_tokens`` tokens, then a chunk with ``finish_reason:
+      "abort"`` (the engine aborts its in-flight requests), the usage and ``[DONE]``,
+      and ``loading`` on for ``restart_seconds``.
     * ``max_model_len``: context length; a prompt longer than ``max_model_len -
       max_tokens`` is refused with vLLM's 400 message.
     * ``loading``: while true, ``GET /health`` answers 503.
@@ -873,7 +877,7 @@ class StandinEngine:
 
         try:
             for step in generate(self.encoding, planned, prompt_tokens, completion.sampling):
-                if fault in ("reset", "stall", "stream_error") and (
+                if fault in ("reset", "stall", "stream_error", "shutdown") and (
                     generated >= self.fault_after_tokens
                 ):
                     break
@@ -891,6 +895,28 @@ class StandinEngine:
                     await send_group()
             if group:
                 await send_group()
+            if fault == "shutdown":
+                self.loading = True
+                asyncio.get_running_loop().call_later(
+                    self.restart_seconds, setattr, self, "loading", False
+                )
+                aborted = {
+                    "index": 0,
+                    "text": "",
+                    "logprobs": None,
+                    "finish_reason": "abort",
+                    "stop_reason": None,
+                    "token_ids": [] if completion.return_token_ids else None,
+                }
+                await send(
+                    {
+                        "id": request_id,
+                        "object": "text_completion",
+                        "created": created,
+                        "model": self.model,
+                        "choices": [aborted],
+                    }
+                )
             if fault == "reset":
                 _drop_connection(request)
                 return response

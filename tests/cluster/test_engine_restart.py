@@ -67,6 +67,39 @@ def test_an_engine_restart_mid_generation_fails_no_job(
         engine.stop_in_thread()
 
 
+def test_a_graceful_engine_shutdown_mid_generation_fails_no_job(
+    kube: Client,
+    cluster: ClusterUnderTest,
+    operator: OperatorProcess,
+    namespace: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """vLLM stopped with SIGTERM aborts its in-flight requests: the stream ends normally,
+    with finish_reason "abort", not with a broken connection. That is the engine going
+    away, not an answer: the job is handed back, not failed as malformed output."""
+    del operator
+    create_model(kube, namespace, "m", source={"repo": "openai/gpt-oss-20b"})
+    wait_for_phase(kube, namespace, "m", "Ready")
+    engine = StandinEngine(model="m", port=free_port())
+    engine.restart_seconds = 3.0
+    engine.fault_after_tokens = 5
+    engine.fail_next = ["shutdown"]
+    url = engine.start_in_thread()
+    logs = tmp_path_factory.mktemp("shutdown")
+    sidecar = SidecarProcess(cluster.kubeconfig, namespace, "m", "sidecar-s", url, logs).start()
+    name = f"j-{uuid.uuid4().hex[:8]}"
+    try:
+        create_job(kube, namespace, name, "m")
+        status = wait_finished(kube, namespace, name, timeout=60)
+        assert status["phase"] == "Succeeded", (status.get("message"), sidecar.log_tail())
+        assert status["response"].startswith("Stand-in answer to:")
+        assert (status["attempts"], status["voidedAttempts"]) == (2, 1)
+        assert engine.requests_served == 2
+    finally:
+        sidecar.stop()
+        engine.stop_in_thread()
+
+
 def test_an_api_key_the_engine_refuses_fails_no_job(
     kube: Client,
     cluster: ClusterUnderTest,

@@ -205,6 +205,24 @@ async def test_engine_errors_are_retried_then_reported_and_a_restart_costs_no_at
     assert [o["custom_id"] for o in answered] == ["req-3"]
 
 
+async def test_an_engine_shutting_down_gracefully_costs_no_attempt(
+    tmp_path: Path, engine: StandinEngine, harmony: Harmony
+) -> None:
+    """vLLM's graceful shutdown ends the stream with finish_reason "abort": asked again,
+    not written as malformed output and not counted (one attempt allowed)."""
+    (tmp_path / "in.jsonl").write_text(request_line(1))
+    plan = plan_for(tmp_path, engine, shards=1, requestsPerShard=1, maxLineAttempts=1)
+    engine.fail_next = ["shutdown"]
+    engine.restart_seconds = 0.5
+    served = engine.requests_served
+    tally = await runner(plan, 0, harmony).run()
+    assert (tally.succeeded, tally.failed) == (1, 0)
+    assert engine.requests_served - served == 2
+    merge(VolumeFolder(tmp_path / "out", "out"))
+    (answer,) = read_jsonl(tmp_path / "out" / OUTPUT)
+    assert answer["response"]["body"]["choices"][0]["finish_reason"] == "stop"
+
+
 def test_an_output_that_cannot_be_written_stops_the_shard_with_a_reason(
     tmp_path: Path, engine: StandinEngine
 ) -> None:
