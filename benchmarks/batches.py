@@ -19,7 +19,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import httpx
-from engines import H100_SECONDS_PER_TOKEN
+from engines import H100_SECONDS_PER_TOKEN, completion_tokens
 from jobs import STREAM_INTERVAL, writes
 from plane import Plane, rss_mb
 
@@ -156,17 +156,7 @@ async def _direct(url: str, count: int, concurrency: int, max_tokens: int,
             nonlocal total
             while not queue.empty():
                 prompt = queue.get_nowait()
-                body = {"model": "m", "prompt": prompt, "max_tokens": max_tokens,
-                        "temperature": 0.7, "stop_token_ids": harmony.stop_token_ids,
-                        "skip_special_tokens": False, "stream": True,
-                        "stream_options": {"include_usage": True}}
-                async with client.stream("POST", "/v1/completions", json=body) as reply:
-                    text = "".join([part async for part in reply.aiter_text()])
-                for line in text.split("\n"):
-                    if line.startswith("data: {"):
-                        usage = json.loads(line[6:]).get("usage")
-                        if usage:
-                            total += int(usage["completion_tokens"])
+                total += await completion_tokens(client, harmony, prompt, max_tokens)
 
         started = time.monotonic()
         await asyncio.gather(*(worker() for _ in range(concurrency)))

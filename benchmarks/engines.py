@@ -69,6 +69,26 @@ async def _through_jobs(world: Plane, namespace: str, round_: int,
     return sum(finished.values()), elapsed
 
 
+async def completion_tokens(client: httpx.AsyncClient, harmony: Harmony, prompt: list[int],
+                            max_tokens: int) -> int:
+    """One request straight to the engine, streamed as the sidecar streams it; the output
+    tokens its usage reports."""
+    body = {"model": "m", "prompt": prompt, "max_tokens": max_tokens,
+            "temperature": 0.7, "stop_token_ids": harmony.stop_token_ids,
+            "skip_special_tokens": False, "stream": True,
+            "stream_options": {"include_usage": True}}
+    tokens = 0
+    async with client.stream("POST", "/v1/completions", json=body) as reply:
+        text = "".join([part async for part in reply.aiter_text()])
+    # SSE lines end with "\n" only: the text may hold other line separators.
+    for line in text.split("\n"):
+        if line.startswith("data: {"):
+            usage = json.loads(line[6:]).get("usage")
+            if usage:
+                tokens = int(usage["completion_tokens"])
+    return tokens
+
+
 async def _direct(url: str, round_: int, harmony: Harmony, max_tokens: int,
                   headers: dict[str, str]) -> tuple[int, float]:
     prompts = [harmony.render([ChatMessage("user", _question(round_, i))], "medium")
@@ -76,24 +96,9 @@ async def _direct(url: str, round_: int, harmony: Harmony, max_tokens: int,
     limits = httpx.Limits(max_connections=CONCURRENCY)
     async with httpx.AsyncClient(base_url=url, timeout=900, limits=limits,
                                  headers=headers) as client:
-        async def one(prompt: list[int]) -> int:
-            body = {"model": "m", "prompt": prompt, "max_tokens": max_tokens,
-                    "temperature": 0.7, "stop_token_ids": harmony.stop_token_ids,
-                    "skip_special_tokens": False, "stream": True,
-                    "stream_options": {"include_usage": True}}
-            tokens = 0
-            async with client.stream("POST", "/v1/completions", json=body) as reply:
-                text = "".join([part async for part in reply.aiter_text()])
-            # SSE lines end with "\n" only: the text may hold other line separators.
-            for line in text.split("\n"):
-                if line.startswith("data: {"):
-                    usage = json.loads(line[6:]).get("usage")
-                    if usage:
-                        tokens = int(usage["completion_tokens"])
-            return tokens
-
         started = time.monotonic()
-        counts = await asyncio.gather(*(one(prompt) for prompt in prompts))
+        counts = await asyncio.gather(
+            *(completion_tokens(client, harmony, prompt, max_tokens) for prompt in prompts))
     return sum(counts), time.monotonic() - started
 
 

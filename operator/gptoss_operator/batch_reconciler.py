@@ -51,7 +51,6 @@ class BatchReconciler:
         self.settings = settings
         self.emit = emit
         self.serializer = KeyedSerializer()
-        self.expiries: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self.poked: set[tuple[str, str]] = set()
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -126,7 +125,7 @@ class BatchReconciler:
             return observed
         failure = None
         if shards_done == "Failed":
-            failure = _last_failure(pods, naming.COMPONENT_BATCH_SHARDS)
+            failure = _last_word(pods, naming.COMPONENT_BATCH_SHARDS, "Failed")
         merge = await kube.get_or_none(
             self.client, Job, naming.batch_merge_job_name(name), namespace
         )
@@ -139,7 +138,7 @@ class BatchReconciler:
         merge_dict = kube.to_dict(merge)
         merged = None
         if job_finished(merge_dict) == "Complete":
-            merged = _last_success(pods, naming.COMPONENT_BATCH_MERGE)
+            merged = _last_word(pods, naming.COMPONENT_BATCH_MERGE, "Succeeded")
         return Observed(
             shards_job=shards_dict,
             merge_job=merge_dict,
@@ -205,20 +204,8 @@ class BatchReconciler:
         if left <= 0:
             log.info("deleting finished InferenceBatch %s/%s (TTL)", *key)
             await kube.delete_if_present(self.client, InferenceBatchResource, key[1], key[0])
-            self.expiries.pop(key, None)
             return
-        if key not in self.expiries:
-            loop = asyncio.get_running_loop()
-            self.expiries[key] = loop.call_later(
-                left + 0.5, lambda: asyncio.ensure_future(self._expire_later(key))
-            )
-
-    async def _expire_later(self, key: tuple[str, str]) -> None:
-        self.expiries.pop(key, None)
-        try:
-            await self.reconcile(*key)
-        except Exception as error:
-            log.warning("expiring InferenceBatch %s/%s failed: %s", *key, error)
+        self.poke(*key, left + 0.5)  # look again when it is due
 
 
 def _reason(status: dict[str, Any]) -> str | None:
@@ -246,17 +233,12 @@ def _component_pods(pods: list[dict[str, Any]], component: str) -> list[dict[str
     )
 
 
-def _last_failure(pods: list[dict[str, Any]], component: str) -> dict[str, Any] | None:
+def _last_word(pods: list[dict[str, Any]], component: str, phase: str) -> dict[str, Any] | None:
+    """The termination message of the component's latest pod that ended in ``phase``
+    with one."""
     for pod in reversed(_component_pods(pods, component)):
-        if (pod.get("status") or {}).get("phase") == "Failed":
+        if (pod.get("status") or {}).get("phase") == phase:
             message = termination_message(pod)
             if message:
                 return message
-    return None
-
-
-def _last_success(pods: list[dict[str, Any]], component: str) -> dict[str, Any] | None:
-    for pod in reversed(_component_pods(pods, component)):
-        if (pod.get("status") or {}).get("phase") == "Succeeded":
-            return termination_message(pod)
     return None

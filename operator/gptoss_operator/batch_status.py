@@ -92,11 +92,20 @@ def termination_message(pod: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def _totals(shards: dict[str, Any], count: int) -> dict[str, int | None]:
+def _total(shards: dict[str, Any], count: int) -> int | None:
+    """Lines in the input, once every shard has counted its own."""
+    totals: list[int] = []
+    for i in range(count):
+        counted = (shards.get(str(i)) or {}).get("total")
+        if counted is None:
+            return None
+        totals.append(int(counted))
+    return sum(totals)
+
+
+def _totals(shards: dict[str, Any], count: int) -> dict[str, int]:
     entries = [shards.get(str(i)) or {} for i in range(count)]
-    totals = [entry.get("total") for entry in entries]
     return {
-        "total": sum(t for t in totals if t is not None) if None not in totals else None,
         "succeeded": sum(int(e.get("succeeded") or 0) for e in entries),
         "failed": sum(int(e.get("failed") or 0) for e in entries),
         "inFlight": sum(int(e.get("inFlight") or 0) for e in entries if not e.get("done")),
@@ -127,6 +136,7 @@ def batch_status(
     conditions = list(status.get("conditions") or [])
     shards_done = job_finished(observed.shards_job)
     merge_done = job_finished(observed.merge_job)
+    total = _total(status.get("shards") or {}, spec_shards)
     figures = _totals(status.get("shards") or {}, spec_shards)
     merged = (observed.merged or {}).get("summary")
     if merged:
@@ -171,14 +181,13 @@ def batch_status(
     fields["message"] = message
     if start is not None:
         fields["startTime"] = timestamp(start)
-    done = figures["succeeded"] + figures["failed"]  # type: ignore[operator]
-    total = figures["total"]
-    counts = {k: figures[k] for k in ("total", "succeeded", "failed", "inFlight")}
-    fields["counts"] = {k: v for k, v in counts.items() if v is not None}
+    done = figures["succeeded"] + figures["failed"]
+    counts = {k: figures[k] for k in ("succeeded", "failed", "inFlight")}
+    fields["counts"] = counts if total is None else {"total": total, **counts}
     fields["usage"] = {
         "promptTokens": figures["promptTokens"],
         "completionTokens": figures["completionTokens"],
-        "totalTokens": figures["promptTokens"] + figures["completionTokens"],  # type: ignore[operator]
+        "totalTokens": figures["promptTokens"] + figures["completionTokens"],
     }
     if total:
         fields["percent"] = min(100, done * 100 // total)
@@ -195,7 +204,7 @@ def batch_status(
     if start is not None:
         elapsed = max((end - start).total_seconds(), 1e-3)
         fields["linesPerSecond"] = round(done / elapsed, 3)
-        fields["outputTokensPerSecond"] = round(figures["completionTokens"] / elapsed, 3)  # type: ignore[operator]
+        fields["outputTokensPerSecond"] = round(figures["completionTokens"] / elapsed, 3)
         if finished is None and total and done:
             fields["estimatedTimeLeft"] = _eta((total - done) / (done / elapsed))
     if merged:

@@ -7,12 +7,15 @@ for a job or a batch line is decided elsewhere (``sidecar.outcome``).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from gptoss_operator.harmony import CALL_TOKEN, RETURN_TOKEN, Harmony, ParsedOutput
 from gptoss_operator.sidecar.engine import Chunk, EngineClient, EngineError, SamplingParams, Usage
 from gptoss_operator.sidecar.outcome import Generation, Outcome, generation_outcome
+
+log = logging.getLogger(__name__)
 
 # Finish reasons that mean the engine gave up on the request rather than finished it.
 ENGINE_GAVE_UP = ("abort", "error")
@@ -40,6 +43,36 @@ class RunResult:
                 max_model_len=max_model_len,
             )
         )
+
+
+class EngineGate:
+    """Open while the engine answers its health check; no new request goes out while it is
+    closed. Closed by ``went_down``, reopened by a watcher once the engine is healthy
+    again. Also holds the engine's context window, read at each opening."""
+
+    def __init__(self, engine: EngineClient) -> None:
+        self.engine = engine
+        self.ready = asyncio.Event()
+        self.max_model_len: int | None = None
+        self._recovery: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        """Wait until the engine is healthy, read its context window, open the gate."""
+        await self.engine.wait_until_healthy()
+        self.max_model_len = await self.engine.max_model_len() or self.max_model_len
+        log.info("engine healthy (context window %s tokens)", self.max_model_len)
+        self.ready.set()
+
+    def went_down(self, error: str) -> None:
+        if not self.ready.is_set():
+            return
+        self.ready.clear()
+        log.warning("the engine is unavailable (%s); no new requests until it is healthy", error)
+        self._recovery = asyncio.create_task(self.open(), name="engine-recovery")
+
+    def close(self) -> None:
+        if self._recovery is not None:
+            self._recovery.cancel()
 
 
 @dataclass

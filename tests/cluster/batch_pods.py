@@ -29,7 +29,7 @@ from lightkube.resources.core_v1 import ConfigMap, Pod, Secret
 
 from gptoss_operator import naming
 from gptoss_operator.builders.batch import CONFIGMAP_ROOT, VOLUMES_ROOT
-from tests.cluster.model_helpers import finish_pod, running_pod, set_pod_status
+from tests.cluster.model_helpers import finish_pod, running_pod, waiting_pod
 
 
 class BatchPods:
@@ -124,29 +124,7 @@ class BatchPods:
         try:
             env = self._env(pod, container)
         except _Waiting as waiting:
-            set_pod_status(
-                self.kube,
-                self.namespace,
-                pod.metadata.name,
-                {
-                    "phase": "Pending",
-                    "containerStatuses": [
-                        {
-                            "name": container.name,
-                            "image": container.image,
-                            "imageID": "",
-                            "ready": False,
-                            "restartCount": 0,
-                            "state": {
-                                "waiting": {
-                                    "reason": "CreateContainerConfigError",
-                                    "message": str(waiting),
-                                }
-                            },
-                        }
-                    ],
-                },
-            )
+            waiting_pod(self.kube, self.namespace, pod, "CreateContainerConfigError", str(waiting))
             return
         termination = Path(tempfile.mkdtemp(prefix="termination-")) / "log"
         env["GPTOSS_TERMINATION_LOG"] = str(termination)

@@ -41,7 +41,7 @@ from gptoss_operator.batch.parts import (
 )
 from gptoss_operator.batch.plan import BatchPlan
 from gptoss_operator.batch.storage import InputFile, OutputFolder, StorageError
-from gptoss_operator.generation import generate
+from gptoss_operator.generation import EngineGate, generate
 from gptoss_operator.harmony import Harmony
 from gptoss_operator.sidecar.engine import EngineClient, EngineError, SamplingParams
 from gptoss_operator.sidecar.outcome import rejection_reason
@@ -90,12 +90,12 @@ class ShardRunner:
         self.tally = Tally()  # lines written to storage
         self.total: int | None = None
         self.in_flight = 0
-        self.max_model_len: int | None = None
-        self.engine_ready = asyncio.Event()
+        self.gate = EngineGate(engine)
         self._pending = _Pending()
         self._parts = 0
         self._flush_lock = asyncio.Lock()
-        self._recovery: asyncio.Task[None] | None = None
+        self._flushes: set[asyncio.Task[None]] = set()  # held so they are not collected
+        self.model_names = frozenset(plan.modelNames)
         self._finished = False
 
     # ------------------------------------------------------------ the run
@@ -107,15 +107,14 @@ class ShardRunner:
         reporter = asyncio.create_task(self._report_forever())
         flusher = asyncio.create_task(self._flush_forever())
         try:
-            await self._await_engine()
+            await self.gate.open()
             await self._answer_all()
             await self._flush()
             self._finished = True
         finally:
             flusher.cancel()
             reporter.cancel()
-            if self._recovery is not None:
-                self._recovery.cancel()
+            self.gate.close()
             # What was answered is kept, whatever stopped the run.
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._flush())
@@ -162,7 +161,7 @@ class ShardRunner:
             async for number, raw in self._lines():
                 if not self.mine(number) or number in self.done:
                     continue
-                parsed = parse_line(number, raw, self.plan.defaults, set(self.plan.modelNames))
+                parsed = parse_line(number, raw, self.plan.defaults, self.model_names)
                 if parsed is None:
                     continue
                 if isinstance(parsed, LineError):
@@ -199,7 +198,7 @@ class ShardRunner:
         )
         failures = 0
         while True:
-            await self.engine_ready.wait()
+            await self.gate.ready.wait()
             self.in_flight += 1
             try:
                 result = await generate(self.engine, self.harmony, prompt, params, clock=self.clock)
@@ -207,12 +206,12 @@ class ShardRunner:
             except EngineError as error:
                 if not error.retryable:
                     reason, message = rejection_reason(
-                        error.message, len(prompt), self.max_model_len
+                        error.message, len(prompt), self.gate.max_model_len
                     )
                     self._fail(request, error.status or 400, reason, message)
                     return
                 if not await self.engine.healthy():
-                    self._engine_went_down(error.message)
+                    self.gate.went_down(error.message)
                     continue  # the platform's fault: not counted
                 failures += 1
                 if failures >= self.plan.maxLineAttempts:
@@ -226,7 +225,7 @@ class ShardRunner:
                 await asyncio.sleep(min(30.0, 2.0 ** (failures - 1)))
             finally:
                 self.in_flight -= 1
-        outcome = result.outcome(request.max_tokens, self.max_model_len)
+        outcome = result.outcome(request.max_tokens, self.gate.max_model_len)
         if outcome.phase == Phase.FAILED:
             self._fail(
                 request,
@@ -280,20 +279,9 @@ class ShardRunner:
         pending.tally.prompt_tokens += prompt_tokens
         pending.tally.completion_tokens += completion_tokens
         if len(pending.rows) >= self.plan.flushLines and not self._flush_lock.locked():
-            asyncio.get_running_loop().create_task(self._flush())
-
-    # ------------------------------------------------------------ the engine
-    def _engine_went_down(self, error: str) -> None:
-        if not self.engine_ready.is_set():
-            return
-        self.engine_ready.clear()
-        log.warning("the engine is unavailable (%s); waiting for it", error)
-        self._recovery = asyncio.create_task(self._await_engine())
-
-    async def _await_engine(self) -> None:
-        await self.engine.wait_until_healthy()
-        self.max_model_len = await self.engine.max_model_len() or self.max_model_len
-        self.engine_ready.set()
+            flush = asyncio.get_running_loop().create_task(self._flush())
+            self._flushes.add(flush)
+            flush.add_done_callback(self._flushes.discard)
 
     # ------------------------------------------------------------ storage
     async def _flush(self) -> None:

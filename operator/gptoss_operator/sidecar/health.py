@@ -20,7 +20,7 @@ def report(sidecar: Sidecar) -> dict[str, Any]:
     last_sync = sidecar.last_sync
     return {
         "worker": sidecar.config.worker,
-        "engineReady": sidecar.engine_ready.is_set(),
+        "engineReady": sidecar.gate.ready.is_set(),
         "running": len(sidecar.running),
         "pending": len(sidecar.pending),
         "completed": sidecar.completed,

@@ -29,7 +29,7 @@ from lightkube.types import OnErrorAction, OnErrorResult
 from gptoss_operator.api.job import FINISHED_PHASES, InferenceJobSpec, Phase
 from gptoss_operator.api.resources import InferenceJobResource
 from gptoss_operator.conditions import timestamp
-from gptoss_operator.generation import Progress, RunResult, generate
+from gptoss_operator.generation import EngineGate, Progress, RunResult, generate
 from gptoss_operator.harmony import ChatMessage, Harmony
 from gptoss_operator.job_output import layout
 from gptoss_operator.job_status import (
@@ -121,10 +121,8 @@ class Sidecar:
         self.jobs: dict[str, dict[str, Any]] = {}
         # Jobs whose answer is complete and being written: never cancelled.
         self.finishing: set[str] = set()
-        self.max_model_len: int | None = None
-        # Set while the engine answers its health check: no job is claimed otherwise.
-        self.engine_ready = asyncio.Event()
-        self._recovery: asyncio.Task[None] | None = None
+        # Open while the engine answers its health check: no job is claimed otherwise.
+        self.gate = EngineGate(self.engine)
         self._watcher: asyncio.Task[None] | None = None
         # Claims in flight (several at once: a burst of jobs starts within one round
         # trip, not one round trip per job), and jobs claimed as the pod began to stop.
@@ -139,7 +137,7 @@ class Sidecar:
     # ------------------------------------------------------------------ main loop
     async def run(self) -> None:
         log.info("waiting for the engine at %s", self.config.engine_url)
-        await self._await_engine()
+        await self.gate.open()
         log.info(
             "taking InferenceJobs for model %s in %s as %s",
             self.config.model,
@@ -153,8 +151,7 @@ class Sidecar:
         finally:
             resync.cancel()
             self._watcher.cancel()
-            if self._recovery is not None:
-                self._recovery.cancel()
+            self.gate.close()
             for task in list(self.running.values()):
                 task.cancel()
             self.renderer.close()
@@ -246,7 +243,7 @@ class Sidecar:
         not the job's failure: the attempts it cuts short are voided."""
         self.stopping = True
         self._wake.set()
-        self.engine_ready.set()  # let the dispatch loop see that it is stopping
+        self.gate.ready.set()  # let the dispatch loop see that it is stopping
         unstarted = await self._claims_in_flight()
         running = dict(self.running)
         for name, task in running.items():
@@ -294,7 +291,7 @@ class Sidecar:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            await self.engine_ready.wait()
+            await self.gate.ready.wait()
             await self._slots.acquire()
             await self._claim_slots.acquire()
             job = None if self.stopping else self._next_pending()
@@ -464,7 +461,7 @@ class Sidecar:
             except EngineError as error:
                 if not error.retryable:
                     reason, message = rejection_reason(
-                        error.message, len(prompt), self.max_model_len
+                        error.message, len(prompt), self.gate.max_model_len
                     )
                     await self._finish_failed(job, attempt, reason, message)
                     return
@@ -509,7 +506,7 @@ class Sidecar:
     async def _hand_back(self, job: dict[str, Any], attempt: int, voided: int, error: str) -> None:
         """Requeue a job the engine could not run because it went down, without charging
         the attempt to backoffLimit, and stop claiming until the engine is healthy."""
-        self._engine_went_down(error)
+        self.gate.went_down(error)
         name = job["metadata"]["name"]
         message = (
             f"the engine of {self.config.worker} became unavailable during attempt {attempt} "
@@ -539,20 +536,6 @@ class Sidecar:
             remove=("lease",),
             current=status,
         )
-
-    def _engine_went_down(self, error: str) -> None:
-        if not self.engine_ready.is_set():
-            return
-        self.engine_ready.clear()
-        log.warning("the engine is unavailable (%s); no new jobs until it is healthy", error)
-        self._recovery = asyncio.create_task(self._await_engine(), name="engine-recovery")
-
-    async def _await_engine(self) -> None:
-        """Wait until the engine is healthy, read its context window, open the gate."""
-        await self.engine.wait_until_healthy()
-        self.max_model_len = await self.engine.max_model_len() or self.max_model_len
-        log.info("engine healthy (context window %s tokens)", self.max_model_len)
-        self.engine_ready.set()
 
     def _deadline(self, job: dict[str, Any], spec: InferenceJobSpec) -> float | None:
         if spec.activeDeadlineSeconds is None:
@@ -599,7 +582,7 @@ class Sidecar:
         self, job: dict[str, Any], attempt: int, spec: InferenceJobSpec, result: RunResult
     ) -> None:
         name = job["metadata"]["name"]
-        outcome = result.outcome(spec.maxTokens, self.max_model_len)
+        outcome = result.outcome(spec.maxTokens, self.gate.max_model_len)
         reason, message = outcome.reason, outcome.message
         output = layout(outcome.texts)
         changes: dict[str, Any] = dict(output.status_fields)
