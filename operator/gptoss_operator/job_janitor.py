@@ -58,6 +58,8 @@ REQUEUE_REASONS = ("WorkerLost", "WorkerShutdown", "EngineUnavailable")
 # A new job for a serving model is marked Queued only once it has waited this long: most
 # are claimed sooner, and the mark would be one more write for each of them.
 QUEUED_AFTER_SECONDS = 5.0
+# While a pass writes many jobs, the models' queues are counted again this often.
+RECOUNT_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -431,9 +433,13 @@ class JobJanitor:
         return facts[0].queue_phase if facts else None
 
     async def tick(self) -> None:
+        """Count the queues first (one write per model), then act on each job, counting
+        again now and then: a pass over thousands of newly due jobs takes a while."""
         self.passes += 1
         now = self.wall_clock()
-        everything = [job for store in list(self.jobs.values()) for job in store]
+        everything = self._all_jobs()
+        await self._publish_queues(everything)
+        counted = self.clock()
         running = [job for job in everything if job.phase == Phase.RUNNING.value]
         self.leases.keep_only(running)
         next_due = math.inf
@@ -446,8 +452,14 @@ class JobJanitor:
             if job.phase == Phase.RUNNING.value and not await self._lease_still_lapsed(job):
                 continue
             await self._apply(job, action)
+            if self.clock() - counted >= RECOUNT_SECONDS:
+                await self._publish_queues(self._all_jobs())
+                counted = self.clock()
         self._next_due = self.clock() + next_due
-        await self._publish_queues(everything)
+        await self._publish_queues(self._all_jobs())
+
+    def _all_jobs(self) -> list[JobFacts]:
+        return [job for store in list(self.jobs.values()) for job in store]
 
     @staticmethod
     def _due_in(job: JobFacts, now: datetime.datetime, lease_age: float | None) -> float:

@@ -314,3 +314,38 @@ def test_a_new_job_for_a_serving_model_is_marked_queued_only_after_a_while() -> 
     missing = decide(fresh, None, NOW)
     assert missing is not None
     assert missing.reason == "ModelNotFound"
+
+
+def test_a_deep_queue_is_counted_before_its_jobs_are_marked() -> None:
+    """Thousands of jobs arriving at once all fall due for their Queued mark together.
+    The model's status.queue counts them first: it is one write, and waiting behind
+    thousands of marks would leave it wrong for a minute. Later counts come out while
+    the marks are still being written."""
+    clock = _Clock()
+    client = _RecordingClient()
+    waiting = [replace(_facts({"phase": "Pending"}), name=f"j{i}") for i in range(400)]
+    jobs = {("ns", "m"): waiting}
+    models = {("ns", "m"): [ModelFacts("Ready", 1)]}
+    janitor = JobJanitor(
+        client,  # type: ignore[arg-type]
+        jobs,
+        models,
+        clock=clock,
+        wall_clock=lambda: NOW,
+    )
+
+    async def patch(resource: Any, name: str, body: Any, **_: Any) -> None:
+        client.patches.append((name, body))
+        if name == "j99":
+            jobs[("ns", "m")] = waiting[:-50]  # 50 jobs are deleted meanwhile
+        clock.now += 0.01  # a write takes 10 ms
+
+    client.patch = patch  # type: ignore[method-assign]
+    asyncio.run(janitor.step())
+    names = [name for name, _ in client.patches]
+    assert names[0] == "m"
+    assert client.patches[0][1] == {"status": {"queue": {"pending": 400, "running": 0}}}
+    recounts = [body for name, body in client.patches[1:] if name == "m"]
+    assert {"status": {"queue": {"pending": 350, "running": 0}}} in recounts
+    assert len(recounts) <= 5, "recounted about once a second, not after every mark"
+    assert sorted(n for n in names if n != "m") == sorted(f"j{i}" for i in range(400))
