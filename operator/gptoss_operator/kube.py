@@ -52,6 +52,21 @@ async def create_if_absent(
     return to_dict(created)
 
 
+async def create_or_read(
+    client: AsyncClient, resource: Any, manifest: dict[str, Any]
+) -> dict[str, Any]:
+    """Create the object; when one of that name exists already, return it instead (for
+    callers whose view said it was missing: the view may lag behind)."""
+    try:
+        created = await client.create(codecs.from_dict(manifest))
+    except ApiError as error:
+        if error.status.code != 409:
+            raise
+        metadata = manifest["metadata"]
+        created = await client.get(resource, metadata["name"], namespace=metadata["namespace"])
+    return to_dict(created)
+
+
 async def create_unread(client: AsyncClient, manifest: dict[str, Any]) -> bool:
     """Create the object unless one of that name exists, without reading it (for Secrets,
     which the operator may create but not read); True when this call created it."""

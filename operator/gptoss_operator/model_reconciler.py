@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lightkube import ApiError, AsyncClient
-from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import Event, PersistentVolumeClaim, Pod
+from lightkube.resources.core_v1 import Event, PersistentVolumeClaim
 from lightkube.resources.rbac_authorization_v1 import RoleBinding
 from lightkube.types import CascadeType, PatchType
 
@@ -39,6 +38,7 @@ from gptoss_operator.builders import (
     storage,
 )
 from gptoss_operator.builders.storage import default_size
+from gptoss_operator.children import Children
 from gptoss_operator.download_retry import RETRY_ANNOTATION
 from gptoss_operator.quantity import to_bytes
 from gptoss_operator.settings import Settings
@@ -114,6 +114,17 @@ class AppliedCache:
             del self.entries[key]
 
 
+def _current_attempt(jobs: list[dict[str, Any]], digest: str) -> dict[str, Any] | None:
+    """The latest download attempt for this source that is not being deleted."""
+    ours = [
+        job
+        for job in jobs
+        if (job["metadata"].get("annotations") or {}).get(naming.SOURCE_HASH_ANNOTATION) == digest
+        and not job["metadata"].get("deletionTimestamp")
+    ]
+    return max(ours, key=download_retry.attempt_of, default=None)
+
+
 def _contains(old: Any, new: Any) -> bool:
     """True when ``old`` already holds every value ``new`` sets (a merge patch of ``new``
     would change nothing)."""
@@ -128,9 +139,15 @@ class ModelReconciler:
         client: AsyncClient,
         settings: Settings,
         emit: EventSink,
+        children: Children,
         autoscaler: Autoscaler | None = None,
+        indexed: asyncio.Event | None = None,
     ) -> None:
         self.client = client
+        self.children = children
+        # Set once the watches' views hold what the apiserver has: a reconcile on a half
+        # filled view would report the model's pods missing.
+        self.indexed = indexed
         self.settings = settings
         self.emit = emit
         self.autoscaler = autoscaler
@@ -184,6 +201,8 @@ class ModelReconciler:
         self.legacy_checked.add(ctx.uid)
 
     async def reconcile(self, namespace: str, name: str) -> None:
+        if self.indexed is not None:
+            await self.indexed.wait()
         await self.serializer.run((namespace, name), lambda: self._reconcile(namespace, name))
 
     async def _reconcile(self, namespace: str, name: str) -> None:
@@ -255,8 +274,9 @@ class ModelReconciler:
             observed.job = await self._download_job(ctx, digest, generation, retry_token, observed)
         else:
             # The Job's pod waits for the claim by itself: create both at once.
+            known_claim = self.children.claim(ctx.namespace, ctx.name, claim_name)
             observed.claim, observed.job = await asyncio.gather(
-                kube.create_if_absent(client, PersistentVolumeClaim, storage.claim(ctx)),
+                self._known_or_created(known_claim, PersistentVolumeClaim, storage.claim(ctx)),
                 self._download_job(ctx, digest, generation, retry_token, observed),
             )
         if observed.claim is not None and not ctx.spec.storage.existingClaim:
@@ -272,22 +292,22 @@ class ModelReconciler:
         job_name = (observed.job or {}).get("metadata", {}).get("name") or (
             naming.download_job_name(ctx.name, digest)
         )
-        observed.job_pods, existing = await asyncio.gather(
-            self._pods(ctx.namespace, {"job-name": job_name}),
-            kube.get_or_none(client, Deployment, naming.deployment_name(ctx.name), ctx.namespace),
+        observed.job_pods = self.children.pods_of(ctx.namespace, ctx.name, {"job-name": job_name})
+        existing = self.children.deployment(
+            ctx.namespace, ctx.name, naming.deployment_name(ctx.name)
         )
         downloaded = model_status.download_verdict(observed).ok
         served: str | None = None
         if downloaded:
             served = digest
         elif existing is not None:
-            annotations = kube.to_dict(existing)["metadata"].get("annotations") or {}
+            annotations = existing["metadata"].get("annotations") or {}
             served = annotations.get(naming.SOURCE_HASH_ANNOTATION)
         if served is not None:
             self._choose_replicas(ctx, existing, observed)
             desired = serving.deployment(ctx, served, observed.replicas)
             applied = await self._apply_once(desired)
-            observed.deployment = applied or kube.to_dict(existing)
+            observed.deployment = applied or existing
             if not observed.deployment:
                 self.applied.forget(ctx.namespace, ctx.name)
                 observed.deployment = await self._apply_once(desired)
@@ -297,18 +317,20 @@ class ModelReconciler:
             if policy is not None:
                 await self._apply_once(policy)
             observed.served_digest = served
-            observed.server_pods = await self._pods(ctx.namespace, naming.server_selector(ctx.name))
+            observed.server_pods = self.children.pods_of(
+                ctx.namespace, ctx.name, naming.server_selector(ctx.name)
+            )
         if downloaded and self.cleaned.get((ctx.namespace, ctx.name)) != digest:
             await self._delete_stale_jobs(ctx, job_name)
             self.cleaned[(ctx.namespace, ctx.name)] = digest
         return observed
 
     def _choose_replicas(
-        self, ctx: ModelContext, existing: Any, observed: model_status.Observed
+        self, ctx: ModelContext, existing: dict[str, Any] | None, observed: model_status.Observed
     ) -> None:
         """spec.serving.replicas, or the autoscaler's count when the model has a policy.
         A Deployment scaled by hand is applied again (the model says how many pods)."""
-        deployed = existing.spec.replicas if existing is not None and existing.spec else None
+        deployed = ((existing or {}).get("spec") or {}).get("replicas")
         policy = ctx.spec.serving.autoscaling
         if policy is None or self.autoscaler is None:
             if self.autoscaler is not None:
@@ -374,25 +396,23 @@ class ModelReconciler:
         observed: model_status.Observed,
     ) -> dict[str, Any]:
         """The source's current download Job: created when missing, replaced by the
-        next attempt when a failed one is due to run again."""
+        next attempt when a failed one is due to run again.
+
+        The watch's view decides, except that a Job is created only when a live read
+        also finds none: a view a moment behind a retry must not start attempt 0 again."""
         selector = naming.download_selector(ctx.name)
-        attempts = [
-            kube.to_dict(job)
-            async for job in self.client.list(
-                Job, namespace=ctx.namespace, labels=dict[str, Any](selector)
-            )
-        ]
-        ours = [
-            job
-            for job in attempts
-            if (job["metadata"].get("annotations") or {}).get(naming.SOURCE_HASH_ANNOTATION)
-            == digest
-            and not job["metadata"].get("deletionTimestamp")
-        ]
-        current = max(ours, key=download_retry.attempt_of, default=None)
+        current = _current_attempt(self.children.jobs_of(ctx.namespace, ctx.name, selector), digest)
+        if current is None:
+            live = [
+                kube.to_dict(job)
+                async for job in self.client.list(
+                    Job, namespace=ctx.namespace, labels=dict[str, Any](selector)
+                )
+            ]
+            current = _current_attempt(live, digest)
         if current is None:
             manifest = download.job(ctx, digest, 0, generation, retry_token)
-            return await kube.create_if_absent(self.client, Job, manifest)
+            return await kube.create_or_read(self.client, Job, manifest)
         plan = download_retry.plan_retry(
             current,
             generation,
@@ -413,7 +433,7 @@ class ModelReconciler:
             plan.reason,
         )
         manifest = download.job(ctx, digest, attempt, generation, retry_token)
-        created = await kube.create_if_absent(self.client, Job, manifest)
+        created = await kube.create_or_read(self.client, Job, manifest)
         try:
             await self.client.delete(
                 Job,
@@ -426,13 +446,14 @@ class ModelReconciler:
                 raise
         return created
 
-    async def _pods(self, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
-        return [
-            kube.to_dict(pod)
-            async for pod in self.client.list(
-                Pod, namespace=namespace, labels=dict[str, Any](selector)
-            )
-        ]
+    async def _known_or_created(
+        self, known: dict[str, Any] | None, resource: Any, manifest: dict[str, Any]
+    ) -> dict[str, Any]:
+        return (
+            known
+            if known is not None
+            else await kube.create_or_read(self.client, resource, manifest)
+        )
 
     async def _latest_warning(self, namespace: str, kind: str, name: str) -> str | None:
         newest: tuple[str, str] | None = None

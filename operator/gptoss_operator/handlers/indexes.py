@@ -5,17 +5,19 @@ event that costs more than the indexing itself."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import kopf
 
-from gptoss_operator import naming
+from gptoss_operator import children, naming
 from gptoss_operator.api import job as job_api
 from gptoss_operator.api import model as model_api
 from gptoss_operator.api.common import GROUP, VERSION
 from gptoss_operator.engine_load import ready_pod
 from gptoss_operator.job_janitor import JobFacts, ModelFacts
 
+MANAGED = {"app.kubernetes.io/managed-by": naming.MANAGED_BY}
 SERVER_PODS = {
     "app.kubernetes.io/managed-by": naming.MANAGED_BY,
     "app.kubernetes.io/component": naming.COMPONENT_SERVER,
@@ -37,6 +39,13 @@ async def model_phases(
     return {(namespace or "", name): ModelFacts.from_body(body)}
 
 
+@kopf.on.startup()
+async def make_indexed_event(memo: Any, **_: Any) -> None:
+    """Set by the first handler call, once kopf has filled every index (handlers/job.py):
+    what reads the indexes waits for it."""
+    memo.indexed = asyncio.Event()
+
+
 def _is_ready(body: kopf.Body, **_: Any) -> bool:
     return ready_pod(body) is not None
 
@@ -48,3 +57,21 @@ async def server_pods(
     """(namespace, model) -> IP of each ready vLLM pod (a pod that stops being ready
     leaves the index: it no longer matches the filter)."""
     return {(namespace or "", labels.get(naming.MODEL_LABEL, "")): ready_pod(body) or ""}
+
+
+# Each model's children, as the model's reconcile reads them (see gptoss_operator.children):
+# one index per kind, named as handlers/model.py asks for them.
+CHILD_KINDS = {
+    "model_claims": ("", "v1", "persistentvolumeclaims"),
+    "model_jobs": ("batch", "v1", "jobs"),
+    "model_pods": ("", "v1", "pods"),
+    "model_deployments": ("apps", "v1", "deployments"),
+}
+
+
+async def model_child(body: kopf.Body, **_: Any) -> dict[children.Key, dict[str, Any]] | None:
+    return children.index_entry(body)
+
+
+for index_id, (group, version, plural) in CHILD_KINDS.items():
+    kopf.index(group, version, plural, labels=MANAGED, id=index_id)(model_child)

@@ -24,7 +24,6 @@ INTERVAL = float(os.environ.get("GPTOSS_JOB_HOUSEKEEPING_SECONDS", "1"))
 @kopf.on.startup()
 async def start_housekeeping(memo: Any, **kwargs: Any) -> None:
     jobs, models = kwargs["inference_jobs"], kwargs["model_phases"]
-    memo.indexed = asyncio.Event()
     memo.janitor = JobJanitor(new_client(), jobs, models, INTERVAL, memo.indexed)
     memo.job_housekeeping = asyncio.create_task(memo.janitor.run_forever())
     port = Settings.from_env().metrics_port

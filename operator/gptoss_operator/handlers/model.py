@@ -15,6 +15,7 @@ from gptoss_operator.api.common import GROUP, VERSION
 from gptoss_operator.api.model import PLURAL
 from gptoss_operator.autoscaler import Autoscaler
 from gptoss_operator.batch_reconciler import BatchReconciler
+from gptoss_operator.children import Children
 from gptoss_operator.engine_load import EngineLoads
 from gptoss_operator.events import post_event
 from gptoss_operator.handlers import batch, indexes  # noqa: F401 - registers handlers
@@ -49,7 +50,13 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any)
         emit,
         batches=kwargs["open_batches"],
     )
-    memo.models = ModelReconciler(client, SETTINGS, emit, memo.autoscaler)
+    views = Children(
+        claims=kwargs["model_claims"],
+        jobs=kwargs["model_jobs"],
+        pods=kwargs["model_pods"],
+        deployments=kwargs["model_deployments"],
+    )
+    memo.models = ModelReconciler(client, SETTINGS, emit, views, memo.autoscaler, memo.indexed)
     memo.autoscaler.apply = memo.models.reconcile
     memo.model_resync = asyncio.create_task(
         _resync_forever(memo.models, kwargs["model_phases"], SETTINGS.resync_seconds)
@@ -114,6 +121,7 @@ async def child_changed(
     model = labels.get(naming.MODEL_LABEL)
     if not model or namespace is None or naming.BATCH_LABEL in labels:
         return  # not the model's own (a batch's Jobs and pods are the batch's)
+    memo.indexed.set()  # kopf calls handlers once its indexes are filled
     if type == "DELETED":
         memo.models.forget(namespace, model)
     try:
