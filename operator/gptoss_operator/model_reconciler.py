@@ -38,10 +38,10 @@ from gptoss_operator.builders import (
     storage,
 )
 from gptoss_operator.builders.storage import default_size
-from gptoss_operator.children import Children
 from gptoss_operator.download_retry import RETRY_ANNOTATION
 from gptoss_operator.quantity import to_bytes
 from gptoss_operator.settings import Settings
+from gptoss_operator.watched import Watched
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,43 @@ def _current_attempt(jobs: list[dict[str, Any]], digest: str) -> dict[str, Any] 
     return max(ours, key=download_retry.attempt_of, default=None)
 
 
+@dataclass
+class ReportedStatus:
+    """The status this process last wrote to each model, kept for a few seconds: until
+    the watch's view of the model shows it, the reconcile compares with (and computes
+    Events from) what it wrote, not from the older view."""
+
+    ttl_seconds: float = 10.0
+    entries: dict[tuple[str, str, str], tuple[dict[str, Any], float]] = field(default_factory=dict)
+
+    def overlay(self, key: tuple[str, str, str], seen: dict[str, Any]) -> dict[str, Any]:
+        entry = self.entries.get(key)
+        if entry is None:
+            return seen
+        written, when = entry
+        if time.monotonic() - when >= self.ttl_seconds:
+            del self.entries[key]
+            return seen
+        merged: dict[str, Any] = merge_patch(seen, written)
+        return merged
+
+    def remember(self, key: tuple[str, str, str], status: dict[str, Any]) -> None:
+        self.entries[key] = (status, time.monotonic())
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """``target`` with a JSON merge patch applied (RFC 7386): None removes a key."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
 def _contains(old: Any, new: Any) -> bool:
     """True when ``old`` already holds every value ``new`` sets (a merge patch of ``new``
     would change nothing)."""
@@ -139,12 +176,13 @@ class ModelReconciler:
         client: AsyncClient,
         settings: Settings,
         emit: EventSink,
-        children: Children,
+        watched: Watched,
         autoscaler: Autoscaler | None = None,
         indexed: asyncio.Event | None = None,
     ) -> None:
         self.client = client
-        self.children = children
+        self.watched = watched
+        self.reported = ReportedStatus()
         # Set once the watches' views hold what the apiserver has: a reconcile on a half
         # filled view would report the model's pods missing.
         self.indexed = indexed
@@ -206,11 +244,8 @@ class ModelReconciler:
         await self.serializer.run((namespace, name), lambda: self._reconcile(namespace, name))
 
     async def _reconcile(self, namespace: str, name: str) -> None:
-        current = await kube.get_or_none(self.client, GptOssModelResource, name, namespace)
-        if current is None:
-            return
-        body = kube.to_dict(current)
-        if body["metadata"].get("deletionTimestamp"):
+        body = self.watched.model(namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
             return
         spec = GptOssModelSpec.model_validate(body.get("spec") or {})
         ctx = ModelContext(name, namespace, body["metadata"]["uid"], spec, self.settings)
@@ -218,15 +253,17 @@ class ModelReconciler:
         observed = await self._converge(
             ctx, int(body["metadata"].get("generation", 1)), annotations.get(RETRY_ANNOTATION)
         )
+        reported = (namespace, name, ctx.uid)
+        previous = self.reported.overlay(reported, body.get("status") or {})
         computed = model_status.compute(
             observed,
-            body.get("status") or {},
+            previous,
             name=name,
             namespace=namespace,
             replicas=spec.serving.replicas,
             api_key_secret=api_key.reference(ctx),
         )
-        if not _contains(body.get("status") or {}, computed.status):
+        if not _contains(previous, computed.status):
             try:
                 await kube.patch_status(
                     self.client, GptOssModelResource, name, namespace, computed.status
@@ -235,6 +272,7 @@ class ModelReconciler:
                 if error.status.code == 404:  # deleted while we worked
                     return
                 raise
+            self.reported.remember(reported, merge_patch(previous, computed.status))
         metrics.count("model_reconciles")
         if observed.claim_resize_refused_now and observed.claim_resize_error:
             await self.emit(body, "Warning", "StorageNotExpandable", observed.claim_resize_error)
@@ -274,7 +312,7 @@ class ModelReconciler:
             observed.job = await self._download_job(ctx, digest, generation, retry_token, observed)
         else:
             # The Job's pod waits for the claim by itself: create both at once.
-            known_claim = self.children.claim(ctx.namespace, ctx.name, claim_name)
+            known_claim = self.watched.claim(ctx.namespace, ctx.name, claim_name)
             observed.claim, observed.job = await asyncio.gather(
                 self._known_or_created(known_claim, PersistentVolumeClaim, storage.claim(ctx)),
                 self._download_job(ctx, digest, generation, retry_token, observed),
@@ -292,8 +330,8 @@ class ModelReconciler:
         job_name = (observed.job or {}).get("metadata", {}).get("name") or (
             naming.download_job_name(ctx.name, digest)
         )
-        observed.job_pods = self.children.pods_of(ctx.namespace, ctx.name, {"job-name": job_name})
-        existing = self.children.deployment(
+        observed.job_pods = self.watched.pods_of(ctx.namespace, ctx.name, {"job-name": job_name})
+        existing = self.watched.deployment(
             ctx.namespace, ctx.name, naming.deployment_name(ctx.name)
         )
         downloaded = model_status.download_verdict(observed).ok
@@ -317,7 +355,7 @@ class ModelReconciler:
             if policy is not None:
                 await self._apply_once(policy)
             observed.served_digest = served
-            observed.server_pods = self.children.pods_of(
+            observed.server_pods = self.watched.pods_of(
                 ctx.namespace, ctx.name, naming.server_selector(ctx.name)
             )
         if downloaded and self.cleaned.get((ctx.namespace, ctx.name)) != digest:
@@ -401,7 +439,7 @@ class ModelReconciler:
         The watch's view decides, except that a Job is created only when a live read
         also finds none: a view a moment behind a retry must not start attempt 0 again."""
         selector = naming.download_selector(ctx.name)
-        current = _current_attempt(self.children.jobs_of(ctx.namespace, ctx.name, selector), digest)
+        current = _current_attempt(self.watched.jobs_of(ctx.namespace, ctx.name, selector), digest)
         if current is None:
             live = [
                 kube.to_dict(job)

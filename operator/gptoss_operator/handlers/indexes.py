@@ -10,7 +10,7 @@ from typing import Any
 
 import kopf
 
-from gptoss_operator import children, naming
+from gptoss_operator import naming, watched
 from gptoss_operator.api import job as job_api
 from gptoss_operator.api import model as model_api
 from gptoss_operator.api.common import GROUP, VERSION
@@ -59,8 +59,15 @@ async def server_pods(
     return {(namespace or "", labels.get(naming.MODEL_LABEL, "")): ready_pod(body) or ""}
 
 
-# Each model's children, as the model's reconcile reads them (see gptoss_operator.children):
-# one index per kind, named as handlers/model.py asks for them.
+# The models and their children, as the model's reconcile reads them (see
+# gptoss_operator.watched): one index per kind, named as handlers/model.py asks for them.
+
+
+@kopf.index(GROUP, VERSION, model_api.PLURAL)
+async def model_bodies(body: kopf.Body, **_: Any) -> dict[watched.Key, dict[str, Any]]:
+    return watched.model_entry(body)
+
+
 CHILD_KINDS = {
     "model_claims": ("", "v1", "persistentvolumeclaims"),
     "model_jobs": ("batch", "v1", "jobs"),
@@ -69,8 +76,8 @@ CHILD_KINDS = {
 }
 
 
-async def model_child(body: kopf.Body, **_: Any) -> dict[children.Key, dict[str, Any]] | None:
-    return children.index_entry(body)
+async def model_child(body: kopf.Body, **_: Any) -> dict[watched.Key, dict[str, Any]] | None:
+    return watched.child_entry(body)
 
 
 for index_id, (group, version, plural) in CHILD_KINDS.items():

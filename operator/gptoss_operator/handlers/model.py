@@ -15,13 +15,13 @@ from gptoss_operator.api.common import GROUP, VERSION
 from gptoss_operator.api.model import PLURAL
 from gptoss_operator.autoscaler import Autoscaler
 from gptoss_operator.batch_reconciler import BatchReconciler
-from gptoss_operator.children import Children
 from gptoss_operator.engine_load import EngineLoads
 from gptoss_operator.events import post_event
 from gptoss_operator.handlers import batch, indexes  # noqa: F401 - registers handlers
 from gptoss_operator.kube import new_client
 from gptoss_operator.model_reconciler import ModelReconciler
 from gptoss_operator.settings import Settings
+from gptoss_operator.watched import Watched
 
 log = logging.getLogger(__name__)
 SETTINGS = Settings.from_env()
@@ -50,7 +50,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any)
         emit,
         batches=kwargs["open_batches"],
     )
-    views = Children(
+    views = Watched(
+        models=kwargs["model_bodies"],
         claims=kwargs["model_claims"],
         jobs=kwargs["model_jobs"],
         pods=kwargs["model_pods"],

@@ -1,10 +1,12 @@
-"""A model's children as the operator's watches last saw them.
+"""Models and their children as the operator's watches last saw them.
 
 The model's reconcile runs on every event of every child (claim, download Job and its
-pods, Deployment and its pods). Reading the children back from the apiserver each time
-cost about six requests per event; these views answer from the watches kopf keeps anyway.
-A view may lag a moment behind what the operator just wrote: the next event brings
-another reconcile, and anything created is created by name (a second create is refused).
+pods, Deployment and its pods). Reading the model and its children back from the
+apiserver each time cost about six requests per event; these views answer from the
+watches kopf keeps anyway. A view may lag a moment behind what the operator just wrote:
+the next event brings another reconcile, anything created is created by name (a second
+create is refused), and the status the reconcile wrote last is remembered a while
+(``ModelReconciler``).
 """
 
 from __future__ import annotations
@@ -16,12 +18,17 @@ from typing import Any
 from gptoss_operator import naming
 
 Key = tuple[str, str]  # (namespace, model)
-ChildIndex = Mapping[Key, Iterable[Mapping[str, Any]]]
+Index = Mapping[Key, Iterable[Mapping[str, Any]]]
 
 
-def index_entry(body: Mapping[str, Any]) -> dict[Key, dict[str, Any]] | None:
-    """The index entry of one watched object: under its model, unless it is a batch's
-    (a batch's Jobs and pods are not the model's) or names no model."""
+def model_entry(body: Mapping[str, Any]) -> dict[Key, dict[str, Any]]:
+    metadata = body.get("metadata") or {}
+    return {(metadata.get("namespace") or "", metadata.get("name") or ""): dict(body)}
+
+
+def child_entry(body: Mapping[str, Any]) -> dict[Key, dict[str, Any]] | None:
+    """The index entry of a watched child: under its model, unless it is a batch's (a
+    batch's Jobs and pods are not the model's) or names no model."""
     metadata = body.get("metadata") or {}
     labels = metadata.get("labels") or {}
     model = labels.get(naming.MODEL_LABEL)
@@ -36,26 +43,30 @@ def _matches(obj: Mapping[str, Any], selector: Mapping[str, str]) -> bool:
 
 
 @dataclass(frozen=True)
-class Children:
-    """Read-only views, by kind, of every model's children."""
+class Watched:
+    """Read-only views of every model and, by kind, of its children."""
 
-    claims: ChildIndex
-    jobs: ChildIndex
-    pods: ChildIndex
-    deployments: ChildIndex
+    models: Index
+    claims: Index
+    jobs: Index
+    pods: Index
+    deployments: Index
 
     @staticmethod
     def _select(
-        index: ChildIndex, namespace: str, model: str, selector: Mapping[str, str]
+        index: Index, namespace: str, model: str, selector: Mapping[str, str]
     ) -> list[dict[str, Any]]:
         return [dict(obj) for obj in index.get((namespace, model), ()) if _matches(obj, selector)]
 
     @staticmethod
-    def _named(index: ChildIndex, namespace: str, model: str, name: str) -> dict[str, Any] | None:
+    def _named(index: Index, namespace: str, model: str, name: str) -> dict[str, Any] | None:
         for obj in index.get((namespace, model), ()):
             if (obj.get("metadata") or {}).get("name") == name:
                 return dict(obj)
         return None
+
+    def model(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._named(self.models, namespace, name, name)
 
     def claim(self, namespace: str, model: str, name: str) -> dict[str, Any] | None:
         return self._named(self.claims, namespace, model, name)
