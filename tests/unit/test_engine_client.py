@@ -6,12 +6,14 @@ into lines and network chunks; the events follow the server-sent events specific
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiohttp import web
 
+from gptoss_operator.sidecar import engine
 from gptoss_operator.sidecar.engine import Chunk, EngineClient, EngineError, SamplingParams, Usage
 from gptoss_operator.sidecar.sse import EventReader
 
@@ -191,3 +193,57 @@ def test_reader_treats_a_split_crlf_as_one_line_end() -> None:
 
 def test_reader_replaces_invalid_utf8_instead_of_failing() -> None:
     assert _events([b"data: \xff\xfe ok\n\n"]) == [("message", "\ufffd\ufffd ok")]
+
+
+async def test_requests_reuse_one_connection() -> None:
+    """A stream is read to its end, past [DONE]: a connection left half read cannot go
+    back to the pool, and each request would open a new one (a TCP handshake, and a TLS
+    one where the engine is behind TLS, per request)."""
+    peers: list[object] = []
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        await request.json()
+        peers.append(request.transport.get_extra_info("peername") if request.transport else None)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(_event(_chunk([12], "", "stop")))
+        await response.write(_event(USAGE))
+        await response.write(b"data: [DONE]\n\n")
+        await asyncio.sleep(0.05)  # the body's end comes a moment after [DONE]
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", completions)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    client = EngineClient(f"http://127.0.0.1:{runner.addresses[0][1]}", "m")
+    try:
+        for _ in range(5):
+            assert await _collect(client) == [Chunk([12], "stop", None), Usage(5, 3)]
+    finally:
+        await client.close()
+        await runner.cleanup()
+    assert len(peers) == 5
+    assert len(set(peers)) == 1, f"5 requests came over {len(set(peers))} connections"
+
+
+async def test_an_answer_is_kept_when_the_body_does_not_end_after_done(
+    serve: Callable[[Writer], Awaitable[EngineClient]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading past [DONE] is for the connection's sake: a server that never ends the
+    body costs the connection, never the finished answer."""
+    monkeypatch.setattr(engine, "DRAIN_SECONDS", 0.2)
+    answered = asyncio.Event()
+
+    async def write(response: web.StreamResponse) -> None:
+        await response.write(_event(_chunk([12], "", "stop")))
+        await response.write(_event(USAGE))
+        await response.write(b"data: [DONE]\n\n")
+        await answered.wait()  # the body does not end while the client reads
+
+    items = await _collect(await serve(write))
+    answered.set()
+    assert items == [Chunk([12], "stop", None), Usage(5, 3)]

@@ -94,6 +94,7 @@ def test_pinned_requirements_cover_the_runtime_dependencies() -> None:
         "huggingface-hub",
         "aiohttp",
         "httpx",
+        "sniffio",
         "pyyaml",
         "boto3",
     ):

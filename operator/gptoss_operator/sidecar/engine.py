@@ -7,6 +7,7 @@ chunk (``return_token_ids``), with special tokens kept so the harmony parser see
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -15,6 +16,9 @@ from dataclasses import dataclass
 import httpx
 
 from gptoss_operator.sidecar.sse import Event, EventReader
+
+# Seconds to wait for the end of a body after [DONE].
+DRAIN_SECONDS = 5.0
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +138,10 @@ class EngineClient:
                 if response.status_code != 200:
                     await response.aread()
                     raise _http_error(response)
-                async for event in _events(response):
+                events = _events(response)
+                async for event in events:
                     if event.data == "[DONE]":
+                        await _read_to_end(events)
                         return
                     for item in _parse_event(event.data):
                         yield item
@@ -148,6 +154,16 @@ class EngineClient:
                 f"engine connection failed: {type(error).__name__}: {error}", retryable=True
             ) from error
         raise EngineError("the engine's stream ended before [DONE]", retryable=True)
+
+
+async def _read_to_end(events: AsyncIterator[Event]) -> None:
+    """Read what follows [DONE] (the end of the body), so the connection goes back to the
+    pool: one left half read is closed, and the next request opens another. A server
+    that keeps the body open gets a moment, not the answer."""
+    with contextlib.suppress(TimeoutError, httpx.HTTPError):
+        async with asyncio.timeout(DRAIN_SECONDS):
+            async for _ in events:
+                pass
 
 
 async def _events(response: httpx.Response) -> AsyncIterator[Event]:
