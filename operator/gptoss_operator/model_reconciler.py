@@ -436,11 +436,26 @@ class ModelReconciler:
         """The source's current download Job: created when missing, replaced by the
         next attempt when a failed one is due to run again.
 
-        The watch's view decides, except that a Job is created only when a live read
-        also finds none: a view a moment behind a retry must not start attempt 0 again."""
+        The watch's view decides, except that a Job is created (attempt 0, or the next
+        one) only when a live read agrees: a view a moment behind a retry would start
+        an attempt again."""
         selector = naming.download_selector(ctx.name)
+
+        def plan(job: dict[str, Any] | None) -> download_retry.RetryPlan | None:
+            if job is None:
+                return None
+            return download_retry.plan_retry(
+                job,
+                generation,
+                retry_token,
+                datetime.datetime.now(datetime.UTC),
+                self.settings.download_retry_seconds,
+                self.settings.download_retry_cap_seconds,
+            )
+
         current = _current_attempt(self.watched.jobs_of(ctx.namespace, ctx.name, selector), digest)
-        if current is None:
+        retry = plan(current)
+        if current is None or (retry is not None and retry.now):
             live = [
                 kube.to_dict(job)
                 async for job in self.client.list(
@@ -448,19 +463,12 @@ class ModelReconciler:
                 )
             ]
             current = _current_attempt(live, digest)
+            retry = plan(current)
         if current is None:
             manifest = download.job(ctx, digest, 0, generation, retry_token)
             return await kube.create_or_read(self.client, Job, manifest)
-        plan = download_retry.plan_retry(
-            current,
-            generation,
-            retry_token,
-            datetime.datetime.now(datetime.UTC),
-            self.settings.download_retry_seconds,
-            self.settings.download_retry_cap_seconds,
-        )
-        observed.download_retry = plan
-        if plan is None or not plan.now:
+        observed.download_retry = retry
+        if retry is None or not retry.now:
             return current
         attempt = download_retry.attempt_of(current) + 1
         log.info(
@@ -468,7 +476,7 @@ class ModelReconciler:
             ctx.namespace,
             ctx.name,
             attempt,
-            plan.reason,
+            retry.reason,
         )
         manifest = download.job(ctx, digest, attempt, generation, retry_token)
         created = await kube.create_or_read(self.client, Job, manifest)

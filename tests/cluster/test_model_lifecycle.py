@@ -422,6 +422,17 @@ def test_a_failed_download_runs_again_once_the_cause_is_fixed(
 
     names = wait_for(lambda: len(left := remaining()) == 1 and left, timeout=30)
     assert names[0].endswith("-r2")
+    # Each attempt started once (the operator reads its watches, which may lag a moment
+    # behind the Jobs it just made: it asks the apiserver before starting an attempt).
+    retried = [
+        (event["message"], event.get("count", 1))
+        for event in events_for(kube, namespace, "fixable")
+        if event.get("reason") == "DownloadRetried"
+    ]
+    assert sorted(retried) == [
+        ("download attempt 1 started (RetryRequested)", 1),
+        ("download attempt 2 started (SpecChanged)", 1),
+    ]
 
 
 PROVISIONER = "sandbox.gptoss.ai/fake-volume"
