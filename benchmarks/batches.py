@@ -156,7 +156,10 @@ async def _direct(url: str, count: int, concurrency: int, max_tokens: int,
             nonlocal total
             while not queue.empty():
                 prompt = queue.get_nowait()
-                total += await completion_tokens(client, harmony, prompt, max_tokens)
+                # Awaited first: `total += await ...` reads total before the await, and
+                # the workers would overwrite each other's counts.
+                tokens = await completion_tokens(client, harmony, prompt, max_tokens)
+                total += tokens
 
         started = time.monotonic()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
