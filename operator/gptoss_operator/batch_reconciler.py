@@ -111,7 +111,7 @@ class BatchReconciler:
             if waiting is not None:
                 return Observed(waiting=waiting)
             ctx = self._context(batch, spec, kube.to_dict(model))
-            shards = await kube.create_if_absent(self.client, Job, shards_job(ctx))
+            shards = await kube.create_or_read(self.client, Job, shards_job(ctx))
         shards_dict = kube.to_dict(shards)
         pods = [
             kube.to_dict(pod)
@@ -134,7 +134,7 @@ class BatchReconciler:
                 self.client, GptOssModelResource, spec.modelRef.name, namespace
             )
             ctx = self._context(batch, spec, kube.to_dict(model) or _absent(spec))
-            merge = await kube.create_if_absent(self.client, Job, merge_job(ctx))
+            merge = await kube.create_or_read(self.client, Job, merge_job(ctx))
         merge_dict = kube.to_dict(merge)
         merged = None
         if job_finished(merge_dict) == "Complete":

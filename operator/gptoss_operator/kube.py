@@ -35,28 +35,12 @@ async def apply(client: AsyncClient, manifest: dict[str, Any]) -> dict[str, Any]
     return to_dict(applied)
 
 
-async def create_if_absent(
-    client: AsyncClient, resource: Any, manifest: dict[str, Any]
-) -> dict[str, Any]:
-    """Create the object unless one of that name exists; return what is stored."""
-    metadata = manifest["metadata"]
-    existing = await get_or_none(client, resource, metadata["name"], metadata["namespace"])
-    if existing is not None:
-        return to_dict(existing)
-    try:
-        created = await client.create(codecs.from_dict(manifest))
-    except ApiError as error:
-        if error.status.code != 409:
-            raise
-        created = await client.get(resource, metadata["name"], namespace=metadata["namespace"])
-    return to_dict(created)
-
-
 async def create_or_read(
     client: AsyncClient, resource: Any, manifest: dict[str, Any]
 ) -> dict[str, Any]:
     """Create the object; when one of that name exists already, return it instead (for
-    callers whose view said it was missing: the view may lag behind)."""
+    callers whose read or view said it was missing: another writer, or this process
+    moments ago, may have made it since)."""
     try:
         created = await client.create(codecs.from_dict(manifest))
     except ApiError as error:

@@ -18,10 +18,7 @@ from gptoss_operator.engine_load import ready_pod
 from gptoss_operator.job_janitor import JobFacts, ModelFacts
 
 MANAGED = {"app.kubernetes.io/managed-by": naming.MANAGED_BY}
-SERVER_PODS = {
-    "app.kubernetes.io/managed-by": naming.MANAGED_BY,
-    "app.kubernetes.io/component": naming.COMPONENT_SERVER,
-}
+SERVER_PODS = {**MANAGED, "app.kubernetes.io/component": naming.COMPONENT_SERVER}
 
 
 @kopf.index(GROUP, VERSION, job_api.PLURAL)
@@ -41,8 +38,9 @@ async def model_phases(
 
 @kopf.on.startup()
 async def make_indexed_event(memo: Any, **_: Any) -> None:
-    """Set by the first handler call, once kopf has filled every index (handlers/job.py):
-    what reads the indexes waits for it."""
+    """Set by the first handler call (kopf calls handlers once it has filled every
+    index; see handlers/job.py and handlers/model.py): what reads the indexes waits for
+    it."""
     memo.indexed = asyncio.Event()
 
 

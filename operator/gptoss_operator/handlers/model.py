@@ -17,7 +17,7 @@ from gptoss_operator.autoscaler import Autoscaler
 from gptoss_operator.batch_reconciler import BatchReconciler
 from gptoss_operator.engine_load import EngineLoads
 from gptoss_operator.events import post_event
-from gptoss_operator.handlers import batch, indexes  # noqa: F401 - registers handlers
+from gptoss_operator.handlers import batch, indexes  # importing registers their handlers
 from gptoss_operator.kube import new_client
 from gptoss_operator.model_reconciler import ModelReconciler
 from gptoss_operator.settings import Settings
@@ -25,7 +25,6 @@ from gptoss_operator.watched import Watched
 
 log = logging.getLogger(__name__)
 SETTINGS = Settings.from_env()
-MANAGED = {"app.kubernetes.io/managed-by": naming.MANAGED_BY}
 
 
 @kopf.on.startup()
@@ -112,10 +111,10 @@ async def model_changed(name: str, namespace: str | None, memo: Any, **_: Any) -
     await _reconcile(memo, namespace, name)
 
 
-@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
-@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
-@kopf.on.event("", "v1", "pods", labels=MANAGED)
-@kopf.on.event("", "v1", "persistentvolumeclaims", labels=MANAGED)
+@kopf.on.event("batch", "v1", "jobs", labels=indexes.MANAGED)
+@kopf.on.event("apps", "v1", "deployments", labels=indexes.MANAGED)
+@kopf.on.event("", "v1", "pods", labels=indexes.MANAGED)
+@kopf.on.event("", "v1", "persistentvolumeclaims", labels=indexes.MANAGED)
 async def child_changed(
     labels: Mapping[str, str], namespace: str | None, memo: Any, type: str, **_: Any
 ) -> None:
