@@ -46,13 +46,22 @@ USAGE = {"id": "cmpl-1", "choices": [], "usage": {"prompt_tokens": 5, "completio
 
 
 @pytest.fixture
-async def serve() -> AsyncIterator[Callable[[Writer], Awaitable[EngineClient]]]:
+def peers() -> list[object]:
+    """The client address of every request the served engines received."""
+    return []
+
+
+@pytest.fixture
+async def serve(peers: list[object]) -> AsyncIterator[Callable[[Writer], Awaitable[EngineClient]]]:
     runners: list[web.AppRunner] = []
     clients: list[EngineClient] = []
 
     async def start(writer: Writer) -> EngineClient:
         async def completions(request: web.Request) -> web.StreamResponse:
             await request.json()
+            peers.append(
+                request.transport.get_extra_info("peername") if request.transport else None
+            )
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
             await writer(response)
@@ -195,37 +204,22 @@ def test_reader_replaces_invalid_utf8_instead_of_failing() -> None:
     assert _events([b"data: \xff\xfe ok\n\n"]) == [("message", "\ufffd\ufffd ok")]
 
 
-async def test_requests_reuse_one_connection() -> None:
+async def test_requests_reuse_one_connection(
+    serve: Callable[[Writer], Awaitable[EngineClient]], peers: list[object]
+) -> None:
     """A stream is read to its end, past [DONE]: a connection left half read cannot go
     back to the pool, and each request would open a new one (a TCP handshake, and a TLS
     one where the engine is behind TLS, per request)."""
-    peers: list[object] = []
 
-    async def completions(request: web.Request) -> web.StreamResponse:
-        await request.json()
-        peers.append(request.transport.get_extra_info("peername") if request.transport else None)
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
+    async def write(response: web.StreamResponse) -> None:
         await response.write(_event(_chunk([12], "", "stop")))
         await response.write(_event(USAGE))
         await response.write(b"data: [DONE]\n\n")
         await asyncio.sleep(0.05)  # the body's end comes a moment after [DONE]
-        await response.write_eof()
-        return response
 
-    app = web.Application()
-    app.router.add_post("/v1/completions", completions)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    client = EngineClient(f"http://127.0.0.1:{runner.addresses[0][1]}", "m")
-    try:
-        for _ in range(5):
-            assert await _collect(client) == [Chunk([12], "stop", None), Usage(5, 3)]
-    finally:
-        await client.close()
-        await runner.cleanup()
+    client = await serve(write)
+    for _ in range(5):
+        assert await _collect(client) == [Chunk([12], "stop", None), Usage(5, 3)]
     assert len(peers) == 5
     assert len(set(peers)) == 1, f"5 requests came over {len(set(peers))} connections"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -235,6 +236,17 @@ class _RecordingClient:
         self.patches.append((name, body))
 
 
+def _janitor(
+    client: _RecordingClient,
+    jobs: dict[tuple[str, str], list[JobFacts]],
+    clock: _Clock,
+    wall_clock: Callable[[], datetime.datetime] = lambda: NOW,
+) -> JobJanitor:
+    """A janitor over ``jobs`` for model ns/m, Ready with one replica."""
+    models = {("ns", "m"): [ModelFacts("Ready", 1)]}
+    return JobJanitor(client, jobs, models, clock=clock, wall_clock=wall_clock)  # type: ignore[arg-type]
+
+
 def _queued(name: str, **spec: Any) -> JobFacts:
     facts = _facts(
         {
@@ -249,14 +261,7 @@ def _queued(name: str, **spec: Any) -> JobFacts:
 def test_a_waiting_queue_costs_no_passes_until_something_changes() -> None:
     clock = _Clock()
     jobs = {("ns", "m"): [_queued(f"j{i}") for i in range(1000)]}
-    models = {("ns", "m"): [ModelFacts("Ready", 1)]}
-    janitor = JobJanitor(
-        _RecordingClient(),  # type: ignore[arg-type]
-        jobs,
-        models,
-        clock=clock,
-        wall_clock=lambda: NOW,
-    )
+    janitor = _janitor(_RecordingClient(), jobs, clock)
 
     async def scenario() -> None:
         await janitor.step()
@@ -280,13 +285,8 @@ def test_a_deadline_falling_due_brings_a_pass_without_any_event() -> None:
     client = _RecordingClient()
     # Created 100 s ago with a 101 s deadline: due in about a second.
     jobs = {("ns", "m"): [_queued("late", activeDeadlineSeconds=101)]}
-    models = {("ns", "m"): [ModelFacts("Ready", 1)]}
-    janitor = JobJanitor(
-        client,  # type: ignore[arg-type]
-        jobs,
-        models,
-        clock=clock,
-        wall_clock=lambda: NOW + datetime.timedelta(seconds=clock.now - 1000.0),
+    janitor = _janitor(
+        client, jobs, clock, lambda: NOW + datetime.timedelta(seconds=clock.now - 1000.0)
     )
 
     async def scenario() -> None:
@@ -325,14 +325,7 @@ def test_a_deep_queue_is_counted_before_its_jobs_are_marked() -> None:
     client = _RecordingClient()
     waiting = [replace(_facts({"phase": "Pending"}), name=f"j{i}") for i in range(400)]
     jobs = {("ns", "m"): waiting}
-    models = {("ns", "m"): [ModelFacts("Ready", 1)]}
-    janitor = JobJanitor(
-        client,  # type: ignore[arg-type]
-        jobs,
-        models,
-        clock=clock,
-        wall_clock=lambda: NOW,
-    )
+    janitor = _janitor(client, jobs, clock)
 
     async def patch(resource: Any, name: str, body: Any, **_: Any) -> None:
         client.patches.append((name, body))
