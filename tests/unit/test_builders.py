@@ -360,3 +360,18 @@ def test_the_network_policy_admits_the_namespace_and_the_listed_peers_on_the_eng
     )
     assert closed is not None
     assert closed["spec"]["ingress"] == [], "no peers: nothing reaches the engine port"
+
+
+def test_every_probe_names_a_port_of_its_own_container() -> None:
+    """The kubelet resolves a probe's named port among its container's ports only: a name
+    it cannot find fails the probe, and a failing liveness probe restarts the container."""
+    pod = serving.deployment(_ctx(), "h1")["spec"]["template"]["spec"]
+    probed = 0
+    for container in pod["containers"]:
+        names = {port["name"] for port in container.get("ports", [])}
+        for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+            port = container.get(kind, {}).get("httpGet", {}).get("port")
+            if isinstance(port, str):
+                probed += 1
+                assert port in names, f"{container['name']}.{kind} names port {port!r}"
+    assert probed == 4, "the engine's three probes and the sidecar's liveness probe"

@@ -16,6 +16,9 @@ from gptoss_operator.builders import (
 from gptoss_operator.builders.engine_config import is_120b, vllm_args
 
 PROBE_PERIOD_SECONDS = 10
+# Port names are unique within a pod, and a probe resolves its port's name among its own
+# container's ports.
+SIDECAR_HEALTH_PORT = "sidecar-health"
 
 # The engine's root filesystem is read-only and it runs as a user the image does not
 # name: home, caches (vLLM, Triton, torch's compiler, Hugging Face) and scratch space go
@@ -171,7 +174,7 @@ def _sidecar_container(ctx: ModelContext) -> dict[str, Any]:
         ],
         "ports": [
             {
-                "name": "sidecar-health",
+                "name": SIDECAR_HEALTH_PORT,
                 "containerPort": naming.SIDECAR_HEALTH_PORT,
                 "protocol": "TCP",
             }
@@ -179,7 +182,7 @@ def _sidecar_container(ctx: ModelContext) -> dict[str, Any]:
         # Fails only when the sidecar's event loop stops answering: everything else it
         # recovers from without a restart, which would cut the generations in flight.
         "livenessProbe": {
-            "httpGet": {"path": "/healthz", "port": "health"},
+            "httpGet": {"path": "/healthz", "port": SIDECAR_HEALTH_PORT},
             "periodSeconds": 20,
             "timeoutSeconds": 10,
             "failureThreshold": 6,
