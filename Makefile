@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CLUSTER_DIR ?= .cluster
 
-.PHONY: docs bench demo kubectl-path help setup binaries engine cluster cluster-down test test-faults test-unit lint format typecheck crds check-crds demo clean
+.PHONY: docs bench demo kubectl-path help setup binaries node-binaries engine images cluster cluster-down test test-node test-faults test-unit lint format typecheck crds check-crds demo clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -20,8 +20,14 @@ setup: $(BIN)/python ## Install the project and its dev tools into .venv
 binaries: setup ## Build (once) and cache etcd, Kubernetes and kwok from Go modules
 	$(BIN)/python -m gptoss_sandbox.binaries
 
+node-binaries: binaries ## Build (once) the real node's: containerd, CNI plugins, crictl, CoreDNS, fake GPU plugin
+	$(BIN)/python -m gptoss_sandbox.binaries --node
+
 engine: setup ## Install (once) vLLM's CPU build, the real engine of the tests and demo
 	$(BIN)/python -m gptoss_sandbox.engine_venv
+
+images: engine ## Build the product and vLLM images here (buildah, no registry), cached by their inputs
+	$(BIN)/python -m gptoss_sandbox.images all
 
 cluster: binaries ## Start the local control plane with fake GPU nodes (.cluster/kubeconfig)
 	$(BIN)/python -m gptoss_sandbox.cluster up --dir $(CLUSTER_DIR)
@@ -32,8 +38,12 @@ cluster-down: ## Stop the local control plane
 demo: binaries engine ## Run the whole product locally: control plane, operator, a model, a job (stand-in engine)
 	$(BIN)/python -m gptoss_sandbox.demo $(DEMO_ARGS)
 
-test: binaries engine ## Run every test (unit, real control plane, real vLLM)
-	$(BIN)/python -m pytest
+test: node-binaries engine ## Run every test (unit, real control plane, real vLLM, then the real node tier)
+	$(BIN)/python -m pytest -m "not node"
+	$(BIN)/python -m pytest -m node
+
+test-node: node-binaries engine ## Run the real node tier alone (chart, operator, model and jobs as pods)
+	$(BIN)/python -m pytest -m node
 
 test-faults: binaries engine ## Run the fault suite alone (it is part of make test too)
 	$(BIN)/python -m pytest -m faults

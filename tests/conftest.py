@@ -1,7 +1,10 @@
 """Fixtures: one real control plane per test session, a fresh namespace per test.
 
 By default the session starts the local control plane (etcd, kube-apiserver,
-kube-controller-manager, kube-scheduler, kwok with fake GPU nodes). With
+kube-controller-manager, kube-scheduler, kwok with fake GPU nodes). A session of the
+real node tier (``-m node``) starts a real node too (kubelet, containerd, our images)
+and installs the chart, whose operator then serves every namespace: so that tier runs
+in a session of its own, without the operator process the other tiers start. With
 ``GPTOSS_TEST_USE_EXISTING_CLUSTER=1`` the tests run against the cluster that
 ``KUBECONFIG`` names instead (kind, k3d or a real one).
 """
@@ -37,13 +40,41 @@ def use_existing_cluster() -> bool:
     return os.environ.get("GPTOSS_TEST_USE_EXISTING_CLUSTER", "") in ("1", "true", "yes")
 
 
+REAL_NODE_GPUS = 4
+
+
+@pytest.hookimpl(trylast=True)  # after -m and -k have deselected
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    del config
+    node = [item for item in items if item.get_closest_marker("node")]
+    others = [item for item in items if item.get_closest_marker("cluster") and item not in node]
+    if node and others:
+        raise pytest.UsageError(
+            "the real node tier runs in a session of its own (its chart-installed operator "
+            "serves every namespace): run `pytest -m node` and `pytest -m 'not node'`"
+        )
+
+
+def _session_wants_real_node(session: pytest.Session) -> bool:
+    return any(item.get_closest_marker("node") for item in session.items)
+
+
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterUnderTest]:
+def cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ClusterUnderTest]:
     if use_existing_cluster():
         kubeconfig = os.environ.get("KUBECONFIG", str(Path.home() / ".kube" / "config"))
         yield ClusterUnderTest(Path(kubeconfig.split(os.pathsep)[0]), None)
         return
-    local = LocalCluster(tmp_path_factory.mktemp("cluster"), progress=print)
+    real_node = _session_wants_real_node(request.session)
+    local = LocalCluster(
+        tmp_path_factory.mktemp("cluster"),
+        # The real node tier's pods (the download Job's too) must land on the real node.
+        nodes=[] if real_node else None,
+        progress=print,
+        real_node_gpus=REAL_NODE_GPUS if real_node else None,
+    )
     local.start(timeout=3600)
     try:
         yield ClusterUnderTest(local.kubeconfig, local)

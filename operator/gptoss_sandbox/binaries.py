@@ -4,11 +4,24 @@ The binaries, each built once per version and cached outside the repository:
 
 - ``etcd``: a tiny main around ``go.etcd.io/etcd/server/v3/etcdmain``;
 - ``kube``: one multi-call binary holding kube-apiserver, kube-controller-manager,
-  kube-scheduler and kubectl (symlinks with those names point at it);
+  kube-scheduler, kubectl, kubelet and kube-proxy (symlinks with those names point at it);
 - ``kwok``: ``sigs.k8s.io/kwok/cmd/kwok``, installed from its module;
 - ``helm``: ``helm.sh/helm/v3/cmd/helm``, installed from its module (chart tests, demo);
 - ``versitygw``: the Versity S3 Gateway (``github.com/versity/versitygw``), an
   S3-compatible server over a folder, for InferenceBatch files in buckets.
+
+The real node (``gptoss_sandbox.node``) runs the kubelet and kube-proxy above and:
+
+- ``containerd``, ``containerd-shim-runc-v2`` and ``ctr`` (``github.com/containerd/containerd/v2``);
+- the CNI plugins bridge, host-local, loopback and portmap
+  (``github.com/containernetworking/plugins``);
+- ``crictl`` (``sigs.k8s.io/cri-tools``), the CRI client;
+- ``coredns`` (``github.com/coredns/coredns``), the cluster's DNS;
+- ``fakegpu``: a device plugin of our own (``gosrc/fakegpu``) that advertises GPUs the
+  machine does not have, so GPU pods schedule onto the real node;
+- ``pause``: the pod sandbox's process (``gosrc/pause``), the one file of the node's
+  sandbox image;
+- ``runc`` is Debian's package (``apt-get install runc``), not built here.
 
 Everything comes from the Go module proxy; nothing else is downloaded.
 """
@@ -34,8 +47,26 @@ ETCD_VERSION = "v3.7.0"
 KWOK_VERSION = "v0.8.0"
 HELM_VERSION = "v3.22.0"
 VERSITYGW_VERSION = "v1.8.0"
+CONTAINERD_VERSION = "v2.4.2"
+CNI_PLUGINS_VERSION = "v1.10.0"
+CRI_TOOLS_VERSION = "v1.37.0"
+COREDNS_VERSION = "v1.15.0"
+# The fake GPU device plugin speaks the kubelet's device plugin API at our Kubernetes
+# version, over the gRPC release that API's module asks for.
+FAKEGPU_GRPC_VERSION = "v1.82.1"
+# Bump when gosrc/fakegpu or gosrc/pause change, so the cache builds them again.
+NODE_SOURCES_REVISION = "1"
 
-KUBE_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+KUBE_COMPONENTS = (
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubectl",
+    "kubelet",
+    "kube-proxy",
+)
+CONTAINERD_COMMANDS = ("containerd", "containerd-shim-runc-v2", "ctr")
+CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
 GO_SOURCES = Path(__file__).parent / "gosrc"
 
 Progress = Callable[[str], None]
@@ -89,7 +120,8 @@ def ensure_binaries(progress: Progress = print) -> Binaries:
     with cache_lock():
         if not (binary_dir("etcd", ETCD_VERSION) / "etcd").exists():
             _timed(progress, f"etcd {ETCD_VERSION}", _build_etcd, progress)
-        if not (binary_dir("kubernetes", KUBERNETES_VERSION) / "kubectl").exists():
+        kube_dir = binary_dir("kubernetes", KUBERNETES_VERSION)
+        if not all((kube_dir / name).exists() for name in KUBE_COMPONENTS):
             _timed(progress, f"kubernetes {KUBERNETES_VERSION}", _build_kubernetes, progress)
         if not (binary_dir("kwok", KWOK_VERSION) / "kwok").exists():
             _timed(progress, f"kwok {KWOK_VERSION}", _build_kwok, progress)
@@ -101,6 +133,63 @@ def ensure_binaries(progress: Progress = print) -> Binaries:
     if found is None:
         raise RuntimeError(f"binaries missing from {cache_root()} after a build")
     return found
+
+
+@dataclass(frozen=True)
+class NodeBinaries:
+    """What the real node runs besides the control plane."""
+
+    kubelet: Path
+    kube_proxy: Path
+    containerd: Path
+    containerd_shim: Path
+    ctr: Path
+    cni_dir: Path
+    crictl: Path
+    coredns: Path
+    fakegpu: Path
+    pause: Path
+    runc: Path
+
+
+def ensure_node_binaries(progress: Progress = print) -> NodeBinaries:
+    """Return the real node's binaries, building whatever is missing from the cache.
+
+    runc comes from Debian (``apt-get install runc``); it is looked up, not built.
+    """
+    runc = shutil.which("runc")
+    if runc is None:
+        raise RuntimeError("runc is missing: apt-get install runc")
+    ensure_binaries(progress)
+    containerd_dir = binary_dir("containerd", CONTAINERD_VERSION)
+    cni_dir = binary_dir("cni-plugins", CNI_PLUGINS_VERSION)
+    with cache_lock():
+        if not all((containerd_dir / name).exists() for name in CONTAINERD_COMMANDS):
+            _timed(progress, f"containerd {CONTAINERD_VERSION}", _build_containerd, progress)
+        if not all((cni_dir / name).exists() for name in CNI_PLUGINS):
+            _timed(progress, f"CNI plugins {CNI_PLUGINS_VERSION}", _build_cni_plugins, progress)
+        if not (binary_dir("crictl", CRI_TOOLS_VERSION) / "crictl").exists():
+            _timed(progress, f"crictl {CRI_TOOLS_VERSION}", _build_crictl, progress)
+        if not (binary_dir("coredns", COREDNS_VERSION) / "coredns").exists():
+            _timed(progress, f"coredns {COREDNS_VERSION}", _build_coredns, progress)
+        if not (_fakegpu_dir() / "fakegpu").exists():
+            _timed(progress, "the fake GPU device plugin", _build_fakegpu, progress)
+        if not (_pause_dir() / "pause").exists():
+            _timed(progress, "the pod sandbox's pause", _build_pause, progress)
+    kube_dir = binary_dir("kubernetes", KUBERNETES_VERSION)
+    return NodeBinaries(
+        kubelet=kube_dir / "kubelet",
+        kube_proxy=kube_dir / "kube-proxy",
+        containerd=containerd_dir / "containerd",
+        containerd_shim=containerd_dir / "containerd-shim-runc-v2",
+        ctr=containerd_dir / "ctr",
+        cni_dir=cni_dir,
+        crictl=binary_dir("crictl", CRI_TOOLS_VERSION) / "crictl",
+        coredns=binary_dir("coredns", COREDNS_VERSION) / "coredns",
+        fakegpu=_fakegpu_dir() / "fakegpu",
+        pause=_pause_dir() / "pause",
+        runc=Path(runc),
+    )
 
 
 @contextlib.contextmanager
@@ -243,30 +332,115 @@ def _build_kubernetes(progress: Progress) -> None:
     )
 
 
-def _go_install(name: str, package: str, version: str, progress: Progress) -> None:
-    """``go install package@version`` (modules without replace lines) into the cache."""
+def _go_install(
+    name: str,
+    packages: list[str],
+    version: str,
+    progress: Progress,
+    tags: str = "",
+) -> None:
+    """``go install package@version ...`` (one module without replace lines) into the cache
+    folder ``name-version``."""
     work = _build_dir(f"{name}-{version}")
+    flags = ["-trimpath", "-ldflags=-s -w", *([f"-tags={tags}"] if tags else [])]
     _go(
-        ["install", "-trimpath", "-ldflags=-s -w", f"{package}@{version}"],
+        ["install", *flags, *(f"{package}@{version}" for package in packages)],
         work,
         progress,
         env={"GOBIN": str(work), "GOFLAGS": ""},
     )
-    _install(work / name, binary_dir(name, version), (name,))
+    _install_all(work, binary_dir(name, version), [p.rsplit("/", 1)[1] for p in packages])
+
+
+def _install_all(work: Path, target_dir: Path, names: list[str]) -> None:
+    """Move several built binaries into their versioned folder atomically."""
+    staging = target_dir.with_name(target_dir.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name in names:
+        shutil.move(str(work / name), staging / name)
+    shutil.rmtree(target_dir, ignore_errors=True)
+    staging.rename(target_dir)
 
 
 def _build_kwok(progress: Progress) -> None:
-    _go_install("kwok", "sigs.k8s.io/kwok/cmd/kwok", KWOK_VERSION, progress)
+    _go_install("kwok", ["sigs.k8s.io/kwok/cmd/kwok"], KWOK_VERSION, progress)
 
 
 def _build_helm(progress: Progress) -> None:
-    _go_install("helm", "helm.sh/helm/v3/cmd/helm", HELM_VERSION, progress)
+    _go_install("helm", ["helm.sh/helm/v3/cmd/helm"], HELM_VERSION, progress)
 
 
 def _build_versitygw(progress: Progress) -> None:
     _go_install(
-        "versitygw", "github.com/versity/versitygw/cmd/versitygw", VERSITYGW_VERSION, progress
+        "versitygw", ["github.com/versity/versitygw/cmd/versitygw"], VERSITYGW_VERSION, progress
     )
+
+
+def _build_containerd(progress: Progress) -> None:
+    module = "github.com/containerd/containerd/v2/cmd"
+    _go_install(
+        "containerd",
+        [f"{module}/{name}" for name in CONTAINERD_COMMANDS],
+        CONTAINERD_VERSION,
+        progress,
+        # The node's snapshotter is overlayfs: leave out the ones that need C headers.
+        tags="no_btrfs,no_devmapper,no_zfs",
+    )
+
+
+def _build_cni_plugins(progress: Progress) -> None:
+    module = "github.com/containernetworking/plugins/plugins"
+    packages = {"bridge": "main", "host-local": "ipam", "loopback": "main", "portmap": "meta"}
+    _go_install(
+        "cni-plugins",
+        [f"{module}/{packages[name]}/{name}" for name in CNI_PLUGINS],
+        CNI_PLUGINS_VERSION,
+        progress,
+    )
+
+
+def _build_crictl(progress: Progress) -> None:
+    _go_install("crictl", ["sigs.k8s.io/cri-tools/cmd/crictl"], CRI_TOOLS_VERSION, progress)
+
+
+def _build_coredns(progress: Progress) -> None:
+    _go_install("coredns", ["github.com/coredns/coredns"], COREDNS_VERSION, progress)
+
+
+def _fakegpu_dir() -> Path:
+    return binary_dir("fakegpu", f"{KUBERNETES_VERSION}-{NODE_SOURCES_REVISION}")
+
+
+def _pause_dir() -> Path:
+    return binary_dir("pause", NODE_SOURCES_REVISION)
+
+
+def _build_pause(progress: Progress) -> None:
+    work = _build_dir(f"pause-{NODE_SOURCES_REVISION}")
+    shutil.copy(GO_SOURCES / "pause" / "main.go", work / "main.go")
+    (work / "go.mod").write_text("module gptoss.local/sandbox/pause\n\ngo 1.26.0\n")
+    # Static: it is the only file of its image.
+    _go(
+        ["build", "-trimpath", "-ldflags=-s -w", "-o", "pause", "."],
+        work,
+        progress,
+        env={"CGO_ENABLED": "0"},
+    )
+    _install(work / "pause", _pause_dir(), ("pause",))
+
+
+def _build_fakegpu(progress: Progress) -> None:
+    work = _build_dir(f"fakegpu-{KUBERNETES_VERSION}")
+    shutil.copy(GO_SOURCES / "fakegpu" / "main.go", work / "main.go")
+    (work / "go.mod").write_text(
+        "module gptoss.local/sandbox/fakegpu\n\ngo 1.26.0\n\nrequire (\n"
+        f"\tgoogle.golang.org/grpc {FAKEGPU_GRPC_VERSION}\n"
+        f"\tk8s.io/kubelet {staging_version(KUBERNETES_VERSION)}\n)\n"
+    )
+    _go(["mod", "tidy"], work, progress)
+    _go(["build", "-trimpath", "-ldflags=-s -w", "-o", "fakegpu", "."], work, progress)
+    _install(work / "fakegpu", _fakegpu_dir(), ("fakegpu",))
 
 
 def cache_size_bytes() -> int:
@@ -277,14 +451,20 @@ def cache_size_bytes() -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build the local control plane's binaries.")
     parser.add_argument("--print-dir", action="store_true", help="print the cache folder and exit")
+    parser.add_argument(
+        "--node", action="store_true", help="also the real node's (containerd, CNI, CoreDNS...)"
+    )
     args = parser.parse_args(argv)
     if args.print_dir:
         print(cache_root())
         return 0
     started = time.monotonic()
-    found = ensure_binaries(lambda line: print(line, flush=True))
+    progress: Progress = lambda line: print(line, flush=True)  # noqa: E731
+    built: dict[str, Path] = dict(vars(ensure_binaries(progress)))
+    if args.node:
+        built.update(vars(ensure_node_binaries(progress)))
     print(f"binaries ready in {time.monotonic() - started:.0f}s:")
-    for name, path in vars(found).items():
+    for name, path in built.items():
         print(f"  {name}: {path}")
     print(f"cache size: {cache_size_bytes() / 2**20:.0f} MiB")
     return 0

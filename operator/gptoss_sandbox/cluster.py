@@ -2,8 +2,11 @@
 
 etcd, kube-apiserver, kube-controller-manager and kube-scheduler run as real processes
 built from upstream Go modules; kwok plays the kubelet for fake nodes that advertise
-``nvidia.com/gpu``. Everything listens on free loopback ports, and every child process
-dies with its launcher (``PR_SET_PDEATHSIG``), so an interrupted run leaves nothing behind.
+``nvidia.com/gpu``. Optionally a real node joins them (``gptoss_sandbox.node``): a kubelet
+with containerd and runc that runs our images as pods. Without the real node everything
+listens on free loopback ports; with it, the apiserver also listens on the node's link.
+Every child process dies with its launcher (``PR_SET_PDEATHSIG``), and the real node's
+pods are removed when it stops (or when the next one starts, after a kill).
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ from typing import IO, Any
 
 import yaml
 
-from gptoss_sandbox import binaries
+from gptoss_sandbox import binaries, images
 from gptoss_sandbox.certs import CertificateAuthority, KeyPair, service_account_keys
+from gptoss_sandbox.node import HOST_IP, NODE_NAME, RealNode, gpus_ready, node_objects
 
 STAGES_FILE = Path(__file__).parent / "kwok" / "stages.yaml"
 SERVICE_CIDR = "10.96.0.0/16"
@@ -193,10 +197,15 @@ class LocalCluster:
         workdir: Path,
         nodes: list[FakeNodeSpec] | None = None,
         progress: Progress = _quiet,
+        real_node_gpus: int | None = None,
     ) -> None:
+        """``real_node_gpus``: start a real node too, advertising that many fake GPUs."""
         self.workdir = workdir.resolve()
         self.nodes = default_nodes() if nodes is None else nodes
         self.progress = progress
+        self.real_node_gpus = real_node_gpus
+        self.node: RealNode | None = None
+        self.node_components: list[Component] = []
         self.components: list[Component] = []
         self.kubeconfig = self.workdir / "kubeconfig"
         self.server = ""
@@ -209,26 +218,49 @@ class LocalCluster:
     def start(self, timeout: float = 120.0) -> LocalCluster:
         started = time.monotonic()
         bins = binaries.ensure_binaries(self.progress)
+        node_bins = None
+        if self.real_node_gpus is not None:
+            node_bins = binaries.ensure_node_binaries(self.progress)
+            self.pause_image = images.ensure_pause_image(node_bins.pause, self.progress)
         self.timings["binaries"] = time.monotonic() - started
         try:
-            self._start(bins, started + timeout)
+            self._start(bins, node_bins, started + timeout)
         except BaseException:
             self.stop()
             raise
         self.timings["total"] = time.monotonic() - started
         return self
 
-    def _start(self, bins: binaries.Binaries, deadline: float) -> None:
+    def _start(
+        self,
+        bins: binaries.Binaries,
+        node_bins: binaries.NodeBinaries | None,
+        deadline: float,
+    ) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         pki = self.workdir / "pki"
         ca = CertificateAuthority(pki)
         self._ca = ca.pair.cert
         api_port, etcd_port, peer_port = free_port(), free_port(), free_port()
         self.server = f"https://127.0.0.1:{api_port}"
+        if node_bins is not None:
+            self.node = RealNode(
+                self.workdir / "node",
+                node_bins,
+                ca,
+                lambda path, creds, user: self._write_kubeconfig(
+                    path, ca.pair.cert, creds, user, server=f"https://{HOST_IP}:{api_port}"
+                ),
+                SERVICE_CIDR,
+                self.real_node_gpus or 0,
+                self.pause_image.reference,
+            )
+            self.node.prepare()
         serving = ca.issue(
             "apiserver",
             "kube-apiserver",
             server_hosts=[
+                HOST_IP,
                 "127.0.0.1",
                 "localhost",
                 "10.96.0.1",
@@ -265,19 +297,16 @@ class LocalCluster:
                 str(bins.kube_apiserver),
                 f"--etcd-servers=http://127.0.0.1:{etcd_port}",
                 f"--secure-port={api_port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                *self._apiserver_network_args(ca),
                 f"--cert-dir={pki}",
                 f"--tls-cert-file={serving.cert}",
                 f"--tls-private-key-file={serving.key}",
                 f"--client-ca-file={ca.pair.cert}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
-                "--authorization-mode=RBAC",
                 "--allow-privileged=true",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={sa.cert}",
                 f"--service-account-signing-key-file={sa.key}",
-                "--endpoint-reconciler-type=none",
                 "--v=1",
             ],
         )
@@ -340,9 +369,55 @@ class LocalCluster:
             port = self._health_ports[component]
             self._wait(component, functools.partial(_https_ok, port, "/healthz"), deadline)
         self._wait("service accounts", self._default_service_account_exists, deadline)
+        if self.node is not None:
+            self._start_node(self.node, deadline)
+
+    def _apiserver_network_args(self, ca: CertificateAuthority) -> list[str]:
+        """Loopback only; with a real node, also its link, and it is the address the
+        ``kubernetes`` Service leads pods to (and the node is authorized as one)."""
+        if self.node is None:
+            return [
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                "--endpoint-reconciler-type=none",
+                "--authorization-mode=RBAC",
+            ]
+        kubelet_client = ca.issue(
+            "apiserver-kubelet-client",
+            "kube-apiserver-kubelet-client",
+            organization="system:masters",
+        )
+        return [
+            "--bind-address=0.0.0.0",
+            f"--advertise-address={HOST_IP}",
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
+            f"--kubelet-client-certificate={kubelet_client.cert}",
+            f"--kubelet-client-key={kubelet_client.key}",
+            "--kubelet-preferred-address-types=InternalIP",
+        ]
+
+    def _start_node(self, node: RealNode, deadline: float) -> None:
+        t0 = time.monotonic()
+        for document in node_objects(node.volumes):
+            self._create_object(document)
+
+        def node_ready() -> bool:
+            return gpus_ready(self.request("GET", f"/api/v1/nodes/{NODE_NAME}"), node.gpus)
+
+        for process in node.processes(node_ready):
+            self._spawn(process.name, process.argv, env=process.env, node=True)
+            self._wait(process.name, process.ready, deadline)
+            if process.name == "containerd":
+                node.remove_pods()
+                node.import_image(self.pause_image)
+        self.timings["node_ready"] = time.monotonic() - t0
 
     def stop(self) -> None:
-        """Stop every component, newest first (SIGTERM, then SIGKILL)."""
+        """Stop every component, newest first (SIGTERM, then SIGKILL); the real node's
+        pods go before its runtime does."""
+        if self.node is not None:
+            self._stop_node(self.node)
         for component in reversed(self.components):
             if component.process.poll() is None:
                 component.process.terminate()
@@ -354,6 +429,17 @@ class LocalCluster:
                 component.process.wait(timeout=10)
             component.log_file.close()
         self.components.clear()
+
+    def _stop_node(self, node: RealNode) -> None:
+        try:
+            for component in reversed(self.node_components):
+                if component.name == "containerd":
+                    node.remove_pods()
+                stop_process(component.process)
+                component.log_file.close()
+        finally:
+            self.node_components.clear()
+            node.teardown()
 
     def restart(self, name: str, down_seconds: float, timeout: float = 60.0) -> None:
         """Stop one component (SIGTERM), keep it down, start it again with the same
@@ -382,7 +468,9 @@ class LocalCluster:
         self.stop()
 
     # ------------------------------------------------------------------ helpers
-    def _spawn(self, name: str, args: list[str]) -> None:
+    def _spawn(
+        self, name: str, args: list[str], *, env: dict[str, str] | None = None, node: bool = False
+    ) -> None:
         log_path = self.workdir / "logs" / f"{name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_file = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -394,12 +482,14 @@ class LocalCluster:
             stdin=subprocess.DEVNULL,
             preexec_fn=_die_with_parent,
             cwd=self.workdir,
+            env={**os.environ, **(env or {})},
         )
-        self.components.append(Component(name, process, log_path, log_file, args))
+        component = Component(name, process, log_path, log_file, args)
+        (self.node_components if node else self.components).append(component)
 
     def _wait(self, what: str, check: Callable[[], bool], deadline: float) -> None:
         while True:
-            for component in self.components:
+            for component in [*self.components, *self.node_components]:
                 if component.process.poll() is not None:
                     raise ClusterError(
                         f"{component.name} exited with {component.process.returncode} while "
@@ -412,12 +502,18 @@ class LocalCluster:
             except Exception:
                 pass
             if time.monotonic() > deadline:
-                logs = "\n".join(f"--- {c.name}\n{c.log_tail(10)}" for c in self.components)
+                logs = "\n".join(
+                    f"--- {c.name}\n{c.log_tail(10)}"
+                    for c in [*self.components, *self.node_components]
+                )
                 raise ClusterError(f"timed out waiting for {what}\n{logs}")
             time.sleep(0.2)
 
-    def _write_kubeconfig(self, path: Path, ca: Path, creds: KeyPair, user: str) -> None:
-        path.write_text(yaml.safe_dump(kubeconfig_document(self.server, ca, creds, user)))
+    def _write_kubeconfig(
+        self, path: Path, ca: Path, creds: KeyPair, user: str, server: str | None = None
+    ) -> None:
+        document = kubeconfig_document(server or self.server, ca, creds, user)
+        path.write_text(yaml.safe_dump(document))
         path.chmod(0o600)
 
     def _ssl_context(self) -> ssl.SSLContext:
@@ -445,6 +541,16 @@ class LocalCluster:
         except urllib.error.HTTPError as error:
             if error.code != 409:
                 raise
+
+    def _create_object(self, document: dict[str, Any]) -> None:
+        """Create a built-in object from its manifest (the collection path from its kind)."""
+        group_version = document["apiVersion"]
+        prefix = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+        namespace = document["metadata"].get("namespace")
+        scope = f"/namespaces/{namespace}" if namespace else ""
+        kind = document["kind"].lower()
+        plural = kind + "es" if kind.endswith("s") else kind + "s"
+        self._create(f"{prefix}{scope}/{plural}", document)
 
     def _create_sandbox_objects(self) -> None:
         self._create(

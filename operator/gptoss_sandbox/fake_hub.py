@@ -15,7 +15,8 @@ client raises its usual exception classes.
 Knobs, settable at any time: ``required_token`` (every repo private), ``gated_repos``,
 ``bytes_per_second``, ``stall_after_bytes``, ``fail_after_bytes`` (with ``fail_with_reset``)
 and ``lfs_redirect``. Counters: ``bytes_served``, ``bytes_served_per_path`` and ``requests``.
-Only 127.0.0.1 is ever bound.
+It binds 127.0.0.1, or the one address of this machine it is given (``host``: the real
+node's link, where pods reach it through a Service).
 """
 
 from __future__ import annotations
@@ -162,23 +163,24 @@ def _parse_range(value: str, size: int) -> tuple[int, int] | None:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, hub: FakeHub, role: str) -> None:
+    def __init__(self, hub: FakeHub, role: str, host: str) -> None:
         self.hub = hub
         self.role = role
+        self.host = host
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
         self.idle = threading.Condition(self.connections_lock)
-        super().__init__((_HOST, 0), _Handler)
+        super().__init__((host, 0), _Handler)
 
     def server_bind(self) -> None:
         # Skip HTTPServer's reverse DNS lookup of the address.
         socketserver.TCPServer.server_bind(self)
-        self.server_name = _HOST
+        self.server_name = self.host
         self.server_port = int(self.server_address[1])
 
     @property
     def origin(self) -> str:
-        return f"http://{_HOST}:{self.server_port}"
+        return f"http://{self.host}:{self.server_port}"
 
     def drop_connections(self, timeout: float) -> None:
         """Cut every open connection and wait for their handlers to finish."""
@@ -546,7 +548,9 @@ class FakeHub:
         required_token: str | None = None,
         lfs_threshold: int = DEFAULT_LFS_THRESHOLD,
         lfs_redirect: bool = True,
+        host: str = _HOST,
     ) -> None:
+        self.host = host
         self.required_token = required_token
         self.gated_repos: set[str] = set()
         self.bytes_per_second = 0
@@ -573,11 +577,11 @@ class FakeHub:
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> FakeHub:
-        """Listen on two free ports of 127.0.0.1 (hub and CDN) and serve in threads."""
+        """Listen on two free ports of ``host`` (hub and CDN) and serve in threads."""
         if self._servers:
             raise RuntimeError("FakeHub is already running")
         self._stopping.clear()
-        self._servers = [_Server(self, "hub"), _Server(self, "cdn")]
+        self._servers = [_Server(self, "hub", self.host), _Server(self, "cdn", self.host)]
         for server in self._servers:
             thread = threading.Thread(
                 target=server.serve_forever,
@@ -615,7 +619,7 @@ class FakeHub:
 
     @property
     def url(self) -> str:
-        """The endpoint to give ``huggingface_hub`` (``http://127.0.0.1:PORT``)."""
+        """The endpoint to give ``huggingface_hub`` (``http://HOST:PORT``)."""
         return self._server("hub").origin
 
     @property

@@ -1,10 +1,11 @@
-// Command kube is a multi-call binary holding the Kubernetes control-plane
-// components the local sandbox runs: kube-apiserver, kube-controller-manager,
-// kube-scheduler and kubectl. The component is chosen by the name the binary
-// is invoked as (symlinks) or by the first argument.
+// Command kube is a multi-call binary holding the Kubernetes components the
+// local sandbox runs: kube-apiserver, kube-controller-manager, kube-scheduler,
+// kubectl, and the real node's kubelet and kube-proxy. The component is chosen
+// by the name the binary is invoked as (symlinks) or by the first argument.
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -21,7 +22,9 @@ import (
 	kubectlutil "k8s.io/kubectl/pkg/cmd/util"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	proxy "k8s.io/kubernetes/cmd/kube-proxy/app"
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 )
 
 var components = map[string]func() *cobra.Command{
@@ -29,6 +32,8 @@ var components = map[string]func() *cobra.Command{
 	"kube-controller-manager": func() *cobra.Command { return controllermanager.NewControllerManagerCommand() },
 	"kube-scheduler":          func() *cobra.Command { return scheduler.NewSchedulerCommand() },
 	"kubectl":                 func() *cobra.Command { return kubectl.NewDefaultKubectlCommand() },
+	"kubelet":                 func() *cobra.Command { return kubelet.NewKubeletCommand(context.Background()) },
+	"kube-proxy":              func() *cobra.Command { return proxy.NewProxyCommand() },
 }
 
 func main() {
@@ -39,7 +44,7 @@ func main() {
 	}
 	build, ok := components[name]
 	if !ok {
-		fmt.Fprintln(os.Stderr, "usage: kube {kube-apiserver|kube-controller-manager|kube-scheduler|kubectl} [flags]")
+		fmt.Fprintln(os.Stderr, "usage: kube {kube-apiserver|kube-controller-manager|kube-scheduler|kubectl|kubelet|kube-proxy} [flags]")
 		os.Exit(2)
 	}
 	if name == "kubectl" {

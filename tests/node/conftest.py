@@ -1,0 +1,218 @@
+"""Fixtures of the real node tier: the product as pods under a real kubelet.
+
+The session's cluster has one node, the real one (``gptoss_sandbox.node``): containerd and
+runc run our images, built here (``gptoss_sandbox.images``) and imported under the
+references the chart and the models use. The chart is installed with helm as a user would,
+and its operator pod serves every namespace. The namespaces enforce the restricted Pod
+Security level, so every pod of the tier is admitted under it.
+
+Only the GPUs are fake (a device plugin advertises them); vLLM is its CPU build.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from lightkube import Client, codecs
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Namespace, Pod
+from tests.cluster.chart_helpers import CHART, helm
+from tests.conftest import ClusterUnderTest
+from tests.support import wait_for
+
+from gptoss_sandbox import images
+from gptoss_sandbox.fake_hub import FakeHub
+from gptoss_sandbox.images import ImageArchive
+from gptoss_sandbox.node import HOST_IP, RealNode
+from gptoss_sandbox.real_engine import build_tiny_checkpoint
+
+RELEASE = "gptoss"
+OPERATOR_NAMESPACE = "gptoss-system"
+RESTRICTED = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
+TINY_REPO = "openai/gpt-oss-20b"
+
+
+@pytest.fixture(scope="session")
+def real_node(cluster: ClusterUnderTest) -> RealNode:
+    assert cluster.local is not None, "the node tier runs on the local cluster"
+    assert cluster.local.node is not None, "no real node"
+    return cluster.local.node
+
+
+@pytest.fixture(scope="session")
+def product_image(real_node: RealNode) -> ImageArchive:
+    image = images.ensure_product_image(print)
+    real_node.import_image(image)
+    return image
+
+
+@pytest.fixture(scope="session")
+def vllm_image(real_node: RealNode) -> ImageArchive:
+    image = images.ensure_vllm_image(print)
+    real_node.import_image(image)
+    return image
+
+
+def restricted_namespace(kube: Client, name: str) -> None:
+    kube.create(Namespace(metadata=ObjectMeta(name=name, labels=dict(RESTRICTED))))
+
+
+def pod_ready(pod: Pod) -> bool:
+    conditions = (pod.status.conditions if pod.status else None) or []
+    return any(c.type == "Ready" and c.status == "True" for c in conditions)
+
+
+@dataclass(frozen=True)
+class ChartRelease:
+    namespace: str
+    operator_pod: Pod
+    install_seconds: float
+
+
+@pytest.fixture(scope="session")
+def chart_release(
+    cluster: ClusterUnderTest,
+    kube: Client,
+    product_image: ImageArchive,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> ChartRelease:
+    """``helm install`` of the chart, unchanged, into a restricted namespace; returns once
+    the operator's pod is Ready."""
+    import time
+
+    restricted_namespace(kube, OPERATOR_NAMESPACE)
+    values = tmp_path_factory.mktemp("chart") / "values.yaml"
+    # Short resyncs keep the tier quick; everything else is the chart's default.
+    values.write_text(yaml.safe_dump({"resyncSeconds": 5}))
+    started = time.monotonic()
+    helm(
+        "install",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        OPERATOR_NAMESPACE,
+        "--values",
+        str(values),
+        kubeconfig=cluster.kubeconfig,
+    )
+
+    def operator_ready() -> Pod | None:
+        pods = kube.list(
+            Pod, namespace=OPERATOR_NAMESPACE, labels={"app.kubernetes.io/instance": RELEASE}
+        )
+        return next((pod for pod in pods if pod_ready(pod)), None)
+
+    pod = wait_for(operator_ready, timeout=300, interval=1, message="the operator pod Ready")
+    assert product_image.reference in {c.image for c in pod.spec.containers}
+    return ChartRelease(OPERATOR_NAMESPACE, pod, time.monotonic() - started)
+
+
+@pytest.fixture
+def node_namespace(kube: Client) -> Iterator[str]:
+    """A fresh namespace that enforces the restricted Pod Security level."""
+    name = f"n-{uuid.uuid4().hex[:10]}"
+    restricted_namespace(kube, name)
+    try:
+        yield name
+    finally:
+        kube.delete(Namespace, name)
+
+
+@dataclass(frozen=True)
+class HubService:
+    hub: FakeHub
+    endpoint: str  # the in-cluster URL, through a Service
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    folder = build_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "scripted", "scripted")
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.fixture(scope="session")
+def hub_service(
+    kube: Client, real_node: RealNode, tiny_checkpoint: dict[str, bytes]
+) -> Iterator[HubService]:
+    """A Hugging Face-compatible endpoint on this machine, reached by pods through a
+    Service without selector (``hub.kube-public.svc``) whose endpoint is the machine's end
+    of the node's link."""
+    del real_node
+    hub = FakeHub(host=HOST_IP).start()
+    hub.add_repo(TINY_REPO, tiny_checkpoint)
+    port = int(hub.url.rsplit(":", 1)[1])
+    for document in service_to_machine("hub", "kube-public", port):
+        kube.apply(codecs.from_dict(document), field_manager="gptoss-tests", force=True)
+    try:
+        yield HubService(hub, "http://hub.kube-public.svc.cluster.local")
+    finally:
+        hub.stop()
+
+
+def service_to_machine(name: str, namespace: str, port: int) -> list[dict[str, Any]]:
+    """A Service on port 80 whose one endpoint is ``HOST_IP:port`` (a server of the
+    test's, on this machine)."""
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"ports": [{"name": "http", "port": 80, "targetPort": port}]},
+        },
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": f"{name}-machine",
+                "namespace": namespace,
+                "labels": {"kubernetes.io/service-name": name},
+            },
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [HOST_IP], "conditions": {"ready": True}}],
+            "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+        },
+    ]
+
+
+def model_on_node(vllm_image: ImageArchive, endpoint: str) -> dict[str, Any]:
+    """A GptOssModel spec for the real node: the tiny checkpoint from ``endpoint``, on a
+    volume of the node, served by the vLLM CPU image with what a CPU needs."""
+    return {
+        "source": {"repo": TINY_REPO, "endpoint": endpoint},
+        "storage": {"size": "1Gi", "storageClassName": "node-local"},
+        "serving": {
+            "image": vllm_image.reference,
+            "gpuProfile": "Generic",
+            "maxModelLen": 4096,
+            "startupTimeoutSeconds": 900,
+            "extraArgs": ["--enforce-eager", "--dtype", "bfloat16"],
+            "env": [
+                {"name": "VLLM_TARGET_DEVICE", "value": "cpu"},
+                {"name": "VLLM_CPU_KVCACHE_SPACE", "value": "1"},
+                {"name": "VLLM_CPU_OMP_THREADS_BIND", "value": "0"},
+            ],
+            # One core: vLLM's engine busy-waits on its worker, and this machine has two.
+            "resources": {
+                "requests": {"cpu": "500m", "memory": "2Gi"},
+                "limits": {"cpu": "1", "memory": "8Gi"},
+            },
+        },
+        "sidecar": {"concurrency": 4},
+    }
+
+
+def log_of(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
