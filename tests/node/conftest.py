@@ -11,10 +11,11 @@ Only the GPUs are fake (a device plugin advertises them); vLLM is its CPU build.
 
 from __future__ import annotations
 
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,10 +24,12 @@ from lightkube import Client, codecs
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace, Pod
 from tests.cluster.chart_helpers import CHART, helm
+from tests.cluster.model_helpers import create_model, wait_for_phase
 from tests.conftest import ClusterUnderTest
 from tests.support import wait_for
 
-from gptoss_sandbox import images
+from gptoss_operator import naming
+from gptoss_sandbox import binaries, images
 from gptoss_sandbox.fake_hub import FakeHub
 from gptoss_sandbox.images import ImageArchive
 from gptoss_sandbox.node import HOST_IP, RealNode
@@ -39,6 +42,8 @@ RESTRICTED = {
     "pod-security.kubernetes.io/enforce-version": "latest",
 }
 TINY_REPO = "openai/gpt-oss-20b"
+MODEL = "tiny"
+SERVING = "serving"
 
 
 @pytest.fixture(scope="session")
@@ -87,8 +92,6 @@ def chart_release(
 ) -> ChartRelease:
     """``helm install`` of the chart, unchanged, into a restricted namespace; returns once
     the operator's pod is Ready."""
-    import time
-
     restricted_namespace(kube, OPERATOR_NAMESPACE)
     values = tmp_path_factory.mktemp("chart") / "values.yaml"
     # Short resyncs keep the tier quick; everything else is the chart's default.
@@ -214,5 +217,40 @@ def model_on_node(vllm_image: ImageArchive, endpoint: str) -> dict[str, Any]:
     }
 
 
-def log_of(path: Path) -> str:
-    return path.read_text(errors="replace") if path.exists() else ""
+def kubectl(cluster: ClusterUnderTest, *args: str) -> subprocess.CompletedProcess[str]:
+    tools = binaries.cached_binaries()
+    assert tools is not None
+    return subprocess.run(
+        [str(tools.kubectl), "--kubeconfig", str(cluster.kubeconfig), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+def server_pods(kube: Client) -> list[Pod]:
+    return list(kube.list(Pod, namespace=SERVING, labels=naming.server_selector(MODEL)))
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    pod: Pod
+    ready_seconds: float
+
+
+@pytest.fixture(scope="session")
+def served_model(
+    kube: Client, chart_release: ChartRelease, vllm_image: ImageArchive, hub_service: HubService
+) -> ServedModel:
+    """The tiny model in namespace ``SERVING`` (restricted), served on the real node by
+    the chart's operator: created, downloaded by its Job's pod, Ready."""
+    del chart_release
+    restricted_namespace(kube, SERVING)
+    started = time.monotonic()
+    create_model(kube, SERVING, MODEL, **model_on_node(vllm_image, hub_service.endpoint))
+    wait_for_phase(kube, SERVING, MODEL, "Ready", timeout=900)
+    ready = time.monotonic() - started
+    pods = server_pods(kube)
+    assert len(pods) == 1
+    return ServedModel(pods[0], ready)

@@ -7,77 +7,34 @@ from fieldRefs, termination messages) is applied by the kubelet and runc here, n
 
 from __future__ import annotations
 
-import subprocess
 import time
-from dataclasses import dataclass
 
 import pytest
 from lightkube import ApiError, Client, codecs
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import Pod
-from tests.cluster.model_helpers import create_model, wait_for_phase
 from tests.conftest import ClusterUnderTest
 from tests.node.conftest import (
+    MODEL,
+    SERVING,
     ChartRelease,
-    HubService,
-    model_on_node,
+    ServedModel,
+    kubectl,
     pod_ready,
-    restricted_namespace,
 )
 from tests.support import wait_for
 
 from gptoss_operator import naming
 from gptoss_operator.api.resources import InferenceJobResource
-from gptoss_sandbox import binaries
 from gptoss_sandbox.images import ImageArchive
 from gptoss_sandbox.node import NODE_NAME
 from gptoss_sandbox.tiny_gptoss import SCRIPTED_ANSWER
 
 pytestmark = [pytest.mark.cluster, pytest.mark.node]
 
-MODEL = "tiny"
-NAMESPACE = "serving"
 # Longer than the sidecar's liveness budget (6 failures 20 s apart): a probe the kubelet
 # cannot run restarts the container within it.
 STEADY_SECONDS = 180
-
-
-def kubectl(cluster: ClusterUnderTest, *args: str) -> subprocess.CompletedProcess[str]:
-    tools = binaries.cached_binaries()
-    assert tools is not None
-    return subprocess.run(
-        [str(tools.kubectl), "--kubeconfig", str(cluster.kubeconfig), *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-
-
-def server_pods(kube: Client) -> list[Pod]:
-    return list(kube.list(Pod, namespace=NAMESPACE, labels=naming.server_selector(MODEL)))
-
-
-@dataclass(frozen=True)
-class ServedModel:
-    pod: Pod
-    ready_seconds: float
-
-
-@pytest.fixture(scope="module")
-def served_model(
-    kube: Client, chart_release: ChartRelease, vllm_image: ImageArchive, hub_service: HubService
-) -> ServedModel:
-    """The tiny model, created in a restricted namespace and served on the real node."""
-    del chart_release
-    restricted_namespace(kube, NAMESPACE)
-    started = time.monotonic()
-    create_model(kube, NAMESPACE, MODEL, **model_on_node(vllm_image, hub_service.endpoint))
-    wait_for_phase(kube, NAMESPACE, MODEL, "Ready", timeout=900)
-    ready = time.monotonic() - started
-    pods = server_pods(kube)
-    assert len(pods) == 1
-    return ServedModel(pods[0], ready)
 
 
 def test_the_chart_installs_and_its_operator_runs_as_a_pod(
@@ -106,14 +63,14 @@ def test_a_model_downloads_in_a_job_pod_and_serves_from_two_containers(
     kube: Client, served_model: ServedModel
 ) -> None:
     # The download ran as a real pod of the Job, on the node, and exited 0.
-    job = next(iter(kube.list(Job, namespace=NAMESPACE, labels={naming.MODEL_LABEL: MODEL})))
+    job = next(iter(kube.list(Job, namespace=SERVING, labels={naming.MODEL_LABEL: MODEL})))
     assert job.status.succeeded == 1
-    (download_pod,) = kube.list(Pod, namespace=NAMESPACE, labels={"job-name": job.metadata.name})
+    (download_pod,) = kube.list(Pod, namespace=SERVING, labels={"job-name": job.metadata.name})
     assert download_pod.spec.nodeName == NODE_NAME
     (terminated,) = download_pod.status.containerStatuses
     assert terminated.state.terminated.exitCode == 0
     # vLLM and the sidecar, both Ready, in one pod on the node.
-    pod = kube.get(Pod, served_model.pod.metadata.name, namespace=NAMESPACE)
+    pod = kube.get(Pod, served_model.pod.metadata.name, namespace=SERVING)
     assert pod.spec.nodeName == NODE_NAME
     assert pod_ready(pod)
     statuses = {s.name: s for s in pod.status.containerStatuses}
@@ -130,7 +87,7 @@ def test_the_model_pod_runs_steadily_without_restarts(
     name = served_model.pod.metadata.name
     deadline = time.monotonic() + STEADY_SECONDS
     while time.monotonic() < deadline:
-        pod = kube.get(Pod, name, namespace=NAMESPACE)
+        pod = kube.get(Pod, name, namespace=SERVING)
         restarts = {s.name: s.restartCount for s in pod.status.containerStatuses}
         assert restarts == {"vllm": 0, "sidecar": 0}, restarts
         assert pod_ready(pod)
@@ -144,7 +101,7 @@ def test_a_job_is_answered_by_the_sidecar_container(
         {
             "apiVersion": "gptoss.ai/v1alpha1",
             "kind": "InferenceJob",
-            "metadata": {"name": "hello", "namespace": NAMESPACE},
+            "metadata": {"name": "hello", "namespace": SERVING},
             "spec": {
                 "modelRef": {"name": MODEL},
                 "messages": [{"role": "user", "content": "Say hello."}],
@@ -155,7 +112,7 @@ def test_a_job_is_answered_by_the_sidecar_container(
     kube.create(job)
 
     def finished() -> dict[str, object] | None:
-        status = kube.get(InferenceJobResource, "hello", namespace=NAMESPACE).to_dict()
+        status = kube.get(InferenceJobResource, "hello", namespace=SERVING).to_dict()
         current = status.get("status") or {}
         return current if current.get("phase") in ("Succeeded", "Failed") else None
 
@@ -174,7 +131,7 @@ def test_the_restricted_level_is_enforced_where_everything_ran(
         {
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": {"name": "privileged", "namespace": NAMESPACE},
+            "metadata": {"name": "privileged", "namespace": SERVING},
             "spec": {
                 "containers": [
                     {
