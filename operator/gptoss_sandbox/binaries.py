@@ -16,7 +16,8 @@ The real node (``gptoss_sandbox.node``) runs the kubelet and kube-proxy above an
 - the CNI plugins bridge, host-local, loopback and portmap
   (``github.com/containernetworking/plugins``);
 - ``crictl`` (``sigs.k8s.io/cri-tools``), the CRI client;
-- ``coredns`` (``github.com/coredns/coredns``), the cluster's DNS;
+- ``coredns``: CoreDNS (``github.com/coredns/coredns``) with the five plugins the
+  cluster's DNS uses (``gosrc/coredns``);
 - ``fakegpu``: a device plugin of our own (``gosrc/fakegpu``) that advertises GPUs the
   machine does not have, so GPU pods schedule onto the real node;
 - ``pause``: the pod sandbox's process (``gosrc/pause``), the one file of the node's
@@ -54,7 +55,8 @@ COREDNS_VERSION = "v1.15.0"
 # The fake GPU device plugin speaks the kubelet's device plugin API at our Kubernetes
 # version, over the gRPC release that API's module asks for.
 FAKEGPU_GRPC_VERSION = "v1.82.1"
-# Bump when gosrc/fakegpu or gosrc/pause change, so the cache builds them again.
+# Bump when gosrc/fakegpu, gosrc/pause or gosrc/coredns change, so the cache builds them
+# again.
 NODE_SOURCES_REVISION = "1"
 
 KUBE_COMPONENTS = (
@@ -170,7 +172,7 @@ def ensure_node_binaries(progress: Progress = print) -> NodeBinaries:
             _timed(progress, f"CNI plugins {CNI_PLUGINS_VERSION}", _build_cni_plugins, progress)
         if not (binary_dir("crictl", CRI_TOOLS_VERSION) / "crictl").exists():
             _timed(progress, f"crictl {CRI_TOOLS_VERSION}", _build_crictl, progress)
-        if not (binary_dir("coredns", COREDNS_VERSION) / "coredns").exists():
+        if not (_coredns_dir() / "coredns").exists():
             _timed(progress, f"coredns {COREDNS_VERSION}", _build_coredns, progress)
         if not (_fakegpu_dir() / "fakegpu").exists():
             _timed(progress, "the fake GPU device plugin", _build_fakegpu, progress)
@@ -185,7 +187,7 @@ def ensure_node_binaries(progress: Progress = print) -> NodeBinaries:
         ctr=containerd_dir / "ctr",
         cni_dir=cni_dir,
         crictl=binary_dir("crictl", CRI_TOOLS_VERSION) / "crictl",
-        coredns=binary_dir("coredns", COREDNS_VERSION) / "coredns",
+        coredns=_coredns_dir() / "coredns",
         fakegpu=_fakegpu_dir() / "fakegpu",
         pause=_pause_dir() / "pause",
         runc=Path(runc),
@@ -405,7 +407,19 @@ def _build_crictl(progress: Progress) -> None:
 
 
 def _build_coredns(progress: Progress) -> None:
-    _go_install("coredns", ["github.com/coredns/coredns"], COREDNS_VERSION, progress)
+    work = _build_dir(f"coredns-{COREDNS_VERSION}")
+    shutil.copy(GO_SOURCES / "coredns" / "main.go", work / "main.go")
+    (work / "go.mod").write_text(
+        "module gptoss.local/sandbox/coredns\n\ngo 1.26.0\n\n"
+        f"require github.com/coredns/coredns {COREDNS_VERSION}\n"
+    )
+    _go(["mod", "tidy"], work, progress)
+    _go(["build", "-trimpath", "-ldflags=-s -w", "-o", "coredns", "."], work, progress)
+    _install(work / "coredns", _coredns_dir(), ("coredns",))
+
+
+def _coredns_dir() -> Path:
+    return binary_dir("coredns", f"{COREDNS_VERSION}-{NODE_SOURCES_REVISION}")
 
 
 def _fakegpu_dir() -> Path:

@@ -1,15 +1,16 @@
 """`make demo`: gptoss-operator end to end on a laptop, with no cluster and no GPU.
 
-Starts the local control plane (real etcd, kube-apiserver, controller-manager, scheduler;
-kwok plays the kubelet of two fake 8-GPU nodes), installs the CRDs, runs the operator,
-applies ``examples/gptossmodel-120b.yaml`` and an InferenceJob, and prints the answer.
+By default (``gptoss_sandbox.node_demo``) a real node joins the local control plane and
+the chart is installed for real: the operator, the download Job and the vLLM pod with its
+sidecar all run as pods of our own images, and an InferenceJob, ``gptoss ask`` and an
+InferenceBatch are answered.
 
-What is not the real thing, and the output says so: kwok completes the download Job's pod
-instead of downloading ~65 GB, and the weights are a tiny scripted gpt-oss checkpoint built
-on the spot (2 layers; it answers every question with one fixed harmony reply). The engine
-is real: vLLM (its CPU build, the release the operator deploys) runs with the arguments of
-the Deployment the operator created, and the sidecar talks to it. ``--engine standin``
-swaps vLLM for the test stand-in of its API (canned answers; starts in a second).
+The fast paths (this module) use kwok's fake nodes instead, with the product's processes
+run on this machine: ``--kwok`` with real vLLM (its CPU build) on the Deployment's
+arguments, ``--engine standin`` with the test stand-in of vLLM's API (canned answers;
+starts in a second). There kwok completes the download Job's pod instead of downloading,
+and the weights are a tiny scripted gpt-oss checkpoint built on the spot (2 layers; it
+answers every question with one fixed harmony reply).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import yaml
 from lightkube import Client, KubeConfig, codecs
@@ -38,6 +39,9 @@ from gptoss_sandbox.cluster import LocalCluster, free_port
 from gptoss_sandbox.real_engine import VllmServer, build_tiny_checkpoint
 from gptoss_sandbox.standin_engine import StandinEngine
 from gptoss_sandbox.tiny_gptoss import SCRIPTED_ANSWER
+
+if TYPE_CHECKING:
+    from gptoss_sandbox.node_demo import NodeDemo
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO_ROOT / "examples"
@@ -337,7 +341,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=("vllm", "standin"),
         default="vllm",
         help="vllm (default): real vLLM, CPU build, on a tiny scripted checkpoint; standin: "
-        "the test stand-in of vLLM's API, for speed",
+        "the test stand-in of vLLM's API on kwok's nodes, for speed",
+    )
+    parser.add_argument(
+        "--kwok",
+        action="store_true",
+        help="kwok's fake nodes and the product as processes here, instead of the real node",
     )
     parser.add_argument(
         "--keep",
@@ -348,7 +357,13 @@ def main(argv: list[str] | None = None) -> int:
     import shutil
 
     shutil.rmtree(args.dir, ignore_errors=True)
-    demo = Demo(args.dir, args.engine)
+    demo: Demo | NodeDemo
+    if args.kwok or args.engine == "standin":
+        demo = Demo(args.dir, args.engine)
+    else:
+        from gptoss_sandbox.node_demo import NodeDemo
+
+        demo = NodeDemo(args.dir)
     try:
         code = demo.run()
         if args.keep and demo.cluster is not None:

@@ -651,3 +651,57 @@ def gpus_ready(node: dict[str, Any], gpus: int) -> bool:
         c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", [])
     )
     return ready and str(status.get("allocatable", {}).get(GPU_RESOURCE, "0")) == str(gpus)
+
+
+def service_to_machine(name: str, namespace: str, port: int) -> list[dict[str, Any]]:
+    """A Service (port 80) without selector whose one endpoint is ``HOST_IP:port``: pods
+    reach a server running on this machine (a hub, an S3 server) by the Service's name."""
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"ports": [{"name": "http", "port": 80, "targetPort": port}]},
+        },
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": f"{name}-machine",
+                "namespace": namespace,
+                "labels": {"kubernetes.io/service-name": name},
+            },
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [HOST_IP], "conditions": {"ready": True}}],
+            "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+        },
+    ]
+
+
+def model_spec(vllm_image: str, repo: str, endpoint: str) -> dict[str, Any]:
+    """A GptOssModel spec for the real node: ``repo`` from ``endpoint`` onto one of the
+    node's volumes, served by the vLLM CPU image with what a CPU needs (eager mode, the
+    checkpoint's dtype, a KV cache in host memory, one core). Only user fields: the
+    operator renders its Deployment as for any GPU node."""
+    return {
+        "source": {"repo": repo, "endpoint": endpoint},
+        "storage": {"size": "1Gi", "storageClassName": NODE_STORAGE_CLASS},
+        "serving": {
+            "image": vllm_image,
+            "gpuProfile": "Generic",
+            "maxModelLen": 4096,
+            "startupTimeoutSeconds": 900,
+            "extraArgs": ["--enforce-eager", "--dtype", "bfloat16"],
+            "env": [
+                {"name": "VLLM_TARGET_DEVICE", "value": "cpu"},
+                {"name": "VLLM_CPU_KVCACHE_SPACE", "value": "1"},
+                {"name": "VLLM_CPU_OMP_THREADS_BIND", "value": "0"},
+            ],
+            # One core: vLLM's engine busy-waits on its worker, and this machine has two.
+            "resources": {
+                "requests": {"cpu": "500m", "memory": "2Gi"},
+                "limits": {"cpu": "1", "memory": "8Gi"},
+            },
+        },
+        "sidecar": {"concurrency": 4},
+    }

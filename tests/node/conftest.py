@@ -16,7 +16,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 import yaml
@@ -29,7 +28,7 @@ from tests.conftest import ClusterUnderTest
 from tests.support import wait_for
 
 from gptoss_operator import naming
-from gptoss_sandbox import binaries, images
+from gptoss_sandbox import binaries, images, node
 from gptoss_sandbox.fake_hub import FakeHub
 from gptoss_sandbox.images import ImageArchive
 from gptoss_sandbox.node import HOST_IP, RealNode
@@ -157,64 +156,12 @@ def hub_service(
     hub = FakeHub(host=HOST_IP).start()
     hub.add_repo(TINY_REPO, tiny_checkpoint)
     port = int(hub.url.rsplit(":", 1)[1])
-    for document in service_to_machine("hub", "kube-public", port):
+    for document in node.service_to_machine("hub", "kube-public", port):
         kube.apply(codecs.from_dict(document), field_manager="gptoss-tests", force=True)
     try:
         yield HubService(hub, "http://hub.kube-public.svc.cluster.local")
     finally:
         hub.stop()
-
-
-def service_to_machine(name: str, namespace: str, port: int) -> list[dict[str, Any]]:
-    """A Service on port 80 whose one endpoint is ``HOST_IP:port`` (a server of the
-    test's, on this machine)."""
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"ports": [{"name": "http", "port": 80, "targetPort": port}]},
-        },
-        {
-            "apiVersion": "discovery.k8s.io/v1",
-            "kind": "EndpointSlice",
-            "metadata": {
-                "name": f"{name}-machine",
-                "namespace": namespace,
-                "labels": {"kubernetes.io/service-name": name},
-            },
-            "addressType": "IPv4",
-            "endpoints": [{"addresses": [HOST_IP], "conditions": {"ready": True}}],
-            "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
-        },
-    ]
-
-
-def model_on_node(vllm_image: ImageArchive, endpoint: str) -> dict[str, Any]:
-    """A GptOssModel spec for the real node: the tiny checkpoint from ``endpoint``, on a
-    volume of the node, served by the vLLM CPU image with what a CPU needs."""
-    return {
-        "source": {"repo": TINY_REPO, "endpoint": endpoint},
-        "storage": {"size": "1Gi", "storageClassName": "node-local"},
-        "serving": {
-            "image": vllm_image.reference,
-            "gpuProfile": "Generic",
-            "maxModelLen": 4096,
-            "startupTimeoutSeconds": 900,
-            "extraArgs": ["--enforce-eager", "--dtype", "bfloat16"],
-            "env": [
-                {"name": "VLLM_TARGET_DEVICE", "value": "cpu"},
-                {"name": "VLLM_CPU_KVCACHE_SPACE", "value": "1"},
-                {"name": "VLLM_CPU_OMP_THREADS_BIND", "value": "0"},
-            ],
-            # One core: vLLM's engine busy-waits on its worker, and this machine has two.
-            "resources": {
-                "requests": {"cpu": "500m", "memory": "2Gi"},
-                "limits": {"cpu": "1", "memory": "8Gi"},
-            },
-        },
-        "sidecar": {"concurrency": 4},
-    }
 
 
 def kubectl(cluster: ClusterUnderTest, *args: str) -> subprocess.CompletedProcess[str]:
@@ -248,7 +195,12 @@ def served_model(
     del chart_release
     restricted_namespace(kube, SERVING)
     started = time.monotonic()
-    create_model(kube, SERVING, MODEL, **model_on_node(vllm_image, hub_service.endpoint))
+    create_model(
+        kube,
+        SERVING,
+        MODEL,
+        **node.model_spec(vllm_image.reference, TINY_REPO, hub_service.endpoint),
+    )
     wait_for_phase(kube, SERVING, MODEL, "Ready", timeout=900)
     ready = time.monotonic() - started
     pods = server_pods(kube)

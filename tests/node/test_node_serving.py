@@ -12,7 +12,7 @@ import time
 import pytest
 from lightkube import ApiError, Client, codecs
 from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import Pod
+from lightkube.resources.core_v1 import Event, Pod
 from tests.conftest import ClusterUnderTest
 from tests.node.conftest import (
     MODEL,
@@ -80,10 +80,12 @@ def test_a_model_downloads_in_a_job_pod_and_serves_from_two_containers(
     assert pod.spec.containers[0].resources.limits["nvidia.com/gpu"] == "1"
 
 
-def test_the_model_pod_runs_steadily_without_restarts(
+def test_the_model_pod_runs_steadily_without_restarts_and_its_probes_run(
     kube: Client, served_model: ServedModel
 ) -> None:
-    """Both containers stay Ready with no restart for longer than the liveness budget."""
+    """Both containers stay Ready with no restart for longer than the liveness budget, and
+    the kubelet can run every probe: one it cannot resolve (a port name the container
+    does not have) is thrown away with a Warning, so it would never restart anything."""
     name = served_model.pod.metadata.name
     deadline = time.monotonic() + STEADY_SECONDS
     while time.monotonic() < deadline:
@@ -92,6 +94,12 @@ def test_the_model_pod_runs_steadily_without_restarts(
         assert restarts == {"vllm": 0, "sidecar": 0}, restarts
         assert pod_ready(pod)
         time.sleep(5)
+    errored = [
+        event.message
+        for event in kube.list(Event, namespace=SERVING, fields={"involvedObject.name": name})
+        if "probe errored" in (event.message or "")
+    ]
+    assert not errored, errored
 
 
 def test_a_job_is_answered_by_the_sidecar_container(
