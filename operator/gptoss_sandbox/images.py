@@ -408,6 +408,7 @@ def _build_and_archive(
     build_args: dict[str, str],
     bud_options: Sequence[str],
     checks: Sequence[tuple[Sequence[str], str]],
+    keep_in_storage: bool = True,
 ) -> ImageArchive:
     """The image's archive for ``input_hash``; when missing, build the image on the base,
     run its ``checks`` (argv, text its output must hold) in it, then archive it."""
@@ -425,6 +426,8 @@ def _build_and_archive(
         if expected not in output:
             raise ImageBuildError(f"{shlex.join(argv)} in {reference} printed:\n{output[-4000:]}")
     _export(reference, archive, progress)
+    if not keep_in_storage:
+        _run(["buildah", "rmi", reference], progress)
     _replace_stale(archive, name)
     size = archive.stat().st_size / 2**20
     progress(f"built {reference} in {time.monotonic() - started:.0f}s: {archive} ({size:.0f} MiB)")
@@ -462,6 +465,8 @@ def ensure_vllm_image(progress: Progress = print) -> ImageArchive:
             build_args={"VENV_ORIGIN": str(engine.root)},
             bud_options=[],
             checks=[(["vllm", "--version"], VLLM_VERSION)],
+            # Its 6 GB stay in the archive only: a rebuild copies the venv again.
+            keep_in_storage=False,
         )
 
 

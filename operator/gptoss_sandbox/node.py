@@ -477,7 +477,9 @@ class RealNode:
         label = f"{INPUT_HASH_LABEL}={image.input_hash}"
         if label in self.ctr(["images", "ls", f"name=={image.reference}"], check=False):
             return False
-        self.ctr(["images", "import", str(image.path)])
+        # The unpacked snapshot is what pods run; the layers' copy in the content store
+        # would double the vLLM image's 6 GB on disk.
+        self.ctr(["images", "import", "--discard-unpacked-layers", str(image.path)])
         self.ctr(["images", "label", image.reference, label])
         return True
 

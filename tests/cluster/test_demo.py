@@ -33,8 +33,29 @@ def _demo(tmp_path: Path, *args: str) -> str:
 
 
 @pytest.mark.engine
-def test_demo_answers_with_real_vllm_by_default(tmp_path: Path) -> None:
+def test_demo_installs_the_chart_on_a_real_node_and_answers_from_the_models_pod(
+    tmp_path: Path,
+) -> None:
     output = _demo(tmp_path)
+    assert "helm install gptoss-operator charts/gptoss-operator" in output
+    assert "a FAKE device plugin advertises 4 nvidia.com/gpu" in output
+    assert "STAND-IN for huggingface.co" in output
+    # kubectl get pods -o wide: the operator's pod and the model's on the real node.
+    operator_row = next(line for line in output.splitlines() if "gptoss-operator-" in line)
+    assert operator_row.split()[1:3] == ["1/1", "Running"]
+    assert "gptoss-node" in operator_row
+    server_row = next(line for line in output.splitlines() if "pod/gpt-oss-120b-vllm-" in line)
+    assert server_row.split()[1:3] == ["2/2", "Running"]
+    download_row = next(line for line in output.splitlines() if "pod/gpt-oss-120b-dl-" in line)
+    assert download_row.split()[2] == "Completed"
+    assert f"response: {SCRIPTED_ANSWER}" in output
+    assert output.count(SCRIPTED_ANSWER) >= 4  # the note, the job, gptoss ask, the batch
+    assert "8 answers in" in output
+
+
+@pytest.mark.engine
+def test_demo_on_kwok_runs_real_vllm_with_the_deployments_arguments(tmp_path: Path) -> None:
+    output = _demo(tmp_path, "--kwok")
     assert "Starting REAL vLLM with the arguments of the Deployment" in output
     assert "It is NOT gpt-oss-120b" in output
     assert "vllm serve /data/served/" in output
