@@ -479,7 +479,7 @@ class RealNode:
             return False
         # The unpacked snapshot is what pods run; the layers' copy in the content store
         # would double the vLLM image's 6 GB on disk.
-        self.ctr(["images", "import", "--discard-unpacked-layers", str(image.path)])
+        self.ctr(["images", "import", "--local", "--discard-unpacked-layers", str(image.path)])
         self.ctr(["images", "label", image.reference, label])
         return True
 

@@ -41,12 +41,13 @@ def test_demo_installs_the_chart_on_a_real_node_and_answers_from_the_models_pod(
     assert "a FAKE device plugin advertises 4 nvidia.com/gpu" in output
     assert "STAND-IN for huggingface.co" in output
     # kubectl get pods -o wide: the operator's pod and the model's on the real node.
-    operator_row = next(line for line in output.splitlines() if "gptoss-operator-" in line)
+    lines = output.splitlines()
+    operator_row = next(line for line in lines if line.startswith("gptoss-operator-"))
     assert operator_row.split()[1:3] == ["1/1", "Running"]
     assert "gptoss-node" in operator_row
-    server_row = next(line for line in output.splitlines() if "pod/gpt-oss-120b-vllm-" in line)
+    server_row = next(line for line in lines if line.startswith("pod/gpt-oss-120b-vllm-"))
     assert server_row.split()[1:3] == ["2/2", "Running"]
-    download_row = next(line for line in output.splitlines() if "pod/gpt-oss-120b-dl-" in line)
+    download_row = next(line for line in lines if line.startswith("pod/gpt-oss-120b-dl-"))
     assert download_row.split()[2] == "Completed"
     assert f"response: {SCRIPTED_ANSWER}" in output
     assert output.count(SCRIPTED_ANSWER) >= 4  # the note, the job, gptoss ask, the batch

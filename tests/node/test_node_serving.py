@@ -60,7 +60,7 @@ def test_the_chart_installs_and_its_operator_runs_as_a_pod(
 
 
 def test_a_model_downloads_in_a_job_pod_and_serves_from_two_containers(
-    kube: Client, served_model: ServedModel
+    kube: Client, cluster: ClusterUnderTest, served_model: ServedModel
 ) -> None:
     # The download ran as a real pod of the Job, on the node, and exited 0.
     job = next(iter(kube.list(Job, namespace=SERVING, labels={naming.MODEL_LABEL: MODEL})))
@@ -76,8 +76,16 @@ def test_a_model_downloads_in_a_job_pod_and_serves_from_two_containers(
     statuses = {s.name: s for s in pod.status.containerStatuses}
     assert set(statuses) == {"vllm", "sidecar"}
     assert all(s.ready for s in statuses.values())
-    # The device plugin's fake GPU reached the engine container's environment.
+    # The device plugin's fake GPU was allocated to the engine container.
     assert pod.spec.containers[0].resources.limits["nvidia.com/gpu"] == "1"
+    # runc mounted both root filesystems read-only, as the restricted spec asks.
+    for container in ("vllm", "sidecar"):
+        write = kubectl(
+            cluster, "exec", "-n", SERVING, pod.metadata.name, "-c", container, "--",
+            "sh", "-c", "touch /probe",
+        )  # fmt: skip
+        assert write.returncode != 0, container
+        assert "Read-only file system" in write.stderr, (container, write.stderr)
 
 
 def test_the_model_pod_runs_steadily_without_restarts_and_its_probes_run(
