@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CLUSTER_DIR ?= .cluster
 
-.PHONY: docs bench demo kubectl-path help setup binaries node-binaries engine images cluster cluster-down test test-node test-faults test-unit lint format typecheck crds check-crds demo clean
+.PHONY: docs bench demo kubectl-path help setup system-packages prerequisites binaries node-binaries engine images cluster cluster-down test test-node test-faults test-unit lint format typecheck crds check-crds demo clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -35,14 +35,29 @@ cluster: binaries ## Start the local control plane with fake GPU nodes (.cluster
 cluster-down: ## Stop the local control plane
 	@if [ -x $(BIN)/python ]; then $(BIN)/python -m gptoss_sandbox.cluster down --dir $(CLUSTER_DIR); fi
 
-demo: binaries engine ## Run the whole product locally: control plane, operator, a model, a job (stand-in engine)
+# The real node's parts that come from Debian: runc (containerd's runtime), iptables and
+# conntrack (kube-proxy), buildah and mmdebstrap (images built here), curl (health checks).
+SYSTEM_PACKAGES := runc iptables conntrack buildah mmdebstrap curl
+
+system-packages: ## Install the real node's Debian packages when missing (root, apt-get)
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "apt-get install$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# The Go builds (CPU) and the engine venv then the images (network, disk) run side by side.
+prerequisites: setup system-packages
+	$(MAKE) -j2 node-binaries images
+
+demo: prerequisites ## Run the product locally as pods: the chart, a model, jobs and a batch on a real node
 	$(BIN)/python -m gptoss_sandbox.demo $(DEMO_ARGS)
 
-test: node-binaries engine ## Run every test (unit, real control plane, real vLLM, then the real node tier)
+test: prerequisites ## Run every test (unit, real control plane, real vLLM, then the real node tier)
 	$(BIN)/python -m pytest -m "not node"
 	$(BIN)/python -m pytest -m node
 
-test-node: node-binaries engine ## Run the real node tier alone (chart, operator, model and jobs as pods)
+test-node: prerequisites ## Run the real node tier alone (chart, operator, model and jobs as pods)
 	$(BIN)/python -m pytest -m node
 
 test-faults: binaries engine ## Run the fault suite alone (it is part of make test too)
