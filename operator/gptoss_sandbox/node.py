@@ -52,6 +52,9 @@ POD_CIDR = "10.245.0.0/24"
 CLUSTER_DNS_IP = "10.96.0.10"
 CLUSTER_DOMAIN = "cluster.local"
 RUN_DIR = Path("/run/gptoss-node")
+# The kubelet's root: a short path, because the kubelet makes unix sockets in it (at most
+# 107 bytes long), and it is the node's own (emptied when a node starts or stops).
+KUBELET_DIR = Path("/var/lib/gptoss-node/kubelet")
 # The kubelet serves device plugins here whatever its --root-dir (the API fixes the path).
 DEVICE_PLUGIN_DIR = Path("/var/lib/kubelet/device-plugins")
 CONTAINERD_SOCKET = RUN_DIR / "containerd.sock"
@@ -200,7 +203,7 @@ class RealNode:
         self.network = NodeNetwork(service_cidr)
         self.gpus = gpus
         self.pause_image = pause_image
-        self.kubelet_dir = workdir / "kubelet"
+        self.kubelet_dir = KUBELET_DIR
         self.volumes = [workdir / "volumes" / f"pv-{i:02d}" for i in range(VOLUME_COUNT)]
         self.lock = NodeLock()
 
@@ -501,22 +504,28 @@ class RealNode:
                     os.kill(int(proc.name), 9)
         self.unmount()
         self.network.down()
-        # Addresses handed to pods that are gone (CNI could not release them).
+        # Addresses handed to pods that are gone (CNI could not release them), and the
+        # pods' folders.
         shutil.rmtree(RUN_DIR / "ipam", ignore_errors=True)
+        self._remove_unmounted(self.kubelet_dir)
 
     def unmount(self) -> None:
         """Unmount what the kubelet and containerd mounted under their folders."""
-        prefixes = (str(self.kubelet_dir), str(RUN_DIR))
         for _ in range(3):
-            mounts = [
-                line.split()[1]
-                for line in Path("/proc/self/mounts").read_text().splitlines()
-                if line.split()[1].startswith(prefixes)
-            ]
+            mounts = _mounts_under(self.kubelet_dir, RUN_DIR)
             if not mounts:
                 return
             for target in sorted(mounts, key=len, reverse=True):
                 _run(["umount", "-l", target], check=False)
+
+    @staticmethod
+    def _remove_unmounted(folder: Path) -> None:
+        """Remove ``folder``, but never through a mount (a volume bound into a pod's
+        folder would be emptied with it)."""
+        left = _mounts_under(folder)
+        if left:
+            raise RuntimeError(f"{folder} still has mounts, not removed: {left[:5]}")
+        shutil.rmtree(folder, ignore_errors=True)
 
     def teardown(self) -> None:
         """After the processes stopped: mounts and network go, the machine's slot is free."""
@@ -524,6 +533,15 @@ class RealNode:
             self.clean_leftovers()
         finally:
             self.lock.release()
+
+
+def _mounts_under(*folders: Path) -> list[str]:
+    prefixes = tuple(str(folder) for folder in folders)
+    return [
+        line.split()[1]
+        for line in Path("/proc/self/mounts").read_text().splitlines()
+        if line.split()[1].startswith(prefixes)
+    ]
 
 
 def _http_ok(url: str, *, in_node: bool) -> bool:
