@@ -406,16 +406,24 @@ def _build_crictl(progress: Progress) -> None:
     _go_install("crictl", ["sigs.k8s.io/cri-tools/cmd/crictl"], CRI_TOOLS_VERSION, progress)
 
 
-def _build_coredns(progress: Progress) -> None:
-    work = _build_dir(f"coredns-{COREDNS_VERSION}")
-    shutil.copy(GO_SOURCES / "coredns" / "main.go", work / "main.go")
-    (work / "go.mod").write_text(
-        "module gptoss.local/sandbox/coredns\n\ngo 1.26.0\n\n"
-        f"require github.com/coredns/coredns {COREDNS_VERSION}\n"
-    )
-    _go(["mod", "tidy"], work, progress)
-    _go(["build", "-trimpath", "-ldflags=-s -w", "-o", "coredns", "."], work, progress)
-    _install(work / "coredns", _coredns_dir(), ("coredns",))
+def _build_main(
+    name: str,
+    target_dir: Path,
+    requires: dict[str, str],
+    progress: Progress,
+    env: dict[str, str] | None = None,
+) -> None:
+    """Build ``gosrc/<name>/main.go`` in a module requiring ``requires`` (module: version)
+    into ``target_dir``."""
+    work = _build_dir(target_dir.name)
+    shutil.copy(GO_SOURCES / name / "main.go", work / "main.go")
+    lines = [f"module gptoss.local/sandbox/{name}", "", "go 1.26.0", ""]
+    lines += [f"require {module} {version}" for module, version in sorted(requires.items())]
+    (work / "go.mod").write_text("\n".join(lines) + "\n")
+    if requires:
+        _go(["mod", "tidy"], work, progress)
+    _go(["build", "-trimpath", "-ldflags=-s -w", "-o", name, "."], work, progress, env=env)
+    _install(work / name, target_dir, (name,))
 
 
 def _coredns_dir() -> Path:
@@ -430,31 +438,23 @@ def _pause_dir() -> Path:
     return binary_dir("pause", NODE_SOURCES_REVISION)
 
 
-def _build_pause(progress: Progress) -> None:
-    work = _build_dir(f"pause-{NODE_SOURCES_REVISION}")
-    shutil.copy(GO_SOURCES / "pause" / "main.go", work / "main.go")
-    (work / "go.mod").write_text("module gptoss.local/sandbox/pause\n\ngo 1.26.0\n")
-    # Static: it is the only file of its image.
-    _go(
-        ["build", "-trimpath", "-ldflags=-s -w", "-o", "pause", "."],
-        work,
-        progress,
-        env={"CGO_ENABLED": "0"},
+def _build_coredns(progress: Progress) -> None:
+    _build_main(
+        "coredns", _coredns_dir(), {"github.com/coredns/coredns": COREDNS_VERSION}, progress
     )
-    _install(work / "pause", _pause_dir(), ("pause",))
+
+
+def _build_pause(progress: Progress) -> None:
+    # Static: it is the only file of its image.
+    _build_main("pause", _pause_dir(), {}, progress, env={"CGO_ENABLED": "0"})
 
 
 def _build_fakegpu(progress: Progress) -> None:
-    work = _build_dir(f"fakegpu-{KUBERNETES_VERSION}")
-    shutil.copy(GO_SOURCES / "fakegpu" / "main.go", work / "main.go")
-    (work / "go.mod").write_text(
-        "module gptoss.local/sandbox/fakegpu\n\ngo 1.26.0\n\nrequire (\n"
-        f"\tgoogle.golang.org/grpc {FAKEGPU_GRPC_VERSION}\n"
-        f"\tk8s.io/kubelet {staging_version(KUBERNETES_VERSION)}\n)\n"
-    )
-    _go(["mod", "tidy"], work, progress)
-    _go(["build", "-trimpath", "-ldflags=-s -w", "-o", "fakegpu", "."], work, progress)
-    _install(work / "fakegpu", _fakegpu_dir(), ("fakegpu",))
+    requires = {
+        "google.golang.org/grpc": FAKEGPU_GRPC_VERSION,
+        "k8s.io/kubelet": staging_version(KUBERNETES_VERSION),
+    }
+    _build_main("fakegpu", _fakegpu_dir(), requires, progress)
 
 
 def cache_size_bytes() -> int:

@@ -64,7 +64,7 @@ def _load(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
-def _wait(check: Any, timeout: float, what: str) -> Any:
+def wait_until(check: Any, timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = check()
@@ -148,7 +148,7 @@ class Demo:
         for document in [*all_crds().values(), *roles]:
             kube.apply(codecs.from_dict(document), force=True)
         names = [d["metadata"]["name"] for d in all_crds().values()]
-        _wait(lambda: all(_established(kube, name) for name in names), 30, "CRDs")
+        wait_until(lambda: all(_established(kube, name) for name in names), 30, "CRDs")
         self.spawn(
             "operator",
             [sys.executable, "-m", "gptoss_operator.cli.operator_main", "--liveness", ""],
@@ -178,7 +178,7 @@ class Demo:
                 note(f"phase: {phase}")
             return phase == "Ready"
 
-        _wait(ready, 120, "the model to be Ready")
+        wait_until(ready, 120, "the model to be Ready")
         print(self.kubectl("get", "gptossmodels,deployments,services,jobs,pvc,pods"))
 
         pods = [

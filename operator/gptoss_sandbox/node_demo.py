@@ -29,7 +29,7 @@ from lightkube.resources.core_v1 import Namespace, PersistentVolume, PersistentV
 from gptoss_operator.api.resources import GptOssModelResource, InferenceJobResource
 from gptoss_sandbox import binaries, images, node
 from gptoss_sandbox.cluster import LocalCluster
-from gptoss_sandbox.demo import EXAMPLES, REPO_ROOT, note, say
+from gptoss_sandbox.demo import EXAMPLES, REPO_ROOT, note, say, wait_until
 from gptoss_sandbox.fake_hub import FakeHub
 from gptoss_sandbox.real_engine import build_tiny_checkpoint
 from gptoss_sandbox.tiny_gptoss import SCRIPTED_ANSWER
@@ -41,16 +41,6 @@ REPO = "openai/gpt-oss-120b"
 GPUS = 4
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted"}
 GPTOSS = (sys.executable, "-m", "gptoss_operator.cli.user_main")
-
-
-def _wait(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.5)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 class NodeDemo:
@@ -77,6 +67,19 @@ class NodeDemo:
 
     def kubectl(self, *args: str) -> str:
         return self.tool("kubectl", *args)
+
+    def gptoss(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """The ``gptoss`` CLI against the demo's cluster and namespace; prints its output."""
+        assert self.cluster is not None
+        result = subprocess.run(
+            [*GPTOSS, *args, "-n", NAMESPACE],
+            env={**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig)},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        print(result.stderr + result.stdout)
+        return result
 
     def run(self) -> int:
         started = time.monotonic()
@@ -114,7 +117,7 @@ class NodeDemo:
             "--namespace",
             OPERATOR_NAMESPACE,
         )
-        _wait(lambda: self._operator_ready(kube), 300, "the operator pod Ready")
+        wait_until(lambda: self._operator_ready(kube), 300, "the operator pod Ready")
         self.timings["operator_ready"] = time.monotonic() - installed
         note(f"operator pod Ready {self.timings['operator_ready']:.0f}s after helm install")
         print(self.kubectl("get", "pods", "-n", OPERATOR_NAMESPACE, "-o", "wide"))
@@ -154,7 +157,7 @@ class NodeDemo:
                 note(f"phase: {phase}")
             return phase == "Ready"
 
-        _wait(ready, 900, "the model to be Ready")
+        wait_until(ready, 900, "the model to be Ready")
         self.timings["model_ready"] = time.monotonic() - applied
         note(f"model Ready {self.timings['model_ready']:.0f}s after kubectl apply")
         print(self.kubectl("get", "gptossmodels,jobs,pvc,pods", "-n", NAMESPACE, "-o", "wide"))
@@ -182,28 +185,11 @@ class NodeDemo:
         note("(answered by the sidecar CONTAINER of the model's pod, through real vLLM (CPU")
         note(f"build) on a TINY scripted checkpoint: it always says {SCRIPTED_ANSWER!r})")
 
-        env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig)}
         say(f'gptoss ask --model {MODEL} --reasoning high "Prove the Pythagorean theorem"')
-        answer = subprocess.run(
-            [
-                *GPTOSS,
-                "ask",
-                "--model",
-                MODEL,
-                "-n",
-                NAMESPACE,
-                "--reasoning",
-                "high",
-                "Prove the Pythagorean theorem",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        print(answer.stderr + answer.stdout)
+        question = "Prove the Pythagorean theorem"
+        answer = self.gptoss("ask", "--model", MODEL, "--reasoning", "high", question)
 
-        batch_ok = self._batch(kube, env)
+        batch_ok = self._batch(kube)
         self.timings["total"] = time.monotonic() - started
         say(f"Done in {self.timings['total']:.0f}s: " + json.dumps(self._rounded()))
         succeeded = status.get("phase") == "Succeeded" and answer.returncode == 0
@@ -225,7 +211,7 @@ class NodeDemo:
                 return True
         return False
 
-    def _batch(self, kube: Client, env: dict[str, str]) -> bool:
+    def _batch(self, kube: Client) -> bool:
         from lightkube.models.core_v1 import PersistentVolumeClaimSpec, VolumeResourceRequirements
 
         say(f"gptoss batch submit requests.jsonl --model {MODEL} --output pvc://results/b1")
@@ -254,30 +240,10 @@ class NodeDemo:
                 for i in range(1, 9)
             )
         )
-        submitted = subprocess.run(
-            [
-                *GPTOSS,
-                "batch",
-                "submit",
-                str(requests),
-                "--model",
-                MODEL,
-                "-n",
-                NAMESPACE,
-                "--name",
-                "b1",
-                "--output",
-                "pvc://results/b1",
-                "--shards",
-                "2",
-                "--wait",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        print(submitted.stderr + submitted.stdout)
+        submitted = self.gptoss(
+            "batch", "submit", str(requests), "--model", MODEL, "--name", "b1",
+            "--output", "pvc://results/b1", "--shards", "2", "--wait",
+        )  # fmt: skip
         print(self.kubectl("get", "inferencebatches,jobs", "-n", NAMESPACE))
         claim = kube.get(PersistentVolumeClaim, "results", namespace=NAMESPACE)
         assert claim.spec is not None
