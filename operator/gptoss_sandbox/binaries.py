@@ -163,35 +163,42 @@ def ensure_node_binaries(progress: Progress = print) -> NodeBinaries:
     if runc is None:
         raise RuntimeError("runc is missing: apt-get install runc")
     ensure_binaries(progress)
-    containerd_dir = binary_dir("containerd", CONTAINERD_VERSION)
-    cni_dir = binary_dir("cni-plugins", CNI_PLUGINS_VERSION)
-    with cache_lock():
-        if not all((containerd_dir / name).exists() for name in CONTAINERD_COMMANDS):
-            _timed(progress, f"containerd {CONTAINERD_VERSION}", _build_containerd, progress)
-        if not all((cni_dir / name).exists() for name in CNI_PLUGINS):
-            _timed(progress, f"CNI plugins {CNI_PLUGINS_VERSION}", _build_cni_plugins, progress)
-        if not (binary_dir("crictl", CRI_TOOLS_VERSION) / "crictl").exists():
-            _timed(progress, f"crictl {CRI_TOOLS_VERSION}", _build_crictl, progress)
-        if not (_coredns_dir() / "coredns").exists():
-            _timed(progress, f"coredns {COREDNS_VERSION}", _build_coredns, progress)
-        if not (_fakegpu_dir() / "fakegpu").exists():
-            _timed(progress, "the fake GPU device plugin", _build_fakegpu, progress)
-        if not (_pause_dir() / "pause").exists():
-            _timed(progress, "the pod sandbox's pause", _build_pause, progress)
     kube_dir = binary_dir("kubernetes", KUBERNETES_VERSION)
-    return NodeBinaries(
+    containerd_dir = binary_dir("containerd", CONTAINERD_VERSION)
+    found = NodeBinaries(
         kubelet=kube_dir / "kubelet",
         kube_proxy=kube_dir / "kube-proxy",
         containerd=containerd_dir / "containerd",
         containerd_shim=containerd_dir / "containerd-shim-runc-v2",
         ctr=containerd_dir / "ctr",
-        cni_dir=cni_dir,
+        cni_dir=binary_dir("cni-plugins", CNI_PLUGINS_VERSION),
         crictl=binary_dir("crictl", CRI_TOOLS_VERSION) / "crictl",
         coredns=_coredns_dir() / "coredns",
         fakegpu=_fakegpu_dir() / "fakegpu",
         pause=_pause_dir() / "pause",
         runc=Path(runc),
     )
+    builds: list[tuple[list[Path], str, Callable[[Progress], None]]] = [
+        (
+            [containerd_dir / name for name in CONTAINERD_COMMANDS],
+            f"containerd {CONTAINERD_VERSION}",
+            _build_containerd,
+        ),
+        (
+            [found.cni_dir / name for name in CNI_PLUGINS],
+            f"CNI plugins {CNI_PLUGINS_VERSION}",
+            _build_cni_plugins,
+        ),
+        ([found.crictl], f"crictl {CRI_TOOLS_VERSION}", _build_crictl),
+        ([found.coredns], f"coredns {COREDNS_VERSION}", _build_coredns),
+        ([found.fakegpu], "the fake GPU device plugin", _build_fakegpu),
+        ([found.pause], "the pod sandbox's pause", _build_pause),
+    ]
+    with cache_lock():
+        for paths, label, build in builds:
+            if not all(path.exists() for path in paths):
+                _timed(progress, label, build, progress)
+    return found
 
 
 @contextlib.contextmanager
@@ -294,14 +301,16 @@ def _build_dir(name: str) -> Path:
     return path
 
 
-def _install(built: Path, target_dir: Path, names: tuple[str, ...]) -> None:
-    """Move a built binary into its versioned folder atomically, with its aliases."""
+def _install(target_dir: Path, built: list[Path], aliases: tuple[str, ...] = ()) -> None:
+    """Move built binaries into their versioned folder atomically, with ``aliases``
+    (symlinks to the first)."""
     staging = target_dir.with_name(target_dir.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    shutil.move(str(built), staging / names[0])
-    for alias in names[1:]:
-        (staging / alias).symlink_to(names[0])
+    for binary in built:
+        shutil.move(str(binary), staging / binary.name)
+    for alias in aliases:
+        (staging / alias).symlink_to(built[0].name)
     shutil.rmtree(target_dir, ignore_errors=True)
     staging.rename(target_dir)
 
@@ -315,7 +324,7 @@ def _build_etcd(progress: Progress) -> None:
     )
     _go(["mod", "tidy"], work, progress)
     _go(["build", "-trimpath", "-ldflags=-s -w", "-o", "etcd", "."], work, progress)
-    _install(work / "etcd", binary_dir("etcd", ETCD_VERSION), ("etcd",))
+    _install(binary_dir("etcd", ETCD_VERSION), [work / "etcd"])
 
 
 def _build_kubernetes(progress: Progress) -> None:
@@ -329,9 +338,7 @@ def _build_kubernetes(progress: Progress) -> None:
     _go(["mod", "tidy"], work, progress)
     ldflags = _version_ldflags(KUBERNETES_VERSION)
     _go(["build", "-trimpath", f"-ldflags={ldflags}", "-o", "kube", "."], work, progress)
-    _install(
-        work / "kube", binary_dir("kubernetes", KUBERNETES_VERSION), ("kube", *KUBE_COMPONENTS)
-    )
+    _install(binary_dir("kubernetes", KUBERNETES_VERSION), [work / "kube"], KUBE_COMPONENTS)
 
 
 def _go_install(
@@ -351,18 +358,7 @@ def _go_install(
         progress,
         env={"GOBIN": str(work), "GOFLAGS": ""},
     )
-    _install_all(work, binary_dir(name, version), [p.rsplit("/", 1)[1] for p in packages])
-
-
-def _install_all(work: Path, target_dir: Path, names: list[str]) -> None:
-    """Move several built binaries into their versioned folder atomically."""
-    staging = target_dir.with_name(target_dir.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for name in names:
-        shutil.move(str(work / name), staging / name)
-    shutil.rmtree(target_dir, ignore_errors=True)
-    staging.rename(target_dir)
+    _install(binary_dir(name, version), [work / p.rsplit("/", 1)[1] for p in packages])
 
 
 def _build_kwok(progress: Progress) -> None:
@@ -423,7 +419,7 @@ def _build_main(
     if requires:
         _go(["mod", "tidy"], work, progress)
     _go(["build", "-trimpath", "-ldflags=-s -w", "-o", name, "."], work, progress, env=env)
-    _install(work / name, target_dir, (name,))
+    _install(target_dir, [work / name])
 
 
 def _coredns_dir() -> Path:

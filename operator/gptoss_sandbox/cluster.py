@@ -177,6 +177,7 @@ class Component:
     log_path: Path
     log_file: IO[bytes]
     args: list[str]
+    stopping: Callable[[], None] | None = None
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -218,13 +219,13 @@ class LocalCluster:
     def start(self, timeout: float = 120.0) -> LocalCluster:
         started = time.monotonic()
         bins = binaries.ensure_binaries(self.progress)
-        node_bins = None
+        node_parts = None
         if self.real_node_gpus is not None:
             node_bins = binaries.ensure_node_binaries(self.progress)
-            self.pause_image = images.ensure_pause_image(node_bins.pause, self.progress)
+            node_parts = (node_bins, images.ensure_pause_image(node_bins.pause, self.progress))
         self.timings["binaries"] = time.monotonic() - started
         try:
-            self._start(bins, node_bins, started + timeout)
+            self._start(bins, node_parts, started + timeout)
         except BaseException:
             self.stop()
             raise
@@ -234,7 +235,7 @@ class LocalCluster:
     def _start(
         self,
         bins: binaries.Binaries,
-        node_bins: binaries.NodeBinaries | None,
+        node_parts: tuple[binaries.NodeBinaries, images.ImageArchive] | None,
         deadline: float,
     ) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -243,7 +244,8 @@ class LocalCluster:
         self._ca = ca.pair.cert
         api_port, etcd_port, peer_port = free_port(), free_port(), free_port()
         self.server = f"https://127.0.0.1:{api_port}"
-        if node_bins is not None:
+        if node_parts is not None:
+            node_bins, pause_image = node_parts
             self.node = RealNode(
                 self.workdir / "node",
                 node_bins,
@@ -253,7 +255,7 @@ class LocalCluster:
                 ),
                 SERVICE_CIDR,
                 self.real_node_gpus or 0,
-                self.pause_image.reference,
+                pause_image,
             )
             self.node.prepare()
         serving = ca.issue(
@@ -406,11 +408,12 @@ class LocalCluster:
             return gpus_ready(self.request("GET", f"/api/v1/nodes/{NODE_NAME}"), node.gpus)
 
         for process in node.processes(node_ready):
-            self._spawn(process.name, process.argv, env=process.env, node=True)
+            self._spawn(
+                process.name, process.argv, env=process.env, node=True, stopping=process.stopping
+            )
             self._wait(process.name, process.ready, deadline)
-            if process.name == "containerd":
-                node.remove_pods()
-                node.import_image(self.pause_image)
+            if process.started is not None:
+                process.started()
         self.timings["node_ready"] = time.monotonic() - t0
 
     def stop(self) -> None:
@@ -433,8 +436,8 @@ class LocalCluster:
     def _stop_node(self, node: RealNode) -> None:
         try:
             for component in reversed(self.node_components):
-                if component.name == "containerd":
-                    node.remove_pods()
+                if component.stopping is not None:
+                    component.stopping()
                 stop_process(component.process)
                 component.log_file.close()
         finally:
@@ -469,8 +472,16 @@ class LocalCluster:
 
     # ------------------------------------------------------------------ helpers
     def _spawn(
-        self, name: str, args: list[str], *, env: dict[str, str] | None = None, node: bool = False
+        self,
+        name: str,
+        args: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        node: bool = False,
+        stopping: Callable[[], None] | None = None,
     ) -> None:
+        """Start a component (``node``: one of the real node's; ``stopping`` runs before it
+        is stopped)."""
         log_path = self.workdir / "logs" / f"{name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_file = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -484,7 +495,7 @@ class LocalCluster:
             cwd=self.workdir,
             env={**os.environ, **(env or {})},
         )
-        component = Component(name, process, log_path, log_file, args)
+        component = Component(name, process, log_path, log_file, args, stopping)
         (self.node_components if node else self.components).append(component)
 
     def _wait(self, what: str, check: Callable[[], bool], deadline: float) -> None:

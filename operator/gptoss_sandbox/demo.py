@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import yaml
 from lightkube import Client, KubeConfig, codecs
@@ -36,42 +36,17 @@ from gptoss_operator.builders import rbac
 from gptoss_operator.settings import Settings
 from gptoss_sandbox import binaries
 from gptoss_sandbox.cluster import LocalCluster, free_port
+from gptoss_sandbox.demo_output import EXAMPLES, REPO_ROOT, note, say, wait_until
+from gptoss_sandbox.node_demo import NodeDemo
 from gptoss_sandbox.real_engine import VllmServer, build_tiny_checkpoint
 from gptoss_sandbox.standin_engine import StandinEngine
 from gptoss_sandbox.tiny_gptoss import SCRIPTED_ANSWER
 
-if TYPE_CHECKING:
-    from gptoss_sandbox.node_demo import NodeDemo
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = REPO_ROOT / "examples"
 NAMESPACE = "demo"
-
-BOLD, DIM, RESET = "\033[1m", "\033[2m", "\033[0m"
-
-
-def say(text: str) -> None:
-    color = sys.stdout.isatty()
-    print(f"{BOLD if color else ''}==> {text}{RESET if color else ''}", flush=True)
-
-
-def note(text: str) -> None:
-    color = sys.stdout.isatty()
-    print(f"{DIM if color else ''}    {text}{RESET if color else ''}", flush=True)
 
 
 def _load(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-
-
-def wait_until(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.3)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def _established(kube: Client, name: str) -> bool:
@@ -361,8 +336,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.kwok or args.engine == "standin":
         demo = Demo(args.dir, args.engine)
     else:
-        from gptoss_sandbox.node_demo import NodeDemo
-
         demo = NodeDemo(args.dir)
     try:
         code = demo.run()

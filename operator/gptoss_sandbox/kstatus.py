@@ -71,7 +71,7 @@ def _build(progress: Progress) -> None:
     (work / "go.mod").write_text(go_mod())
     _go(["mod", "tidy"], work, progress)
     _go(["build", "-trimpath", "-ldflags=-s -w", "-o", "kstatus", "."], work, progress)
-    _install(work / "kstatus", kstatus_path().parent, ("kstatus",))
+    _install(kstatus_path().parent, [work / "kstatus"])
 
 
 def compute(objects: list[dict[str, Any]], progress: Progress = print) -> list[dict[str, Any]]:

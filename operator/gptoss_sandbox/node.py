@@ -68,8 +68,6 @@ CONTAINERD_NAMESPACE = "k8s.io"
 # imports an archive again only when the image changed.
 INPUT_HASH_LABEL = "sandbox.gptoss.ai/input-hash"
 
-Progress = Callable[[str], None]
-
 
 def in_node_netns(argv: list[str]) -> list[str]:
     """``argv`` run in the node's network namespace (and nothing else: mounts, PIDs and
@@ -141,12 +139,15 @@ class NodeNetwork:
 
 @dataclass(frozen=True)
 class NodeProcess:
-    """One of the node's processes: how to run it and when it is ready."""
+    """One of the node's processes: how to run it, when it is ready, what to do once it is
+    (``started``) and before it is stopped (``stopping``)."""
 
     name: str
     argv: list[str]
     ready: Callable[[], bool]
     env: dict[str, str] | None = None
+    started: Callable[[], None] | None = None
+    stopping: Callable[[], None] | None = None
 
 
 class NodeLock:
@@ -194,7 +195,7 @@ class RealNode:
         write_kubeconfig: Callable[[Path, KeyPair, str], None],
         service_cidr: str,
         gpus: int,
-        pause_image: str,
+        pause_image: ImageArchive,
     ) -> None:
         self.workdir = workdir
         self.binaries = binaries
@@ -237,6 +238,9 @@ class RealNode:
                 in_node_netns([str(self.binaries.containerd), f"--config={containerd_config}"]),
                 self._containerd_ready,
                 env={"PATH": path},
+                started=self._runtime_started,
+                # Pods go before their runtime does.
+                stopping=self.remove_pods,
             ),
             NodeProcess(
                 "kubelet",
@@ -315,7 +319,7 @@ class RealNode:
                     f"[{cri_images}]",
                     '  snapshotter = "overlayfs"',
                     f"[{cri_images}.pinned_images]",
-                    f'  sandbox = "{self.pause_image}"',
+                    f'  sandbox = "{self.pause_image.reference}"',
                     f"[{cri_runtime}]",
                     # This machine gives root no CAP_SYS_RESOURCE, so no process may lower
                     # its OOM score below its parent's: containers get at least ours.
@@ -445,7 +449,7 @@ class RealNode:
 
     # ------------------------------------------------------------------ runtime
     def _containerd_ready(self) -> bool:
-        return CONTAINERD_SOCKET.exists() and self.crictl(["info"], check=False) is not None
+        return CONTAINERD_SOCKET.exists() and self.crictl(["info"])
 
     def ctr(self, args: list[str], *, check: bool = True, timeout: float = 600) -> str:
         return _run(
@@ -459,20 +463,19 @@ class RealNode:
             timeout=timeout,
         )
 
-    def crictl(self, args: list[str], *, check: bool = True, timeout: float = 120) -> str | None:
-        result = subprocess.run(
-            [str(self.binaries.crictl), f"--runtime-endpoint=unix://{CONTAINERD_SOCKET}", *args],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
-        if result.returncode != 0:
-            if check:
-                raise RuntimeError(f"crictl {' '.join(args)}: {result.stderr[-2000:]}")
-            return None
-        return result.stdout
+    def crictl(self, args: list[str], *, timeout: float = 120) -> bool:
+        """Run crictl against the node's runtime: did it succeed?"""
+        crictl = [str(self.binaries.crictl), f"--runtime-endpoint=unix://{CONTAINERD_SOCKET}"]
+        try:
+            _run([*crictl, *args], timeout=timeout)
+        except RuntimeError:
+            return False
+        return True
+
+    def _runtime_started(self) -> None:
+        """Pods a killed run left are removed; the sandbox image is there for new ones."""
+        self.remove_pods()
+        self.import_image(self.pause_image)
 
     def import_image(self, image: ImageArchive) -> bool:
         """Import an image archive under its reference unless the node already holds the
@@ -488,9 +491,9 @@ class RealNode:
 
     def remove_pods(self) -> None:
         """Stop and remove every pod sandbox the runtime holds (their networks too)."""
-        if self.crictl(["rmp", "--all", "--force"], check=False, timeout=180) is None:
+        if not self.crictl(["rmp", "--all", "--force"], timeout=180):
             # A sandbox that failed half way may refuse; one more pass after the rest.
-            self.crictl(["rmp", "--all", "--force"], check=False, timeout=180)
+            self.crictl(["rmp", "--all", "--force"], timeout=180)
 
     # ------------------------------------------------------------------ teardown
     def clean_leftovers(self) -> None:

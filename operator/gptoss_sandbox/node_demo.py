@@ -29,9 +29,9 @@ from lightkube.resources.core_v1 import Namespace, PersistentVolume, PersistentV
 from gptoss_operator.api.resources import GptOssModelResource, InferenceJobResource
 from gptoss_sandbox import binaries, images, node
 from gptoss_sandbox.cluster import LocalCluster
-from gptoss_sandbox.demo import EXAMPLES, REPO_ROOT, note, say, wait_until
+from gptoss_sandbox.demo_output import EXAMPLES, REPO_ROOT, note, say, wait_until
 from gptoss_sandbox.fake_hub import FakeHub
-from gptoss_sandbox.real_engine import build_tiny_checkpoint
+from gptoss_sandbox.real_engine import build_tiny_checkpoint, checkpoint_files
 from gptoss_sandbox.tiny_gptoss import SCRIPTED_ANSWER
 
 NAMESPACE = "demo"
@@ -127,14 +127,7 @@ class NodeDemo:
         note(f"huggingface_hub. It serves a TINY scripted checkpoint as {REPO}.")
         checkpoint = build_tiny_checkpoint(self.workdir / "tiny-gpt-oss", "scripted")
         self.hub = FakeHub(host=node.HOST_IP).start()
-        self.hub.add_repo(
-            REPO,
-            {
-                str(p.relative_to(checkpoint)): p.read_bytes()
-                for p in sorted(checkpoint.rglob("*"))
-                if p.is_file()
-            },
-        )
+        self.hub.add_repo(REPO, checkpoint_files(checkpoint))
         port = int(self.hub.url.rsplit(":", 1)[1])
         for document in node.service_to_machine("hub", "kube-public", port):
             kube.apply(codecs.from_dict(document), force=True)

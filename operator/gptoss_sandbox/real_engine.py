@@ -105,6 +105,15 @@ def build_tiny_checkpoint(out: Path, variant: str) -> Path:
     return out
 
 
+def checkpoint_files(folder: Path) -> dict[str, bytes]:
+    """A checkpoint folder's files by their path in it (a repo for the fake hub)."""
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
 class VllmServer:
     """vLLM's OpenAI-compatible server on a checkpoint folder, on 127.0.0.1.
 

@@ -34,14 +34,6 @@ from tests.conftest import ClusterUnderTest
 from tests.support import wait_for
 
 
-def checkpoint_files(folder: Path) -> dict[str, bytes]:
-    return {
-        str(path.relative_to(folder)): path.read_bytes()
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
-
-
 def _resolve_env(
     container: dict[str, Any], namespace: str, pod: str, kube: Client | None = None
 ) -> dict[str, str]:

@@ -29,7 +29,7 @@ from gptoss_operator.harmony import ChatMessage, Harmony
 from gptoss_sandbox import pod_sandbox
 from gptoss_sandbox.engine_venv import EngineVenv
 from gptoss_sandbox.fake_hub import FakeHub
-from gptoss_sandbox.real_engine import build_tiny_checkpoint
+from gptoss_sandbox.real_engine import build_tiny_checkpoint, checkpoint_files
 from gptoss_sandbox.tiny_gptoss import REPLY_FILE, SCRIPTED_ANALYSIS, SCRIPTED_ANSWER
 from tests.cluster.batch_pods import BatchPods
 from tests.cluster.job_helpers import condition, create_job, gptoss_ask, wait_finished
@@ -42,7 +42,7 @@ from tests.cluster.test_inference_batches import (
     wait_phase,
 )
 from tests.conftest import ClusterUnderTest, OperatorProcess
-from tests.engine.deploy import Deployed, checkpoint_files, deploy
+from tests.engine.deploy import Deployed, deploy
 
 pytestmark = [pytest.mark.cluster, pytest.mark.engine]
 

@@ -32,7 +32,7 @@ from gptoss_sandbox import binaries, images, node
 from gptoss_sandbox.fake_hub import FakeHub
 from gptoss_sandbox.images import ImageArchive
 from gptoss_sandbox.node import HOST_IP, RealNode
-from gptoss_sandbox.real_engine import build_tiny_checkpoint
+from gptoss_sandbox.real_engine import build_tiny_checkpoint, checkpoint_files
 
 RELEASE = "gptoss"
 OPERATOR_NAMESPACE = "gptoss-system"
@@ -138,11 +138,7 @@ class HubService:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     folder = build_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "scripted", "scripted")
-    return {
-        str(path.relative_to(folder)): path.read_bytes()
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
+    return checkpoint_files(folder)
 
 
 @pytest.fixture(scope="session")
