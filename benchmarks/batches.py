@@ -4,8 +4,9 @@ engine efficiency: batch output tokens/s over the same requests sent straight to
 server at the same concurrency, on the stand-in at an H100's decode rate and on the real
 vLLM CPU server.
 
-The batch's pods are run by the tests' kubelet stand-in (``BatchPods``): the real
-``gptoss-batch`` workers, with the model's batch identity, against the given engine."""
+The batch's pods are run by a kubelet stand-in (``batch_processes.BatchPods``, used by no
+test): the real ``gptoss-batch`` workers, with the model's batch identity, against the
+given engine. The tests run batch pods on the real node."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from plane import Plane, rss_mb
 from gptoss_operator.api.resources import InferenceBatchResource
 from gptoss_operator.harmony import ChatMessage, Harmony
 from gptoss_sandbox.standin_engine import StandinEngine
-from tests.cluster.batch_pods import BatchPods
+from batch_processes import BatchPods
 from tests.cluster.chart_helpers import token_kubeconfig
 from tests.cluster.test_inference_batches import create_claim
 

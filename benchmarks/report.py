@@ -81,6 +81,13 @@ GOALS: list[tuple[str, str, str, str, Callable[[float], bool] | None]] = [
      "", "≥ 0.95", lambda v: v >= 0.95),
     ("Batch efficiency, real vLLM (CPU), 1,000 lines", "batch_engine_efficiency.real_vllm.ratio",
      "", "≥ 0.95", lambda v: v >= 0.95),
+    ("Warm `make demo` on the real node", "real_node.demo_seconds", "s", "≤ 180",
+     lambda v: v <= 180),
+    ("`helm install` → operator pod Ready", "real_node.operator_ready_seconds", "s", "", None),
+    ("Model apply → Ready on the node (download pod, vLLM pod 2/2)",
+     "real_node.model_ready_seconds", "s", "", None),
+    ("Product image", "real_node.image_mib.product", "MiB", "", None),
+    ("vLLM CPU image", "real_node.image_mib.vllm", "MiB", "", None),
 ]
 
 

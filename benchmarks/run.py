@@ -29,6 +29,7 @@ import engines  # noqa: E402
 import harmony_cost  # noqa: E402
 import jobs  # noqa: E402
 import models  # noqa: E402
+import node  # noqa: E402
 from plane import Plane, plane  # noqa: E402
 
 RESULTS = HERE / "results.json"
@@ -36,7 +37,7 @@ RATES = {"10": 200, "50": 500, "200": 1000}  # offered jobs/s -> jobs sent
 SIDECARS = ("1", "2", "4")
 QUEUES = ("1000", "10000")
 FIGURES = ("harmony", "overhead", "throughput", "writes", "models", "standin",
-           "queue", "vllm", "batch", "batchvllm")
+           "queue", "vllm", "batch", "batchvllm", "node")
 
 
 def aggregate(runs: list[Any]) -> Any:
@@ -192,7 +193,9 @@ def main() -> None:
         results["harmony"] = repeated(args.repeat, harmony_cost.measure, "harmony")
         results["harmony_us_per_token"] = results["harmony"]["harmony_us_per_token"]
     try:
-        if wanted - {"harmony"}:
+        if "node" in wanted:  # a control plane and node of its own, before the plane's
+            results["real_node"] = repeated(args.repeat, node.node_demo, "warm demo on the node")
+        if wanted - {"harmony", "node"}:
             with plane() as world:
                 measure_on_plane(world, wanted, args.repeat, results)
     finally:  # figures measured before a failure are kept

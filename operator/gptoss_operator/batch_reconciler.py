@@ -136,15 +136,19 @@ class BatchReconciler:
             ctx = self._context(batch, spec, kube.to_dict(model) or _absent(spec))
             merge = await kube.create_or_read(self.client, Job, merge_job(ctx))
         merge_dict = kube.to_dict(merge)
-        merged = None
-        if job_finished(merge_dict) == "Complete":
+        merged = merge_failure = None
+        merge_done = job_finished(merge_dict)
+        if merge_done == "Complete":
             merged = _last_word(pods, naming.COMPONENT_BATCH_MERGE, "Succeeded")
+        elif merge_done == "Failed":
+            merge_failure = _last_word(pods, naming.COMPONENT_BATCH_MERGE, "Failed")
         return Observed(
             shards_job=shards_dict,
             merge_job=merge_dict,
             trouble=observed.trouble,
             shard_failure=failure,
             merged=merged,
+            merge_failure=merge_failure,
         )
 
     def _waiting_for(self, model: str, found: dict[str, Any] | None) -> tuple[str, str] | None:

@@ -35,6 +35,8 @@ class Observed:
     shard_failure: dict[str, Any] | None = None
     # the merge pod's termination message, once it succeeded
     merged: dict[str, Any] | None = None
+    # the last failed merge pod's termination message, when the merge failed
+    merge_failure: dict[str, Any] | None = None
 
 
 def batch_demand(spec: dict[str, Any], status: dict[str, Any]) -> int:
@@ -224,7 +226,12 @@ def batch_status(
 
 
 def _failure(observed: Observed, merge_done: str | None) -> tuple[str, str]:
-    if merge_done == "Failed":
+    """Why the batch failed: the merge's own word when it failed with one, else the
+    shards' (a merge that cannot run usually fails for the shards' reason)."""
+    if merge_done == "Failed" and observed.merge_failure:
+        detail = observed.merge_failure
+        return str(detail.get("reason") or "MergeFailed"), str(detail.get("message") or "")
+    if merge_done == "Failed" and not observed.shard_failure:
         condition = _job_condition(observed.merge_job, "Failed")
         return "MergeFailed", f"the merge failed: {condition.get('message') or 'see its pod'}"
     condition = _job_condition(observed.shards_job, "Failed")

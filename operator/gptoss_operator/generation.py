@@ -12,7 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gptoss_operator.harmony import CALL_TOKEN, RETURN_TOKEN, Harmony, ParsedOutput
-from gptoss_operator.sidecar.engine import Chunk, EngineClient, EngineError, SamplingParams, Usage
+from gptoss_operator.sidecar.engine import (
+    Chunk,
+    EngineClient,
+    EngineError,
+    SamplingParams,
+    StreamEnd,
+    Usage,
+)
 from gptoss_operator.sidecar.outcome import Generation, Outcome, generation_outcome
 
 log = logging.getLogger(__name__)
@@ -117,12 +124,16 @@ async def generate(
     finish_reason = "length"
     stop_id: int | None = None
     usage: Usage | None = None
+    whole = False  # the engine said [DONE]
 
     async def consume() -> None:
-        nonlocal first_token, finish_reason, stop_id, usage
+        nonlocal first_token, finish_reason, stop_id, usage, whole
         async for item in engine.stream(prompt, params):
             if isinstance(item, Usage):
                 usage = item
+                continue
+            if isinstance(item, StreamEnd):
+                whole = True
                 continue
             chunk: Chunk = item
             if chunk.token_ids and first_token is None:
@@ -144,7 +155,11 @@ async def generate(
         remaining = deadline - clock()
         if remaining <= 0:
             raise TimeoutError
-        await asyncio.wait_for(consume(), timeout=remaining)
+        try:
+            await asyncio.wait_for(consume(), timeout=remaining)
+        except TimeoutError:
+            if not whole:
+                raise  # the deadline cut the answer; past [DONE] it only cut the drain
     if finish_reason in ENGINE_GAVE_UP:
         # Not an answer: vLLM aborts its requests when it shuts down, and "error" is its
         # retryable internal failure. The caller asks again (or hands the job back).

@@ -701,7 +701,9 @@ def service_to_machine(name: str, namespace: str, port: int) -> list[dict[str, A
     ]
 
 
-def model_spec(vllm_image: str, repo: str, endpoint: str) -> dict[str, Any]:
+def model_spec(
+    vllm_image: str, repo: str, endpoint: str, max_model_len: int = 4096
+) -> dict[str, Any]:
     """A GptOssModel spec for the real node: ``repo`` from ``endpoint`` onto one of the
     node's volumes, served by the vLLM CPU image with what a CPU needs (eager mode, the
     checkpoint's dtype, a KV cache in host memory, one core). Only user fields: the
@@ -712,7 +714,7 @@ def model_spec(vllm_image: str, repo: str, endpoint: str) -> dict[str, Any]:
         "serving": {
             "image": vllm_image,
             "gpuProfile": "Generic",
-            "maxModelLen": 4096,
+            "maxModelLen": max_model_len,
             "startupTimeoutSeconds": 900,
             "extraArgs": ["--enforce-eager", "--dtype", "bfloat16"],
             "env": [

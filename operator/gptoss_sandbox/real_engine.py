@@ -21,7 +21,6 @@ seconds at a time (lease renewals went out 4-8 s late). A GPU node has the cores
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import http.client
 import os
 import shlex
@@ -34,11 +33,10 @@ import time
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO
 
 from gptoss_operator import naming
 from gptoss_operator.vocab import VOCAB_FILE, write_vocab
-from gptoss_sandbox import pod_sandbox
 from gptoss_sandbox.binaries import cache_root
 from gptoss_sandbox.cluster import free_port, parent_death_signal
 from gptoss_sandbox.engine_venv import EngineVenv, ensure_engine
@@ -149,8 +147,6 @@ class VllmServer:
             # vLLM binds its compute threads itself; the same cores, or it reserves one.
             self.env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, sorted(self.cpus)))
         self._engine = engine
-        # Set by as_pod: run as the pod would (its user, a read-only root).
-        self.view: pod_sandbox.PodView | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._started = 0.0
@@ -183,36 +179,6 @@ class VllmServer:
             server.env[name] = value
         return server
 
-    @classmethod
-    def as_pod(
-        cls,
-        pod: Mapping[str, Any],
-        volume: Path,
-        *,
-        env: Mapping[str, str],
-        log_path: Path | None = None,
-        engine: EngineVenv | None = None,
-    ) -> VllmServer:
-        """The vLLM container of a Deployment's pod spec, run as that pod would run it
-        (``gptoss_sandbox.pod_sandbox``): its user, a read-only root filesystem, ``volume``
-        as its weights volume at the container's paths, fresh emptyDirs, its environment
-        (``env``, resolved) and flags; loopback and a free port instead of 0.0.0.0:8000,
-        plus the CPU's ``CPU_ARGS``. ``volume`` must hold everything the pod reads there
-        (no links out of it)."""
-        container = next(c for c in pod["containers"] if c["name"] == "vllm")
-        serve_args = [*container.get("command", [])[1:], *container["args"]]
-        model = Path(str(_served_path(serve_args)))
-        server = cls(model, log_path=log_path, engine=engine)
-        server.args = [
-            *("--model", str(model)),
-            *("--host", HOST, "--port", str(server.port)),
-            *_without_options(serve_args[2:], ("--host", "--port")),
-            *CPU_ARGS,
-        ]
-        server.env.update(env)
-        server.view = pod_sandbox.view_of(dict(pod), "vllm", {"weights": volume})
-        return server
-
     @property
     def url(self) -> str:
         """``http://127.0.0.1:PORT`` (no ``/v1``); the same across restarts."""
@@ -228,9 +194,6 @@ class VllmServer:
             raise EngineError("the vLLM server is already started")
         engine = self._engine or ensure_engine()
         command = self.command(engine.python)
-        if self.view is not None:
-            view = dataclasses.replace(self.view, expose=_engine_folders(engine.python))
-            command = pod_sandbox.command(view, command, Path(tempfile.mkdtemp("-pod-root")))
         env = {**os.environ, **self.env}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -329,14 +292,6 @@ def _served_path(serve_args: Sequence[str]) -> PurePosixPath:
     if list(serve_args[:1]) != ["serve"] or len(serve_args) < 2:
         raise EngineError(f"not `vllm serve` arguments: {list(serve_args)}")
     return PurePosixPath(serve_args[1])
-
-
-def _engine_folders(python: Path) -> tuple[Path, ...]:
-    """The engine venv and the Python it was made from: a pod view hides them where
-    they live under a home or /tmp (the cache may be anywhere)."""
-    venv = python.parent.parent
-    base = Path(os.path.realpath(python)).parent.parent
-    return (venv, base)
 
 
 def _without_options(args: Sequence[str], names: tuple[str, ...]) -> list[str]:

@@ -17,8 +17,9 @@ from gptoss_sandbox.cluster import free_port, stop_process
 
 
 class S3Server:
-    def __init__(self, root: Path, log_path: Path, port: int = 0) -> None:
+    def __init__(self, root: Path, log_path: Path, port: int = 0, host: str = "127.0.0.1") -> None:
         self.root = root
+        self.host = host
         self.log_path = log_path
         self.port = port or free_port()
         self.access_key = "gptoss-" + secrets.token_hex(4)
@@ -27,7 +28,7 @@ class S3Server:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self, timeout: float = 30.0) -> S3Server:
         binary = binaries.ensure_binaries().versitygw
@@ -43,7 +44,7 @@ class S3Server:
                 "--secret",
                 self.secret_key,
                 "--port",
-                f"127.0.0.1:{self.port}",
+                f"{self.host}:{self.port}",
                 "posix",
                 # Object metadata in a side folder: no need for extended attributes.
                 "--sidecar",
@@ -61,7 +62,7 @@ class S3Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"versitygw exited: {self.log_path.read_text()[-2000:]}")
             with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                if probe.connect_ex((self.host, self.port)) == 0:
                     return self
             time.sleep(0.1)
         raise RuntimeError(f"versitygw did not listen on {self.port} in {timeout:.0f}s")

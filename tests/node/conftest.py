@@ -11,17 +11,26 @@ Only the GPUs are fake (a device plugin advertises them); vLLM is its CPU build.
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 from lightkube import Client, codecs
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Namespace, Pod
+from lightkube.resources.core_v1 import (
+    Namespace,
+    PersistentVolume,
+    PersistentVolumeClaim,
+    Pod,
+    Secret,
+)
 from tests.cluster.chart_helpers import CHART, helm
 from tests.cluster.model_helpers import create_model, wait_for_phase
 from tests.conftest import ClusterUnderTest
@@ -43,6 +52,7 @@ RESTRICTED = {
 TINY_REPO = "openai/gpt-oss-20b"
 MODEL = "tiny"
 SERVING = "serving"
+MAX_MODEL_LEN = 1024
 
 
 @pytest.fixture(scope="session")
@@ -195,10 +205,69 @@ def served_model(
         kube,
         SERVING,
         MODEL,
-        **node.model_spec(vllm_image.reference, TINY_REPO, hub_service.endpoint),
+        **node.model_spec(vllm_image.reference, TINY_REPO, hub_service.endpoint, MAX_MODEL_LEN),
     )
     wait_for_phase(kube, SERVING, MODEL, "Ready", timeout=900)
     ready = time.monotonic() - started
     pods = server_pods(kube)
     assert len(pods) == 1
     return ServedModel(pods[0], ready)
+
+
+def engine_url(kube: Client, namespace: str = SERVING, model: str = MODEL) -> str:
+    """vLLM's own port on the model's pod (the machine routes to the node's pods)."""
+    (pod,) = kube.list(Pod, namespace=namespace, labels=naming.server_selector(model))
+    return f"http://{pod.status.podIP}:{naming.ENGINE_PORT}"
+
+
+def engine_api_key(kube: Client, namespace: str = SERVING, model: str = MODEL) -> str:
+    secret = kube.get(Secret, naming.api_key_secret_name(model), namespace=namespace)
+    return base64.b64decode(secret.data["token"]).decode()
+
+
+def engine_successes(kube: Client, namespace: str = SERVING, model: str = MODEL) -> float:
+    """vLLM's own count of the requests it finished."""
+    text = httpx.get(f"{engine_url(kube, namespace, model)}/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("vllm:request_success_total{")
+    )
+
+
+def container_log(cluster: ClusterUnderTest, namespace: str, pod: str, container: str) -> str:
+    """What the kubelet kept of a container's output."""
+    shown = kubectl(cluster, "logs", "-n", namespace, pod, "-c", container)
+    assert shown.returncode == 0, shown.stderr
+    return shown.stdout
+
+
+def claim_folder(kube: Client, namespace: str, claim: str) -> Path:
+    """Where a claim's files are, once it is bound: its local volume's folder on the node."""
+    name = wait_for(
+        lambda: kube.get(PersistentVolumeClaim, claim, namespace=namespace).spec.volumeName,
+        timeout=60,
+        message=f"claim {claim} bound",
+    )
+    volume = kube.get(PersistentVolume, name)
+    return Path(volume.spec.local.path)
+
+
+# The tier's modules in the order a user meets what they test: the install and the model's
+# pod first (its steady run sees a fresh pod), then jobs, faults, batches, a second model.
+MODULE_ORDER = (
+    "test_node_serving",
+    "test_node_engine",
+    "test_node_work",
+    "test_node_batches",
+    "test_node_failures",
+    "test_node_malformed",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        return MODULE_ORDER.index(module) if module in MODULE_ORDER else -1
+
+    items.sort(key=rank)

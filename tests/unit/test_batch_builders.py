@@ -188,6 +188,44 @@ def test_a_batch_finishes_with_the_merges_figures_or_fails_with_the_shards_reaso
     assert "not writable" in stalled["message"]
 
 
+def test_a_merge_that_cannot_run_fails_the_batch_with_its_own_reason() -> None:
+    """#23, defect 8: the merge's termination message names why (not a generic
+    MergeFailed); a merge that left none falls back to the shards' reason."""
+    unusable = {"reason": "StorageUnusable", "message": "output pvc://d/out is not writable"}
+    failed = batch_status(
+        1,
+        {},
+        1,
+        Observed(
+            shards_job=finished("Complete"),
+            merge_job=finished("Failed", "PodFailurePolicy"),
+            merge_failure=unusable,
+        ),
+        NOW,
+    )
+    assert failed["phase"] == "Failed"
+    condition = next(c for c in failed["conditions"] if c["type"] == "Failed")
+    assert (condition["reason"], condition["message"]) == (
+        "StorageUnusable",
+        "output pvc://d/out is not writable",
+    )
+    in_use = {"reason": "OutputInUse", "message": "output folder pvc://d/out belongs to ..."}
+    both = batch_status(
+        1,
+        {},
+        1,
+        Observed(
+            shards_job=finished("Failed", "PodFailurePolicy"),
+            merge_job=finished("Failed", "BackoffLimitExceeded", "Job has reached the limit"),
+            shard_failure=in_use,
+        ),
+        NOW,
+    )
+    condition = next(c for c in both["conditions"] if c["type"] == "Failed")
+    assert condition["reason"] == "OutputInUse"
+    assert condition["message"].startswith("output folder pvc://d/out belongs to")
+
+
 def test_pods_that_cannot_start_name_the_reason() -> None:
     waiting = {
         "metadata": {"name": "eval-shards-0-x"},

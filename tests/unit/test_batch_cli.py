@@ -62,6 +62,13 @@ def test_the_submitted_spec_passes_the_apis_rules() -> None:
     spec = batch_spec(parsed, {"configMap": {"name": "x", "key": "input.jsonl"}})
     assert spec["shards"] == 3
     assert spec["defaults"] == {"maxTokens": 900, "reasoningLevel": "high"}
+    assert "overwrite" not in spec["output"], "refusing another batch's folder is the default"
+    again = args("in.jsonl", "--model", "m", "--output", "pvc://data/out", "--overwrite")
+    replacing = batch_spec(again, {"configMap": {"name": "x", "key": "input.jsonl"}})
+    assert replacing["output"] == {
+        "volume": {"claimName": "data", "path": "out"},
+        "overwrite": True,
+    }
     with pytest.raises(ValueError, match="shards"):
         batch_spec(
             args("in.jsonl", "--model", "m", "--output", "pvc://d/o", "--shards", "0"),

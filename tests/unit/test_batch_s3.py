@@ -18,6 +18,7 @@ import pytest
 
 from gptoss_operator.api.batch import RequestDefaults, S3Location
 from gptoss_operator.batch.merge import merge
+from gptoss_operator.batch.ownership import OWNER, OutputInUse, Owner, claim_output
 from gptoss_operator.batch.parts import ERRORS, OUTPUT, SUMMARY
 from gptoss_operator.batch.plan import BatchPlan, Place, input_file, output_folder
 from gptoss_operator.batch.shard import ShardRunner
@@ -247,3 +248,20 @@ def test_unusable_storage_stops_the_worker_with_a_reason(
     assert expected.format(bucket=bucket) in reason["message"]
     assert secret not in result.stderr
     assert s3.secret_key not in result.stderr
+
+
+def test_a_prefix_another_batch_owns_is_refused_in_a_bucket_too(
+    s3: S3Server, engine: StandinEngine, bucket: str, keys: None
+) -> None:
+    """The claim is a conditional create (If-None-Match: *) that the S3 server decides:
+    of two batches claiming one prefix, one wins; the other is refused and writes nothing."""
+    first = plan_for(s3, engine, bucket)
+    second = first.model_copy(update={"batch": "other", "uid": "uid-other"})
+    folder = output_folder(first.output)
+    claim_output(folder, Owner("ns", first.batch, first.uid), overwrite=False)
+    claim_output(folder, Owner("ns", first.batch, first.uid), overwrite=False)  # again: ok
+    with pytest.raises(OutputInUse, match=f"belongs to InferenceBatch ns/{first.batch}"):
+        claim_output(output_folder(second.output), Owner("ns", "other", "uid-other"),
+                     overwrite=False)  # fmt: skip
+    assert objects(s3, bucket, "out/run1/") == [f"out/run1/{OWNER}"]
+    assert not folder.create(OWNER, b"{}"), "the object exists: the server refuses"

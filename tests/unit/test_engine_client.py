@@ -13,8 +13,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from aiohttp import web
 
+from gptoss_operator.generation import generate
+from gptoss_operator.harmony import Harmony
 from gptoss_operator.sidecar import engine
-from gptoss_operator.sidecar.engine import Chunk, EngineClient, EngineError, SamplingParams, Usage
+from gptoss_operator.sidecar.engine import (
+    Chunk,
+    EngineClient,
+    EngineError,
+    SamplingParams,
+    StreamEnd,
+    Usage,
+)
 from gptoss_operator.sidecar.sse import EventReader
 
 PARAMS = SamplingParams(max_tokens=8, temperature=0.7, top_p=None, stop_token_ids=[200002])
@@ -88,7 +97,11 @@ async def serve(peers: list[object]) -> AsyncIterator[Callable[[Writer], Awaitab
 
 
 async def _collect(client: EngineClient) -> list[Chunk | Usage]:
-    return [item async for item in client.stream([1, 2, 3], PARAMS)]
+    """What the stream carried, up to [DONE] (which ends it: StreamEnd, always last)."""
+    items = [item async for item in client.stream([1, 2, 3], PARAMS)]
+    assert isinstance(items[-1], StreamEnd), items
+    assert not any(isinstance(item, StreamEnd) for item in items[:-1])
+    return [item for item in items if not isinstance(item, StreamEnd)]
 
 
 async def test_unicode_line_separators_inside_json_are_content(
@@ -241,3 +254,32 @@ async def test_an_answer_is_kept_when_the_body_does_not_end_after_done(
     items = await _collect(await serve(write))
     answered.set()
     assert items == [Chunk([12], "stop", None), Usage(5, 3)]
+
+
+async def test_a_deadline_during_the_drain_after_done_keeps_the_finished_answer(
+    serve: Callable[[Writer], Awaitable[EngineClient]],
+) -> None:
+    """#23, defect 7: the job's deadline covers the generation, not the read past [DONE]
+    (up to DRAIN_SECONDS): an answer complete before the deadline is the job's answer."""
+    answered = asyncio.Event()
+    harmony = Harmony()
+    final = harmony.encoding.encode(
+        "<|channel|>final<|message|>Hello<|return|>", allowed_special="all"
+    )
+
+    async def write(response: web.StreamResponse) -> None:
+        await response.write(_event(_chunk(final, "", "stop")))
+        await response.write(_event(USAGE))
+        await response.write(b"data: [DONE]\n\n")
+        await answered.wait()  # the body stays open while the client drains it
+
+    client = await serve(write)
+    loop = asyncio.get_running_loop()
+    try:
+        result = await generate(
+            client, harmony, [1, 2, 3], PARAMS, clock=loop.time, deadline=loop.time() + 1.0
+        )
+    finally:
+        answered.set()
+    assert result.finish_reason == "stop"
+    assert result.parsed.response == "Hello"

@@ -1,5 +1,5 @@
 """vLLM's load as the autoscaler reads it. (The gauge names are checked against the real
-vLLM's /metrics in the engine tier: tests/engine/test_real_engine_jobs.py.)"""
+vLLM's /metrics in the node tier: tests/node/test_node_engine.py.)"""
 
 from __future__ import annotations
 

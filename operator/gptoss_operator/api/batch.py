@@ -144,6 +144,12 @@ class BatchOutput(ApiModel):
         default=None, description="A folder on a volume (created if missing)."
     )
     s3: S3Location | None = Field(default=None, description="A key prefix in a bucket.")
+    overwrite: bool = Field(
+        default=False,
+        description="A folder another batch wrote (or files no batch claims) is refused "
+        "(OutputInUse) and left as it is. true: this batch deletes those files and writes "
+        "its own.",
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> BatchOutput:

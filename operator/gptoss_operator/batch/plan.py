@@ -52,6 +52,7 @@ class BatchPlan(ApiModel):
     modelNames: list[str] = Field(description="What a line's body.model may say.")
     input: Place
     output: Place
+    overwrite: bool = Field(default=False, description="Take an output folder another batch wrote.")
     progressSeconds: float = 5.0
     flushLines: int = 500
     flushSeconds: float = 10.0

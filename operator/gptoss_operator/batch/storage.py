@@ -68,6 +68,10 @@ class OutputFolder(Protocol):
 
     def write(self, name: str, data: bytes) -> None: ...
 
+    def create(self, name: str, data: bytes) -> bool:
+        """Write ``name`` only if it does not exist, atomically: was it written?"""
+        ...
+
     def delete(self, name: str) -> None: ...
 
     def writer(self, name: str) -> contextlib.AbstractContextManager[Writer]: ...
@@ -142,6 +146,20 @@ class VolumeFolder:
     def write(self, name: str, data: bytes) -> None:
         with _volume_errors(f"writing {self.url(name)} failed"), self.writer(name) as out:
             out.write(data)
+
+    def create(self, name: str, data: bytes) -> bool:
+        target = self.root / name
+        with _volume_errors(f"writing {self.url(name)} failed"):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        return True
 
     def delete(self, name: str) -> None:
         with (
@@ -365,6 +383,22 @@ class S3Folder:
             self._client.put_object(Bucket=self.bucket, Key=self._key(name), Body=data)
         except (BotoCoreError, ClientError) as error:
             raise _s3_error(f"writing {self.url(name)} failed", error) from error
+
+    def create(self, name: str, data: bytes) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._client.put_object(
+                Bucket=self.bucket, Key=self._key(name), Body=data, IfNoneMatch="*"
+            )
+        except ClientError as error:
+            code = str(error.response.get("Error", {}).get("Code"))
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                return False
+            raise _s3_error(f"writing {self.url(name)} failed", error) from error
+        except BotoCoreError as error:
+            raise _s3_error(f"writing {self.url(name)} failed", error) from error
+        return True
 
     def delete(self, name: str) -> None:
         from botocore.exceptions import BotoCoreError, ClientError

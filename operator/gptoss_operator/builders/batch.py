@@ -138,6 +138,7 @@ def plan(ctx: BatchContext) -> BatchPlan:
         modelNames=model_names(ctx.model),
         input=source,
         output=output,
+        overwrite=spec.output.overwrite,
         # Every shard reports; together they write at most about 4 times a second.
         progressSeconds=max(5.0, spec.shards / 4),
     )

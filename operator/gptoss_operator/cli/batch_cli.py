@@ -52,6 +52,11 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     submit.add_argument("--s3-region", default="us-east-1")
     submit.add_argument("--s3-secret", help="Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
     submit.add_argument("--s3-path-style", action="store_true")
+    submit.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the files another batch wrote in the output folder (default: refuse)",
+    )
     submit.add_argument("--wait", action="store_true", help="follow it until it finishes")
 
     status = steps.add_parser("status", parents=[common], help="show a batch's progress")
@@ -96,6 +101,8 @@ def batch_spec(args: argparse.Namespace, input_location: dict[str, Any]) -> dict
         "shards": args.shards,
         "requestsPerShard": args.requests_per_shard,
     }
+    if args.overwrite:
+        spec["output"]["overwrite"] = True
     defaults = {}
     if args.max_tokens is not None:
         defaults["maxTokens"] = args.max_tokens

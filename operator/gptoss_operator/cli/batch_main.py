@@ -7,8 +7,9 @@ also reads GPTOSS_ENGINE_API_KEY and GPTOSS_POD_NAME, and reports progress into 
 batch's status when it has an identity in the cluster (GPTOSS_REPORT=0 turns that off).
 
 Exit codes tell the Job what to do: 0 done, 2 the batch cannot run (input unreadable,
-output not writable: retrying cannot help, the batch fails), 3 storage failed for a while
-(retried), 143 stopped by a signal. The termination message (JSON) says why.
+output not writable, the output folder another batch's: retrying cannot help, the batch
+fails), 3 storage failed for a while (retried), 143 stopped by a signal. The termination
+message (JSON) says why.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 
 from gptoss_operator.api.batch import ShardProgress
 from gptoss_operator.batch.merge import merge
+from gptoss_operator.batch.ownership import OutputInUse, Owner, claim_output
 from gptoss_operator.batch.plan import (
     EXIT_CANNOT_RUN,
     EXIT_SIGNAL,
@@ -37,7 +39,7 @@ from gptoss_operator.batch.plan import (
     output_folder,
 )
 from gptoss_operator.batch.shard import ShardRunner
-from gptoss_operator.batch.storage import StorageError
+from gptoss_operator.batch.storage import OutputFolder, StorageError
 from gptoss_operator.conditions import timestamp
 from gptoss_operator.harmony import Harmony
 from gptoss_operator.sidecar.engine import EngineClient
@@ -80,6 +82,17 @@ def status_reporter(plan: BatchPlan, index: int) -> Any:
     return report
 
 
+def claim(plan: BatchPlan, folder: OutputFolder) -> None:
+    owner = Owner(plan.namespace, plan.batch, plan.uid)
+    claim_output(folder, owner, overwrite=plan.overwrite)
+
+
+def output_in_use(termination: str, error: OutputInUse) -> int:
+    log.error("%s", error.message)
+    write_termination(termination, {"reason": "OutputInUse", "message": error.message})
+    return EXIT_CANNOT_RUN
+
+
 def storage_failure(termination: str, error: StorageError) -> int:
     reason = "StorageUnusable" if error.permanent else "StorageUnavailable"
     log.error("%s", error.message)
@@ -92,8 +105,11 @@ async def _run_shard(plan: BatchPlan, index: int, env: dict[str, str]) -> int:
     output = output_folder(plan.output)
     try:
         await asyncio.to_thread(output.check_writable)
+        await asyncio.to_thread(claim, plan, output)
     except StorageError as error:
         return storage_failure(termination, error)
+    except OutputInUse as error:
+        return output_in_use(termination, error)
     engine = EngineClient(
         plan.engineUrl,
         plan.servedModelName,
@@ -147,10 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     plan = plan_from_env(env)
     termination = env.get("GPTOSS_TERMINATION_LOG", TERMINATION_LOG)
     if args.step == "merge":
+        folder = output_folder(plan.output)
         try:
-            summary = merge(output_folder(plan.output))
+            claim(plan, folder)
+            summary = merge(folder)
         except StorageError as error:
             return storage_failure(termination, error)
+        except OutputInUse as error:
+            return output_in_use(termination, error)
         write_termination(termination, {"reason": "Merged", "summary": summary.__dict__})
         return 0
     index = args.index if args.index is not None else int(env.get("JOB_COMPLETION_INDEX", "0"))

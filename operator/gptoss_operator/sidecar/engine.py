@@ -36,6 +36,12 @@ class Usage:
     completion_tokens: int
 
 
+@dataclass
+class StreamEnd:
+    """The engine said [DONE]: the answer is whole. What the client reads after it is for
+    the connection's sake only."""
+
+
 class EngineError(Exception):
     """A failed engine call. ``retryable`` for connection errors and 5xx."""
 
@@ -130,8 +136,8 @@ class EngineClient:
 
     async def stream(
         self, prompt: list[int], params: SamplingParams
-    ) -> AsyncIterator[Chunk | Usage]:
-        """Yield generated chunks, then the usage. Raises EngineError."""
+    ) -> AsyncIterator[Chunk | Usage | StreamEnd]:
+        """Yield generated chunks, then the usage, then StreamEnd. Raises EngineError."""
         body = self.request_body(prompt, params)
         try:
             async with self._http.stream("POST", "/v1/completions", json=body) as response:
@@ -141,6 +147,7 @@ class EngineClient:
                 events = _events(response)
                 async for event in events:
                     if event.data == "[DONE]":
+                        yield StreamEnd()
                         await _read_to_end(events)
                         return
                     for item in _parse_event(event.data):

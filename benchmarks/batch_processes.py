@@ -1,7 +1,10 @@
-"""The kubelet's part for the pods of InferenceBatches.
+"""A stand-in for the kubelet of InferenceBatch pods, for the batch scale benchmark only.
 
-kwok leaves these pods alone (see the sandbox's kwok stages). ``BatchPods`` plays their
-kubelet: for each scheduled pod it resolves the container's environment as the kubelet
+The tests run batch pods on the real node (tests/node/test_node_batches.py). The
+benchmark measures the product's own overhead on 100,000 lines against an instant
+engine on this machine, which the node's pods cannot be pointed at (they reach a model
+through its Service, whose pods would be a real vLLM). So here, for the kwok plane's
+batch pods (kwok leaves them alone), ``BatchPods`` plays their kubelet: for each scheduled pod it resolves the container's environment as the kubelet
 does (values, the pod's fields, Secret keys; a missing Secret leaves the container
 waiting with CreateContainerConfigError), runs the real ``gptoss-batch`` with the
 batch identity's token, and reports Running, then Succeeded or Failed with the exit
