@@ -33,7 +33,7 @@ from gptoss_operator.batch_status import (
 )
 from gptoss_operator.builders import ModelContext
 from gptoss_operator.builders.batch import BatchContext, merge_job, shards_job
-from gptoss_operator.conditions import now
+from gptoss_operator.conditions import get_condition, now
 from gptoss_operator.job_status import parse_time
 from gptoss_operator.model_reconciler import KeyedSerializer
 from gptoss_operator.settings import Settings
@@ -100,9 +100,18 @@ class BatchReconciler:
     async def _observe(self, batch: dict[str, Any], spec: InferenceBatchSpec) -> Observed:
         namespace = batch["metadata"]["namespace"]
         name = batch["metadata"]["name"]
+        uid = batch["metadata"]["uid"]
         shards = await kube.get_or_none(
             self.client, Job, naming.batch_shards_job_name(name), namespace
         )
+        if shards is None or not controlled_by(kube.to_dict(shards), uid):
+            # A Job of this name that is not this batch's (one of a batch deleted and
+            # created again, not yet collected) is never read as this batch's progress.
+            for job in (shards, await kube.get_or_none(
+                self.client, Job, naming.batch_merge_job_name(name), namespace
+            )):  # fmt: skip
+                if job is not None and not controlled_by(kube.to_dict(job), uid):
+                    return Observed(waiting=_not_ours(kube.to_dict(job)))
         if shards is None:
             model = await kube.get_or_none(
                 self.client, GptOssModelResource, spec.modelRef.name, namespace
@@ -113,15 +122,27 @@ class BatchReconciler:
             ctx = self._context(batch, spec, kube.to_dict(model))
             shards = await kube.create_or_read(self.client, Job, shards_job(ctx))
         shards_dict = kube.to_dict(shards)
-        pods = [
+        listed = [
             kube.to_dict(pod)
             async for pod in self.client.list(
                 Pod, namespace=namespace, labels={naming.BATCH_LABEL: name}
             )
         ]
+        # Only the pods of this batch's Jobs (by the Job controller's uid label).
+        pods = [pod for pod in listed if _job_uid(pod) == shards_dict["metadata"]["uid"]]
         observed = Observed(shards_job=shards_dict, trouble=pod_trouble(pods))
         shards_done = job_finished(shards_dict)
         if shards_done is None:
+            model = await kube.get_or_none(
+                self.client, GptOssModelResource, spec.modelRef.name, namespace
+            )
+            if model is None:  # the shards wait for an engine that is gone
+                gone = (
+                    "ModelNotFound",
+                    f"GptOssModel {spec.modelRef.name} does not exist any more; the shards "
+                    "wait for its engine (create the model again, or delete the batch)",
+                )
+                return Observed(shards_job=shards_dict, trouble=gone)
             return observed
         failure = None
         if shards_done == "Failed":
@@ -136,6 +157,11 @@ class BatchReconciler:
             ctx = self._context(batch, spec, kube.to_dict(model) or _absent(spec))
             merge = await kube.create_or_read(self.client, Job, merge_job(ctx))
         merge_dict = kube.to_dict(merge)
+        if not controlled_by(merge_dict, uid):
+            return Observed(
+                shards_job=shards_dict, trouble=_not_ours(merge_dict), shard_failure=failure
+            )
+        pods += [pod for pod in listed if _job_uid(pod) == merge_dict["metadata"]["uid"]]
         merged = merge_failure = None
         merge_done = job_finished(merge_dict)
         if merge_done == "Complete":
@@ -152,14 +178,25 @@ class BatchReconciler:
         )
 
     def _waiting_for(self, model: str, found: dict[str, Any] | None) -> tuple[str, str] | None:
+        """Why the shards cannot start yet: no model, or a model that does not serve (a
+        waiting batch counts as demand, so it wakes a model scaled to zero)."""
         if found is None:
             return (
                 "ModelNotFound",
                 f"GptOssModel {model} does not exist in this namespace; the batch starts "
                 "once it does",
             )
-        if not (found.get("status") or {}).get("servedModelName"):
+        status = found.get("status") or {}
+        if not status.get("servedModelName"):
             return "WaitingForModel", f"GptOssModel {model} is not set up yet"
+        serving = get_condition(status.get("conditions") or [], "Serving") or {}
+        if serving.get("status") != "True":
+            why = serving.get("message") or serving.get("reason") or "no replica is ready"
+            return (
+                "WaitingForEngine",
+                f"GptOssModel {model} is not serving ({status.get('phase')}: {why}); the "
+                "batch starts once it serves",
+            )
         return None
 
     def _context(
@@ -210,6 +247,30 @@ class BatchReconciler:
             await kube.delete_if_present(self.client, InferenceBatchResource, key[1], key[0])
             return
         self.poke(*key, left + 0.5)  # look again when it is due
+
+
+def controlled_by(obj: dict[str, Any], uid: str) -> bool:
+    """Is ``obj``'s controller the object with ``uid``?"""
+    return any(
+        ref.get("controller") and ref.get("uid") == uid
+        for ref in obj.get("metadata", {}).get("ownerReferences") or []
+    )
+
+
+def _job_uid(pod: dict[str, Any]) -> str | None:
+    labels = pod.get("metadata", {}).get("labels") or {}
+    return labels.get("batch.kubernetes.io/controller-uid") or labels.get("controller-uid")
+
+
+def _not_ours(job: dict[str, Any]) -> tuple[str, str]:
+    name = job["metadata"]["name"]
+    owners = job["metadata"].get("ownerReferences") or []
+    whose = f"owned by {owners[0].get('kind')} uid {owners[0].get('uid')}" if owners else "unowned"
+    return (
+        "WaitingForOldJobs",
+        f"Job {name} is not this batch's ({whose}: left by an earlier batch of this name, "
+        "or made by someone else); the batch starts once it is gone",
+    )
 
 
 def _reason(status: dict[str, Any]) -> str | None:

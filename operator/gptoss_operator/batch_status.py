@@ -29,7 +29,8 @@ class Observed:
     merge_job: dict[str, Any] | None = None
     # (reason, message): why the Jobs cannot be made yet (no model, model not serving)
     waiting: tuple[str, str] | None = None
-    # (reason, message): why worker pods do not run (see pod_trouble)
+    # (reason, message): why the worker pods do not run or cannot get anywhere (see
+    # pod_trouble; a model deleted under the shards; a merge Job of another batch)
     trouble: tuple[str, str] | None = None
     # the last failed shard pod's termination message, when a shard failed
     shard_failure: dict[str, Any] | None = None
@@ -73,11 +74,13 @@ def pod_trouble(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
             waiting = (container.get("state") or {}).get("waiting") or {}
             if waiting.get("reason") in STUCK_WAITING_REASONS:
                 name = pod["metadata"]["name"]
-                return waiting["reason"], f"pod {name}: {waiting.get('message') or ''}".strip()
+                detail = f"pod {name} cannot start: {waiting.get('message') or ''}"
+                return waiting["reason"], detail.strip()
         scheduled = get_condition(status.get("conditions"), "PodScheduled") or {}
         if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
             name = pod["metadata"]["name"]
-            return "Unschedulable", f"pod {name}: {scheduled.get('message') or ''}".strip()
+            detail = f"pod {name} cannot start: {scheduled.get('message') or ''}"
+            return "Unschedulable", detail.strip()
     return None
 
 
@@ -172,12 +175,13 @@ def batch_status(
         if shards_done == "Failed":
             _, failed_message = _failure(observed, None)
             message = f"{failed_message}; keeping what was answered: {message}"
+        if observed.trouble is not None:
+            reason, message = observed.trouble
     else:
         phase, finished = Phase.RUNNING, None
         reason, message = "Running", "answering"
         if observed.trouble is not None:
-            reason, detail = observed.trouble
-            message = f"workers cannot start: {detail}"
+            reason, message = observed.trouble
 
     fields["phase"] = phase.value
     fields["message"] = message

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -24,6 +25,8 @@ from gptoss_operator import naming
 log = logging.getLogger(__name__)
 
 GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting")
+# vLLM's page is tens of KiB; a pod that sends more is not read to its end.
+MAX_PAGE_BYTES = 4 * 2**20
 
 
 def requests_in_flight(text: str) -> int | None:
@@ -35,9 +38,12 @@ def requests_in_flight(text: str) -> int | None:
         name = line.split("{", 1)[0].split(" ", 1)[0]
         if name in GAUGES:
             try:
-                total += float(line.rsplit(" ", 1)[1])
+                value = float(line.rsplit(" ", 1)[1])
             except (IndexError, ValueError):
                 continue
+            if not math.isfinite(value) or value < 0:
+                continue
+            total += value
             found = True
     return round(total) if found else None
 
@@ -92,19 +98,31 @@ class EngineLoads:
                 await asyncio.sleep(self.interval)
 
     async def refresh(self, client: httpx.AsyncClient) -> None:
-        for key in list(self.wanted()):
-            addresses = list(self.pods.get(key, []))
-            figures = await asyncio.gather(*(self._read(client, ip) for ip in addresses))
-            answered = [figure for figure in figures if figure is not None]
-            if answered:
-                self.loads[key] = (sum(answered), self.clock())
+        """One pass: every pod of every wanted model at once, each read bounded by the
+        timeout, so one slow pod costs the pass at most that, whatever the count."""
+        keys = list(self.wanted())
+        reads = [(key, ip) for key in keys for ip in self.pods.get(key, [])]
+        figures = await asyncio.gather(*(self._read(client, ip) for _, ip in reads))
+        read_at = self.clock()
+        answered: dict[tuple[str, str], int] = {}
+        for (key, _), figure in zip(reads, figures, strict=True):
+            if figure is not None:
+                answered[key] = answered.get(key, 0) + figure
+        for key, total in answered.items():
+            self.loads[key] = (total, read_at)
 
     async def _read(self, client: httpx.AsyncClient, address: str) -> int | None:
         host = f"[{address}]" if ":" in address else address
         try:
-            reply = await client.get(f"http://{host}:{self.port}/metrics")
-        except httpx.HTTPError:
+            async with asyncio.timeout(self.timeout):
+                async with client.stream("GET", f"http://{host}:{self.port}/metrics") as reply:
+                    if reply.status_code != 200:
+                        return None
+                    page = bytearray()
+                    async for chunk in reply.aiter_bytes():
+                        page += chunk
+                        if len(page) > MAX_PAGE_BYTES:
+                            return None
+        except (httpx.HTTPError, TimeoutError):
             return None
-        if reply.status_code != 200:
-            return None
-        return requests_in_flight(reply.text)
+        return requests_in_flight(page.decode(errors="replace"))

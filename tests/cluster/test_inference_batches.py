@@ -21,11 +21,11 @@ from lightkube.resources.core_v1 import Event, PersistentVolumeClaim
 from lightkube.resources.rbac_authorization_v1 import RoleBinding
 
 from gptoss_operator import naming
-from gptoss_operator.api.resources import InferenceBatchResource
+from gptoss_operator.api.resources import GptOssModelResource, InferenceBatchResource
 from gptoss_sandbox.cluster import SANDBOX_STORAGE_CLASS, free_port
 from gptoss_sandbox.standin_engine import StandinEngine
 from tests.cluster.chart_helpers import token_kubeconfig, tools
-from tests.cluster.model_helpers import create_model
+from tests.cluster.model_helpers import MANUAL, create_model, pods, running_pod, status_of
 from tests.conftest import ClusterUnderTest, OperatorProcess
 from tests.support import wait_for
 
@@ -203,3 +203,67 @@ def _shards_job(kube: Client, namespace: str, batch: str) -> Job | None:
         if error.status.code == 404:
             return None
         raise
+
+
+def test_a_batch_starts_only_once_its_model_serves_and_says_why_it_waits(
+    kube: Client, operator: OperatorProcess, namespace: str
+) -> None:
+    """#23, defect 6: a model that exists but does not serve (its pod not up) holds the
+    batch Pending with WaitingForEngine, no Job made; the shards start once it serves."""
+    del operator
+    create_model(kube, namespace, "m", serving={"podAnnotations": MANUAL})
+    server = wait_for(
+        lambda: next(iter(pods(kube, namespace, naming.server_selector("m"))), None),
+        timeout=60,
+        message="the model's pod",
+    )
+    wait_for(
+        lambda: status_of(kube, namespace, "m").get("servedModelName"),
+        timeout=60,
+        message="the model set up (but not serving)",
+    )
+    create_claim(kube, namespace, "data")
+    volume_batch(kube, namespace, "early", "in.jsonl", shards=1)
+    waiting = wait_for(
+        lambda: (
+            condition(status := batch_of(kube, namespace, "early").get("status") or {},
+                      "Reconciling").get("reason") == "WaitingForEngine"
+            and status
+        ),
+        timeout=30,
+        message="WaitingForEngine",
+    )  # fmt: skip
+    assert waiting["phase"] == "Pending"
+    assert "not serving" in waiting["message"]
+    assert _shards_job(kube, namespace, "early") is None, "no shard started against no engine"
+    assert "WaitingForEngine" in batch_events(kube, namespace, "early")
+
+    running_pod(kube, namespace, server)
+    job = wait_for(lambda: _shards_job(kube, namespace, "early"), timeout=60, message="shards")
+    assert job.spec.completions == 1
+    assert wait_phase(kube, namespace, "early", ("Running",))["phase"] == "Running"
+
+
+def test_a_model_deleted_under_a_running_batch_is_reported(
+    kube: Client, operator: OperatorProcess, namespace: str
+) -> None:
+    """#23, defect 6: the batch's shards wait for an engine that will not come back; the
+    batch says so (ModelNotFound) instead of "answering"."""
+    del operator
+    create_model(kube, namespace, "m")
+    wait_for(lambda: status_of(kube, namespace, "m").get("phase") == "Ready", timeout=60)
+    create_claim(kube, namespace, "data")
+    volume_batch(kube, namespace, "orphan", "in.jsonl", shards=1)
+    wait_phase(kube, namespace, "orphan", ("Running",))
+    kube.delete(GptOssModelResource, "m", namespace=namespace)
+    status = wait_for(
+        lambda: (
+            condition(status := batch_of(kube, namespace, "orphan").get("status") or {},
+                      "Reconciling").get("reason") == "ModelNotFound"
+            and status
+        ),
+        timeout=60,
+        message="ModelNotFound while running",
+    )  # fmt: skip
+    assert status["phase"] == "Running"
+    assert "does not exist" in status["message"]

@@ -39,7 +39,6 @@ from tests.cluster.model_helpers import (
     wait_for_condition,
     wait_for_event,
     wait_for_phase,
-    waiting_pod,
 )
 from tests.conftest import OperatorProcess
 from tests.support import wait_for
@@ -499,36 +498,6 @@ def test_raising_the_storage_size_grows_an_expandable_claim(
     finally:
         kube.delete(StorageClass, expandable)
         kube.delete(PersistentVolume, volume)
-
-
-@pytest.mark.parametrize(
-    ("waiting_reason", "expected_reason", "expected_text"),
-    [
-        ("ImagePullBackOff", "ImagePullError", "manifest unknown"),
-        ("CrashLoopBackOff", "CrashLoop", "CUDA out of memory"),
-    ],
-)
-def test_server_pod_failures_are_conditions_and_events(
-    kube: Client,
-    namespace: str,
-    operator: OperatorProcess,
-    waiting_reason: str,
-    expected_reason: str,
-    expected_text: str,
-) -> None:
-    del operator
-    create_model(kube, namespace, "sick", serving={"podAnnotations": MANUAL})
-
-    def server_pod() -> Any:
-        listed = pods(kube, namespace, naming.server_selector("sick"))
-        return listed[0] if listed and listed[0].spec.nodeName else None
-
-    pod = wait_for(server_pod, message="server pod scheduled")
-    waiting_pod(kube, namespace, pod, waiting_reason, "manifest unknown: vllm:nope")
-    status = wait_for_condition(kube, namespace, "sick", "Serving", expected_reason)
-    assert expected_text in condition(status, "Serving")["message"]
-    assert condition(status, "Stalled")["status"] == "True"
-    assert wait_for_event(kube, namespace, "sick", expected_reason)["type"] == "Warning"
 
 
 def test_models_can_be_deleted_while_the_operator_is_down(

@@ -23,6 +23,7 @@ from lightkube.models.core_v1 import PersistentVolumeClaimSpec, VolumeResourceRe
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import ConfigMap, Event, PersistentVolumeClaim, Pod, Secret
+from lightkube.types import CascadeType
 from tests.conftest import ClusterUnderTest
 from tests.node.conftest import (
     MAX_MODEL_LEN,
@@ -244,6 +245,62 @@ def test_a_second_batch_into_the_same_folder_is_refused_and_the_first_answers_st
     after = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
     assert after == before
     assert not (folder / "parts").exists() or not any((folder / "parts").rglob("*.jsonl"))
+
+
+def test_a_batch_created_again_under_its_name_runs_itself_not_the_old_jobs(
+    kube: Client, served_model: ServedModel
+) -> None:
+    """#23, defect 3: the Jobs of a deleted batch that are still there (orphaned here, so
+    they stay; usually the garbage collector has not got to them yet) are not read as the
+    new batch's: it waits for them to go, then runs its own lines."""
+    del served_model
+    create_batch(kube, "again", [request_line(i) for i in range(1, 4)], shards=1)
+    assert wait_batch_finished(kube, "again")["counts"]["total"] == 3
+    kube.delete(InferenceBatchResource, "again", namespace=SERVING, cascade=CascadeType.ORPHAN)
+    wait_for(lambda: not _exists(kube, "again"), timeout=60, message="the first batch gone")
+    kube.create(
+        ConfigMap(
+            metadata=ObjectMeta(name="again2-input", namespace=SERVING),
+            data={"input.jsonl": "\n".join(request_line(i) for i in range(11, 16)) + "\n"},
+        )
+    )
+    create_claim(kube, "again2-out")
+    create_batch(
+        kube,
+        "again",
+        None,
+        input={"configMap": {"name": "again2-input"}},
+        output={"volume": {"claimName": "again2-out", "path": "out"}},
+        shards=1,
+    )
+    waiting = wait_for(
+        lambda: (
+            condition(batch_status(kube, "again"), "Reconciling").get("reason")
+            == "WaitingForOldJobs"
+            and batch_status(kube, "again")
+        ),
+        timeout=60,
+        message="the new batch waiting for the old Jobs",
+    )
+    assert waiting["phase"] == "Pending", waiting
+    assert naming.batch_shards_job_name("again") in waiting["message"]
+    for job in (naming.batch_shards_job_name("again"), naming.batch_merge_job_name("again")):
+        kube.delete(Job, job, namespace=SERVING, cascade=CascadeType.BACKGROUND)
+    status = wait_batch_finished(kube, "again")
+    assert status["phase"] == "Succeeded", status
+    assert status["counts"] == {"total": 5, "succeeded": 5, "failed": 0, "inFlight": 0}
+    answers = read_jsonl(claim_folder(kube, SERVING, "again2-out") / "out" / "output.jsonl")
+    assert sorted(a["custom_id"] for a in answers) == [f"req-{i}" for i in range(11, 16)]
+
+
+def _exists(kube: Client, batch: str) -> bool:
+    try:
+        kube.get(InferenceBatchResource, batch, namespace=SERVING)
+    except ApiError as error:
+        if error.status.code == 404:
+            return False
+        raise
+    return True
 
 
 def operator_pod(kube: Client, chart: ChartRelease) -> Pod | None:

@@ -90,15 +90,17 @@ def test_a_repo_the_hub_does_not_have_fails_the_download_with_its_reason(
     spec = node.model_spec(vllm_image.reference, "openai/gpt-oss-gone", hub_service.endpoint)
     create_model(kube, failing_namespace, "gone", **spec)
     status = wait_for_phase(kube, failing_namespace, "gone", "Failed", timeout=300)
+    # The Hub answers 401, not 404, for a repo it does not have (it will not tell a
+    # missing repo from a private one); the hub here does the same.
     downloaded = condition(status, "Downloaded")
-    assert downloaded["reason"] == "RepoNotFound", downloaded
-    assert "openai/gpt-oss-gone" in downloaded["message"]
+    assert downloaded["reason"] == "Unauthorized", downloaded
+    assert "repository openai/gpt-oss-gone not found, or private" in downloaded["message"]
     assert condition(status, "Stalled")["status"] == "True"
-    assert wait_for_event(kube, failing_namespace, "gone", "RepoNotFound")["type"] == "Warning"
+    assert wait_for_event(kube, failing_namespace, "gone", "Unauthorized")["type"] == "Warning"
     # The kubelet carried the downloader's termination message; the pod failure policy
     # ended the Job at once.
     (download,) = pods(kube, failing_namespace, {naming.MODEL_LABEL: "gone"})
     (state,) = download.status.containerStatuses
-    assert json.loads(state.state.terminated.message)["reason"] == "RepoNotFound"
+    assert json.loads(state.state.terminated.message)["reason"] == "Unauthorized"
     (job,) = kube.list(Job, namespace=failing_namespace, labels={naming.MODEL_LABEL: "gone"})
     assert job.status.failed == 1

@@ -244,7 +244,7 @@ def test_pods_that_cannot_start_name_the_reason() -> None:
     }
     assert pod_trouble([waiting]) == (
         "CreateContainerConfigError",
-        'pod eval-shards-0-x: secret "s3-keys" not found',
+        'pod eval-shards-0-x cannot start: secret "s3-keys" not found',
     )
     creating = {
         "metadata": {"name": "p"},

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from gptoss_operator.api.batch import RequestDefaults
-from gptoss_operator.batch.merge import merge
+from gptoss_operator.batch.merge import LinesMissing, merge
 from gptoss_operator.batch.parts import ERRORS, OUTPUT, PARTS, SUMMARY
 from gptoss_operator.batch.plan import BatchPlan, Place
 from gptoss_operator.batch.shard import ShardRunner
@@ -249,3 +249,51 @@ def test_an_output_that_cannot_be_written_stops_the_shard_with_a_reason(
     reason = json.loads(termination.read_text())
     assert reason["reason"] == "StorageUnusable"
     assert "pvc://data/a-file/out is not writable" in reason["message"]
+
+
+async def test_a_line_whose_answer_raises_anything_lands_in_the_error_file(
+    tmp_path: Path, engine: StandinEngine, harmony: Harmony, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """#23, defect 2: an exception nobody planned for (here from rendering) fails its line
+    into errors.jsonl; it never vanishes from both files."""
+    (tmp_path / "in.jsonl").write_text("\n".join(request_line(i) for i in range(1, 6)))
+    plan = plan_for(tmp_path, engine, shards=1)
+    shard = runner(plan, 0, harmony)
+    render = shard.renderer.render
+
+    async def flaky(messages: Any, level: Any) -> list[int]:
+        if "question 3" in messages[-1].content:
+            raise RuntimeError("the render process pool broke")
+        return await render(messages, level)
+
+    monkeypatch.setattr(shard.renderer, "render", flaky)
+    tally = await shard.run()
+    assert (tally.succeeded, tally.failed) == (4, 1)
+    summary = merge(VolumeFolder(tmp_path / "out", "out"))
+    assert (summary.succeeded, summary.failed) == (4, 1)
+    (error,) = read_jsonl(tmp_path / "out" / ERRORS)
+    assert error["custom_id"] == "req-3"
+    assert error["response"]["body"]["error"]["code"] == "internal_error"
+    assert (
+        "RuntimeError: the render process pool broke"
+        in (error["response"]["body"]["error"]["message"])
+    )
+
+
+async def test_the_merge_refuses_a_shard_whose_parts_miss_lines_it_read(
+    tmp_path: Path, engine: StandinEngine, harmony: Harmony
+) -> None:
+    """#23, defect 2: a finished shard records how many lines it read; a merge that finds
+    fewer of them in the parts fails with LinesMissing and keeps the parts."""
+    (tmp_path / "in.jsonl").write_text("\n".join(request_line(i) for i in range(1, 7)))
+    plan = plan_for(tmp_path, engine, shards=2)
+    for index in range(2):
+        await runner(plan, index, harmony).run()
+    out = tmp_path / "out"
+    (part,) = (out / PARTS / "00001").glob("*.jsonl")
+    rows = part.read_bytes().splitlines(keepends=True)
+    part.write_bytes(b"".join(rows[:-1]))  # one answered line lost between shard and merge
+    with pytest.raises(LinesMissing, match=r"shard 1 read 3 lines, its parts hold 2"):
+        merge(VolumeFolder(out, "out"))
+    assert part.exists(), "the parts are kept"
+    assert not (out / SUMMARY).exists()

@@ -4,6 +4,8 @@ vLLM's /metrics in the node tier: tests/node/test_node_engine.py.)"""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 from aiohttp import web
@@ -50,33 +52,88 @@ class _Clock:
         return self.now
 
 
+@contextlib.asynccontextmanager
+async def metrics_server(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    addresses: tuple[str, ...] = ("127.0.0.1",),
+) -> AsyncIterator[int]:
+    """A /metrics server on ``addresses``; yields its port."""
+    app = web.Application()
+    app.router.add_get("/metrics", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    for address in addresses:
+        await web.TCPSite(runner, address, port).start()
+    try:
+        yield port
+    finally:
+        await runner.cleanup()
+
+
 def test_pods_are_summed_and_silent_ones_add_nothing() -> None:
     async def scenario() -> None:
         async def metrics(_: web.Request) -> web.Response:
             return web.Response(text=PAGE)
 
-        app = web.Application()
-        app.router.add_get("/metrics", metrics)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        port = free_port()
-        for address in ("127.0.0.1", "127.0.0.2"):
-            await web.TCPSite(runner, address, port).start()
         clock = _Clock()
-        # Two pods answer; nothing listens at the third address.
-        pods = {("ns", "m"): ["127.0.0.1", "127.0.0.2", "127.0.0.3"]}
-        silent = {("ns", "quiet"): ["127.0.0.1"]}
-        loads = EngineLoads(
-            {**pods, **silent}, lambda: [("ns", "m")], interval=1.0, port=port, clock=clock
-        )
-        try:
+        async with metrics_server(metrics, ("127.0.0.1", "127.0.0.2")) as port:
+            # Two pods answer; nothing listens at the third address.
+            pods = {("ns", "m"): ["127.0.0.1", "127.0.0.2", "127.0.0.3"]}
+            silent = {("ns", "quiet"): ["127.0.0.1"]}
+            loads = EngineLoads(
+                {**pods, **silent}, lambda: [("ns", "m")], interval=1.0, port=port, clock=clock
+            )
             async with httpx.AsyncClient(timeout=1.0) as client:
                 await loads.refresh(client)
-        finally:
-            await runner.cleanup()
         assert loads("ns", "m") == 14
         assert loads("ns", "quiet") is None, "not wanted, not read"
         clock.now += 3.5
         assert loads("ns", "m") is None, "a figure older than three intervals is dropped"
+
+    asyncio.run(scenario())
+
+
+def test_models_are_read_at_once_so_slow_pods_expire_no_figure() -> None:
+    """#23, defect 9: 30 models whose pods take 0.3 s each to answer. Read one after
+    another, a pass takes 9 s and the first figures are past three intervals (3 s) by its
+    end; read at once, every figure is fresh."""
+
+    async def scenario() -> None:
+        async def metrics(_: web.Request) -> web.Response:
+            await asyncio.sleep(0.3)
+            return web.Response(text=PAGE)
+
+        models = [("ns", f"m{i}") for i in range(30)]
+        async with metrics_server(metrics) as port:
+            loads = EngineLoads(
+                {key: ["127.0.0.1"] for key in models}, lambda: models, interval=1.0, port=port
+            )
+            async with httpx.AsyncClient(timeout=1.0) as client:
+                await loads.refresh(client)
+        assert [loads(*key) for key in models] == [7] * 30
+
+    asyncio.run(scenario())
+
+
+def test_a_page_too_large_or_not_finite_is_no_figure() -> None:
+    """A pod's /metrics is read up to a cap, and NaN or Inf gauges count as no figure."""
+    assert requests_in_flight(PAGE.replace("3.0", "NaN")) == 4
+    assert requests_in_flight(PAGE.replace("4.0", "+Inf")) == 3
+
+    async def scenario() -> None:
+        async def huge(_: web.Request) -> web.StreamResponse:
+            response = web.StreamResponse()
+            await response.prepare(_)
+            await response.write(PAGE.encode())
+            for _i in range(64):  # 64 MiB of comments after the gauges
+                await response.write((b"#" * 1023 + b"\n") * 1024)
+            return response
+
+        async with metrics_server(huge) as port:
+            loads = EngineLoads({("ns", "m"): ["127.0.0.1"]}, lambda: [("ns", "m")], 1.0, port=port)
+            async with httpx.AsyncClient(timeout=5.0) as client:
+                await loads.refresh(client)
+        assert loads("ns", "m") is None, "a page over the cap is dropped, not parsed"
 
     asyncio.run(scenario())

@@ -67,8 +67,7 @@ def _read_owner(folder: OutputFolder) -> Owner | None:
 
 def _batch_files(folder: OutputFolder) -> list[str]:
     """The files a batch writes that are in the folder now."""
-    parts = [name for name in folder.list(f"{PARTS}/") if name.endswith(".jsonl")]
-    return [name for name in _RESULTS if folder.exists(name)] + parts
+    return [name for name in _RESULTS if folder.exists(name)] + folder.list(f"{PARTS}/")
 
 
 def _where(folder: OutputFolder) -> str:

@@ -20,6 +20,7 @@ PARTS = "parts"
 OUTPUT = "output.jsonl"
 ERRORS = "errors.jsonl"
 SUMMARY = "summary.json"
+LINES_READ = "lines.json"
 
 
 def shard_prefix(shard: int) -> str:
@@ -28,6 +29,20 @@ def shard_prefix(shard: int) -> str:
 
 def part_name(shard: int, worker: str, sequence: int) -> str:
     return f"{shard_prefix(shard)}{worker}-{sequence:06d}.jsonl"
+
+
+def lines_read_name(shard: int) -> str:
+    """Written by a shard once all its lines are in its parts: how many it read."""
+    return f"{shard_prefix(shard)}{LINES_READ}"
+
+
+def lines_read_record(lines: int) -> bytes:
+    return json.dumps({"lines": lines}).encode()
+
+
+def shard_of(name: str) -> int:
+    """The shard a name under ``parts/`` belongs to."""
+    return int(name.removeprefix(f"{PARTS}/").split("/", 1)[0])
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,8 @@ from gptoss_operator.batch.parts import (
     Tally,
     decode_rows,
     encode_row,
+    lines_read_name,
+    lines_read_record,
     part_name,
     shard_prefix,
 )
@@ -102,14 +104,17 @@ class ShardRunner:
     async def run(self) -> Tally:
         """Answer every line of the shard not yet on storage. Raises StorageError."""
         await self._resume()
-        self.total = await self._count()
-        log.info("shard %d: %s lines, %d already written", self.index, self.total, self.tally.done)
+        self.total = total = await self._count()
+        log.info("shard %d: %s lines, %d already written", self.index, total, self.tally.done)
         reporter = asyncio.create_task(self._report_forever())
         flusher = asyncio.create_task(self._flush_forever())
         try:
             await self.gate.open()
             await self._answer_all()
             await self._flush()
+            await _retrying(
+                lambda: self.output.write(lines_read_name(self.index), lines_read_record(total))
+            )
             self._finished = True
         finally:
             flusher.cancel()
@@ -185,6 +190,14 @@ class ShardRunner:
 
     # ------------------------------------------------------------ one line
     async def _answer(self, request: LineRequest) -> None:
+        """Answer one line into one of the two files, whatever happens (but a cancel)."""
+        try:
+            await self._answer_line(request)
+        except Exception as error:
+            log.exception("line %d failed unexpectedly", request.line)
+            self._fail(request, 500, "internal_error", f"{type(error).__name__}: {error}")
+
+    async def _answer_line(self, request: LineRequest) -> None:
         try:
             prompt = await self.renderer.render(list(request.messages), request.reasoning_level)
         except ValueError as error:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from gptoss_operator.api.batch import ShardProgress
-from gptoss_operator.batch.merge import merge
+from gptoss_operator.batch.merge import LinesMissing, merge
 from gptoss_operator.batch.ownership import OutputInUse, Owner, claim_output
 from gptoss_operator.batch.plan import (
     EXIT_CANNOT_RUN,
@@ -171,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
             return storage_failure(termination, error)
         except OutputInUse as error:
             return output_in_use(termination, error)
+        except LinesMissing as error:
+            log.error("%s", error.message)
+            write_termination(termination, {"reason": "LinesMissing", "message": error.message})
+            return EXIT_CANNOT_RUN
         write_termination(termination, {"reason": "Merged", "summary": summary.__dict__})
         return 0
     index = args.index if args.index is not None else int(env.get("JOB_COMPLETION_INDEX", "0"))

@@ -13,6 +13,7 @@ import asyncio
 import multiprocessing
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 from gptoss_operator.harmony import ChatMessage, Harmony, ReasoningLevel
 
@@ -41,14 +42,27 @@ class PromptRenderer:
     async def render(self, messages: Sequence[ChatMessage], level: ReasoningLevel) -> list[int]:
         if sum(len(message.content) for message in messages) <= self.inline_limit:
             return self.harmony.render(messages, level)
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._child(), _render, list(messages), level)
+        except BrokenProcessPool:
+            # The child died (an OOM kill, say): a new one, once. A prompt that kills the
+            # new one too is refused; the next prompt gets a new child again.
+            self.close()
+            try:
+                return await loop.run_in_executor(self._child(), _render, list(messages), level)
+            except BrokenProcessPool as error:
+                self.close()
+                raise ValueError("rendering this prompt killed the render process") from error
+
+    def _child(self) -> ProcessPoolExecutor:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
                 max_workers=1,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_load,
             )
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, _render, list(messages), level)
+        return self._pool
 
     def close(self) -> None:
         if self._pool is not None:
