@@ -32,13 +32,19 @@ def wait_for(
         time.sleep(interval)
 
 
-async def settled_count(engine: Any) -> int:
-    """A stand-in engine's request count once requests a cancelled worker had already
-    sent have reached it (they may arrive just after the cancel)."""
+async def settled_count(engine: Any, quiet: float = 1.0, within: float = 30.0) -> int:
+    """A stand-in engine's request count once every request a cancelled worker sent has
+    reached it: nothing running or waiting in the engine, and no new request for
+    ``quiet`` seconds (a request still on its way arrives well within that)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
     count: int = engine.requests_served
-    for _ in range(50):
-        await asyncio.sleep(0.1)
-        if engine.requests_served == count:
+    since = loop.time()
+    while loop.time() < deadline:
+        await asyncio.sleep(0.05)
+        busy = engine.running or engine.waiting
+        if busy or engine.requests_served != count:
+            count, since = engine.requests_served, loop.time()
+        elif loop.time() - since >= quiet:
             return count
-        count = engine.requests_served
-    return count
+    raise AssertionError(f"the stand-in engine did not settle in {within:.0f}s")

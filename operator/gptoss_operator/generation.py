@@ -167,6 +167,7 @@ async def generate(
             f"the engine ended the request with finish_reason {finish_reason!r} "
             f"after {progress.tokens} tokens",
             retryable=True,
+            platform=finish_reason == "abort",  # vLLM stopping: never the request's doing
         )
     finished = clock()
     parsed = parser.finish(stop_token(finish_reason, stop_id, parser.tokens))

@@ -338,6 +338,8 @@ class StandinEngine:
     Knobs, all plain attributes that may be changed while the server runs:
 
     * ``token_delay``: seconds to wait before each generated token (default 0).
+    * ``queue_delay``: seconds a streamed request waits before its first token, as in a
+      busy engine's queue (the response's headers go out at once, as vLLM's do).
     * ``fail_next``: fault names, one consumed per ``POST /v1/completions``:
       ``http500`` / ``http503`` / ``http400`` answer with that status and a vLLM-style
       error body; ``hang`` accepts the request and never answers (until ``stop()`` or
@@ -365,6 +367,10 @@ class StandinEngine:
     * ``answer_repeat``: the final answer repeats the question this many times (for
       outputs larger than any one message may be).
 
+    ``GET /metrics`` reports vLLM's gauges ``vllm:num_requests_running`` (streams being
+    generated) and ``vllm:num_requests_waiting`` (streams in ``queue_delay``); a request
+    a fault lost (``hang``, a ``stall`` gone silent) is in neither, as in vLLM.
+
     Records: ``requests_served`` (completion requests received), ``last_request`` (the
     parsed JSON body of the latest one), ``requests`` (all of them) and
     ``request_seconds`` (how long each took to answer, for the benchmarks).
@@ -387,6 +393,9 @@ class StandinEngine:
         self.system_fingerprint = f"vllm-{VLLM_VERSION}-{digest}"
         self.port = port
         self.token_delay = token_delay
+        self.queue_delay = 0.0
+        self.running = 0
+        self.waiting = 0
         self.max_model_len = max_model_len
         self.fail_next: list[str] = []
         self.loading = False
@@ -427,6 +436,7 @@ class StandinEngine:
         app = web.Application(middlewares=[self._json_not_found, self._authenticate])
         app.router.add_get("/health", self._health)
         app.router.add_get("/version", self._version)
+        app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/completions", self._timed_completions)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
@@ -578,6 +588,20 @@ class StandinEngine:
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(status=503 if self.loading else 200)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        labels = f'engine="0",model_name="{self.model}"'
+        lines = []
+        for name, value, what in (
+            ("running", self.running, "Number of requests in model execution batches."),
+            ("waiting", self.waiting, "Number of requests waiting to be processed."),
+        ):
+            lines += [
+                f"# HELP vllm:num_requests_{name} {what}",
+                f"# TYPE vllm:num_requests_{name} gauge",
+                f"vllm:num_requests_{name}{{{labels}}} {float(value)}",
+            ]
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
     async def _version(self, request: web.Request) -> web.Response:
         return _json_response({"version": VLLM_VERSION})
@@ -876,25 +900,35 @@ class StandinEngine:
             await send(chunk)
 
         try:
-            for step in generate(self.encoding, planned, prompt_tokens, completion.sampling):
-                if fault in ("reset", "stall", "stream_error", "shutdown") and (
-                    generated >= self.fault_after_tokens
-                ):
-                    break
-                if self.token_delay:
-                    await asyncio.sleep(self.token_delay)
-                generated += 1
-                group.append(step)
-                # vLLM's --stream-interval: the first token at once, then groups of N
-                # tokens, and whatever is left when the request finishes.
-                if (
-                    generated == 1
-                    or len(group) >= self.stream_interval
-                    or step.finish_reason is not None
-                ):
+            if self.queue_delay:
+                self.waiting += 1
+                try:
+                    await asyncio.sleep(self.queue_delay)
+                finally:
+                    self.waiting -= 1
+            self.running += 1
+            try:
+                for step in generate(self.encoding, planned, prompt_tokens, completion.sampling):
+                    if fault in ("reset", "stall", "stream_error", "shutdown") and (
+                        generated >= self.fault_after_tokens
+                    ):
+                        break
+                    if self.token_delay:
+                        await asyncio.sleep(self.token_delay)
+                    generated += 1
+                    group.append(step)
+                    # vLLM's --stream-interval: the first token at once, then groups of N
+                    # tokens, and whatever is left when the request finishes.
+                    if (
+                        generated == 1
+                        or len(group) >= self.stream_interval
+                        or step.finish_reason is not None
+                    ):
+                        await send_group()
+                if group:
                     await send_group()
-            if group:
-                await send_group()
+            finally:
+                self.running -= 1
             if fault == "shutdown":
                 self.loading = True
                 asyncio.get_running_loop().call_later(

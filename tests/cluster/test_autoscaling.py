@@ -10,7 +10,6 @@ the engine is the stand-in, slow enough that jobs are still running when pods go
 
 from __future__ import annotations
 
-import time
 import urllib.request
 import uuid
 
@@ -233,7 +232,13 @@ def test_with_autoscaling_the_operator_owns_the_count(
         namespace=namespace,
         patch_type=PatchType.MERGE,
     )
-    time.sleep(3)  # several autoscaler passes and a resync
+    # The operator has read the new spec (its status says so) and kept its own count.
+    generation = kube.get(GptOssModelResource, "m", namespace=namespace).metadata.generation
+    wait_for(
+        lambda: status_of(kube, namespace, "m").get("observedGeneration") == generation,
+        timeout=20,
+        message="the model's new generation observed",
+    )
     assert _deployment_replicas(kube, namespace) == 2
     scale = kube.get(GptOssModelResource.Scale, "m", namespace=namespace)
     assert (scale.spec.replicas, scale.status.replicas) == (3, 2)

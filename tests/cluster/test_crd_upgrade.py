@@ -10,7 +10,6 @@ runs a new job, and nothing is refused or failed because of the unknown fields.
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,16 @@ from lightkube import Client, codecs
 from gptoss_operator.api.crdgen import all_crds
 from gptoss_operator.api.resources import GptOssModelResource, InferenceJobResource
 from gptoss_sandbox.standin_engine import StandinEngine
-from tests.cluster.job_helpers import SidecarProcess, create_job, job_status, wait_finished
-from tests.cluster.model_helpers import create_model, wait_for_phase
+from tests.cluster.job_helpers import (
+    SidecarProcess,
+    create_job,
+    job_manifest,
+    job_status,
+    wait_finished,
+)
+from tests.cluster.model_helpers import create_model, model_manifest, wait_for_phase
 from tests.conftest import ClusterUnderTest, OperatorProcess
+from tests.support import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.faults]
 
@@ -36,19 +42,36 @@ def _newer(crd: dict[str, Any]) -> dict[str, Any]:
     return upgraded
 
 
+def _knob_served(kube: Client) -> bool | None:
+    """Does the apiserver default ``futureKnob`` in a new object of each kind now (a
+    dry-run create of each: the positive sign that its handlers serve a schema)?"""
+    documents = [
+        (GptOssModelResource, model_manifest("probe", source={"repo": "openai/gpt-oss-20b"})),
+        (InferenceJobResource, job_manifest("probe", "probe", "hello")),
+    ]
+    served = {
+        "futureKnob"
+        in kube.create(kind.from_dict(document), namespace="default", dry_run=True).to_dict()[
+            "spec"
+        ]
+        for kind, document in documents
+    }
+    return served.pop() if len(served) == 1 else None
+
+
 @pytest.fixture
 def upgraded_crds(kube: Client, crds: list[str]) -> Iterator[None]:
     del crds
     originals = list(all_crds().values())
     for crd in originals:
         kube.apply(codecs.from_dict(_newer(crd)), force=True)
-    time.sleep(2)  # let the apiserver's CRD handlers pick up the new schema
+    wait_for(lambda: _knob_served(kube) is True, timeout=30, message="the new schema served")
     try:
         yield
     finally:
         for crd in originals:
             kube.apply(codecs.from_dict(crd), force=True)
-        time.sleep(2)
+        wait_for(lambda: _knob_served(kube) is False, timeout=30, message="the schema back")
 
 
 def test_old_components_keep_working_after_a_crd_upgrade(

@@ -9,15 +9,21 @@ same address. The real-vLLM version of this is in the engine tier.
 
 from __future__ import annotations
 
-import time
 import uuid
+from typing import Any
 
 import pytest
 from lightkube import Client
 
 from gptoss_sandbox.cluster import free_port
 from gptoss_sandbox.standin_engine import StandinEngine
-from tests.cluster.job_helpers import SidecarProcess, create_job, job_status, wait_finished
+from tests.cluster.job_helpers import (
+    SidecarProcess,
+    condition,
+    create_job,
+    job_status,
+    wait_finished,
+)
 from tests.cluster.model_helpers import create_model, wait_for_phase
 from tests.conftest import ClusterUnderTest, OperatorProcess
 from tests.support import wait_for
@@ -51,10 +57,15 @@ def test_an_engine_restart_mid_generation_fails_no_job(
             message="every job streaming",
         )
         engine.stop_in_thread()
-        time.sleep(8)
-        phases = {name: job_status(kube, namespace, name).get("phase") for name in names}
-        assert "Failed" not in phases.values(), phases
-        assert set(phases.values()) == {"Pending"}, "handed back while the engine is down"
+
+        def handed_back() -> dict[str, Any] | None:
+            statuses = {name: job_status(kube, namespace, name) for name in names}
+            assert not [n for n, s in statuses.items() if s.get("phase") == "Failed"], statuses
+            reasons = {condition(s, "Scheduled").get("reason") for s in statuses.values()}
+            return statuses if reasons == {"EngineUnavailable"} else None
+
+        statuses = wait_for(handed_back, timeout=30, message="every job handed back")
+        assert {s.get("phase") for s in statuses.values()} == {"Pending"}
         engine = StandinEngine(model="m", port=port, token_delay=0.01)
         engine.start_in_thread()
         for name in names:
@@ -129,7 +140,12 @@ def test_an_api_key_the_engine_refuses_fails_no_job(
     name = f"j-{uuid.uuid4().hex[:8]}"
     try:
         create_job(kube, namespace, name, "k")
-        time.sleep(6)
+        # The sidecar has tried the engine and said why it takes no job.
+        wait_for(
+            lambda: "refuses this sidecar's API key" in sidecar.log_tail(),
+            timeout=30,
+            message="the refused key logged",
+        )
         status = job_status(kube, namespace, name)
         assert status.get("phase") == "Pending", status
         assert engine.requests_served == 0, "no job reached the engine with a refused key"

@@ -67,7 +67,7 @@ def served(
     url = engine.start_in_thread()
     logs = tmp_path_factory.mktemp("sidecars")
     sidecar = SidecarProcess(
-        cluster.kubeconfig, namespace, "m", "sidecar-a", url, logs, GPTOSS_ENGINE_READ_TIMEOUT="3"
+        cluster.kubeconfig, namespace, "m", "sidecar-a", url, logs, GPTOSS_ENGINE_QUIET_SECONDS="2"
     ).start()
     try:
         yield Served(kube, namespace, "m", engine, sidecar, cluster, logs)
@@ -85,6 +85,7 @@ def _reset_engine(request: pytest.FixtureRequest) -> Iterator[None]:
         engine: StandinEngine = request.getfixturevalue("served").engine
         engine.fail_next = []
         engine.token_delay = 0.0
+        engine.queue_delay = 0.0
         engine.commentary = False
         engine.answer_repeat = 1
 
@@ -252,6 +253,31 @@ def test_retryable_engine_faults_are_retried(served: Served, fault: str) -> None
     assert status["phase"] == "Succeeded", status.get("message")
     assert status["attempts"] == 3
     assert status["response"] == "Stand-in answer to: What is recursion?"
+
+
+def test_a_wait_in_a_busy_engines_queue_fails_and_repeats_nothing(served: Served) -> None:
+    """#23, defect 5: no token for three quiet periods while the engine is healthy and
+    holds the request (queued): the job waits; one attempt, the engine asked once."""
+    served.engine.queue_delay = 7.0
+    asked = served.engine.requests_served
+    name = _name()
+    create_job(served.kube, served.namespace, name, "m", backoffLimit=0)
+    status = wait_finished(served.kube, served.namespace, name, timeout=90)
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["attempts"] == 1
+    assert served.engine.requests_served - asked == 1
+
+
+def test_a_request_lost_on_the_way_is_asked_again_without_charge(served: Served) -> None:
+    """#23, defect 5: silence while the engine holds nothing means the request was lost
+    (here: accepted and never answered): asked again, and not counted against
+    backoffLimit (0 here: a counted failure would fail the job)."""
+    served.engine.fail_next = ["hang"]
+    name = _name()
+    create_job(served.kube, served.namespace, name, "m", backoffLimit=0)
+    status = wait_finished(served.kube, served.namespace, name, timeout=90)
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert (status["attempts"], status["voidedAttempts"]) == (2, 1)
 
 
 def test_engine_errors_exhaust_the_backoff_limit(served: Served) -> None:

@@ -26,6 +26,7 @@ import pytest
 
 from gptoss_operator.api.model import GptOssModelSpec
 from gptoss_operator.builders.engine_config import STREAM_INTERVAL, vllm_args
+from gptoss_operator.engine_load import requests_in_flight
 from gptoss_operator.harmony import CALL_TOKEN, RETURN_TOKEN, ChatMessage, Harmony
 from gptoss_operator.sidecar.sse import EventReader
 from gptoss_sandbox.engine_venv import EngineVenv
@@ -250,3 +251,20 @@ def test_without_the_api_key_v1_is_refused_alike_and_health_stays_open(engines: 
         assert listing.status_code == 401, name
         assert client.get("/health", headers={"Authorization": ""}).status_code == 200, name
     assert answers["real"] == answers["stand-in"]
+
+
+def test_the_load_gauges_are_the_same_and_read_alike(engines: Engines) -> None:
+    """The gauges the sidecar and the autoscaler read from /metrics: the same names and
+    labels on both, 0 when idle, and the same reading by ``requests_in_flight``."""
+    pages = {name: client.get("/metrics").text for name, client in engines.both()}
+    for name, page in pages.items():
+        gauges = {
+            line.split(" ", 1)[0]
+            for line in page.splitlines()
+            if line.startswith(("vllm:num_requests_running{", "vllm:num_requests_waiting{"))
+        }
+        assert gauges == {
+            f'vllm:num_requests_running{{engine="0",model_name="{MODEL}"}}',
+            f'vllm:num_requests_waiting{{engine="0",model_name="{MODEL}"}}',
+        }, name
+        assert requests_in_flight(page) == 0, name

@@ -24,6 +24,7 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import ConfigMap, Event, PersistentVolumeClaim, Pod, Secret
 from lightkube.types import CascadeType
+from tests.cluster.model_helpers import patch_model
 from tests.conftest import ClusterUnderTest
 from tests.node.conftest import (
     MAX_MODEL_LEN,
@@ -36,6 +37,7 @@ from tests.node.conftest import (
     engine_successes,
     kubectl,
     pod_ready,
+    server_pods,
 )
 from tests.node.test_node_engine import prompt_tokens, question_of_length
 from tests.support import wait_for
@@ -516,3 +518,47 @@ def test_an_input_that_cannot_be_read_fails_the_batch_with_the_reason(
         timeout=60,
         message="the finished batch deleted after its TTL",
     )  # fmt: skip
+
+
+def test_a_replica_lost_under_a_batch_charges_no_line(
+    kube: Client, served_model: ServedModel
+) -> None:
+    """#23, defect 4, on two real replicas: one vLLM pod is deleted mid-batch (vLLM
+    aborts its streams as it stops, the Service keeps answering through the other). With
+    one attempt per line, a line charged for that would fail; none does. Runs last in
+    this module: the model is back to one replica after it."""
+    del served_model
+    patch_model(kube, SERVING, MODEL, {"spec": {"serving": {"replicas": 2}}})
+    try:
+        wait_for(
+            lambda: len([p for p in server_pods(kube) if pod_ready(p)]) == 2,
+            timeout=600,
+            interval=1,
+            message="two vLLM replicas Ready",
+        )
+        total = 120
+        lines = [request_line(i) for i in range(1, total + 1)]
+        create_batch(kube, "roll", lines, shards=2, requestsPerShard=4, maxLineAttempts=1)
+        wait_for(
+            lambda: batch_status(kube, "roll").get("counts", {}).get("succeeded", 0) >= 10,
+            timeout=300,
+            interval=0.5,
+            message="the batch under way",
+        )
+        victim = server_pods(kube)[0]
+        kube.delete(Pod, victim.metadata.name, namespace=SERVING)
+        status = wait_batch_finished(kube, "roll", timeout=900)
+    finally:
+        patch_model(kube, SERVING, MODEL, {"spec": {"serving": {"replicas": 1}}})
+    assert status["phase"] == "Succeeded", status
+    assert status["counts"] == {"total": total, "succeeded": total, "failed": 0, "inFlight": 0}
+    answers = read_jsonl(claim_folder(kube, SERVING, "roll-out") / "out" / "output.jsonl")
+    assert sorted(a["custom_id"] for a in answers) == sorted(
+        f"req-{i}" for i in range(1, total + 1)
+    )
+    wait_for(
+        lambda: len(server_pods(kube)) == 1 and pod_ready(server_pods(kube)[0]),
+        timeout=600,
+        interval=1,
+        message="back to one replica",
+    )

@@ -78,7 +78,9 @@ def plan_for(tmp_path: Path, engine: StandinEngine, shards: int, **extra: Any) -
     )
 
 
-def runner(plan: BatchPlan, index: int, harmony: Harmony, worker: str = "w") -> ShardRunner:
+def runner(
+    plan: BatchPlan, index: int, harmony: Harmony, worker: str = "w", quiet: float = 30.0
+) -> ShardRunner:
     assert plan.input.path
     assert plan.output.path
     return ShardRunner(
@@ -87,7 +89,9 @@ def runner(plan: BatchPlan, index: int, harmony: Harmony, worker: str = "w") -> 
         worker,
         VolumeFile(Path(plan.input.path), "in.jsonl"),
         VolumeFolder(Path(plan.output.path), "out"),
-        EngineClient(plan.engineUrl, plan.servedModelName),
+        EngineClient(
+            plan.engineUrl, plan.servedModelName, quiet_seconds=quiet, through_service=True
+        ),
         harmony,
     )
 
@@ -297,3 +301,53 @@ async def test_the_merge_refuses_a_shard_whose_parts_miss_lines_it_read(
         merge(VolumeFolder(out, "out"))
     assert part.exists(), "the parts are kept"
     assert not (out / SUMMARY).exists()
+
+
+@pytest.mark.parametrize("fault", ["shutdown", "reset"])
+async def test_a_cut_or_aborted_stream_through_a_service_is_never_charged(
+    tmp_path: Path, engine: StandinEngine, harmony: Harmony, fault: str
+) -> None:
+    """#23, defect 4: shards reach their model through its Service, so a stream cut by a
+    replica that went away (a rollout, a scale-down) while the Service still answers
+    /health is the platform's doing: asked again, never counted (one attempt allowed)."""
+    (tmp_path / "in.jsonl").write_text(request_line(1))
+    plan = plan_for(tmp_path, engine, shards=1, requestsPerShard=1, maxLineAttempts=1)
+    engine.fail_next = [fault]
+    engine.restart_seconds = 0.0  # the other replicas keep the Service healthy
+    tally = await runner(plan, 0, harmony).run()
+    assert (tally.succeeded, tally.failed) == (1, 0)
+    merge(VolumeFolder(tmp_path / "out", "out"))
+    (answer,) = read_jsonl(tmp_path / "out" / OUTPUT)
+    assert answer["response"]["body"]["choices"][0]["finish_reason"] == "stop"
+
+
+async def test_a_wait_in_a_busy_engines_queue_is_waited_out_not_charged(
+    tmp_path: Path, engine: StandinEngine, harmony: Harmony
+) -> None:
+    """#23, defect 5: no token for longer than the engine client's quiet period, while the
+    engine is healthy and reports the request waiting: the request is waited for, not
+    cut, asked again or counted (one attempt allowed)."""
+    (tmp_path / "in.jsonl").write_text("\n".join(request_line(i) for i in range(1, 4)))
+    plan = plan_for(tmp_path, engine, shards=1, requestsPerShard=3, maxLineAttempts=1)
+    engine.queue_delay = 1.5
+    served = engine.requests_served
+    try:
+        tally = await runner(plan, 0, harmony, quiet=0.3).run()
+    finally:
+        engine.queue_delay = 0.0
+    assert (tally.succeeded, tally.failed) == (3, 0)
+    assert engine.requests_served - served == 3, "each line asked once"
+
+
+async def test_a_request_an_idle_engine_lost_is_asked_again_not_charged(
+    tmp_path: Path, engine: StandinEngine, harmony: Harmony
+) -> None:
+    """#23, defect 5: silence from an engine that is healthy but reports nothing in flight
+    means the request was lost on the way (a dead connection): asked again, not counted."""
+    (tmp_path / "in.jsonl").write_text(request_line(1))
+    plan = plan_for(tmp_path, engine, shards=1, requestsPerShard=1, maxLineAttempts=1)
+    engine.fail_next = ["hang"]
+    served = engine.requests_served
+    tally = await runner(plan, 0, harmony, quiet=0.3).run()
+    assert (tally.succeeded, tally.failed) == (1, 0)
+    assert engine.requests_served - served == 2

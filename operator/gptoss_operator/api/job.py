@@ -142,8 +142,9 @@ class InferenceJobStatus(ApiModel):
     voidedAttempts: int | None = Field(
         default=None,
         ge=0,
-        description="Attempts cut short because the engine became unavailable: the platform's "
-        "fault, so they do not count against backoffLimit.",
+        description="Attempts the platform cut short (the engine went down or aborted the "
+        "request, the request was lost, the worker stopped), so they do not count against "
+        "backoffLimit.",
     )
     worker: str | None = Field(default=None, description="Pod that ran the last attempt.")
     lease: Lease | None = None

@@ -45,7 +45,12 @@ from gptoss_operator.batch.plan import BatchPlan
 from gptoss_operator.batch.storage import InputFile, OutputFolder, StorageError
 from gptoss_operator.generation import EngineGate, generate
 from gptoss_operator.harmony import Harmony
-from gptoss_operator.sidecar.engine import EngineClient, EngineError, SamplingParams
+from gptoss_operator.sidecar.engine import (
+    PLATFORM_RETRY_LIMIT,
+    EngineClient,
+    EngineError,
+    SamplingParams,
+)
 from gptoss_operator.sidecar.outcome import rejection_reason
 from gptoss_operator.sidecar.renderer import PromptRenderer
 
@@ -209,7 +214,7 @@ class ShardRunner:
             top_p=request.top_p,
             stop_token_ids=self.harmony.stop_token_ids,
         )
-        failures = 0
+        failures = platform_retries = 0
         while True:
             await self.gate.ready.wait()
             self.in_flight += 1
@@ -226,6 +231,12 @@ class ShardRunner:
                 if not await self.engine.healthy():
                     self.gate.went_down(error.message)
                     continue  # the platform's fault: not counted
+                if error.platform and platform_retries < PLATFORM_RETRY_LIMIT:
+                    # A replica gone from under the Service, a lost request: not counted.
+                    platform_retries += 1
+                    log.info("line %d asked again: %s", request.line, error.message)
+                    await asyncio.sleep(min(5.0, 0.2 * platform_retries))
+                    continue
                 failures += 1
                 if failures >= self.plan.maxLineAttempts:
                     self._fail(

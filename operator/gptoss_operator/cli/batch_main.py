@@ -42,7 +42,7 @@ from gptoss_operator.batch.shard import ShardRunner
 from gptoss_operator.batch.storage import OutputFolder, StorageError
 from gptoss_operator.conditions import timestamp
 from gptoss_operator.harmony import Harmony
-from gptoss_operator.sidecar.engine import EngineClient
+from gptoss_operator.sidecar.engine import QUIET_SECONDS, EngineClient
 
 log = logging.getLogger("gptoss.batch")
 TERMINATION_LOG = "/dev/termination-log"
@@ -114,6 +114,8 @@ async def _run_shard(plan: BatchPlan, index: int, env: dict[str, str]) -> int:
         plan.engineUrl,
         plan.servedModelName,
         max_connections=plan.requestsPerShard + 4,
+        quiet_seconds=float(env.get("GPTOSS_ENGINE_QUIET_SECONDS", QUIET_SECONDS)),
+        through_service=True,
         api_key=env.get("GPTOSS_ENGINE_API_KEY") or None,
     )
     report = status_reporter(plan, index) if env.get("GPTOSS_REPORT", "1") != "0" else None

@@ -3,7 +3,8 @@
 Configured by environment (the operator sets it in the Deployment): GPTOSS_MODEL,
 GPTOSS_NAMESPACE, GPTOSS_POD_NAME, GPTOSS_ENGINE_URL (default http://127.0.0.1:8000),
 GPTOSS_CONCURRENCY (default 64), GPTOSS_LEASE_SECONDS (default 30),
-GPTOSS_HEARTBEAT_SECONDS (default 5), GPTOSS_ENGINE_READ_TIMEOUT (default 300),
+GPTOSS_HEARTBEAT_SECONDS (default 5), GPTOSS_ENGINE_QUIET_SECONDS (default 30: silence
+after which the engine is asked whether it still holds the request),
 GPTOSS_RESYNC_SECONDS (default 60), GPTOSS_HEALTH_PORT (default 0: no /healthz),
 GPTOSS_ENGINE_API_KEY (the engine's API key, from the model's Secret).
 """
@@ -21,6 +22,7 @@ import sys
 
 from lightkube import AsyncClient
 
+from gptoss_operator.sidecar.engine import QUIET_SECONDS
 from gptoss_operator.sidecar.health import start_health_server
 from gptoss_operator.sidecar.worker import Sidecar, SidecarConfig
 
@@ -38,7 +40,7 @@ def config_from_env(env: dict[str, str]) -> SidecarConfig:
         concurrency=int(env.get("GPTOSS_CONCURRENCY", "64")),
         lease_seconds=int(env.get("GPTOSS_LEASE_SECONDS", "30")),
         heartbeat_seconds=float(env.get("GPTOSS_HEARTBEAT_SECONDS", "5")),
-        engine_read_timeout=float(env.get("GPTOSS_ENGINE_READ_TIMEOUT", "300")),
+        engine_quiet_seconds=float(env.get("GPTOSS_ENGINE_QUIET_SECONDS", QUIET_SECONDS)),
         retry_base_seconds=float(env.get("GPTOSS_RETRY_BASE_SECONDS", "1")),
         resync_seconds=float(env.get("GPTOSS_RESYNC_SECONDS", "60")),
     )

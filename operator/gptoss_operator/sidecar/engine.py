@@ -2,6 +2,14 @@
 
 The prompt goes as harmony token ids; generated token ids come back in each streamed
 chunk (``return_token_ids``), with special tokens kept so the harmony parser sees them.
+
+A busy engine sends nothing while a request waits in its queue, and nothing between
+tokens while it is preempted. So silence is never a timeout by itself: after
+``quiet_seconds`` without a byte the client asks the engine. Healthy and holding requests:
+it goes on waiting, for as long as it takes (the job's deadline bounds it). Down, or
+healthy with nothing in flight (the request was lost, a dead connection say): the
+request ends with an EngineError marked ``platform``, which no attempt is charged for.
+TCP keepalive finds a peer that vanished without closing the connection.
 """
 
 from __future__ import annotations
@@ -10,17 +18,36 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import httpx
 
+from gptoss_operator.engine_load import requests_in_flight
 from gptoss_operator.sidecar.sse import Event, EventReader
 
 # Seconds to wait for the end of a body after [DONE].
 DRAIN_SECONDS = 5.0
+# Seconds without a byte before the client asks the engine whether it still works on it.
+QUIET_SECONDS = 30.0
+# Retries of one request that the platform caused (a cut stream through a Service, an
+# abort, a lost request) before one counts anyway: a request that itself breaks its
+# stream every time must not loop forever.
+PLATFORM_RETRY_LIMIT = 20
+# A peer that vanished (its node gone) is found within about a minute.
+KEEPALIVE = [
+    (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+    *(
+        (socket.IPPROTO_TCP, getattr(socket, name), value)
+        for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3))
+        if hasattr(socket, name)
+    ),
+]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -43,13 +70,18 @@ class StreamEnd:
 
 
 class EngineError(Exception):
-    """A failed engine call. ``retryable`` for connection errors and 5xx."""
+    """A failed engine call. ``retryable`` for connection errors and 5xx; ``platform``
+    when the platform, not the request, ended it (a replica gone from under a Service, an
+    engine shutting down, a request lost): asked again without charging an attempt."""
 
-    def __init__(self, message: str, *, status: int | None = None, retryable: bool) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, retryable: bool, platform: bool = False
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.retryable = retryable
+        self.platform = platform
 
 
 @dataclass(frozen=True)
@@ -67,18 +99,24 @@ class EngineClient:
         model: str,
         *,
         max_connections: int = 100,
-        read_timeout: float = 300.0,
+        quiet_seconds: float = QUIET_SECONDS,
+        through_service: bool = False,
         api_key: str | None = None,
     ) -> None:
+        """``through_service``: the URL is a Service over several replicas (the batch
+        workers), so a stream cut while the Service stays healthy is a replica gone."""
         self.base_url = base_url.rstrip("/")
         self.model = model
+        self.quiet_seconds = quiet_seconds
+        self.through_service = through_service
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             headers={"Authorization": f"Bearer {api_key}"} if api_key else None,
-            timeout=httpx.Timeout(connect=10.0, read=read_timeout, write=30.0, pool=None),
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
+            timeout=httpx.Timeout(connect=10.0, read=None, write=30.0, pool=None),
+            transport=httpx.AsyncHTTPTransport(limits=limits, socket_options=KEEPALIVE),
         )
 
     async def close(self) -> None:
@@ -112,6 +150,44 @@ class EngineClient:
                 return int(value) if isinstance(value, int) else None
         return None
 
+    async def in_flight(self) -> int | None:
+        """The requests the engine is running or holding (None: it did not say)."""
+        try:
+            response = await self._http.get("/metrics", timeout=5.0)
+        except httpx.HTTPError:
+            return None
+        if response.status_code != 200:
+            return None
+        return requests_in_flight(response.text[: 4 * 2**20])
+
+    async def _still_working(self) -> None:
+        """After ``quiet_seconds`` of silence: go on waiting, or raise why not."""
+        if not await self.healthy():
+            raise EngineError(
+                "the engine went quiet and fails its health check", retryable=True, platform=True
+            )
+        if await self.in_flight() == 0:
+            raise EngineError(
+                f"no answer in {self.quiet_seconds:g}s while the engine holds no request: "
+                "the request was lost on the way",
+                retryable=True,
+                platform=True,
+            )
+
+    async def _watched(self, step: Awaitable[T]) -> T:
+        """``step``'s result, asking the engine after each ``quiet_seconds`` of waiting;
+        ``step`` is cancelled when the engine says it will not come."""
+        task = asyncio.ensure_future(step)
+        try:
+            while not (await asyncio.wait({task}, timeout=self.quiet_seconds))[0]:
+                await self._still_working()
+        except BaseException:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            raise
+        return task.result()
+
     async def wait_until_healthy(self, interval: float = 2.0) -> None:
         while True:
             if await self.healthy():
@@ -140,12 +216,20 @@ class EngineClient:
         """Yield generated chunks, then the usage, then StreamEnd. Raises EngineError."""
         body = self.request_body(prompt, params)
         try:
-            async with self._http.stream("POST", "/v1/completions", json=body) as response:
+            async with contextlib.AsyncExitStack() as stack:
+                opened = stack.enter_async_context(
+                    self._http.stream("POST", "/v1/completions", json=body)
+                )
+                response = await self._watched(opened)
                 if response.status_code != 200:
                     await response.aread()
                     raise _http_error(response)
                 events = _events(response)
-                async for event in events:
+                while True:
+                    try:
+                        event = await self._watched(anext(events))
+                    except StopAsyncIteration:
+                        break
                     if event.data == "[DONE]":
                         yield StreamEnd()
                         await _read_to_end(events)
@@ -154,13 +238,21 @@ class EngineClient:
                         yield item
         except httpx.TimeoutException as error:
             raise EngineError(
-                f"the engine did not answer in time ({type(error).__name__})", retryable=True
+                f"the engine did not answer in time ({type(error).__name__})",
+                retryable=True,
+                platform=self.through_service,
             ) from error
         except httpx.TransportError as error:
             raise EngineError(
-                f"engine connection failed: {type(error).__name__}: {error}", retryable=True
+                f"engine connection failed: {type(error).__name__}: {error}",
+                retryable=True,
+                platform=self.through_service,
             ) from error
-        raise EngineError("the engine's stream ended before [DONE]", retryable=True)
+        raise EngineError(
+            "the engine's stream ended before [DONE]",
+            retryable=True,
+            platform=self.through_service,
+        )
 
 
 async def _read_to_end(events: AsyncIterator[Event]) -> None:

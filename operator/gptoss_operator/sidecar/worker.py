@@ -39,7 +39,13 @@ from gptoss_operator.job_status import (
     queued,
     with_conditions,
 )
-from gptoss_operator.sidecar.engine import EngineClient, EngineError, SamplingParams
+from gptoss_operator.sidecar.engine import (
+    PLATFORM_RETRY_LIMIT,
+    QUIET_SECONDS,
+    EngineClient,
+    EngineError,
+    SamplingParams,
+)
 from gptoss_operator.sidecar.outcome import rejection_reason
 from gptoss_operator.sidecar.renderer import PromptRenderer
 from gptoss_operator.sidecar.store import JobStore, LostJob
@@ -69,7 +75,7 @@ class SidecarConfig:
     concurrency: int = 64
     lease_seconds: int = 30
     heartbeat_seconds: float = 5.0
-    engine_read_timeout: float = 300.0
+    engine_quiet_seconds: float = QUIET_SECONDS
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 30.0
     # How long a pod that is shutting down waits for answers being written.
@@ -100,7 +106,7 @@ class Sidecar:
             config.engine_url,
             config.model,
             max_connections=config.concurrency + 4,
-            read_timeout=config.engine_read_timeout,
+            quiet_seconds=config.engine_quiet_seconds,
             api_key=config.engine_api_key,
         )
         self.store = JobStore(client, config.namespace, config.worker, config.lease_seconds)
@@ -437,6 +443,7 @@ class Sidecar:
         attempt = int(status["attempts"])
         max_attempts = spec.backoffLimit + 1
         voided = int(status.get("voidedAttempts") or 0)
+        platform_retries = 0
         while True:
             try:
                 result = await generate(
@@ -469,7 +476,12 @@ class Sidecar:
                     # The engine is down (restarting, out of memory): not the job's fault.
                     await self._hand_back(job, attempt, voided, error.message)
                     return
-                if attempt - voided >= max_attempts:
+                platform = error.platform and platform_retries < PLATFORM_RETRY_LIMIT
+                if platform:
+                    # Lost on the way, or the engine aborted it: asked again, not counted.
+                    platform_retries += 1
+                    voided += 1
+                elif attempt - voided >= max_attempts:
                     await self._finish_failed(
                         job,
                         attempt,
@@ -479,7 +491,7 @@ class Sidecar:
                     return
                 delay = min(
                     self.config.retry_max_seconds,
-                    self.config.retry_base_seconds * 2 ** (attempt - 1),
+                    self.config.retry_base_seconds * 2 ** (attempt - voided - (not platform)),
                 )
                 log.warning(
                     "job %s attempt %d failed (%s); retrying in %.1fs",
@@ -488,12 +500,14 @@ class Sidecar:
                     error.message,
                     delay,
                 )
+                outcome = "was cut (not counted)" if platform else "failed"
                 await self.store.update(
                     name,
                     attempt,
                     {
                         "attempts": attempt + 1,
-                        "message": f"attempt {attempt} failed: {error.message}; retrying",
+                        **({"voidedAttempts": voided} if platform else {}),
+                        "message": f"attempt {attempt} {outcome}: {error.message}; retrying",
                         "lease/renewTime": timestamp(),
                     },
                 )
