@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Any
 
-from jobs import STREAM_INTERVAL, _create_all, _drain
+from jobs import STREAM_INTERVAL, _create_all, _delta, _drain, writes
 from plane import Plane, cpu_seconds, rss_mb
 
 from gptoss_operator.api.resources import GptOssModelResource
@@ -32,11 +32,12 @@ def deep_queue(world: Plane, jobs: int, idle_seconds: float = 30) -> dict[str, A
     started = time.monotonic()
     asyncio.run(_create_all(world, namespace, [f"q-{i:05d}" for i in range(jobs)]))
     created = time.monotonic()
+    after_create = writes(world)
     while _queued(world, namespace) < jobs and time.monotonic() - created < 600:
         time.sleep(0.2)
     counted = time.monotonic()
-    # The jobs wait: the operator marks each Queued after 5 s (one write each), then has
-    # nothing to do. Idle is measured from when its CPU has settled.
+    # The jobs wait, which costs no write per job (the model's status.queue counts them).
+    # Idle is measured from when the operator's CPU has settled.
     quiet_windows = 0
     deadline = time.monotonic() + 600
     while quiet_windows < 2 and time.monotonic() < deadline:
@@ -48,6 +49,8 @@ def deep_queue(world: Plane, jobs: int, idle_seconds: float = 30) -> dict[str, A
     cpu_before = cpu_seconds(operator)
     time.sleep(idle_seconds)
     idle_cpu = (cpu_seconds(operator) - cpu_before) / idle_seconds * 100
+    # Status writes to the waiting jobs from their creation until now (none is claimed).
+    waiting_writes = _delta(after_create, writes(world)).get("inferencejobs", 0.0)
     operator_rss = rss_mb(operator)
     peak_sidecar = 0.0
     with StandinEngine(model="m", stream_interval=STREAM_INTERVAL) as engine:
@@ -80,5 +83,6 @@ def deep_queue(world: Plane, jobs: int, idle_seconds: float = 30) -> dict[str, A
         "queue_settle_from_first_create_seconds": counted - started,
         "queue_marked_seconds": marked - created,
         "operator_idle_cpu_percent": idle_cpu,
+        "status_writes_per_waiting_job": waiting_writes / jobs,
         "drain_jobs_per_second": finished / (last - first),
     }

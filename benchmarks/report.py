@@ -72,6 +72,8 @@ GOALS: list[tuple[str, str, str, str, Callable[[float], bool] | None]] = [
      "≤ 30", lambda v: v <= 30),
     ("Operator CPU while 10,000 jobs wait", "operator_idle_cpu_percent", "% of a core", "≤ 2",
      lambda v: v <= 2),
+    ("Status writes per waiting job (10,000 waiting)", "status_writes_per_waiting_job",
+     "writes", "≤ 0.1", lambda v: v <= 0.1),
     ("Harmony render + parse", "harmony.harmony_us_per_token", "µs/token", "≤ 5", lambda v: v <= 5),
     ("Batch of 100,000 lines, instant stand-in", "batch_scale.lines_per_second", "lines/s", "",
      None),

@@ -157,6 +157,8 @@ def measure_on_plane(world: Plane, wanted: set[str], repeat: int, results: dict[
         results["sidecar_rss_mb"] = {k: v["sidecar_rss_mb"] for k, v in queue.items()}
         results["queue_settle_seconds"] = queue["10000"]["queue_settle_seconds"]
         results["operator_idle_cpu_percent"] = queue["10000"]["operator_idle_cpu_percent"]
+        results["status_writes_per_waiting_job"] = queue["10000"][
+            "status_writes_per_waiting_job"]
         results["deep_queue_detail"] = queue
     if "vllm" in wanted:
         results.setdefault("engine_efficiency", {})["real_vllm"] = repeated(

@@ -55,9 +55,6 @@ log = logging.getLogger(__name__)
 
 # Reasons a Running job went back to Pending; they say more than "Queued" does.
 REQUEUE_REASONS = ("WorkerLost", "WorkerShutdown", "EngineUnavailable")
-# A new job for a serving model is marked Queued only once it has waited this long: most
-# are claimed sooner, and the mark would be one more write for each of them.
-QUEUED_AFTER_SECONDS = 5.0
 # While a pass writes many jobs, the models' queues are counted again this often.
 RECOUNT_SECONDS = 1.0
 
@@ -290,19 +287,15 @@ def decide(
             (f"GptOssModel {facts.model!r} is {model_phase}; the job runs once it is Ready"),
         )
     else:
-        reason, message = "Queued", f"waiting for a worker of GptOssModel {facts.model!r}"
-        if facts.scheduled_reason is None and _age(facts, now) < QUEUED_AFTER_SECONDS:
+        # Waiting for a worker of a serving model says nothing new: no write (the model's
+        # status.queue counts the job). Only a job that said something else (the model
+        # was missing or not ready) is told it is queued now.
+        if facts.scheduled_reason in (None, "Queued", *REQUEUE_REASONS):
             return None
-    if facts.scheduled_reason == reason or (
-        facts.scheduled_reason in REQUEUE_REASONS and reason == "Queued"
-    ):
+        reason, message = "Queued", f"waiting for a worker of GptOssModel {facts.model!r}"
+    if facts.scheduled_reason == reason:
         return None
     return Action("status", reason, queued(status, reason, message, facts.generation))
-
-
-def _age(facts: JobFacts, now: datetime.datetime) -> float:
-    created = parse_time(facts.created)
-    return (now - created).total_seconds() if created is not None else math.inf
 
 
 def _fail(facts: JobFacts, status: dict[str, Any], reason: str, message: str) -> Action:
@@ -472,8 +465,6 @@ class JobJanitor:
             start, seconds = parse_time(job.completion_time), job.ttl_seconds_after_finished
         else:
             start, seconds = parse_time(job.created), job.active_deadline_seconds
-            if job.scheduled_reason is None:  # to be marked Queued (or why it waits)
-                seconds = min(seconds if seconds is not None else math.inf, QUEUED_AFTER_SECONDS)
         if start is None or seconds is None:
             return math.inf
         return max(0.0, seconds - (now - start).total_seconds())

@@ -50,7 +50,16 @@ def test_pending_job_says_why_it_waits() -> None:
     waiting = decide(_facts(), "Downloading", NOW)
     assert waiting is not None
     assert waiting.reason == "WaitingForModel"
-    queued = decide(_facts(), "Ready", NOW)
+    # Waiting for a worker of a serving model tells nothing new: no write (#23, defect
+    # 10); a job that said its model was not ready says it is queued once it is.
+    assert decide(_facts(), "Ready", NOW) is None
+    was_waiting = _facts(
+        {
+            "phase": "Pending",
+            "conditions": [{"type": "Scheduled", "status": "True", "reason": "WaitingForModel"}],
+        }
+    )
+    queued = decide(was_waiting, "Ready", NOW)
     assert queued is not None
     assert queued.reason == "Queued"
     already = _facts(
@@ -68,7 +77,7 @@ def test_deadline_fails_a_queued_job() -> None:
     assert action.reason == "DeadlineExceeded"
     assert action.status is not None
     assert action.status["phase"] == "Failed"
-    assert decide(_facts(activeDeadlineSeconds=600), "Ready", NOW).reason == "Queued"  # type: ignore[union-attr]
+    assert decide(_facts(activeDeadlineSeconds=600), "Ready", NOW) is None
 
 
 def _running(renewed: float, attempts: int) -> dict[str, Any]:
@@ -241,9 +250,10 @@ def _janitor(
     jobs: dict[tuple[str, str], list[JobFacts]],
     clock: _Clock,
     wall_clock: Callable[[], datetime.datetime] = lambda: NOW,
+    model_phase: str = "Ready",
 ) -> JobJanitor:
-    """A janitor over ``jobs`` for model ns/m, Ready with one replica."""
-    models = {("ns", "m"): [ModelFacts("Ready", 1)]}
+    """A janitor over ``jobs`` for model ns/m, in ``model_phase`` with one replica."""
+    models = {("ns", "m"): [ModelFacts(model_phase, 1)]}
     return JobJanitor(client, jobs, models, clock=clock, wall_clock=wall_clock)  # type: ignore[arg-type]
 
 
@@ -303,29 +313,36 @@ def test_a_deadline_falling_due_brings_a_pass_without_any_event() -> None:
     asyncio.run(scenario())
 
 
-def test_a_new_job_for_a_serving_model_is_marked_queued_only_after_a_while() -> None:
-    """Most jobs are claimed within moments; marking each Queued first would be one more
-    write per job. Problems are said at once."""
-    fresh = replace(_facts(), created=_ago(1))
-    assert decide(fresh, "Ready", NOW) is None
-    waited = decide(replace(_facts(), created=_ago(6)), "Ready", NOW)
-    assert waited is not None
-    assert waited.reason == "Queued"
-    missing = decide(fresh, None, NOW)
+def test_a_job_waiting_for_a_worker_of_a_serving_model_is_never_written() -> None:
+    """#23, defect 10: waiting is free. 10,000 jobs queued for a serving model cost no
+    write each (the model's status.queue counts them); problems are said at once."""
+    for age in (1, 6, 3600):
+        assert decide(replace(_facts(), created=_ago(age)), "Ready", NOW) is None
+    missing = decide(replace(_facts(), created=_ago(1)), None, NOW)
     assert missing is not None
     assert missing.reason == "ModelNotFound"
 
 
+def test_a_pass_over_a_deep_queue_for_a_serving_model_writes_only_the_count() -> None:
+    clock = _Clock()
+    client = _RecordingClient()
+    waiting = [replace(_facts(), name=f"j{i}") for i in range(10_000)]
+    janitor = _janitor(client, {("ns", "m"): waiting}, clock)
+    asyncio.run(janitor.step())
+    assert [name for name, _ in client.patches] == ["m"]
+    assert client.patches[0][1] == {"status": {"queue": {"pending": 10_000, "running": 0}}}
+
+
 def test_a_deep_queue_is_counted_before_its_jobs_are_marked() -> None:
-    """Thousands of jobs arriving at once all fall due for their Queued mark together.
-    The model's status.queue counts them first: it is one write, and waiting behind
-    thousands of marks would leave it wrong for a minute. Later counts come out while
-    the marks are still being written."""
+    """Thousands of jobs arriving at once for a model that cannot serve them all fall due
+    for their mark (why they wait) together. The model's status.queue counts them first:
+    it is one write, and waiting behind thousands of marks would leave it wrong for a
+    minute. Later counts come out while the marks are still being written."""
     clock = _Clock()
     client = _RecordingClient()
     waiting = [replace(_facts({"phase": "Pending"}), name=f"j{i}") for i in range(400)]
     jobs = {("ns", "m"): waiting}
-    janitor = _janitor(client, jobs, clock)
+    janitor = _janitor(client, jobs, clock, model_phase="Downloading")
 
     async def patch(resource: Any, name: str, body: Any, **_: Any) -> None:
         client.patches.append((name, body))

@@ -574,5 +574,12 @@ PRINTER_COLUMNS = [
     {"name": "Ready", "type": "string", "jsonPath": ".status.readySummary"},
     {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint", "priority": 0},
     {"name": "Repo", "type": "string", "jsonPath": ".spec.source.repo", "priority": 1},
+    {
+        "name": "Queued",
+        "type": "integer",
+        "jsonPath": ".status.queue.pending",
+        "description": "InferenceJobs waiting for a worker",
+        "priority": 1,
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
