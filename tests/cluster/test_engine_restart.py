@@ -148,7 +148,8 @@ def test_an_api_key_the_engine_refuses_fails_no_job(
         )
         # Unclaimed: a job waiting for a worker of a serving model has no status written.
         status = job_status(kube, namespace, name)
-        assert "phase" not in status and "worker" not in status, status
+        assert "phase" not in status, status
+        assert "worker" not in status, status
         assert engine.requests_served == 0, "no job reached the engine with a refused key"
         assert "refuses this sidecar's API key" in sidecar.log_tail()
         engine.api_key = "an-old-key"  # the keys agree again

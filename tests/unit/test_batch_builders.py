@@ -16,12 +16,14 @@ from gptoss_operator.builders.batch import BatchContext, merge_job, model_names,
 from gptoss_operator.settings import Settings
 
 
-def context(**spec: Any) -> BatchContext:
+def context(model_spec: dict[str, Any] | None = None, **spec: Any) -> BatchContext:
     model = ModelContext(
         "gpt-oss-20b",
         "team",
         "model-uid",
-        GptOssModelSpec.model_validate({"source": {"repo": "openai/gpt-oss-20b"}}),
+        GptOssModelSpec.model_validate(
+            {"source": {"repo": "openai/gpt-oss-20b"}, **(model_spec or {})}
+        ),
         Settings(),
     )
     body = {
@@ -72,6 +74,29 @@ def test_the_plan_points_at_the_models_service_and_the_mounted_files() -> None:
     assert plan.input.url == "pvc://datasets/in/r.jsonl"
     assert plan.output.path == "/batch/volumes/results/out"
     assert model_names(context().model) == ["gpt-oss-20b", "openai/gpt-oss-20b"]
+
+
+def _in_flight(model_spec: dict[str, Any], **spec: Any) -> int:
+    plan = shards_job(context(model_spec, **spec))
+    return BatchPlan.model_validate_json(env_of(plan)["GPTOSS_BATCH_PLAN"]).requestsPerShard
+
+
+def test_the_shards_keep_no_more_in_flight_than_the_engine_admits() -> None:
+    generic = {"serving": {"gpuProfile": "Generic"}}  # max-num-seqs 256, sidecar 64
+    # 4 x 32 fits in the 192 the sidecar leaves; 8 x 32 does not: 24 each.
+    assert _in_flight(generic, shards=4) == 32
+    assert _in_flight(generic, shards=8) == 24
+    assert _in_flight(generic, shards=16, parallelism=8) == 24  # shards running at once count
+    # Two replicas have twice the room; autoscaling counts the most it scales to.
+    assert _in_flight({"serving": {"gpuProfile": "Generic", "replicas": 2}}, shards=8) == 32
+    scaled = {"serving": {"gpuProfile": "Generic", "autoscaling": {"maxReplicas": 2}}}
+    assert _in_flight(scaled, shards=8) == 32
+    # An engine told to admit 4 at a time (extraArgs, the last value wins, as in vLLM):
+    # the sidecar keeps 4, no room is left, and each shard still advances one line.
+    small = {"serving": {"extraArgs": ["--max-num-seqs", "512", "--max-num-seqs=4"]}}
+    assert _in_flight(small, shards=2) == 1
+    # H100 (1024) leaves room for a large batch as asked.
+    assert _in_flight({}, shards=8, requestsPerShard=64) == 64
 
 
 def test_s3_keys_come_from_the_secret_by_reference_and_never_sit_in_the_plan() -> None:

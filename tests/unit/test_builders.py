@@ -154,6 +154,20 @@ def test_max_num_seqs_is_never_below_the_sidecar_concurrency() -> None:
     assert options["--max-num-batched-tokens"] == "2048"
 
 
+def test_the_sidecar_keeps_no_more_jobs_in_flight_than_the_engine_admits() -> None:
+    def in_flight(**spec: Any) -> str:
+        pod = serving.deployment(_ctx(**spec), "h1")["spec"]["template"]["spec"]
+        sidecar = next(c for c in pod["containers"] if c["name"] == "sidecar")
+        return str(next(e["value"] for e in sidecar["env"] if e["name"] == "GPTOSS_CONCURRENCY"))
+
+    assert in_flight(sidecar={"concurrency": 100}) == "100"
+    # max-num-seqs set through extraArgs, in either spelling, bounds the sidecar.
+    assert in_flight(serving={"extraArgs": ["--max-num-seqs", "8"]}) == "8"
+    assert in_flight(serving={"extraArgs": ["--max-num-seqs=16"]}) == "16"
+    # A value vLLM would refuse is left to vLLM to refuse (its log says why).
+    assert in_flight(serving={"extraArgs": ["--max-num-seqs", "many"]}) == "64"
+
+
 def test_gpus_beyond_the_tensor_parallel_group_run_data_parallel() -> None:
     spec = _ctx(serving={"gpusPerReplica": 8, "tensorParallelSize": 2}).spec
     options = _options(engine_config.vllm_args("m", spec, "h1"))

@@ -218,7 +218,10 @@ class InferenceBatchSpec(ApiModel):
         default=32,
         ge=1,
         le=1024,
-        description="Requests each shard keeps in flight, so the engine can batch them.",
+        description="Requests each shard keeps in flight, so the engine can batch them. "
+        "Lowered when the running shards together would hold more than the engine admits "
+        "(vLLM's max-num-seqs less the sidecar's concurrency, times the model's replicas or "
+        "its autoscaling maxReplicas); one at least.",
     )
     maxLineAttempts: int = Field(
         default=3,

@@ -23,6 +23,7 @@ from gptoss_operator.builders import (
     ModelContext,
     api_key,
 )
+from gptoss_operator.builders.engine_config import batch_requests_per_shard
 from gptoss_operator.builders.serving import TOKEN_MOUNT, TOKEN_VOLUME, token_volume
 
 VOLUMES_ROOT = "/batch/volumes"
@@ -129,7 +130,7 @@ def plan(ctx: BatchContext) -> BatchPlan:
         namespace=ctx.namespace,
         uid=ctx.uid,
         shards=spec.shards,
-        requestsPerShard=spec.requestsPerShard,
+        requestsPerShard=batch_requests_per_shard(ctx.model.spec, spec),
         maxLineAttempts=spec.maxLineAttempts,
         defaults=spec.defaults,
         engineUrl=f"http://{naming.service_name(ctx.model.name)}.{ctx.namespace}.svc:"

@@ -19,6 +19,12 @@ Sources (vLLM 0.32.0, the pinned version, and the recipe it ships with):
   (``engine/arg_utils.py``, ``get_batch_defaults``); it must never be lower than the
   sidecar's concurrency, and vLLM refuses ``max-num-batched-tokens < max-num-seqs``
   (``config/scheduler.py``).
+- In flight: vLLM runs at most ``max-num-seqs`` requests at a time per replica and queues
+  the rest, sending nothing while they wait. The sidecar keeps at most that many jobs in
+  flight, and a batch's shards together at most the room the model's sidecars leave on its
+  replicas, so work waits where it is visible (a Pending job, an unread
+  line) rather than in the engine's queue. ``extraArgs`` may set ``--max-num-seqs``; vLLM
+  takes the last value given, and so does :func:`engine_config`.
 - ``--data-parallel-size``: GPUs of a replica beyond the tensor-parallel group run as data
   parallel ranks in the same pod (N x M GPUs for DP N, TP M; vLLM's data parallel docs).
 - ``--max-model-len`` 131072: gpt-oss's native context window; KV blocks are allocated as
@@ -27,10 +33,12 @@ Sources (vLLM 0.32.0, the pinned version, and the recipe it ships with):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
 from gptoss_operator import naming
+from gptoss_operator.api.batch import InferenceBatchSpec
 from gptoss_operator.api.model import GptOssModelSpec
 
 NATIVE_CONTEXT = 131072
@@ -78,7 +86,9 @@ def engine_config(spec: GptOssModelSpec) -> EngineConfig:
     tp = serving.effective_tensor_parallel_size()
     recipe_memory, recipe_batched = _recipe_memory(profile, spec, tp)
     default_seqs = 256 if profile == GpuProfile.GENERIC else 1024
-    max_num_seqs = max(default_seqs, spec.sidecar.concurrency)
+    max_num_seqs = _int_flag(serving.extraArgs, "--max-num-seqs") or max(
+        default_seqs, spec.sidecar.concurrency
+    )
     batched = serving.maxNumBatchedTokens or recipe_batched
     return EngineConfig(
         tensor_parallel=tp,
@@ -89,6 +99,41 @@ def engine_config(spec: GptOssModelSpec) -> EngineConfig:
         max_model_len=serving.maxModelLen or NATIVE_CONTEXT,
         hopper_recipe=profile != GpuProfile.GENERIC,
     )
+
+
+def _int_flag(args: Sequence[str], flag: str) -> int | None:
+    """The last value ``flag N`` or ``flag=N`` gives in ``args`` (vLLM's parser takes the
+    last); None when absent or not a positive integer (vLLM then refuses to start)."""
+    value: str | None = None
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    if value is None or not value.isdigit() or int(value) < 1:
+        return None
+    return int(value)
+
+
+def sidecar_in_flight(spec: GptOssModelSpec) -> int:
+    """Jobs one pod's sidecar keeps at the engine: its concurrency, within max-num-seqs."""
+    return min(spec.sidecar.concurrency, engine_config(spec).max_num_seqs)
+
+
+def _replicas_to_fill(spec: GptOssModelSpec) -> int:
+    """The replicas a batch may count on: ``replicas``, or under autoscaling the most it
+    scales to (a batch's demand is what scales it up)."""
+    scaling = spec.serving.autoscaling
+    return max(1, scaling.maxReplicas if scaling is not None else spec.serving.replicas)
+
+
+def batch_requests_per_shard(model: GptOssModelSpec, batch: InferenceBatchSpec) -> int:
+    """Requests each running shard keeps in flight: ``requestsPerShard``, lowered so the
+    shards running together stay within the room the model's sidecars leave on its
+    replicas; one at least, so a batch always advances."""
+    room = _replicas_to_fill(model) * (engine_config(model).max_num_seqs - sidecar_in_flight(model))
+    running = batch.parallelism or batch.shards
+    return max(1, min(batch.requestsPerShard, room // running))
 
 
 def vllm_args(name: str, spec: GptOssModelSpec, digest: str) -> list[str]:

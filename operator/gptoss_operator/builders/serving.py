@@ -13,7 +13,7 @@ from gptoss_operator.builders import (
     ModelContext,
     api_key,
 )
-from gptoss_operator.builders.engine_config import is_120b, vllm_args
+from gptoss_operator.builders.engine_config import is_120b, sidecar_in_flight, vllm_args
 
 PROBE_PERIOD_SECONDS = 10
 # Port names are unique within a pod, and a probe resolves its port's name among its own
@@ -168,7 +168,7 @@ def _sidecar_container(ctx: ModelContext) -> dict[str, Any]:
             },
             {"name": "GPTOSS_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "GPTOSS_ENGINE_URL", "value": f"http://127.0.0.1:{naming.ENGINE_PORT}"},
-            {"name": "GPTOSS_CONCURRENCY", "value": str(sidecar.concurrency)},
+            {"name": "GPTOSS_CONCURRENCY", "value": str(sidecar_in_flight(ctx.spec))},
             {"name": "GPTOSS_HEALTH_PORT", "value": str(naming.SIDECAR_HEALTH_PORT)},
             api_key.env("GPTOSS_ENGINE_API_KEY", ctx),
         ],
