@@ -254,12 +254,14 @@ def claim_folder(kube: Client, namespace: str, claim: str) -> Path:
 
 
 # The tier's modules in the order a user meets what they test: the install and the model's
-# pod first (its steady run sees a fresh pod), then jobs, faults, batches, a second model.
+# pod first (its steady run sees a fresh pod), then jobs, faults, batches, a saturated
+# engine, a second model.
 MODULE_ORDER = (
     "test_node_serving",
     "test_node_engine",
     "test_node_work",
     "test_node_batches",
+    "test_node_busy_engine",
     "test_node_failures",
     "test_node_malformed",
 )

@@ -166,13 +166,19 @@ class EngineClient:
             raise EngineError(
                 "the engine went quiet and fails its health check", retryable=True, platform=True
             )
-        if await self.in_flight() == 0:
+        holding = await self.in_flight()
+        if holding == 0:
             raise EngineError(
                 f"no answer in {self.quiet_seconds:g}s while the engine holds no request: "
                 "the request was lost on the way",
                 retryable=True,
                 platform=True,
             )
+        log.info(
+            "no answer in %gs; the engine is healthy and holds %s requests: waiting on",
+            self.quiet_seconds,
+            "some" if holding is None else holding,
+        )
 
     async def _watched(self, step: Awaitable[T]) -> T:
         """``step``'s result, asking the engine after each ``quiet_seconds`` of waiting;

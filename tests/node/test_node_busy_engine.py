@@ -1,0 +1,277 @@
+"""A saturated engine on the real node (#23, defect 5): real vLLM admitting one sequence at
+a time (``--max-num-seqs 1``), its queue filled by requests sent straight to it, and jobs
+and a batch of the model waiting behind them for minutes.
+
+vLLM sends nothing while a request waits in its queue. Nothing of ours may read that
+silence as a failure while the engine is healthy: jobs that may not fail once
+(``backoffLimit: 0``) and lines with one attempt each all succeed, after waiting several of
+the clients' quiet periods. The sidecar and the shards keep no more in flight than the
+engine admits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from lightkube import Client
+from lightkube.models.core_v1 import PersistentVolumeClaimSpec, VolumeResourceRequirements
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.batch_v1 import Job
+from lightkube.resources.core_v1 import ConfigMap, Namespace, PersistentVolumeClaim, Pod
+from tests.cluster.job_helpers import create_job, wait_finished
+from tests.cluster.model_helpers import create_model, wait_for_phase
+from tests.conftest import ClusterUnderTest
+from tests.node.conftest import (
+    MAX_MODEL_LEN,
+    TINY_REPO,
+    ChartRelease,
+    HubService,
+    claim_folder,
+    container_log,
+    engine_api_key,
+    engine_url,
+    restricted_namespace,
+)
+from tests.support import wait_for
+
+from gptoss_operator import naming
+from gptoss_operator.api.resources import InferenceBatchResource
+from gptoss_operator.harmony import ChatMessage, Harmony
+from gptoss_operator.sidecar.engine import QUIET_SECONDS
+from gptoss_sandbox import node
+from gptoss_sandbox.images import ImageArchive
+from gptoss_sandbox.node import NODE_STORAGE_CLASS
+from gptoss_sandbox.tiny_gptoss import SCRIPTED_ANSWER
+
+pytestmark = [pytest.mark.cluster, pytest.mark.node]
+
+BUSY = "busy"
+HARMONY = Harmony()
+# How long the blockers keep the engine busy ahead of the product's requests: several of
+# the clients' quiet periods, each of which ends in asking the engine whether to wait on.
+HELD_SECONDS = 4 * QUIET_SECONDS
+WAITING_ON = "the engine is healthy and holds"
+
+
+@dataclass(frozen=True)
+class BusyModel:
+    namespace: str
+    pod: Pod
+
+
+@pytest.fixture(scope="module")
+def busy(
+    kube: Client, chart_release: ChartRelease, vllm_image: ImageArchive, hub_service: HubService
+) -> Iterator[BusyModel]:
+    """The scripted tiny model admitting one sequence at a time, Ready in a namespace of
+    its own; deleted after the module (its vLLM takes a core)."""
+    del chart_release
+    namespace = f"busy-{uuid.uuid4().hex[:6]}"
+    restricted_namespace(kube, namespace)
+    spec = node.model_spec(vllm_image.reference, TINY_REPO, hub_service.endpoint, MAX_MODEL_LEN)
+    spec["serving"]["extraArgs"] = [*spec["serving"]["extraArgs"], "--max-num-seqs", "1"]
+    create_model(kube, namespace, BUSY, **spec)
+    try:
+        wait_for_phase(kube, namespace, BUSY, "Ready", timeout=900)
+        (pod,) = kube.list(Pod, namespace=namespace, labels=naming.server_selector(BUSY))
+        yield BusyModel(namespace, pod)
+    finally:
+        kube.delete(Namespace, namespace)
+
+
+def blocker_body(max_tokens: int) -> dict[str, Any]:
+    """A request that generates exactly ``max_tokens`` tokens (end-of-sequence ignored)."""
+    return {
+        "model": BUSY,
+        "prompt": HARMONY.render([ChatMessage("user", "Count to a thousand.")], "low"),
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+    }
+
+
+def gauge(text: str, name: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") or line.startswith(name + " ")
+    )
+
+
+class Blockers:
+    """``count`` requests sent at once straight to vLLM from a thread of their own."""
+
+    def __init__(self, url: str, key: str, body: dict[str, Any], count: int) -> None:
+        self.url, self.key, self.body, self.count = url, key, body, count
+        self.statuses: list[int] = []
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._send()), daemon=True)
+
+    async def _send(self) -> None:
+        limits = httpx.Limits(max_connections=self.count + 1)
+        async with httpx.AsyncClient(limits=limits, timeout=3600) as http:
+            answers = await asyncio.gather(
+                *(
+                    http.post(
+                        f"{self.url}/v1/completions",
+                        json=self.body,
+                        headers={"Authorization": f"Bearer {self.key}"},
+                    )
+                    for _ in range(self.count)
+                )
+            )
+        self.statuses = [a.status_code for a in answers]
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the blockers never finished"
+
+
+def create_batch(kube: Client, namespace: str, name: str, lines: list[str]) -> None:
+    kube.create(
+        ConfigMap(
+            metadata=ObjectMeta(name=f"{name}-input", namespace=namespace),
+            data={"input.jsonl": "\n".join(lines) + "\n"},
+        )
+    )
+    kube.create(
+        PersistentVolumeClaim(
+            metadata=ObjectMeta(name=f"{name}-out", namespace=namespace),
+            spec=PersistentVolumeClaimSpec(
+                accessModes=["ReadWriteOnce"],
+                storageClassName=NODE_STORAGE_CLASS,
+                resources=VolumeResourceRequirements(requests={"storage": "1Gi"}),
+            ),
+        )
+    )
+    kube.create(
+        InferenceBatchResource(
+            metadata=ObjectMeta(name=name, namespace=namespace),
+            spec={
+                "modelRef": {"name": BUSY},
+                "input": {"configMap": {"name": f"{name}-input"}},
+                "output": {"volume": {"claimName": f"{name}-out", "path": "out"}},
+                "shards": 2,
+                "maxLineAttempts": 1,
+            },
+        )
+    )
+
+
+def batch_status(kube: Client, namespace: str, name: str) -> dict[str, Any]:
+    found = kube.get(InferenceBatchResource, name, namespace=namespace).to_dict()
+    return dict(found.get("status") or {})
+
+
+def env_of(container: Any, name: str) -> str | None:
+    return next((e.value for e in container.env or [] if e.name == name), None)
+
+
+def test_work_behind_a_saturated_engine_waits_and_is_never_charged(
+    kube: Client, cluster: ClusterUnderTest, busy: BusyModel
+) -> None:
+    namespace = busy.namespace
+    url, key = engine_url(kube, namespace, BUSY), engine_api_key(kube, namespace, BUSY)
+
+    # The sidecar keeps no more jobs at the engine than it admits.
+    (sidecar,) = [c for c in busy.pod.spec.containers if c.name == "sidecar"]
+    assert env_of(sidecar, "GPTOSS_CONCURRENCY") == "1"
+
+    # One blocker alone: how long the engine takes for one, to size the queue ahead.
+    max_tokens = MAX_MODEL_LEN - 64
+    started = time.monotonic()
+    alone = httpx.post(
+        f"{url}/v1/completions",
+        json=blocker_body(max_tokens),
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=600,
+    )
+    one = time.monotonic() - started
+    assert alone.status_code == 200, alone.text
+    assert alone.json()["usage"]["completion_tokens"] == max_tokens
+    count = math.ceil(HELD_SECONDS / one) + 1
+    blockers = Blockers(url, key, blocker_body(max_tokens), count)
+    blockers.start()
+    wait_for(
+        lambda: (
+            gauge(httpx.get(f"{url}/metrics", timeout=10).text, "vllm:num_requests_waiting")
+            >= count - 1
+        ),
+        timeout=60,
+        interval=0.2,
+        message=f"{count - 1} blockers waiting in vLLM's queue",
+    )
+
+    # Behind them: jobs that may not fail once, and a batch whose lines get one attempt.
+    jobs = [f"wait-{i}" for i in range(3)]
+    for name in jobs:
+        create_job(kube, namespace, name, BUSY, f"Question {name}", backoffLimit=0)
+    lines = [
+        json.dumps(
+            {
+                "custom_id": f"req-{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"messages": [{"role": "user", "content": f"What is {i}?"}]},
+            }
+        )
+        for i in range(4)
+    ]
+    create_batch(kube, namespace, "behind", lines)
+
+    blockers.join(timeout=count * one * 3 + 600)
+    assert blockers.statuses == [200] * count
+    statuses = [wait_finished(kube, namespace, name, timeout=600) for name in jobs]
+    batch = wait_for(
+        lambda: (
+            (s := batch_status(kube, namespace, "behind")).get("phase") in ("Succeeded", "Failed")
+            and s
+        ),
+        timeout=600,
+        interval=1,
+        message="the batch finished",
+    )
+
+    for status in statuses:
+        assert status["phase"] == "Succeeded", status.get("message")
+        assert status["response"] == SCRIPTED_ANSWER
+        assert status["attempts"] == 1
+        assert not status.get("voidedAttempts")
+    # The first job the sidecar sent waited behind the blockers for several quiet
+    # periods, and the sidecar asked the engine after each and waited on.
+    assert max(s["timeToFirstTokenSeconds"] for s in statuses) > 2 * QUIET_SECONDS
+    log = container_log(cluster, namespace, busy.pod.metadata.name, "sidecar")
+    assert log.count(WAITING_ON) >= 2, log[-3000:]
+
+    assert batch["phase"] == "Succeeded", batch
+    assert batch["counts"] == {"total": 4, "succeeded": 4, "failed": 0, "inFlight": 0}
+    answers = (claim_folder(kube, namespace, "behind-out") / "out" / "output.jsonl").read_text()
+    assert sorted(json.loads(a)["custom_id"] for a in answers.splitlines()) == [
+        f"req-{i}" for i in range(4)
+    ]
+    # The shards together keep no more at the engine than the sidecar leaves room for:
+    # nothing, with one sequence admitted, so one request each, the least that advances.
+    shards = kube.get(Job, naming.batch_shards_job_name("behind"), namespace=namespace)
+    (worker,) = shards.spec.template.spec.containers
+    assert json.loads(env_of(worker, "GPTOSS_BATCH_PLAN") or "{}")["requestsPerShard"] == 1
+    shard_logs = [
+        container_log(cluster, namespace, pod.metadata.name, worker.name)
+        for pod in kube.list(
+            Pod,
+            namespace=namespace,
+            labels={"job-name": naming.batch_shards_job_name("behind")},
+        )
+    ]
+    assert any(WAITING_ON in text for text in shard_logs), shard_logs
