@@ -7,6 +7,8 @@ from typing import Any
 from lightkube import ApiError, AsyncClient, codecs
 from lightkube.types import PatchType
 
+from gptoss_operator import naming
+
 FIELD_MANAGER = "gptoss-operator"
 
 
@@ -28,9 +30,47 @@ async def get_or_none(client: AsyncClient, resource: Any, name: str, namespace: 
         raise
 
 
+class NotOurs(Exception):
+    """An object has the name of a child the operator would make, and it did not make it:
+    someone else's, which the operator never takes over."""
+
+    def __init__(self, manifest: dict[str, Any], existing: dict[str, Any]) -> None:
+        metadata = manifest["metadata"]
+        owners = [
+            f"{owner.get('kind')} {owner.get('name')}"
+            for owner in existing.get("metadata", {}).get("ownerReferences") or []
+        ]
+        held = f"owned by {', '.join(owners)}" if owners else "made by someone else"
+        super().__init__(
+            f"{manifest['kind']} {metadata['namespace']}/{metadata['name']} exists and is not "
+            f"this model's ({held}); the operator does not take it over: rename the model, "
+            "or remove that object"
+        )
+
+
+def is_ours(manifest: dict[str, Any], existing: dict[str, Any]) -> bool:
+    """Whether ``existing`` is the object ``manifest`` describes, made by the operator for
+    the same owner: it carries the manifest's controller uid; for a manifest without an
+    owner (a claim kept after its model), the manifest's model and managed-by labels."""
+    metadata = existing.get("metadata") or {}
+    wanted = [r["uid"] for r in manifest["metadata"].get("ownerReferences") or []]
+    if wanted:
+        uids = {r.get("uid") for r in metadata.get("ownerReferences") or []}
+        return all(uid in uids for uid in wanted)
+    labels = metadata.get("labels") or {}
+    keys = (naming.MODEL_LABEL, naming.MANAGED_BY_LABEL)
+    wanted_labels = manifest["metadata"].get("labels") or {}
+    return all(k in wanted_labels and labels.get(k) == wanted_labels[k] for k in keys)
+
+
 async def apply(client: AsyncClient, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Server-side apply, taking ownership of every field the manifest sets."""
+    """Server-side apply, taking ownership of every field the manifest sets, of an object
+    that is absent or already ours (raises NotOurs otherwise)."""
     obj = codecs.from_dict(manifest)
+    metadata = manifest["metadata"]
+    existing = await get_or_none(client, type(obj), metadata["name"], metadata["namespace"])
+    if existing is not None and not is_ours(manifest, to_dict(existing)):
+        raise NotOurs(manifest, to_dict(existing))
     applied = await client.apply(obj, field_manager=FIELD_MANAGER, force=True)
     return to_dict(applied)
 
@@ -49,6 +89,16 @@ async def create_or_read(
         metadata = manifest["metadata"]
         created = await client.get(resource, metadata["name"], namespace=metadata["namespace"])
     return to_dict(created)
+
+
+async def create_or_read_ours(
+    client: AsyncClient, resource: Any, manifest: dict[str, Any]
+) -> dict[str, Any]:
+    """:func:`create_or_read`, for a child that must be ours (raises NotOurs otherwise)."""
+    found = await create_or_read(client, resource, manifest)
+    if not is_ours(manifest, found):
+        raise NotOurs(manifest, found)
+    return found
 
 
 async def create_unread(client: AsyncClient, manifest: dict[str, Any]) -> bool:

@@ -250,9 +250,14 @@ class ModelReconciler:
         spec = GptOssModelSpec.model_validate(body.get("spec") or {})
         ctx = ModelContext(name, namespace, body["metadata"]["uid"], spec, self.settings)
         annotations = body["metadata"].get("annotations") or {}
-        observed = await self._converge(
-            ctx, int(body["metadata"].get("generation", 1)), annotations.get(RETRY_ANNOTATION)
-        )
+        generation = int(body["metadata"].get("generation", 1))
+        try:
+            observed = await self._converge(ctx, generation, annotations.get(RETRY_ANNOTATION))
+        except kube.NotOurs as error:
+            # Never adopt: the model waits (Stalled) until the name is free.
+            observed = model_status.Observed(
+                generation=generation, digest=naming.source_hash(spec), name_in_use=str(error)
+            )
         reported = (namespace, name, ctx.uid)
         previous = self.reported.overlay(reported, body.get("status") or {})
         computed = model_status.compute(
@@ -311,12 +316,14 @@ class ModelReconciler:
                 return observed
             observed.job = await self._download_job(ctx, digest, generation, retry_token, observed)
         else:
-            # The Job's pod waits for the claim by itself: create both at once.
-            known_claim = self.watched.claim(ctx.namespace, ctx.name, claim_name)
-            observed.claim, observed.job = await asyncio.gather(
-                self._known_or_created(known_claim, PersistentVolumeClaim, storage.claim(ctx)),
-                self._download_job(ctx, digest, generation, retry_token, observed),
-            )
+            # A claim the watch does not show is made (or found ours) before the Job that
+            # writes into it: a claim of that name someone else made is never written.
+            observed.claim = self.watched.claim(ctx.namespace, ctx.name, claim_name)
+            if observed.claim is None:
+                observed.claim = await kube.create_or_read_ours(
+                    client, PersistentVolumeClaim, storage.claim(ctx)
+                )
+            observed.job = await self._download_job(ctx, digest, generation, retry_token, observed)
         if observed.claim is not None and not ctx.spec.storage.existingClaim:
             await self._grow_claim(ctx, observed)
         claim_age = _age_seconds(observed.claim or {})
@@ -466,7 +473,7 @@ class ModelReconciler:
             retry = plan(current)
         if current is None:
             manifest = download.job(ctx, digest, 0, generation, retry_token)
-            return await kube.create_or_read(self.client, Job, manifest)
+            return await kube.create_or_read_ours(self.client, Job, manifest)
         observed.download_retry = retry
         if retry is None or not retry.now:
             return current
@@ -479,7 +486,7 @@ class ModelReconciler:
             retry.reason,
         )
         manifest = download.job(ctx, digest, attempt, generation, retry_token)
-        created = await kube.create_or_read(self.client, Job, manifest)
+        created = await kube.create_or_read_ours(self.client, Job, manifest)
         try:
             await self.client.delete(
                 Job,
@@ -491,15 +498,6 @@ class ModelReconciler:
             if error.status.code != 404:
                 raise
         return created
-
-    async def _known_or_created(
-        self, known: dict[str, Any] | None, resource: Any, manifest: dict[str, Any]
-    ) -> dict[str, Any]:
-        return (
-            known
-            if known is not None
-            else await kube.create_or_read(self.client, resource, manifest)
-        )
 
     async def _latest_warning(self, namespace: str, kind: str, name: str) -> str | None:
         newest: tuple[str, str] | None = None

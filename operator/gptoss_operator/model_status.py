@@ -53,6 +53,8 @@ class Observed:
     zero_message: str = "spec.serving.replicas is 0"
     waking: bool = False
     autoscaling: dict[str, Any] | None = None
+    # Why the operator stopped: an object with a child's name that is not the model's.
+    name_in_use: str | None = None
 
 
 @dataclass
@@ -236,6 +238,8 @@ def compute(
     replicas: int,
     api_key_secret: dict[str, str] | None = None,
 ) -> Computed:
+    if observed.name_in_use is not None:
+        return _name_in_use(observed.generation, observed.name_in_use, previous)
     if observed.replicas is not None:
         replicas = observed.replicas
     download = download_verdict(observed)
@@ -319,6 +323,26 @@ def compute(
     if download.ok and observed.served_digest == observed.digest:
         status["download"] = {"percent": 100}
     return Computed(status, _events(previous, conditions, phase))
+
+
+NAME_IN_USE = "NameInUse"
+
+
+def _name_in_use(generation: int, message: str, previous: dict[str, Any]) -> Computed:
+    """Stalled until the name is free: what the model has is left as it is; Ready,
+    Reconciling and Stalled say why, and a Warning when that is new."""
+    conditions: list[dict[str, Any]] = list(previous.get("conditions") or [])
+    conditions = set_condition(conditions, "Ready", False, NAME_IN_USE, message, generation)
+    conditions = set_condition(conditions, "Reconciling", False, NAME_IN_USE, "", generation)
+    conditions = set_condition(conditions, "Stalled", True, NAME_IN_USE, message, generation)
+    status: dict[str, Any] = {
+        "phase": previous.get("phase") or Phase.PENDING.value,
+        "observedGeneration": generation,
+        "conditions": conditions,
+    }
+    before = get_condition(previous.get("conditions"), "Stalled") or {}
+    told = (before.get("reason"), before.get("message")) == (NAME_IN_USE, message)
+    return Computed(status, [] if told else [("Warning", NAME_IN_USE, message)])
 
 
 def _events(

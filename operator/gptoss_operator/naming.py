@@ -12,6 +12,7 @@ from gptoss_operator.api.model import GptOssModelSpec
 
 MANAGED_BY = "gptoss-operator"
 MODEL_LABEL = "gptoss.ai/model"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 SOURCE_HASH_ANNOTATION = "gptoss.ai/source-hash"
 COMPONENT_DOWNLOAD = "download"
 COMPONENT_SERVER = "server"
@@ -93,7 +94,7 @@ def labels(model: str, component: str | None = None) -> dict[str, str]:
     result = {
         "app.kubernetes.io/name": "gptoss",
         "app.kubernetes.io/instance": model,
-        "app.kubernetes.io/managed-by": MANAGED_BY,
+        MANAGED_BY_LABEL: MANAGED_BY,
         MODEL_LABEL: model,
     }
     if component:

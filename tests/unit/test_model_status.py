@@ -253,3 +253,33 @@ def test_a_pod_waiting_for_its_claim_is_reconciling_not_stalled() -> None:
         job_pods=[_unschedulable('persistentvolumeclaim "m-weights" not found')],
     )
     assert _cond(_compute(stuck), "Stalled")["reason"] == "ClaimPending"
+
+
+def test_a_name_in_use_stalls_the_model_and_warns_once() -> None:
+    message = "Service ns/m-vllm exists and is not this model's (made by someone else); …"
+    observed = Observed(generation=2, digest="d", name_in_use=message)
+    computed = compute(observed, {"phase": "Starting"}, name="m", namespace="ns", replicas=1)
+    status = computed.status
+    assert status["phase"] == "Starting"  # what the model has is left as it is
+    assert status["observedGeneration"] == 2
+    assert _cond(status, "Stalled") | {"lastTransitionTime": None} == {
+        "type": "Stalled",
+        "status": "True",
+        "reason": "NameInUse",
+        "message": message,
+        "observedGeneration": 2,
+        "lastTransitionTime": None,
+    }
+    assert (_cond(status, "Ready")["status"], _cond(status, "Ready")["reason"]) == (
+        "False",
+        "NameInUse",
+    )
+    assert _cond(status, "Reconciling")["status"] == "False"
+    assert computed.events == [("Warning", "NameInUse", message)]
+    # Told once: the same message again is no new Event.
+    again = compute(observed, status, name="m", namespace="ns", replicas=1)
+    assert again.events == []
+    # A new model: Pending.
+    fresh = compute(observed, {}, name="m", namespace="ns", replicas=1).status
+    assert fresh["phase"] == "Pending"
+    assert "endpoint" not in fresh

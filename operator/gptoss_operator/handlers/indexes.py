@@ -17,7 +17,7 @@ from gptoss_operator.api.common import GROUP, VERSION
 from gptoss_operator.engine_load import ready_pod
 from gptoss_operator.job_janitor import JobFacts, ModelFacts
 
-MANAGED = {"app.kubernetes.io/managed-by": naming.MANAGED_BY}
+MANAGED = {naming.MANAGED_BY_LABEL: naming.MANAGED_BY}
 SERVER_PODS = {**MANAGED, "app.kubernetes.io/component": naming.COMPONENT_SERVER}
 
 
