@@ -517,7 +517,8 @@ class ModelReconciler:
             Job, namespace=ctx.namespace, labels=dict[str, Any](selector)
         ):
             name = job.metadata.name if job.metadata else None
-            if name and name != keep:
+            owners = (job.metadata.ownerReferences or []) if job.metadata else []
+            if name and name != keep and any(owner.uid == ctx.uid for owner in owners):
                 log.info("deleting superseded download Job %s/%s", ctx.namespace, name)
                 await self.client.delete(
                     Job, name, namespace=ctx.namespace, cascade=CascadeType.BACKGROUND
