@@ -3,8 +3,9 @@ plane with the real node; the chart installed with helm; a model downloaded and 
 the vLLM image; a job and a batch), and the sizes of the images it runs.
 
 Timings come from the demo's own last line ("Done in ...: {json}"): seconds until the
-control plane, the node and the imported images are up, from `helm install` to the operator's pod Ready, from `kubectl apply` of the
-model to Ready, and the whole run. Run alone: `make bench BENCH_ARGS='--only node'`.
+control plane, the node and the imported images are up, from `helm install` to the
+operator's pod Ready, from `kubectl apply` of the model to Ready, and the whole run.
+Run alone: `make bench BENCH_ARGS='--only node'`.
 """
 
 from __future__ import annotations

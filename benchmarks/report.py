@@ -111,15 +111,24 @@ def batch_tables(results: dict[str, Any]) -> list[str]:
 
 
 def _commits(results: dict[str, Any]) -> list[str]:
-    """A line naming the commit of each group of figures, when they differ."""
+    """A line naming the commit and the runs of each group of figures, when they differ."""
     commits: dict[str, str] = results.get("commits") or {}
+    repeats: dict[str, int] = results.get("repeats_of") or {}
     if len(set(commits.values())) < 2:
         return []
-    groups: dict[str, list[str]] = {}
+    groups: dict[tuple[str, int | None], list[str]] = {}
     for figure, commit in sorted(commits.items()):
-        groups.setdefault(commit, []).append(figure)
-    parts = [f"{', '.join(figures)} at {commit}" for commit, figures in groups.items()]
+        groups.setdefault((commit, repeats.get(figure)), []).append(figure)
+    parts = [
+        f"{', '.join(figures)} at {commit}"
+        + (f" ({runs} run{'s' if runs != 1 else ''})" if runs else "")
+        for (commit, runs), figures in groups.items()
+    ]
     return ["- Measured: " + "; ".join(parts)]
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
 
 
 def table(results: dict[str, Any]) -> list[str]:
@@ -130,7 +139,7 @@ def table(results: dict[str, Any]) -> list[str]:
             lines.append(f"| {label} | not measured | {goal} {unit if goal else ''} | |")
             continue
         met = "" if test is None else ("yes" if test(float(value)) else "**no**")
-        measured = f"{value:.3g} {unit}{_spread(results, path)}"
+        measured = f"{_number(float(value))} {unit}{_spread(results, path)}"
         lines.append(f"| {label} | {measured} | {goal + ' ' + unit if goal else ''} | {met} |")
     return lines
 
@@ -221,7 +230,7 @@ def main() -> None:
         "`benchmarks/results.json`. Everything runs on one machine: the control plane",
         "(kube-apiserver, etcd, controller-manager, scheduler, kwok), the operator, the",
         "sidecars, the engine and the load generator share its cores. Each figure is the",
-        f"median of {results.get('repeats', '?')} runs, with the spread (min–max) beside it,",
+        "median of its runs (how many: below), with the spread (min–max) beside it,",
         "except the deep queue and the real-vLLM efficiency (one run each; the efficiency",
         "is the median of its alternating rounds). Nothing here passes or fails.",
         "",

@@ -184,12 +184,14 @@ def main() -> None:
     args = parser.parse_args()
     results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results["machine"] = machine()
-    results["command"] = "make bench" + (
-        f" BENCH_ARGS='--repeat {args.repeat}'" if args.repeat != 3 else "")
-    results["repeats"] = args.repeat
     wanted = set(args.only)
+    options = ([f"--only {' '.join(args.only)}"] if wanted != set(FIGURES) else []) + (
+        [f"--repeat {args.repeat}"] if args.repeat != 3 else [])
+    results["command"] = "make bench" + (f" BENCH_ARGS='{' '.join(options)}'" if options else "")
+    results["repeats"] = args.repeat
     for figure in wanted:
         results.setdefault("commits", {})[figure] = results["machine"]["commit"]
+        results.setdefault("repeats_of", {})[figure] = args.repeat
 
     if "harmony" in wanted:
         results["harmony"] = repeated(args.repeat, harmony_cost.measure, "harmony")
