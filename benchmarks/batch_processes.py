@@ -1,16 +1,17 @@
 """A stand-in for the kubelet of InferenceBatch pods, for the batch scale benchmark only.
 
 The tests run batch pods on the real node (tests/node/test_node_batches.py). The
-benchmark measures the product's own overhead on 100,000 lines against an instant
-engine on this machine, which the node's pods cannot be pointed at (they reach a model
-through its Service, whose pods would be a real vLLM). So here, for the kwok plane's
-batch pods (kwok leaves them alone), ``BatchPods`` plays their kubelet: for each
-scheduled pod it resolves the container's environment as the kubelet does (values,
-the pod's fields, Secret keys; a missing Secret leaves the container waiting with
-CreateContainerConfigError), runs the real ``gptoss-batch`` with the batch identity's token, and reports Running, then Succeeded or Failed with the exit
-code and termination message. A pod being deleted gets SIGTERM. What only cluster DNS
-and volume mounts would give is mapped: the engine URL to the stand-in's, claim mount
-paths to host folders, a ConfigMap input to a file.
+benchmark measures the product's own overhead on 100,000 lines against an instant engine
+on this machine, which the node's pods cannot be pointed at (they reach a model through
+its Service, whose pods would be a real vLLM). So here, for the kwok plane's batch pods
+(kwok leaves them alone), ``BatchPods`` plays their kubelet: for each scheduled pod it
+resolves the container's environment as the kubelet does (values, the pod's fields,
+Secret keys; a missing Secret leaves the container waiting with
+CreateContainerConfigError), runs the real ``gptoss-batch`` with the batch identity's
+token, and reports Running, then Succeeded or Failed with the exit code and termination
+message. A pod being deleted gets SIGTERM. What only cluster DNS and volume mounts would
+give is mapped: the engine URL to the stand-in's, claim mount paths to host folders, a
+ConfigMap input to a file.
 """
 
 from __future__ import annotations
