@@ -10,8 +10,10 @@ operator's download Job and Deployment, the downloader, the sidecar container.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import re
+import time
 import uuid
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import pytest
 from lightkube import Client
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import Pod
+from lightkube.resources.core_v1 import Event, Pod
 from tests.cluster.job_helpers import condition, create_job, gptoss_ask, wait_finished
 from tests.cluster.model_helpers import get_model
 from tests.conftest import ClusterUnderTest
@@ -305,3 +307,42 @@ def test_the_autoscaler_reads_real_vllms_load(kube: Client, served_model: Served
     idle, busiest = asyncio.run(scenario())
     assert idle == 0
     assert 1 <= busiest <= 6
+
+
+# Longer than the sidecar's liveness budget (6 failures 20 s apart): a probe the kubelet
+# cannot run restarts the container within it.
+STEADY_SECONDS = 180
+
+
+def _ready_since(pod: Pod) -> datetime.datetime | None:
+    """When the pod last became Ready, if it is Ready: the start of its unbroken run."""
+    for item in pod.status.conditions or []:
+        if item.type == "Ready" and item.status == "True":
+            return item.lastTransitionTime
+    return None
+
+
+def test_the_model_pod_served_all_this_steadily_without_restarts_and_its_probes_ran(
+    kube: Client, served_model: ServedModel
+) -> None:
+    """Last in this module, so its window holds the work above: both containers stayed
+    Ready, without a break, for longer than the liveness budget (the kubelet moves the
+    Ready condition's transition time at every break), with no restart, and the kubelet
+    could run every probe: one it cannot resolve (a port name the container does not
+    have) is thrown away with a Warning, so it would never restart anything."""
+    name = served_model.pod.metadata.name
+    since = _ready_since(kube.get(Pod, name, namespace=SERVING))
+    assert since is not None, "the model's pod is not Ready"
+    ran = (datetime.datetime.now(datetime.UTC) - since).total_seconds()
+    time.sleep(max(0.0, STEADY_SECONDS + 1 - ran))  # the rest of the window
+    pod = kube.get(Pod, name, namespace=SERVING)
+    assert _ready_since(pod) == since, "the pod was not Ready for a while"
+    assert (datetime.datetime.now(datetime.UTC) - since).total_seconds() >= STEADY_SECONDS
+    restarts = {s.name: s.restartCount for s in pod.status.containerStatuses}
+    assert restarts == {"vllm": 0, "sidecar": 0}, restarts
+    errored = [
+        event.message
+        for event in kube.list(Event, namespace=SERVING, fields={"involvedObject.name": name})
+        if "probe errored" in (event.message or "")
+    ]
+    assert not errored, errored

@@ -7,12 +7,10 @@ from fieldRefs, termination messages) is applied by the kubelet and runc here, n
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from lightkube import ApiError, Client, codecs
 from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import Event, Pod
+from lightkube.resources.core_v1 import Pod
 from tests.conftest import ClusterUnderTest
 from tests.node.conftest import (
     MODEL,
@@ -31,10 +29,6 @@ from gptoss_sandbox.node import NODE_NAME
 from gptoss_sandbox.tiny_gptoss import SCRIPTED_ANSWER
 
 pytestmark = [pytest.mark.cluster, pytest.mark.node]
-
-# Longer than the sidecar's liveness budget (6 failures 20 s apart): a probe the kubelet
-# cannot run restarts the container within it.
-STEADY_SECONDS = 180
 
 
 def test_the_chart_installs_and_its_operator_runs_as_a_pod(
@@ -86,28 +80,6 @@ def test_a_model_downloads_in_a_job_pod_and_serves_from_two_containers(
         )  # fmt: skip
         assert write.returncode != 0, container
         assert "Read-only file system" in write.stderr, (container, write.stderr)
-
-
-def test_the_model_pod_runs_steadily_without_restarts_and_its_probes_run(
-    kube: Client, served_model: ServedModel
-) -> None:
-    """Both containers stay Ready with no restart for longer than the liveness budget, and
-    the kubelet can run every probe: one it cannot resolve (a port name the container
-    does not have) is thrown away with a Warning, so it would never restart anything."""
-    name = served_model.pod.metadata.name
-    deadline = time.monotonic() + STEADY_SECONDS
-    while time.monotonic() < deadline:
-        pod = kube.get(Pod, name, namespace=SERVING)
-        restarts = {s.name: s.restartCount for s in pod.status.containerStatuses}
-        assert restarts == {"vllm": 0, "sidecar": 0}, restarts
-        assert pod_ready(pod)
-        time.sleep(5)
-    errored = [
-        event.message
-        for event in kube.list(Event, namespace=SERVING, fields={"involvedObject.name": name})
-        if "probe errored" in (event.message or "")
-    ]
-    assert not errored, errored
 
 
 def test_a_job_is_answered_by_the_sidecar_container(
