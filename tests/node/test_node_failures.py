@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from lightkube import Client
+from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import Namespace
+from lightkube.resources.core_v1 import ConfigMap, Namespace
 from tests.cluster.model_helpers import (
     condition,
     create_model,
@@ -28,8 +30,10 @@ from tests.node.conftest import (
     HubService,
     restricted_namespace,
 )
+from tests.support import wait_for
 
 from gptoss_operator import naming
+from gptoss_operator.api.resources import InferenceBatchResource
 from gptoss_sandbox import node
 from gptoss_sandbox.images import ImageArchive
 
@@ -82,6 +86,38 @@ def test_a_vllm_that_exits_at_start_is_a_crash_loop_with_its_own_words(
     assert condition(status, "Stalled")["status"] == "True"
     assert status["phase"] != "Ready"
     assert wait_for_event(kube, failing_namespace, "toolong", "CrashLoop")["type"] == "Warning"
+
+    # A batch of this model waits for an engine that serves, saying so, and starts no
+    # shard that would wait for one while its deadline runs (#23, defect 6).
+    kube.create(
+        ConfigMap(
+            metadata=ObjectMeta(name="lines", namespace=failing_namespace),
+            data={"input.jsonl": json.dumps({"custom_id": "a", "body": {"messages": []}})},
+        )
+    )
+    kube.create(
+        InferenceBatchResource(
+            metadata=ObjectMeta(name="early", namespace=failing_namespace),
+            spec={
+                "modelRef": {"name": "toolong"},
+                "input": {"configMap": {"name": "lines"}},
+                "output": {"volume": {"claimName": "results", "path": "out"}},
+            },
+        )
+    )
+
+    def waiting() -> dict[str, Any] | None:
+        batch = kube.get(InferenceBatchResource, "early", namespace=failing_namespace)
+        status = dict(batch.to_dict().get("status") or {})
+        return (
+            status if condition(status, "Reconciling").get("reason") == "WaitingForEngine" else None
+        )
+
+    batch = wait_for(waiting, timeout=60, message="the batch WaitingForEngine")
+    assert batch["phase"] == "Pending"
+    assert not list(
+        kube.list(Job, namespace=failing_namespace, labels={naming.BATCH_LABEL: "early"})
+    )
 
 
 def test_a_repo_the_hub_does_not_have_fails_the_download_with_its_reason(
