@@ -104,13 +104,13 @@ class BatchReconciler:
         shards = await kube.get_or_none(
             self.client, Job, naming.batch_shards_job_name(name), namespace
         )
-        if shards is None or not controlled_by(kube.to_dict(shards), uid):
+        if shards is None or not kube.controlled_by(kube.to_dict(shards), uid):
             # A Job of this name that is not this batch's (one of a batch deleted and
             # created again, not yet collected) is never read as this batch's progress.
             for job in (shards, await kube.get_or_none(
                 self.client, Job, naming.batch_merge_job_name(name), namespace
             )):  # fmt: skip
-                if job is not None and not controlled_by(kube.to_dict(job), uid):
+                if job is not None and not kube.controlled_by(kube.to_dict(job), uid):
                     return Observed(waiting=_not_ours(kube.to_dict(job)))
         if shards is None:
             model = await kube.get_or_none(
@@ -157,7 +157,7 @@ class BatchReconciler:
             ctx = self._context(batch, spec, kube.to_dict(model) or _absent(spec))
             merge = await kube.create_or_read(self.client, Job, merge_job(ctx))
         merge_dict = kube.to_dict(merge)
-        if not controlled_by(merge_dict, uid):
+        if not kube.controlled_by(merge_dict, uid):
             return Observed(
                 shards_job=shards_dict, trouble=_not_ours(merge_dict), shard_failure=failure
             )
@@ -247,14 +247,6 @@ class BatchReconciler:
             await kube.delete_if_present(self.client, InferenceBatchResource, key[1], key[0])
             return
         self.poke(*key, left + 0.5)  # look again when it is due
-
-
-def controlled_by(obj: dict[str, Any], uid: str) -> bool:
-    """Is ``obj``'s controller the object with ``uid``?"""
-    return any(
-        ref.get("controller") and ref.get("uid") == uid
-        for ref in obj.get("metadata", {}).get("ownerReferences") or []
-    )
 
 
 def _job_uid(pod: dict[str, Any]) -> str | None:

@@ -48,16 +48,23 @@ class NotOurs(Exception):
         )
 
 
+def controlled_by(obj: dict[str, Any], uid: str) -> bool:
+    """Is ``obj``'s controller the object with ``uid``?"""
+    return any(
+        ref.get("controller") and ref.get("uid") == uid
+        for ref in obj.get("metadata", {}).get("ownerReferences") or []
+    )
+
+
 def is_ours(manifest: dict[str, Any], existing: dict[str, Any]) -> bool:
     """Whether ``existing`` is the object ``manifest`` describes, made by the operator for
-    the same owner: it carries the manifest's controller uid; for a manifest without an
-    owner (a claim kept after its model), the manifest's model and managed-by labels."""
-    metadata = existing.get("metadata") or {}
-    wanted = [r["uid"] for r in manifest["metadata"].get("ownerReferences") or []]
-    if wanted:
-        uids = {r.get("uid") for r in metadata.get("ownerReferences") or []}
-        return all(uid in uids for uid in wanted)
-    labels = metadata.get("labels") or {}
+    the same owner: its controller is the manifest's; for a manifest without an owner (a
+    claim kept after its model), the manifest's model and managed-by labels."""
+    owners = manifest["metadata"].get("ownerReferences") or []
+    controller = next((r["uid"] for r in owners if r.get("controller")), None)
+    if controller is not None:
+        return controlled_by(existing, controller)
+    labels = (existing.get("metadata") or {}).get("labels") or {}
     keys = (naming.MODEL_LABEL, naming.MANAGED_BY_LABEL)
     wanted_labels = manifest["metadata"].get("labels") or {}
     return all(k in wanted_labels and labels.get(k) == wanted_labels[k] for k in keys)

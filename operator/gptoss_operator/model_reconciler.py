@@ -517,8 +517,7 @@ class ModelReconciler:
             Job, namespace=ctx.namespace, labels=dict[str, Any](selector)
         ):
             name = job.metadata.name if job.metadata else None
-            owners = (job.metadata.ownerReferences or []) if job.metadata else []
-            if name and name != keep and any(owner.uid == ctx.uid for owner in owners):
+            if name and name != keep and kube.controlled_by(kube.to_dict(job), ctx.uid):
                 log.info("deleting superseded download Job %s/%s", ctx.namespace, name)
                 await self.client.delete(
                     Job, name, namespace=ctx.namespace, cascade=CascadeType.BACKGROUND

@@ -9,7 +9,13 @@ import pytest
 from gptoss_operator import naming
 from gptoss_operator.kube import NotOurs, is_ours
 
-OWNER = {"apiVersion": "gptoss.ai/v1alpha1", "kind": "GptOssModel", "name": "m", "uid": "u1"}
+OWNER = {
+    "apiVersion": "gptoss.ai/v1alpha1",
+    "kind": "GptOssModel",
+    "name": "m",
+    "uid": "u1",
+    "controller": True,
+}
 
 
 def manifest(kind: str = "Service", owned: bool = True) -> dict[str, Any]:
@@ -19,7 +25,7 @@ def manifest(kind: str = "Service", owned: bool = True) -> dict[str, Any]:
         "labels": naming.labels("m", "server"),
     }
     if owned:
-        metadata["ownerReferences"] = [{**OWNER, "controller": True}]
+        metadata["ownerReferences"] = [OWNER]
     return {"apiVersion": "v1", "kind": kind, "metadata": metadata}
 
 
@@ -29,7 +35,10 @@ def existing(owners: list[dict[str, Any]] | None = None, **labels: str) -> dict[
 
 def test_an_owned_child_is_ours_only_with_the_models_uid() -> None:
     assert is_ours(manifest(), existing([OWNER]))
-    assert is_ours(manifest(), existing([{**OWNER, "uid": "other"}, OWNER]))
+    other = {**OWNER, "uid": "other", "controller": False}
+    assert is_ours(manifest(), existing([other, OWNER]))
+    # The model's uid, but not as the controller: someone else controls it.
+    assert not is_ours(manifest(), existing([{**OWNER, "controller": False}]))
     assert not is_ours(manifest(), existing())
     # Same name and kind of owner, another incarnation (a deleted model's child).
     assert not is_ours(manifest(), existing([{**OWNER, "uid": "u0"}]))
