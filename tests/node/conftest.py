@@ -225,14 +225,17 @@ def engine_api_key(kube: Client, namespace: str = SERVING, model: str = MODEL) -
     return base64.b64decode(secret.data["token"]).decode()
 
 
-def engine_successes(kube: Client, namespace: str = SERVING, model: str = MODEL) -> float:
-    """vLLM's own count of the requests it finished."""
+def engine_metric(kube: Client, metric: str, namespace: str = SERVING, model: str = MODEL) -> float:
+    """One of vLLM's own metrics, summed over its labels."""
     text = httpx.get(f"{engine_url(kube, namespace, model)}/metrics", timeout=10).text
     return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("vllm:request_success_total{")
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(metric + "{")
     )
+
+
+def engine_successes(kube: Client, namespace: str = SERVING, model: str = MODEL) -> float:
+    """vLLM's own count of the requests it finished."""
+    return engine_metric(kube, "vllm:request_success_total", namespace, model)
 
 
 def container_log(cluster: ClusterUnderTest, namespace: str, pod: str, container: str) -> str:

@@ -63,10 +63,10 @@ def request_line(i: int, **body: Any) -> str:
     )
 
 
-def create_claim(kube: Client, name: str) -> None:
+def create_claim(kube: Client, name: str, namespace: str = SERVING) -> None:
     kube.create(
         PersistentVolumeClaim(
-            metadata=ObjectMeta(name=name, namespace=SERVING),
+            metadata=ObjectMeta(name=name, namespace=namespace),
             spec=PersistentVolumeClaimSpec(
                 accessModes=["ReadWriteOnce"],
                 storageClassName=NODE_STORAGE_CLASS,
@@ -76,17 +76,25 @@ def create_claim(kube: Client, name: str) -> None:
     )
 
 
-def create_batch(kube: Client, name: str, lines: list[str] | None, **spec: Any) -> None:
-    """A batch of the served model; given ``lines``, its input is a ConfigMap of them and
-    its output the folder out/ of a claim of its own, ``<name>-out``."""
+def create_batch(
+    kube: Client,
+    name: str,
+    lines: list[str] | None,
+    *,
+    namespace: str = SERVING,
+    model: str = MODEL,
+    **spec: Any,
+) -> None:
+    """A batch of ``model`` (the served model); given ``lines``, its input is a ConfigMap
+    of them and its output the folder out/ of a claim of its own, ``<name>-out``."""
     if lines is not None:
         kube.create(
             ConfigMap(
-                metadata=ObjectMeta(name=f"{name}-input", namespace=SERVING),
+                metadata=ObjectMeta(name=f"{name}-input", namespace=namespace),
                 data={"input.jsonl": "\n".join(lines) + "\n"},
             )
         )
-        create_claim(kube, f"{name}-out")
+        create_claim(kube, f"{name}-out", namespace)
         spec = {
             "input": {"configMap": {"name": f"{name}-input"}},
             "output": {"volume": {"claimName": f"{name}-out", "path": "out"}},
@@ -94,20 +102,24 @@ def create_batch(kube: Client, name: str, lines: list[str] | None, **spec: Any) 
         }
     kube.create(
         InferenceBatchResource(
-            metadata=ObjectMeta(name=name, namespace=SERVING),
-            spec={"modelRef": {"name": MODEL}, **spec},
+            metadata=ObjectMeta(name=name, namespace=namespace),
+            spec={"modelRef": {"name": model}, **spec},
         )
     )
 
 
-def batch_status(kube: Client, name: str) -> dict[str, Any]:
-    found = kube.get(InferenceBatchResource, name, namespace=SERVING).to_dict()
+def batch_status(kube: Client, name: str, namespace: str = SERVING) -> dict[str, Any]:
+    found = kube.get(InferenceBatchResource, name, namespace=namespace).to_dict()
     return dict(found.get("status") or {})
 
 
-def wait_batch_finished(kube: Client, name: str, timeout: float = 600) -> dict[str, Any]:
+def wait_batch_finished(
+    kube: Client, name: str, timeout: float = 600, namespace: str = SERVING
+) -> dict[str, Any]:
     return wait_for(
-        lambda: (s := batch_status(kube, name)).get("phase") in ("Succeeded", "Failed") and s,
+        lambda: (
+            (s := batch_status(kube, name, namespace)).get("phase") in ("Succeeded", "Failed") and s
+        ),
         timeout=timeout,
         interval=1,
         message=f"batch {name} finished",

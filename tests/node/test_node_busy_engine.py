@@ -24,10 +24,8 @@ from typing import Any
 import httpx
 import pytest
 from lightkube import Client
-from lightkube.models.core_v1 import PersistentVolumeClaimSpec, VolumeResourceRequirements
-from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import ConfigMap, Namespace, PersistentVolumeClaim, Pod
+from lightkube.resources.core_v1 import Namespace, Pod
 from tests.cluster.job_helpers import create_job, wait_finished
 from tests.cluster.model_helpers import create_model, wait_for_phase
 from tests.conftest import ClusterUnderTest
@@ -39,18 +37,18 @@ from tests.node.conftest import (
     claim_folder,
     container_log,
     engine_api_key,
+    engine_metric,
     engine_url,
     restricted_namespace,
 )
+from tests.node.test_node_batches import create_batch, request_line, wait_batch_finished
 from tests.support import wait_for
 
 from gptoss_operator import naming
-from gptoss_operator.api.resources import InferenceBatchResource
 from gptoss_operator.harmony import ChatMessage, Harmony
 from gptoss_operator.sidecar.engine import QUIET_SECONDS
 from gptoss_sandbox import node
 from gptoss_sandbox.images import ImageArchive
-from gptoss_sandbox.node import NODE_STORAGE_CLASS
 from gptoss_sandbox.tiny_gptoss import SCRIPTED_ANSWER
 
 pytestmark = [pytest.mark.cluster, pytest.mark.node]
@@ -107,14 +105,6 @@ def blocker_body(max_tokens: int) -> dict[str, Any]:
     }
 
 
-def gauge(text: str, name: str) -> float:
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(name + "{") or line.startswith(name + " ")
-    )
-
-
 class Blockers:
     """``count`` requests sent at once straight to vLLM from a thread of their own."""
 
@@ -144,42 +134,6 @@ class Blockers:
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
         assert not self._thread.is_alive(), "the blockers never finished"
-
-
-def create_batch(kube: Client, namespace: str, name: str, lines: list[str]) -> None:
-    kube.create(
-        ConfigMap(
-            metadata=ObjectMeta(name=f"{name}-input", namespace=namespace),
-            data={"input.jsonl": "\n".join(lines) + "\n"},
-        )
-    )
-    kube.create(
-        PersistentVolumeClaim(
-            metadata=ObjectMeta(name=f"{name}-out", namespace=namespace),
-            spec=PersistentVolumeClaimSpec(
-                accessModes=["ReadWriteOnce"],
-                storageClassName=NODE_STORAGE_CLASS,
-                resources=VolumeResourceRequirements(requests={"storage": "1Gi"}),
-            ),
-        )
-    )
-    kube.create(
-        InferenceBatchResource(
-            metadata=ObjectMeta(name=name, namespace=namespace),
-            spec={
-                "modelRef": {"name": BUSY},
-                "input": {"configMap": {"name": f"{name}-input"}},
-                "output": {"volume": {"claimName": f"{name}-out", "path": "out"}},
-                "shards": 2,
-                "maxLineAttempts": 1,
-            },
-        )
-    )
-
-
-def batch_status(kube: Client, namespace: str, name: str) -> dict[str, Any]:
-    found = kube.get(InferenceBatchResource, name, namespace=namespace).to_dict()
-    return dict(found.get("status") or {})
 
 
 def env_of(container: Any, name: str) -> str | None:
@@ -212,10 +166,7 @@ def test_work_behind_a_saturated_engine_waits_and_is_never_charged(
     blockers = Blockers(url, key, blocker_body(max_tokens), count)
     blockers.start()
     wait_for(
-        lambda: (
-            gauge(httpx.get(f"{url}/metrics", timeout=10).text, "vllm:num_requests_waiting")
-            >= count - 1
-        ),
+        lambda: engine_metric(kube, "vllm:num_requests_waiting", namespace, BUSY) >= count - 1,
         timeout=60,
         interval=0.2,
         message=f"{count - 1} blockers waiting in vLLM's queue",
@@ -225,31 +176,15 @@ def test_work_behind_a_saturated_engine_waits_and_is_never_charged(
     jobs = [f"wait-{i}" for i in range(3)]
     for name in jobs:
         create_job(kube, namespace, name, BUSY, f"Question {name}", backoffLimit=0)
-    lines = [
-        json.dumps(
-            {
-                "custom_id": f"req-{i}",
-                "method": "POST",
-                "url": "/v1/chat/completions",
-                "body": {"messages": [{"role": "user", "content": f"What is {i}?"}]},
-            }
-        )
-        for i in range(4)
-    ]
-    create_batch(kube, namespace, "behind", lines)
+    lines = [request_line(i) for i in range(4)]
+    create_batch(
+        kube, "behind", lines, namespace=namespace, model=BUSY, shards=2, maxLineAttempts=1
+    )
 
     blockers.join(timeout=count * one * 3 + 600)
     assert blockers.statuses == [200] * count
     statuses = [wait_finished(kube, namespace, name, timeout=600) for name in jobs]
-    batch = wait_for(
-        lambda: (
-            (s := batch_status(kube, namespace, "behind")).get("phase") in ("Succeeded", "Failed")
-            and s
-        ),
-        timeout=600,
-        interval=1,
-        message="the batch finished",
-    )
+    batch = wait_batch_finished(kube, "behind", namespace=namespace)
 
     for status in statuses:
         assert status["phase"] == "Succeeded", status.get("message")
