@@ -303,13 +303,15 @@ async def test_the_merge_refuses_a_shard_whose_parts_miss_lines_it_read(
     assert not (out / SUMMARY).exists()
 
 
-@pytest.mark.parametrize("fault", ["shutdown", "reset"])
+@pytest.mark.parametrize("fault", ["shutdown", "reset", "stream_error"])
 async def test_a_cut_or_aborted_stream_through_a_service_is_never_charged(
     tmp_path: Path, engine: StandinEngine, harmony: Harmony, fault: str
 ) -> None:
     """#23, defect 4: shards reach their model through its Service, so a stream cut by a
     replica that went away (a rollout, a scale-down) while the Service still answers
-    /health is the platform's doing: asked again, never counted (one attempt allowed)."""
+    /health is the platform's doing: asked again, never counted (one attempt allowed).
+    That includes the error event a stopping vLLM sends mid-stream ("EngineCore
+    encountered an issue"), seen on the real node with one of two replicas deleted."""
     (tmp_path / "in.jsonl").write_text(request_line(1))
     plan = plan_for(tmp_path, engine, shards=1, requestsPerShard=1, maxLineAttempts=1)
     engine.fail_next = [fault]

@@ -240,7 +240,7 @@ class EngineClient:
                         yield StreamEnd()
                         await _read_to_end(events)
                         return
-                    for item in _parse_event(event.data):
+                    for item in _parse_event(event.data, self.through_service):
                         yield item
         except httpx.TimeoutException as error:
             raise EngineError(
@@ -281,7 +281,10 @@ async def _events(response: httpx.Response) -> AsyncIterator[Event]:
         yield event
 
 
-def _parse_event(payload: str) -> list[Chunk | Usage]:
+def _parse_event(payload: str, through_service: bool = False) -> list[Chunk | Usage]:
+    """One event's items. Through a Service, a server error sent mid-stream is a replica
+    going away (a stopping vLLM's engine core says "EngineCore encountered an issue"):
+    the platform's doing."""
     try:
         data = json.loads(payload)
     except ValueError as error:
@@ -291,8 +294,12 @@ def _parse_event(payload: str) -> list[Chunk | Usage]:
         message = detail.get("message") if isinstance(detail, dict) else str(detail)
         code = detail.get("code") if isinstance(detail, dict) else None
         status = code if isinstance(code, int) else None
+        retryable = status is None or status >= 500
         raise EngineError(
-            f"engine error: {message}", status=status, retryable=status is None or status >= 500
+            f"engine error: {message}",
+            status=status,
+            retryable=retryable,
+            platform=through_service and retryable,
         )
     items: list[Chunk | Usage] = []
     for choice in data.get("choices") or []:
