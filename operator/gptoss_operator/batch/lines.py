@@ -13,6 +13,7 @@ line number and never stops the batch.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,16 @@ LEVELS: tuple[ReasoningLevel, ...] = ("low", "medium", "high")
 # Body fields that change what is asked for and that this engine path does not do: an
 # answer without them would look right and be wrong, so such a line is refused.
 UNSUPPORTED = ("tools", "functions", "tool_choice", "response_format", "logprobs", "stream")
+# Far above any request that fits gpt-oss's 131,072-token window, even JSON-escaped; a
+# longer line is an error line, and the reader never holds more than this of it.
+MAX_LINE_BYTES = 4 * 2**20
+
+
+@dataclass(frozen=True)
+class OversizedLine:
+    """In place of a line longer than MAX_LINE_BYTES: its size, not its bytes."""
+
+    size: int
 
 
 @dataclass(frozen=True)
@@ -57,17 +68,29 @@ class _Invalid(Exception):
 
 def parse_line(
     number: int,
-    raw: bytes,
+    raw: bytes | OversizedLine,
     defaults: RequestDefaults,
     model_names: Collection[str],
 ) -> LineRequest | LineError | None:
-    """The request on one input line; None for a blank line (skipped, as OpenAI does)."""
+    """The request on one input line; None for a blank line (skipped, as OpenAI does).
+    Whatever the line holds, it returns: hostile input is an error line, never an
+    exception that would stop the shard."""
+    if isinstance(raw, OversizedLine):
+        return LineError(
+            number,
+            None,
+            "line_too_long",
+            f"line {number} is {raw.size} bytes long; a line may have at most "
+            f"{MAX_LINE_BYTES} bytes",
+        )
     if not raw.strip():
         return None
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
         return LineError(number, None, "invalid_json", f"line {number} is not JSON: {error}")
+    except RecursionError:
+        return LineError(number, None, "invalid_json", f"line {number} is nested too deeply")
     custom_id = data.get("custom_id") if isinstance(data, dict) else None
     if not isinstance(custom_id, str) or not custom_id:
         custom_id = None
@@ -100,7 +123,7 @@ def _request(
     if not isinstance(body, dict):
         raise _Invalid("invalid_body", "body must be a JSON object", "body")
     model = body.get("model")
-    if model is not None and model not in model_names:
+    if model is not None and (not isinstance(model, str) or model not in model_names):
         names = ", ".join(sorted(model_names))
         raise _Invalid(
             "model_mismatch",
@@ -144,6 +167,8 @@ def _request(
 def _number(value: Any, name: str, kind: type, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _Invalid("invalid_value", f"{name} must be a number", name)
+    if not math.isfinite(value):
+        raise _Invalid("invalid_value", f"{name} must be a finite number", name)
     if kind is int and value != int(value):
         raise _Invalid("invalid_value", f"{name} must be a whole number", name)
     if not low <= value <= high:

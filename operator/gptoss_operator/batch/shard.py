@@ -26,6 +26,7 @@ from gptoss_operator.batch.lines import (
     Answer,
     LineError,
     LineRequest,
+    OversizedLine,
     answer_record,
     failure_record,
     invalid_line_record,
@@ -148,11 +149,11 @@ class ShardRunner:
     async def _count(self) -> int:
         total = 0
         async for number, raw in self._lines():
-            if self.mine(number) and raw.strip():
+            if self.mine(number) and (isinstance(raw, OversizedLine) or raw.strip()):
                 total += 1
         return total
 
-    async def _lines(self) -> AsyncIterator[tuple[int, bytes]]:
+    async def _lines(self) -> AsyncIterator[tuple[int, bytes | OversizedLine]]:
         """Numbered input lines, read in a thread a batch at a time."""
         lines = self.source.lines()
         number = 0
@@ -358,8 +359,8 @@ class ShardRunner:
             await asyncio.sleep(self.plan.progressSeconds)
 
 
-def _take(lines: Iterator[bytes], count: int) -> list[bytes]:
-    taken = []
+def _take(lines: Iterator[bytes | OversizedLine], count: int) -> list[bytes | OversizedLine]:
+    taken: list[bytes | OversizedLine] = []
     for raw in lines:
         taken.append(raw)
         if len(taken) >= count:

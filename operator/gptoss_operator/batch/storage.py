@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gptoss_operator.api.batch import S3Location
+from gptoss_operator.batch.lines import MAX_LINE_BYTES, OversizedLine
 
 READ_CHUNK = 1 << 20
 UPLOAD_PART = 16 << 20  # S3 multipart: every part but the last is at least 5 MiB
@@ -32,23 +33,49 @@ class StorageError(Exception):
         self.permanent = permanent
 
 
-def split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+def split_lines(
+    chunks: Iterator[bytes], limit: int = MAX_LINE_BYTES
+) -> Iterator[bytes | OversizedLine]:
     """The lines of a byte stream, split on newlines only (a trailing CR is dropped); a
-    last line without a newline counts."""
-    rest = b""
+    last line without a newline counts. A line longer than ``limit`` comes as an
+    OversizedLine, and no more than ``limit`` bytes of it are ever held."""
+    pending = bytearray()
+    dropped = 0  # bytes of the current line beyond the limit, when over it
     for chunk in chunks:
-        rest += chunk
-        *whole, rest = rest.split(b"\n")
-        for line in whole:
-            yield line[:-1] if line.endswith(b"\r") else line
-    if rest:
-        yield rest[:-1] if rest.endswith(b"\r") else rest
+        start = 0
+        while True:
+            end = chunk.find(b"\n", start)
+            piece = memoryview(chunk)[start : len(chunk) if end < 0 else end]
+            if dropped:
+                dropped += len(piece)
+            elif len(pending) + len(piece) > limit:
+                dropped = len(pending) + len(piece)
+                pending.clear()
+            else:
+                pending += piece
+            if end < 0:
+                break
+            if dropped:
+                yield OversizedLine(dropped)
+            else:
+                yield _without_cr(bytes(pending))
+            pending.clear()
+            dropped = 0
+            start = end + 1
+    if dropped:
+        yield OversizedLine(dropped)
+    elif pending:
+        yield _without_cr(bytes(pending))
+
+
+def _without_cr(line: bytes) -> bytes:
+    return line[:-1] if line.endswith(b"\r") else line
 
 
 class InputFile(Protocol):
     url: str
 
-    def lines(self) -> Iterator[bytes]: ...
+    def lines(self) -> Iterator[bytes | OversizedLine]: ...
 
 
 class Writer(Protocol):
@@ -83,7 +110,7 @@ class VolumeFile:
         self.path = path
         self.url = url
 
-    def lines(self) -> Iterator[bytes]:
+    def lines(self) -> Iterator[bytes | OversizedLine]:
         try:
             handle = self.path.open("rb")
         except FileNotFoundError as error:
@@ -244,7 +271,7 @@ class S3File:
         self.url = f"s3://{location.bucket}/{location.key}"
         self._client = client
 
-    def lines(self) -> Iterator[bytes]:
+    def lines(self) -> Iterator[bytes | OversizedLine]:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
