@@ -29,6 +29,7 @@ from gptoss_operator.batch_status import (
     batch_status,
     job_finished,
     pod_trouble,
+    status_changed,
     termination_message,
 )
 from gptoss_operator.builders import ModelContext
@@ -91,6 +92,8 @@ class BatchReconciler:
         fields = batch_status(
             spec.shards, status, batch["metadata"].get("generation"), observed, now()
         )
+        if not status_changed(status, fields):
+            return
         await kube.patch_status(self.client, InferenceBatchResource, name, namespace, fields)
         await self._announce(batch, status, fields)
         if fields["phase"] in FINISHED_PHASES:

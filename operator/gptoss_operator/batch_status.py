@@ -229,6 +229,16 @@ def batch_status(
     return fields
 
 
+# Fields that follow the clock alone: written with progress, not for their own sake.
+CLOCK_FIELDS = ("linesPerSecond", "outputTokensPerSecond", "estimatedTimeLeft")
+
+
+def status_changed(status: dict[str, Any], fields: dict[str, Any]) -> bool:
+    """Whether the fields batch_status computed say more than the stored status does,
+    the clock aside (a batch making no progress is not written every pass)."""
+    return any(status.get(key) != value for key, value in fields.items() if key not in CLOCK_FIELDS)
+
+
 def _failure(observed: Observed, merge_done: str | None) -> tuple[str, str]:
     """Why the batch failed: the merge's own word when it failed with one, else the
     shards' (a merge that cannot run usually fails for the shards' reason)."""

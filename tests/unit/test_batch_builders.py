@@ -10,7 +10,13 @@ from typing import Any
 from gptoss_operator.api.batch import InferenceBatchSpec
 from gptoss_operator.api.model import GptOssModelSpec
 from gptoss_operator.batch.plan import BatchPlan
-from gptoss_operator.batch_status import Observed, batch_demand, batch_status, pod_trouble
+from gptoss_operator.batch_status import (
+    Observed,
+    batch_demand,
+    batch_status,
+    pod_trouble,
+    status_changed,
+)
 from gptoss_operator.builders import ModelContext
 from gptoss_operator.builders.batch import BatchContext, merge_job, model_names, shards_job
 from gptoss_operator.settings import Settings
@@ -160,6 +166,27 @@ def test_status_counts_shards_and_estimates_the_time_left() -> None:
     assert status["estimatedTimeLeft"] == "10m00s"
     reconciling = next(c for c in status["conditions"] if c["type"] == "Reconciling")
     assert reconciling["status"] == "True"
+
+
+def test_a_batch_without_progress_needs_no_status_write() -> None:
+    """The rates and the time left follow the clock; they are written with progress, not
+    on every pass (a running batch was patched every resync for them alone)."""
+    running = {"status": {"startTime": "2026-11-26T11:50:00Z"}}
+    shards = {"0": {"total": 600, "succeeded": 300, "failed": 0, "inFlight": 4}}
+    first = batch_status(1, {"shards": shards}, 1, Observed(shards_job=running), NOW)
+    stored = {"shards": shards, **first}
+    later = NOW + datetime.timedelta(seconds=30)
+    again = batch_status(1, stored, 1, Observed(shards_job=running), later)
+    assert again["linesPerSecond"] != first["linesPerSecond"]
+    assert not status_changed(stored, again)
+    progressed = {"0": {**shards["0"], "succeeded": 310}}
+    moved = batch_status(
+        1, {**stored, "shards": progressed}, 1, Observed(shards_job=running), later
+    )
+    assert status_changed(stored, moved)
+    trouble = Observed(shards_job=running, trouble=("ImagePullBackOff", "the image is missing"))
+    assert status_changed(stored, batch_status(1, stored, 1, trouble, later))
+    assert status_changed(stored, batch_status(1, stored, 2, Observed(shards_job=running), later))
 
 
 def test_a_batch_finishes_with_the_merges_figures_or_fails_with_the_shards_reason() -> None:
