@@ -66,3 +66,36 @@ def test_jobs_taken_elsewhere_or_requeued_while_running_are_kept_straight() -> N
     sidecar._observe("MODIFIED", _job(5))  # requeued (its lease lapsed) while it runs here
     assert sidecar._next_pending() is None, "running here: not claimable until it ends"
     assert "j005" in sidecar._requeued
+
+
+def test_a_waiting_job_is_held_as_the_facts_a_claim_needs_not_its_body() -> None:
+    """A thousand waiting jobs of 1 MiB prompts cost kilobytes, not a gigabyte: what a
+    claim writes is built from the name, version, generation, status and reasoning level;
+    the claim's answer brings the whole job back."""
+    sidecar = _sidecar("pod-a", 0)
+    prompt = "x" * 2**20
+    job = _job(1)
+    job["metadata"].update(resourceVersion="42", generation=1, uid="u-1", labels={"a": "b"})
+    job["metadata"]["managedFields"] = [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]
+    job["spec"] = {
+        "modelRef": {"name": "m"},
+        "messages": [{"role": "user", "content": prompt}],
+        "reasoningLevel": "high",
+    }
+    for event in ("ADDED", "MODIFIED"):
+        sidecar._observe(event, job)
+        held = sidecar.pending["j001"]
+        assert len(repr(held)) < 1024, held
+        assert held == {
+            "metadata": {
+                "name": "j001",
+                "creationTimestamp": "2026-01-01T00:00:01Z",
+                "resourceVersion": "42",
+                "generation": 1,
+            },
+            "spec": {"reasoningLevel": "high"},
+            "status": {"phase": "Pending"},
+        }
+    sidecar.running["j001"] = None  # type: ignore[assignment]
+    sidecar._observe("MODIFIED", job)  # requeued while it runs here
+    assert len(repr(sidecar._requeued["j001"])) < 1024

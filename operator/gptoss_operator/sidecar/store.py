@@ -47,6 +47,20 @@ def output_config_map(job_name: str, attempt: int, index: int = 0) -> str:
     return f"{job_name[:220]}-output-a{attempt}{suffix}"
 
 
+def claim_facts(job: dict[str, Any]) -> dict[str, Any]:
+    """What JobStore.claim reads of a waiting job, without its body (the messages may be
+    a MiB or more): a sidecar holds every waiting job of its model."""
+    metadata = job["metadata"]
+    kept = ("name", "creationTimestamp", "resourceVersion", "generation")
+    return {
+        "metadata": {key: metadata[key] for key in kept if key in metadata},
+        "spec": {
+            key: value for key, value in (job.get("spec") or {}).items() if key == "reasoningLevel"
+        },
+        "status": job.get("status") or {},
+    }
+
+
 class JobStore:
     def __init__(
         self, client: AsyncClient, namespace: str, worker: str, lease_seconds: int = 30

@@ -48,7 +48,7 @@ from gptoss_operator.sidecar.engine import (
 )
 from gptoss_operator.sidecar.outcome import rejection_reason
 from gptoss_operator.sidecar.renderer import PromptRenderer
-from gptoss_operator.sidecar.store import JobStore, LostJob
+from gptoss_operator.sidecar.store import JobStore, LostJob, claim_facts
 
 # How many of the oldest pending jobs a worker chooses from (see Sidecar._next_pending).
 CLAIM_CHOICES = 16
@@ -230,7 +230,7 @@ class Sidecar:
                 task.cancel()
             return
         if phase == Phase.PENDING.value and name in self.running:
-            self._requeued[name] = job
+            self._requeued[name] = claim_facts(job)
         elif phase == Phase.PENDING.value:
             self._add_pending(job)
         else:
@@ -328,7 +328,7 @@ class Sidecar:
         if name not in self.pending:
             created = str(job["metadata"].get("creationTimestamp", ""))
             heapq.heappush(self._order, (created, name))
-        self.pending[name] = job
+        self.pending[name] = claim_facts(job)
         self._wake.set()
 
     def _next_pending(self) -> dict[str, Any] | None:
