@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CLUSTER_DIR ?= .cluster
 
-.PHONY: docs bench demo kubectl-path help setup system-packages prerequisites binaries node-binaries engine images cluster cluster-down test test-node test-faults test-unit lint format typecheck crds check-crds demo clean
+.PHONY: requirements docs bench demo kubectl-path help setup system-packages prerequisites binaries node-binaries engine images cluster cluster-down test test-node test-faults test-unit lint format typecheck crds check-crds demo clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -67,8 +67,8 @@ test-unit: setup ## Run the tests that need no control plane
 	$(BIN)/python -m pytest tests/unit
 
 lint: setup ## ruff lint + format check, mypy
-	$(BIN)/ruff check operator tests
-	$(BIN)/ruff format --check operator tests
+	$(BIN)/ruff check operator tests images
+	$(BIN)/ruff format --check operator tests images
 	$(BIN)/mypy
 
 format: setup ## Apply ruff's formatting and fixes
@@ -77,6 +77,9 @@ format: setup ## Apply ruff's formatting and fixes
 
 typecheck: setup
 	$(BIN)/mypy
+
+requirements: setup ## Re-hash images/requirements.txt from the package index (after changing a pin)
+	$(BIN)/python images/hash_requirements.py
 
 crds: setup ## Regenerate crds/ and the chart's CRDs from the pydantic models
 	$(BIN)/python -m gptoss_operator.api.crdgen
