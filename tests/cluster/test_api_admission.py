@@ -244,6 +244,25 @@ def _batch(**spec: Any) -> dict[str, Any]:
             "spec.output.s3.endpoint",
             "should match",
         ),
+        (
+            {"output": {"s3": {"bucket": "bucket", "key": "k"}}},
+            "spec.output.s3.credentials",
+            "set credentialsSecretRef, or credentials: ambient",
+        ),
+        (
+            {
+                "input": {
+                    "s3": {
+                        "bucket": "bucket",
+                        "key": "k",
+                        "credentials": "ambient",
+                        "credentialsSecretRef": {"name": "keys"},
+                    }
+                }
+            },
+            "spec.input.s3.credentials",
+            "(not both)",
+        ),
     ],
 )
 def test_a_bad_batch_is_refused_naming_the_field(

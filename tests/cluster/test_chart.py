@@ -8,6 +8,7 @@ import re
 import subprocess
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -53,6 +54,9 @@ def test_helm_lint_is_clean() -> None:
         ("serviceMonitor.interval=often", "/serviceMonitor/interval"),
         ("unknownValue=1", "unknownValue"),
         ("healthPort=80", "/healthPort"),
+        ("image.digest=sha256:abc", "/image/digest"),
+        ("authorScope.s3.allowedEndpoints[0]=ftp://x", "/authorScope/s3/allowedEndpoints/0"),
+        ("authorScope.reservedArgs[0]=model", "/authorScope/reservedArgs/0"),
     ],
 )
 def test_values_schema_refuses_bad_values(value: str, message: str) -> None:
@@ -85,11 +89,24 @@ def test_rendered_objects_carry_recommended_labels_and_restricted_security() -> 
             "ClusterRole",
             "ClusterRole",
             "Deployment",
-            "ValidatingAdmissionPolicy",
-            "ValidatingAdmissionPolicyBinding",
+            *["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] * 5,
             "Service",
+            "NetworkPolicy",
         ]
     )
+    policies = sorted(
+        d["metadata"]["name"] for d in documents if d["kind"] == "ValidatingAdmissionPolicy"
+    )
+    assert policies == [
+        f"gptoss-gptoss-operator-{name}"
+        for name in (
+            "batch-author-scope",
+            "model-author-scope",
+            "operator-bindings",
+            "operator-scope",
+            "worker-scope",
+        )
+    ]
     for doc in documents:
         labels = doc["metadata"]["labels"]
         for key in (
@@ -391,3 +408,33 @@ def test_autoscaler_settings_reach_the_operator_and_its_network_peer() -> None:
     env = env_of("autoscaling.engineMetrics=false")
     assert env["GPTOSS_AUTOSCALE_ENGINE_METRICS"] == "false"
     assert json.loads(env["GPTOSS_NETWORK_POLICY_FROM"]) == []
+
+
+def test_the_operator_image_may_be_pinned_by_digest() -> None:
+    digest = "sha256:" + "a" * 64
+    (deployment,) = [d for d in render(f"image.digest={digest}") if d["kind"] == "Deployment"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == f"ghcr.io/gptoss-operator/gptoss-operator:0.1.0@{digest}"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["GPTOSS_IMAGE"] == container["image"], "the workers run the same pinned image"
+
+
+def test_the_operators_ports_admit_only_the_listed_metrics_peers() -> None:
+    def policy(*values: str) -> dict[str, Any]:
+        (found,) = [d for d in render(*values) if d["kind"] == "NetworkPolicy"]
+        return found
+
+    closed = policy()
+    assert closed["spec"]["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "gptoss-operator",
+        "app.kubernetes.io/instance": "gptoss",
+    }
+    assert closed["spec"]["policyTypes"] == ["Ingress"]
+    assert closed["spec"]["ingress"] == [], "nothing but the node's probes"
+    opened = policy("operatorNetworkPolicy.metricsFrom[0].namespaceSelector.matchLabels.team=obs")
+    (rule,) = opened["spec"]["ingress"]
+    assert rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"team": "obs"}}}]
+    assert not [
+        d for d in render("operatorNetworkPolicy.enabled=false") if d["kind"] == "NetworkPolicy"
+    ]

@@ -11,9 +11,10 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
-from lightkube import ApiError, Client, KubeConfig
+from lightkube import ApiError, Client, KubeConfig, codecs
 from lightkube.models.authorization_v1 import (
     NonResourceAttributes,
     ResourceAttributes,
@@ -24,12 +25,22 @@ from lightkube.models.rbac_v1 import RoleRef, Subject
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.authorization_v1 import SubjectAccessReview
 from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import Event, Namespace, Pod
+from lightkube.resources.core_v1 import Event, Namespace, Pod, ServiceAccount
 from lightkube.resources.rbac_authorization_v1 import RoleBinding
 from lightkube.types import PatchType
 
-from gptoss_operator.api.resources import GptOssModelResource
+from gptoss_operator.api.batch import InferenceBatchSpec
+from gptoss_operator.api.model import GptOssModelSpec
+from gptoss_operator.api.resources import (
+    GptOssModelResource,
+    InferenceBatchResource,
+    InferenceJobResource,
+)
+from gptoss_operator.builders import ModelContext, download, rbac, serving
+from gptoss_operator.builders.batch import BatchContext, merge_job, shards_job
+from gptoss_operator.settings import Settings
 from tests.cluster.chart_helpers import helm, install, token_kubeconfig
+from tests.cluster.job_helpers import create_job
 from tests.cluster.model_helpers import create_model, model_manifest, wait_for_phase
 from tests.conftest import ClusterUnderTest, OperatorProcess
 from tests.support import wait_for
@@ -239,21 +250,61 @@ def test_operator_token_can_bind_its_workers_roles_and_no_other(
     cluster: ClusterUnderTest, kube: Client, installed: Installed, tmp_path: Path
 ) -> None:
     """The escalation check for real: as the operator's ServiceAccount, a RoleBinding to
-    a worker ClusterRole is created, one to cluster-admin or edit is refused."""
+    a worker ClusterRole is created, one to cluster-admin or edit is refused by RBAC; one
+    to the operator's own Role (RBAC allows it: the operator holds every rule of it), to
+    a subject elsewhere or without a model's labels and owner is refused by the chart's
+    operator-bindings policy, and so is deleting a RoleBinding a model does not own."""
     config = token_kubeconfig(
         cluster, kube, installed.system, installed.operator.account, tmp_path / "op.kubeconfig"
     )
     as_operator = Client(KubeConfig.from_file(str(config)), field_manager="security-test")
+    team = installed.team
+    ours = {
+        "labels": {"gptoss.ai/model": "m", "app.kubernetes.io/managed-by": "gptoss-operator"},
+        "ownerReferences": [
+            {"apiVersion": "gptoss.ai/v1alpha1", "kind": "GptOssModel", "name": "m", "uid": "u-1"}
+        ],
+    }
 
-    def binding(role: str) -> RoleBinding:
-        return RoleBinding(
-            metadata=ObjectMeta(name=f"probe-{role.replace(':', '-')}", namespace=installed.team),
-            roleRef=RoleRef(apiGroup="rbac.authorization.k8s.io", kind="ClusterRole", name=role),
-            subjects=[Subject(kind="ServiceAccount", name="default", namespace=installed.team)],
+    def binding(
+        role: str, kind: str = "ClusterRole", subject_namespace: str = team, **metadata: Any
+    ) -> RoleBinding:
+        return RoleBinding.from_dict(
+            {
+                "metadata": {
+                    "name": f"probe-{role.replace(':', '-')}",
+                    "namespace": team,
+                    **(metadata or ours),
+                },
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": role},
+                "subjects": [
+                    {"kind": "ServiceAccount", "name": "default", "namespace": subject_namespace}
+                ],
+            }
         )
 
-    created = as_operator.create(binding(f"{installed.release}-sidecar"))
-    assert created.roleRef.name == f"{installed.release}-sidecar"
+    def refusal(obj: RoleBinding) -> str | None:
+        try:
+            as_operator.create(obj, dry_run=True)
+        except ApiError as error:
+            return f"{error.status.code} {error.status.message}"
+        return None
+
+    sidecar_role = f"{installed.release}-sidecar"
+    own_role = wait_for(
+        lambda: refusal(binding(installed.operator.account, kind="Role")),
+        timeout=30,
+        message="the operator-bindings policy in effect",
+    )
+    assert own_role.startswith("403 "), own_role
+    assert "roleRef: the operator binds only its workers' roles (" in own_role
+    assert refusal(binding(sidecar_role)) is None
+    elsewhere_subject = refusal(binding(sidecar_role, subject_namespace="default"))
+    assert f"to ServiceAccounts of {team}" in (elsewhere_subject or "")
+    unowned = refusal(binding(sidecar_role, labels={"gptoss.ai/model": "m"}))
+    assert "metadata: the operator writes only its models' and batches' rolebindings" in (
+        unowned or ""
+    )
     for role in ("cluster-admin", "edit", "admin"):
         with pytest.raises(ApiError) as refused:
             as_operator.create(binding(role))
@@ -263,14 +314,42 @@ def test_operator_token_can_bind_its_workers_roles_and_no_other(
             RoleBinding(
                 metadata=ObjectMeta(name="probe", namespace="kube-system"),
                 roleRef=RoleRef(
-                    apiGroup="rbac.authorization.k8s.io",
-                    kind="ClusterRole",
-                    name=f"{installed.release}-sidecar",
+                    apiGroup="rbac.authorization.k8s.io", kind="ClusterRole", name=sidecar_role
                 ),
                 subjects=[Subject(kind="ServiceAccount", name="default", namespace="kube-system")],
             )
         )
     assert elsewhere.value.status.code == 403
+    # A team's own binding: RBAC lets the operator delete RoleBindings, the policy not this.
+    kube.create(binding("view", name="team-binding", namespace=team))
+    with pytest.raises(ApiError) as deleted:
+        as_operator.delete(RoleBinding, "team-binding", namespace=team)
+    assert deleted.value.status.code == 403
+    assert "the operator deletes only its models' and batches' rolebindings" in str(
+        deleted.value.status.message
+    )
+    assert kube.get(RoleBinding, "team-binding", namespace=team).metadata.name == "team-binding"
+    kube.create(
+        Job.from_dict(
+            {
+                "metadata": {"name": "team-job", "namespace": team},
+                "spec": {
+                    "suspend": True,
+                    "template": {
+                        "spec": {
+                            "restartPolicy": "Never",
+                            "containers": [{"name": "c", "image": "busybox"}],
+                        }
+                    },
+                },
+            }
+        )
+    )
+    with pytest.raises(ApiError) as job_deleted:
+        as_operator.delete(Job, "team-job", namespace=team, dry_run=True)
+    assert "the operator deletes only its models' and batches' jobs" in str(
+        job_deleted.value.status.message
+    )
 
 
 def test_workers_hold_only_their_own_rules_and_the_engine_holds_no_token(
@@ -312,6 +391,7 @@ def test_workers_hold_only_their_own_rules_and_the_engine_holds_no_token(
         ],
         [
             *[c for c in DANGEROUS if c[2] != "configmaps"],
+            ("get", "", "configmaps", "", ""),
             ("patch", "gptoss.ai", "inferencejobs", "", ""),
             ("create", "gptoss.ai", "inferencejobs", "", ""),
             ("delete", "gptoss.ai", "inferencejobs", "", ""),
@@ -564,39 +644,78 @@ def test_guard_rails_refuse_images_and_endpoints_the_admin_did_not_allow(
         )
 
 
+RESTRICTED_CONTAINER = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "runAsNonRoot": True,
+    "readOnlyRootFilesystem": True,
+}
+RESTRICTED_POD = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def probe_deployment(
+    namespace: str,
+    labels: dict[str, str],
+    container: dict[str, Any] | None = None,
+    **pod: object,
+) -> Deployment:
+    """A Deployment of the operator's shape (restricted), with ``container`` and ``pod``
+    fields changed."""
+    main = {"name": "c", "image": "busybox", "securityContext": RESTRICTED_CONTAINER}
+    return Deployment.from_dict(
+        {
+            "metadata": {"name": "probe", "namespace": namespace, "labels": labels},
+            "spec": {
+                "selector": {"matchLabels": {"probe": "x"}},
+                "template": {
+                    "metadata": {"labels": {"probe": "x"}},
+                    "spec": {
+                        "securityContext": RESTRICTED_POD,
+                        "containers": [{**main, **(container or {})}],
+                        **pod,
+                    },
+                },
+            },
+        }
+    )
+
+
+def operator_client(
+    cluster: ClusterUnderTest, kube: Client, installed: Installed, tmp_path: Path
+) -> Client:
+    config = token_kubeconfig(
+        cluster, kube, installed.system, installed.operator.account, tmp_path / "op.kubeconfig"
+    )
+    return Client(KubeConfig.from_file(str(config)), field_manager="security-test")
+
+
+def refusal_of(client: Client, obj: Any) -> str | None:
+    """The apiserver's refusal of a dry-run create, None when it is admitted."""
+    try:
+        client.create(obj, dry_run=True)
+    except ApiError as error:
+        return f"{error.status.code} {error.status.message}"
+    return None
+
+
+OURS = {"gptoss.ai/model": "m", "app.kubernetes.io/managed-by": "gptoss-operator"}
+
+
 @pytest.mark.parametrize("installed", [True], indirect=True, ids=["namespaced-mode"])
 def test_the_operator_token_starts_only_its_models_pods_as_their_workers(
     cluster: ClusterUnderTest, kube: Client, installed: Installed, tmp_path: Path
 ) -> None:
     """RBAC must let the operator create Deployments and Jobs; the chart's admission
-    policy fences what they may be, for whoever holds the operator's token."""
-    config = token_kubeconfig(
-        cluster, kube, installed.system, installed.operator.account, tmp_path / "op.kubeconfig"
-    )
-    as_operator = Client(KubeConfig.from_file(str(config)), field_manager="security-test")
+    policy fences what they may be, for whoever holds the operator's token: the pods it
+    renders, and nothing of another shape."""
+    as_operator = operator_client(cluster, kube, installed, tmp_path)
     team = installed.team
-    ours = {"gptoss.ai/model": "m", "app.kubernetes.io/managed-by": "gptoss-operator"}
 
     def deployment(labels: dict[str, str], **pod: object) -> Deployment:
-        return Deployment.from_dict(
-            {
-                "metadata": {"name": "probe", "namespace": team, "labels": labels},
-                "spec": {
-                    "selector": {"matchLabels": {"probe": "x"}},
-                    "template": {
-                        "metadata": {"labels": {"probe": "x"}},
-                        "spec": {"containers": [{"name": "c", "image": "busybox"}], **pod},
-                    },
-                },
-            }
-        )
+        return probe_deployment(team, labels, **pod)
 
     def refusal(obj: Deployment | Job) -> str | None:
-        try:
-            as_operator.create(obj, dry_run=True)
-        except ApiError as error:
-            return f"{error.status.code} {error.status.message}"
-        return None
+        return refusal_of(as_operator, obj)
 
     unlabelled = wait_for(
         lambda: refusal(deployment({}, serviceAccountName="m-sidecar")),
@@ -605,37 +724,317 @@ def test_the_operator_token_starts_only_its_models_pods_as_their_workers(
     )
     assert unlabelled.startswith("403 "), "Forbidden, as the policy says"
     assert "metadata.labels: the operator writes only its models'" in unlabelled
-    other_identity = refusal(deployment(ours, serviceAccountName="default"))
+    other_identity = refusal(deployment(OURS, serviceAccountName="default"))
     assert other_identity is not None
     assert "serviceAccountName" in other_identity
     assert "not default" in other_identity
-    assert "serviceAccountName" in (refusal(deployment(ours)) or ""), "no name means default"
+    assert "serviceAccountName" in (refusal(deployment(OURS)) or ""), "no name means default"
     secret_volume = refusal(
         deployment(
-            ours,
+            OURS,
             serviceAccountName="m-sidecar",
             volumes=[{"name": "s", "secret": {"secretName": "anything"}}],
         )
     )
-    assert "spec.template.spec.volumes" in (secret_volume or "")
-    host = refusal(deployment(ours, serviceAccountName="m-sidecar", hostNetwork=True))
+    assert "spec.template.spec.volumes[s]: the operator's pods mount only" in (secret_volume or "")
+    projected_secret = refusal(
+        deployment(
+            OURS,
+            serviceAccountName="m-sidecar",
+            volumes=[{"name": "p", "projected": {"sources": [{"secret": {"name": "x"}}]}}],
+        )
+    )
+    assert "spec.template.spec.volumes[p]" in (projected_secret or "")
+    host = refusal(deployment(OURS, serviceAccountName="m-sidecar", hostNetwork=True))
     assert "host namespaces" in (host or "")
+    init = refusal(
+        deployment(
+            OURS,
+            serviceAccountName="m-sidecar",
+            initContainers=[{"name": "i", "image": "busybox"}],
+        )
+    )
+    assert "no init or ephemeral containers and no nodeName" in (init or "")
+    pinned = refusal(deployment(OURS, serviceAccountName="m-sidecar", nodeName="gpu-node-1"))
+    assert "no nodeName" in (pinned or "")
+    root_pod = refusal(
+        deployment(
+            OURS, serviceAccountName="m-sidecar", securityContext={**RESTRICTED_POD, "runAsUser": 0}
+        )
+    )
+    assert "spec.template.spec.securityContext: the operator's pods run as non-root" in (
+        root_pod or ""
+    )
+    for loose in (
+        {"capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN"]}},
+        {"runAsUser": 0},
+        {"privileged": True, "allowPrivilegeEscalation": True},
+        {"allowPrivilegeEscalation": True},
+        {"capabilities": {"drop": ["NET_RAW"]}},
+    ):
+        container = {"securityContext": {**RESTRICTED_CONTAINER, **loose}}
+        answer = refusal(probe_deployment(team, OURS, container, serviceAccountName="m-sidecar"))
+        assert "spec.template.spec.containers[c].securityContext: the operator's containers" in (
+            answer or ""
+        ), loose
+    host_port = refusal(
+        probe_deployment(
+            team, OURS, {"ports": [{"containerPort": 80, "hostPort": 80}]},
+            serviceAccountName="m-sidecar",
+        )
+    )  # fmt: skip
+    assert "no host ports" in (host_port or "")
     job = Job.from_dict(
         {
-            "metadata": {"name": "probe", "namespace": team, "labels": ours},
+            "metadata": {"name": "probe", "namespace": team, "labels": OURS},
             "spec": {
                 "template": {
                     "spec": {
                         "restartPolicy": "Never",
                         "serviceAccountName": "kube-admin-ish",
-                        "containers": [{"name": "c", "image": "busybox"}],
+                        "securityContext": RESTRICTED_POD,
+                        "containers": [
+                            {
+                                "name": "c",
+                                "image": "busybox",
+                                "securityContext": RESTRICTED_CONTAINER,
+                            }
+                        ],
                     }
                 }
             },
         }
     )
     assert "serviceAccountName" in (refusal(job) or "")
-    assert refusal(deployment(ours, serviceAccountName="m-sidecar")) is None
-    assert refusal(deployment(ours, serviceAccountName="m-download")) is None
+    assert refusal(deployment(OURS, serviceAccountName="m-sidecar")) is None
+    assert refusal(deployment(OURS, serviceAccountName="m-download")) is None
     # Nobody else is fenced by it: the admin creates the unlabelled Deployment.
     kube.create(deployment({}, serviceAccountName="default"), dry_run=True)
+
+
+@pytest.mark.parametrize("installed", [True], indirect=True, ids=["namespaced-mode"])
+def test_everything_the_operator_renders_passes_its_own_fence(
+    cluster: ClusterUnderTest, kube: Client, installed: Installed, tmp_path: Path
+) -> None:
+    """The allow-list is the operator's own output: a model's Deployment, its download
+    Job, a batch's shard and merge Jobs and the workers' bindings, with every optional
+    part the API offers, are admitted for the operator's token."""
+    as_operator = operator_client(cluster, kube, installed, tmp_path)
+    release = installed.release
+    settings = Settings(
+        downloader_cluster_role=f"{release}-downloader",
+        sidecar_cluster_role=f"{release}-sidecar",
+        batch_worker_cluster_role=f"{release}-batch-worker",
+    )
+    model = ModelContext(
+        "m",
+        installed.team,
+        "00000000-0000-0000-0000-000000000001",
+        GptOssModelSpec.model_validate(
+            {
+                "source": {"repo": "openai/gpt-oss-20b", "tokenSecretRef": {"name": "hf"}},
+                "storage": {"existingClaim": "weights"},
+                "serving": {
+                    "apiKeySecretRef": {"name": "key"},
+                    "env": [
+                        {"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}
+                    ],
+                    "nodeSelector": {"gpu": "h100"},
+                    "tolerations": [{"key": "gpu", "operator": "Exists"}],
+                    "priorityClassName": "high",
+                },
+            }
+        ),
+        settings,
+    )
+    batch = BatchContext(
+        "b",
+        installed.team,
+        "00000000-0000-0000-0000-000000000002",
+        InferenceBatchSpec.model_validate(
+            {
+                "modelRef": {"name": "m"},
+                "input": {"configMap": {"name": "requests"}},
+                "output": {
+                    "s3": {"bucket": "out", "key": "k", "credentialsSecretRef": {"name": "s3"}}
+                },
+            }
+        ),
+        model,
+    )
+    rendered = [
+        serving.deployment(model, "digest"),
+        download.job(model, "digest"),
+        shards_job(batch),
+        merge_job(batch),
+        *[o for o in rbac.worker_identities(model) if o["kind"] == "RoleBinding"],
+    ]
+    wait_for(
+        lambda: refusal_of(as_operator, probe_deployment(installed.team, {})),
+        timeout=30,
+        message="the operator-scope policy in effect",
+    )
+    for manifest in rendered:
+        manifest["metadata"]["namespace"] = installed.team
+        answer = refusal_of(as_operator, codecs.from_dict(manifest))
+        assert answer is None, (manifest["kind"], manifest["metadata"]["name"], answer)
+
+
+@pytest.mark.parametrize("installed", [False], indirect=True, ids=["cluster-mode"])
+def test_in_cluster_mode_the_operator_starts_nothing_in_kube_system_or_its_own_namespace(
+    cluster: ClusterUnderTest, kube: Client, installed: Installed, tmp_path: Path
+) -> None:
+    as_operator = operator_client(cluster, kube, installed, tmp_path)
+    wait_for(
+        lambda: refusal_of(as_operator, probe_deployment(installed.team, {})),
+        timeout=30,
+        message="the operator-scope policy in effect",
+    )
+    for namespace in ("kube-system", installed.system):
+        answer = refusal_of(
+            as_operator, probe_deployment(namespace, OURS, serviceAccountName="m-sidecar")
+        )
+        assert (
+            f"metadata.namespace: the operator starts nothing in {namespace} (kube-system and "
+            "its own namespace are out of bounds)" in (answer or "")
+        ), answer
+    assert (
+        refusal_of(
+            as_operator, probe_deployment(installed.team, OURS, serviceAccountName="m-sidecar")
+        )
+        is None
+    )
+
+
+@pytest.mark.parametrize("installed", [True], indirect=True, ids=["namespaced-mode"])
+def test_a_models_workers_write_only_their_own_models_objects(
+    cluster: ClusterUnderTest, kube: Client, installed: Installed, tmp_path: Path
+) -> None:
+    """RBAC binds the workers' roles per namespace; the worker-scope policy narrows each
+    to its model: model a's sidecar, downloader and batch worker, each with its own
+    token, against model b's jobs, ConfigMaps, status and batches."""
+    team, release = installed.team, installed.release
+    for model in ("a", "b"):
+        create_model(kube, team, model)
+        create_job(kube, team, f"job-{model}", model, "hi")
+        kube.create(
+            InferenceBatchResource.from_dict(
+                {
+                    "apiVersion": "gptoss.ai/v1alpha1",
+                    "kind": "InferenceBatch",
+                    "metadata": {"name": f"batch-{model}"},
+                    "spec": {
+                        "modelRef": {"name": model},
+                        "input": {"configMap": {"name": "in"}},
+                        "output": {"volume": {"claimName": "out", "path": "o"}},
+                    },
+                }
+            ),
+            namespace=team,
+        )
+    clients = {}
+    for worker, role in (
+        ("sidecar", "sidecar"),
+        ("download", "downloader"),
+        ("batch", "batch-worker"),
+    ):
+        account = f"a-{worker}"
+        # The session's operator, reconciling model a, may have made it already.
+        kube.apply(
+            ServiceAccount(metadata=ObjectMeta(name=account, namespace=team)),
+            field_manager="security-test",
+        )
+        kube.create(
+            RoleBinding(
+                metadata=ObjectMeta(name=f"{account}-probe", namespace=team),
+                roleRef=RoleRef(
+                    apiGroup="rbac.authorization.k8s.io",
+                    kind="ClusterRole",
+                    name=f"{release}-{role}",
+                ),
+                subjects=[Subject(kind="ServiceAccount", name=account, namespace=team)],
+            )
+        )
+        config = token_kubeconfig(cluster, kube, team, account, tmp_path / f"{account}.kubeconfig")
+        clients[worker] = Client(KubeConfig.from_file(str(config)), field_manager="worker")
+
+    def refusal(call: Any) -> str | None:
+        try:
+            call()
+        except ApiError as error:
+            return f"{error.status.code} {error.status.message}"
+        return None
+
+    def patch_status(worker: str, resource: Any, name: str) -> str | None:
+        return refusal(
+            lambda: clients[worker].patch(
+                resource.Status,
+                name,
+                {"status": {"message": "x"}}
+                if resource is not GptOssModelResource
+                else {"status": {"download": {"message": "x"}}},
+                namespace=team,
+                patch_type=PatchType.MERGE,
+                dry_run=True,
+            )
+        )
+
+    def output_config_map(model: str, owner_kind: str = "InferenceJob") -> str | None:
+        job = kube.get(InferenceJobResource, f"job-{model}", namespace=team)
+        manifest = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": f"out-{model}",
+                "namespace": team,
+                "labels": {"gptoss.ai/model": model},
+                "ownerReferences": [
+                    {
+                        "apiVersion": "gptoss.ai/v1alpha1",
+                        "kind": owner_kind,
+                        "name": f"job-{model}",
+                        "uid": job.metadata.uid,
+                    }
+                ],
+            },
+            "data": {"response": "x"},
+        }
+        return refusal(lambda: clients["sidecar"].create(codecs.from_dict(manifest), dry_run=True))
+
+    other = wait_for(
+        lambda: patch_status("sidecar", InferenceJobResource, "job-b"),
+        timeout=30,
+        message="the worker-scope policy in effect",
+    )
+    user = f"system:serviceaccount:{team}:a-sidecar"
+    assert other.startswith("403 "), other
+    assert (
+        f"{user} is a worker of GptOssModel a and writes only its InferenceJobs' status and "
+        "their output ConfigMaps (labelled gptoss.ai/model=a), not inferencejobs/status job-b"
+    ) in other
+    assert patch_status("sidecar", InferenceJobResource, "job-a") is None
+    assert "not configmaps out-b" in (output_config_map("b") or "")
+    assert output_config_map("a", owner_kind="GptOssModel") is not None
+    assert output_config_map("a") is None
+    downloader = patch_status("download", GptOssModelResource, "b")
+    assert "writes only its model's status, not gptossmodels/status b" in (downloader or "")
+    assert patch_status("download", GptOssModelResource, "a") is None
+    endpoint = refusal(
+        lambda: clients["download"].patch(
+            GptOssModelResource.Status,
+            "a",
+            {"status": {"endpoint": "http://collector.evil.example/v1"}},
+            namespace=team,
+            patch_type=PatchType.MERGE,
+            dry_run=True,
+        )
+    )
+    assert "status: " in (endpoint or "")
+    assert "the endpoint, API key reference, served name and phase are the operator's" in (
+        endpoint or ""
+    )
+    batch = patch_status("batch", InferenceBatchResource, "batch-b")
+    assert "writes only its InferenceBatches' status, not inferencebatches/status batch-b" in (
+        batch or ""
+    )
+    assert patch_status("batch", InferenceBatchResource, "batch-a") is None

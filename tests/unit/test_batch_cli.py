@@ -40,6 +40,11 @@ def test_urls_become_volume_or_s3_locations() -> None:
             "credentialsSecretRef": {"name": "keys"},
         }
     }
+    ambient = args("in.jsonl", "--model", "m", "--output", "s3://b/o", "--s3-ambient")
+    assert location("s3://b/o", ambient, output=True)["s3"]["credentials"] == "ambient"
+    unsigned = args("in.jsonl", "--model", "m", "--output", "s3://b/o")
+    with pytest.raises(ValueError, match="s3://b/o: give --s3-secret SECRET, or --s3-ambient"):
+        location("s3://b/o", unsigned, output=True)
     for bad in ("in.jsonl", "pvc://data", "http://x/y", "s3:///key"):
         with pytest.raises(ValueError, match="expected pvc://CLAIM/PATH or s3://BUCKET/KEY"):
             location(bad, parsed, output=False)

@@ -40,6 +40,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{- define "gptoss-operator.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- with .Values.image.digest }}@{{ . }}{{ end -}}
 {{- end -}}
 
 {{/* The ClusterRoles of a model's workers, bound by the operator in the model's namespace. */}}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, JsonValue, model_validator
 from pydantic.config import JsonDict
@@ -99,9 +99,26 @@ class S3Location(ApiModel):
     credentialsSecretRef: LocalObjectReference | None = Field(
         default=None,
         description="Secret with the keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
-        "(and optionally AWS_SESSION_TOKEN), given to the workers' pods only. Unset: the "
-        "pods' own credentials (for example a web identity on EKS).",
+        "(and optionally AWS_SESSION_TOKEN), given to the workers' pods only. Its author "
+        "must be allowed to get it.",
     )
+    credentials: Literal["ambient"] | None = Field(
+        default=None,
+        description="ambient: no Secret, the pods' own cloud identity signs the requests "
+        "(for example a web identity on EKS); the admin may forbid it. Set either this or "
+        "credentialsSecretRef.",
+    )
+
+
+_ONE_CREDENTIAL: list[JsonValue] = [
+    {
+        "rule": "has(self.credentialsSecretRef) != has(self.credentials)",
+        "message": "set credentialsSecretRef, or credentials: ambient to sign with the pods' "
+        "own cloud identity (not both)",
+        "fieldPath": ".credentials",
+        "reason": "FieldValueRequired",
+    }
+]
 
 
 class ConfigMapFile(ApiModel):
@@ -129,7 +146,11 @@ _ONE_OF_OUTPUT: list[JsonValue] = [
 
 class BatchInput(ApiModel):
     volume: VolumePath | None = Field(default=None, description="A file on a volume.")
-    s3: S3Location | None = Field(default=None, description="An object in a bucket.")
+    s3: S3Location | None = Field(
+        default=None,
+        description="An object in a bucket.",
+        json_schema_extra={"x-kubernetes-validations": _ONE_CREDENTIAL},
+    )
     configMap: ConfigMapFile | None = Field(default=None, description="A ConfigMap key.")
 
     @model_validator(mode="after")
@@ -143,7 +164,11 @@ class BatchOutput(ApiModel):
     volume: VolumePath | None = Field(
         default=None, description="A folder on a volume (created if missing)."
     )
-    s3: S3Location | None = Field(default=None, description="A key prefix in a bucket.")
+    s3: S3Location | None = Field(
+        default=None,
+        description="A key prefix in a bucket.",
+        json_schema_extra={"x-kubernetes-validations": _ONE_CREDENTIAL},
+    )
     overwrite: bool = Field(
         default=False,
         description="A folder another batch wrote (or files no batch claims) is refused "

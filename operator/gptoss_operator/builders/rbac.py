@@ -26,15 +26,12 @@ DOWNLOADER_RULES: list[dict[str, Any]] = [
 ]
 
 # The sidecar claims and updates InferenceJobs, keeps oversized outputs in ConfigMaps
-# (and removes those of attempts that lost their lease) and records Events.
+# (and removes those of attempts that lost their lease; it never reads one) and records
+# Events.
 SIDECAR_RULES: list[dict[str, Any]] = [
     {"apiGroups": [GROUP], "resources": ["inferencejobs"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [GROUP], "resources": ["inferencejobs/status"], "verbs": ["get", "patch"]},
-    {
-        "apiGroups": [""],
-        "resources": ["configmaps"],
-        "verbs": ["get", "create", "update", "delete"],
-    },
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "update", "delete"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
     {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
 ]

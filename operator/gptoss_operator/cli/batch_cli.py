@@ -50,7 +50,15 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     submit.add_argument("--reasoning", choices=("low", "medium", "high"))
     submit.add_argument("--s3-endpoint", help="URL of an S3-compatible service")
     submit.add_argument("--s3-region", default="us-east-1")
-    submit.add_argument("--s3-secret", help="Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
+    credentials = submit.add_mutually_exclusive_group()
+    credentials.add_argument(
+        "--s3-secret", help="Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+    )
+    credentials.add_argument(
+        "--s3-ambient",
+        action="store_true",
+        help="sign S3 requests with the pods' own cloud identity instead of a Secret",
+    )
     submit.add_argument("--s3-path-style", action="store_true")
     submit.add_argument(
         "--overwrite",
@@ -89,6 +97,10 @@ def location(url: str, args: argparse.Namespace, *, output: bool) -> dict[str, A
             s3["endpoint"] = args.s3_endpoint
         if args.s3_secret:
             s3["credentialsSecretRef"] = {"name": args.s3_secret}
+        elif args.s3_ambient:
+            s3["credentials"] = "ambient"
+        else:
+            raise ValueError(f"{url}: give --s3-secret SECRET, or --s3-ambient")
         return {"s3": s3}
     raise ValueError(f"{url}: expected pvc://CLAIM/PATH or s3://BUCKET/KEY")
 

@@ -22,6 +22,7 @@ from lightkube import ApiError, AsyncClient, codecs
 from lightkube.resources.core_v1 import ConfigMap
 from lightkube.types import PatchType
 
+from gptoss_operator import naming
 from gptoss_operator.api.common import API_VERSION
 from gptoss_operator.api.job import FINISHED_PHASES, KIND, Phase
 from gptoss_operator.api.resources import InferenceJobResource
@@ -241,7 +242,10 @@ class JobStore:
             "metadata": {
                 "name": name,
                 "namespace": self.namespace,
-                "labels": {"gptoss.ai/inference-job": metadata["name"][:63]},
+                "labels": {
+                    "gptoss.ai/inference-job": metadata["name"][:63],
+                    naming.MODEL_LABEL: job["spec"]["modelRef"]["name"],
+                },
                 "annotations": {"gptoss.ai/attempt": str(attempt), "gptoss.ai/worker": self.worker},
                 "ownerReferences": [
                     {
