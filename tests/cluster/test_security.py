@@ -575,7 +575,7 @@ def test_guard_rails_refuse_images_and_endpoints_the_admin_did_not_allow(
         release,
         system,
         values=(
-            "guardRails.allowedImagePrefixes={registry.internal/,vllm/vllm-openai:}",
+            "guardRails.allowedImagePrefixes={registry.internal/,vllm/vllm-openai:,mirror.corp}",
             "guardRails.allowEndpointOverride=false",
         ),
     )
@@ -599,7 +599,7 @@ def test_guard_rails_refuse_images_and_endpoints_the_admin_did_not_allow(
             message="the guard rails in effect",
         )
         assert "spec.serving.image: evil.example/vllm:1 is not an allowed image" in first
-        assert "registry.internal/, vllm/vllm-openai:" in first
+        assert "registry.internal/, vllm/vllm-openai:, mirror.corp" in first
         download = refusal("m", download={"image": "evil.example/dl:1"})
         assert download is not None
         assert "spec.download.image: evil.example/dl:1" in download
@@ -612,6 +612,13 @@ def test_guard_rails_refuse_images_and_endpoints_the_admin_did_not_allow(
             "spec.source.endpoint: models here download from Hugging Face only; "
             "https://x.io is not allowed (guardRails.allowEndpointOverride)"
         )
+        # A prefix without a trailing / matches at the host's end, never a longer host.
+        lookalike = refusal("m", serving={"image": "mirror.corp.evil.example/vllm:1"})
+        assert "spec.serving.image: mirror.corp.evil.example/vllm:1 is not an allowed" in (
+            lookalike or ""
+        )
+        assert refusal("m", serving={"image": "mirror.corp/vllm:1"}) is None
+        assert refusal("m", serving={"image": "mirror.corp:5000/vllm:1"}) is None
         assert refusal("m", serving={"image": "registry.internal/vllm:2"}) is None
         assert refusal("m", serving={"image": "vllm/vllm-openai:v0.32.0"}) is None
         assert refusal("m") is None, "defaults are the admin's own settings"
