@@ -2,8 +2,10 @@
 the product image, so ``pip install --require-hashes`` installs exactly those files
 whatever the platform picks (run after changing a pin: ``make requirements``).
 
-Reads ``name==version`` lines (hashes already there are replaced) and the index's simple
-API (PEP 503), where each link carries its file's sha256.
+Reads ``name==version`` lines (hashes already there are replaced; a pin may name the
+extras other pins ask for, as ``httpx2[http2,ws]==...``: older pips in hash mode refuse a
+requirement with extras that no pin names) and the index's simple API (PEP 503), where
+each link carries its file's sha256.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def main() -> None:
     out.append("# Hashes: python images/hash_requirements.py (installed with --require-hashes).")
     for pin in pins:
         name, _, version = pin.partition("==")
-        hashes = file_hashes(name, version)
+        hashes = file_hashes(name.split("[", 1)[0], version)
         out.append(f"{pin} \\")
         out += [
             f"    --hash=sha256:{h}" + (" \\" if i < len(hashes) - 1 else "")
