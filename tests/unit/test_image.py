@@ -75,16 +75,17 @@ def test_every_command_the_product_runs_is_an_installed_entrypoint() -> None:
 
 
 def test_pinned_requirements_cover_the_runtime_dependencies() -> None:
-    pins = {
-        line.split("==")[0].lower().replace("_", "-")
-        for line in (ROOT / "images" / "requirements.txt").read_text().splitlines()
-        if "==" in line
-    }
-    assert all(
-        "==" in line
-        for line in (ROOT / "images" / "requirements.txt").read_text().splitlines()
-        if line and not line.startswith("#")
-    )
+    """Every requirement is pinned and carries hashes (the image installs them with
+    --require-hashes), and the product's own dependencies are among them."""
+    text = (ROOT / "images" / "requirements.txt").read_text()
+    entries = [line for line in text.splitlines() if line and not line.startswith((" ", "#"))]
+    pins = {line.split("==")[0].split("[")[0].lower().replace("_", "-") for line in entries}
+    for line in entries:
+        assert "==" in line, line
+        assert line.endswith(" \\"), f"{line}: no hashes follow"
+    hashes = [line.strip() for line in text.splitlines() if line.startswith("    --hash=")]
+    assert len(hashes) >= len(entries)
+    assert all(len(h.split("sha256:", 1)[1].rstrip(" \\")) == 64 for h in hashes)
     for needed in (
         "kopf",
         "lightkube",
