@@ -20,16 +20,16 @@ from types import SimpleNamespace
 from typing import Any
 
 import httpx
+from batch_processes import BatchPods
 from engines import H100_SECONDS_PER_TOKEN, completion_tokens
 from jobs import STREAM_INTERVAL, writes
 from plane import Plane, rss_mb
-
-from gptoss_operator.api.resources import InferenceBatchResource
-from gptoss_operator.harmony import ChatMessage, Harmony
-from gptoss_sandbox.standin_engine import StandinEngine
-from batch_processes import BatchPods
 from tests.cluster.chart_helpers import token_kubeconfig
 from tests.cluster.test_inference_batches import create_claim
+
+from gptoss_operator.api.resources import InferenceBatchResource
+from gptoss_operator.engine.harmony import ChatMessage, Harmony
+from gptoss_sandbox.standin_engine import StandinEngine
 
 FINISHED = ("Succeeded", "Failed")
 

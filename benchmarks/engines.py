@@ -22,7 +22,7 @@ from lightkube import AsyncClient
 from plane import Plane
 
 from gptoss_operator.api.resources import InferenceJobResource
-from gptoss_operator.harmony import ChatMessage, Harmony
+from gptoss_operator.engine.harmony import ChatMessage, Harmony
 from gptoss_sandbox.standin_engine import StandinEngine
 
 CONCURRENCY = 64

@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 
-from gptoss_operator.harmony import RETURN_TOKEN, ChatMessage, Harmony  # noqa: E402
+from gptoss_operator.engine.harmony import RETURN_TOKEN, ChatMessage, Harmony  # noqa: E402
 
 
 def measure() -> dict[str, float]:

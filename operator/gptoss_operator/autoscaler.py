@@ -22,7 +22,6 @@ from gptoss_operator import metrics
 from gptoss_operator.api.common import API_VERSION
 from gptoss_operator.api.model import KIND, Autoscaling
 from gptoss_operator.autoscaling import (
-    SCALED_TO_ZERO,
     WOKEN,
     Decision,
     Load,
@@ -32,11 +31,11 @@ from gptoss_operator.autoscaling import (
     record,
 )
 from gptoss_operator.conditions import timestamp
+from gptoss_operator.events import EventSink
 from gptoss_operator.job_janitor import JobFacts, ModelFacts, queue_counts
 
 log = logging.getLogger(__name__)
 
-EventSink = Callable[[dict[str, Any], str, str, str], Awaitable[None]]
 Apply = Callable[[str, str], Awaitable[None]]
 # (namespace, model) -> vLLM's running + waiting requests over the model's pods.
 EngineLoads = Callable[[str, str], int | None]
@@ -179,12 +178,3 @@ class Autoscaler:
         await self.emit(body, "Normal", decision.reason, decision.message)
         if self.apply is not None:
             await self.apply(namespace, model)
-
-
-def zero_message(policy: Autoscaling | None, decision: Decision | None) -> str:
-    """Why a model has no pods, for its Serving condition."""
-    if policy is None:
-        return "spec.serving.replicas is 0"
-    if decision is not None and decision.reason == SCALED_TO_ZERO:
-        return f"{decision.message}; a new InferenceJob wakes it"
-    return "no work (spec.serving.autoscaling.minReplicas is 0); a new InferenceJob wakes it"

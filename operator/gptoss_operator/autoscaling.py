@@ -161,3 +161,12 @@ def record(history: list[Sample], sample: Sample, keep_seconds: float) -> None:
     # Keep the last sample before the oldest window's start: it was in effect then.
     while len(history) > 1 and history[1].at < start:
         history.pop(0)
+
+
+def zero_message(policy: Autoscaling | None, decision: Decision | None) -> str:
+    """Why a model has no pods, for its Serving condition."""
+    if policy is None:
+        return "spec.serving.replicas is 0"
+    if decision is not None and decision.reason == SCALED_TO_ZERO:
+        return f"{decision.message}; a new InferenceJob wakes it"
+    return "no work (spec.serving.autoscaling.minReplicas is 0); a new InferenceJob wakes it"

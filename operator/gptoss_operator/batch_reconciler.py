@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from lightkube import AsyncClient
@@ -35,12 +34,12 @@ from gptoss_operator.batch_status import (
 from gptoss_operator.builders import ModelContext
 from gptoss_operator.builders.batch import BatchContext, merge_job, shards_job
 from gptoss_operator.conditions import get_condition, now
+from gptoss_operator.events import EventSink
 from gptoss_operator.job_status import parse_time
 from gptoss_operator.model_reconciler import KeyedSerializer
 from gptoss_operator.settings import Settings
 
 log = logging.getLogger(__name__)
-EventSink = Callable[[dict[str, Any], str, str, str], Awaitable[None]]
 # Reasons worth an Event when the batch enters them (Warnings unless listed as Normal).
 NORMAL_REASONS = {"Running", "Merging", "Completed"}
 QUIET_REASONS = {"Creating"}

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -21,31 +20,9 @@ from typing import Any
 import httpx
 
 from gptoss_operator import naming
+from gptoss_operator.engine.metrics import MAX_PAGE_BYTES, requests_in_flight
 
 log = logging.getLogger(__name__)
-
-GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting")
-# vLLM's page is tens of KiB; a pod that sends more is not read to its end.
-MAX_PAGE_BYTES = 4 * 2**20
-
-
-def requests_in_flight(text: str) -> int | None:
-    """Running plus waiting requests in one ``/metrics`` page (None: vLLM's gauges are
-    not there)."""
-    total = 0.0
-    found = False
-    for line in text.splitlines():
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in GAUGES:
-            try:
-                value = float(line.rsplit(" ", 1)[1])
-            except (IndexError, ValueError):
-                continue
-            if not math.isfinite(value) or value < 0:
-                continue
-            total += value
-            found = True
-    return round(total) if found else None
 
 
 def ready_pod(body: Mapping[str, Any]) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from lightkube import ApiError, AsyncClient, codecs
@@ -12,6 +13,9 @@ from lightkube import ApiError, AsyncClient, codecs
 from gptoss_operator.conditions import timestamp
 
 log = logging.getLogger(__name__)
+
+# How a controller records an Event: (object, type, reason, message).
+EventSink = Callable[[dict[str, Any], str, str, str], Awaitable[None]]
 
 
 def event_manifest(

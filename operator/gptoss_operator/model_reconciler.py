@@ -27,7 +27,8 @@ from lightkube.types import CascadeType, PatchType
 from gptoss_operator import download_retry, kube, metrics, model_status, naming
 from gptoss_operator.api.model import GptOssModelSpec
 from gptoss_operator.api.resources import GptOssModelResource
-from gptoss_operator.autoscaler import Autoscaler, zero_message
+from gptoss_operator.autoscaler import Autoscaler
+from gptoss_operator.autoscaling import zero_message
 from gptoss_operator.builders import (
     ModelContext,
     api_key,
@@ -39,6 +40,7 @@ from gptoss_operator.builders import (
 )
 from gptoss_operator.builders.storage import default_size
 from gptoss_operator.download_retry import RETRY_ANNOTATION
+from gptoss_operator.events import EventSink
 from gptoss_operator.quantity import to_bytes
 from gptoss_operator.settings import Settings
 from gptoss_operator.watched import Watched
@@ -47,8 +49,6 @@ log = logging.getLogger(__name__)
 
 # A claim younger than this is not checked for warning Events yet (it is being bound).
 CLAIM_EVENTS_AFTER_SECONDS = 3.0
-
-EventSink = Callable[[dict[str, Any], str, str, str], Awaitable[None]]
 
 
 @dataclass

@@ -22,7 +22,6 @@ BATCH_LABEL = "gptoss.ai/batch"
 
 # Paths inside the weights volume.
 VOLUME_MOUNT = "/data"
-HF_CACHE_DIR = f"{VOLUME_MOUNT}/hub"
 SERVED_DIR = f"{VOLUME_MOUNT}/served"
 VOCAB_DIR = f"{VOLUME_MOUNT}/tiktoken"
 ENGINE_PORT = 8000

@@ -95,7 +95,7 @@ PIP_FILES_FOLDER = ".host-files"
 
 PRODUCT_CHECK = """
 import os, pathlib, gptoss_operator, openai_harmony
-from gptoss_operator.vocab import has_valid_vocab
+from gptoss_operator.engine.vocab import has_valid_vocab
 assert has_valid_vocab(pathlib.Path(os.environ["TIKTOKEN_ENCODINGS_BASE"]))
 name = openai_harmony.HarmonyEncodingName.HARMONY_GPT_OSS
 encoding = openai_harmony.load_harmony_encoding(name)

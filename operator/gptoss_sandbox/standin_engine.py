@@ -58,7 +58,7 @@ from aiohttp import web
 from openai_harmony import HarmonyEncoding, HarmonyEncodingName, load_harmony_encoding
 
 from gptoss_operator import versions as gptoss_versions
-from gptoss_operator.vocab import ensure_offline_vocab
+from gptoss_operator.engine.vocab import ensure_offline_vocab
 
 HOST = "127.0.0.1"
 DEFAULT_MODEL = "gpt-oss-20b"

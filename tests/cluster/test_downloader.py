@@ -24,7 +24,7 @@ from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import Event, Pod, Secret, ServiceAccount
 from lightkube.resources.rbac_authorization_v1 import Role, RoleBinding
 
-from gptoss_operator.vocab import VOCAB_SHA256
+from gptoss_operator.engine.vocab import VOCAB_SHA256
 from gptoss_sandbox.fake_hub import FakeHub
 from tests.cluster.chart_helpers import token_kubeconfig
 from tests.cluster.model_helpers import (

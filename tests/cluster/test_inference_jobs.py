@@ -18,7 +18,7 @@ from lightkube.resources.core_v1 import ConfigMap, Namespace
 
 from gptoss_operator.api.resources import GptOssModelResource, InferenceJobResource
 from gptoss_operator.cli.user_main import full_texts
-from gptoss_operator.harmony import ChatMessage, Harmony
+from gptoss_operator.engine.harmony import ChatMessage, Harmony
 from gptoss_sandbox import binaries
 from gptoss_sandbox.standin_engine import StandinEngine
 from tests.cluster.job_helpers import (

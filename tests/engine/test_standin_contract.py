@@ -26,9 +26,9 @@ import pytest
 
 from gptoss_operator.api.model import GptOssModelSpec
 from gptoss_operator.builders.engine_config import STREAM_INTERVAL, vllm_args
-from gptoss_operator.engine_load import requests_in_flight
-from gptoss_operator.harmony import CALL_TOKEN, RETURN_TOKEN, ChatMessage, Harmony
-from gptoss_operator.sidecar.sse import EventReader
+from gptoss_operator.engine.harmony import CALL_TOKEN, RETURN_TOKEN, ChatMessage, Harmony
+from gptoss_operator.engine.metrics import requests_in_flight
+from gptoss_operator.engine.sse import EventReader
 from gptoss_sandbox.engine_venv import EngineVenv
 from gptoss_sandbox.real_engine import VllmServer, build_tiny_checkpoint
 from gptoss_sandbox.standin_engine import StandinEngine

@@ -45,8 +45,8 @@ from tests.node.test_node_batches import create_batch, request_line, wait_batch_
 from tests.support import wait_for
 
 from gptoss_operator import naming
-from gptoss_operator.harmony import ChatMessage, Harmony
-from gptoss_operator.sidecar.engine import QUIET_SECONDS
+from gptoss_operator.engine.client import QUIET_SECONDS
+from gptoss_operator.engine.harmony import ChatMessage, Harmony
 from gptoss_sandbox import node
 from gptoss_sandbox.images import ImageArchive
 from gptoss_sandbox.tiny_gptoss import SCRIPTED_ANSWER

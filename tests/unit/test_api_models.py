@@ -50,9 +50,6 @@ def test_model_defaults() -> None:
     assert spec.serving.effective_tensor_parallel_size() == 1
     assert spec.serving.startupTimeoutSeconds == 2700
     assert spec.sidecar.concurrency == 64
-    assert spec.pinned_commit() is None
-    pinned = GptOssModelSpec.model_validate({"source": {"revision": "a" * 40}})
-    assert pinned.pinned_commit() == "a" * 40
 
 
 @pytest.mark.parametrize(

@@ -23,8 +23,8 @@ from gptoss_operator.batch.parts import ERRORS, OUTPUT, SUMMARY
 from gptoss_operator.batch.plan import BatchPlan, Place, input_file, output_folder
 from gptoss_operator.batch.shard import ShardRunner
 from gptoss_operator.batch.storage import S3Folder
-from gptoss_operator.harmony import Harmony
-from gptoss_operator.sidecar.engine import EngineClient
+from gptoss_operator.engine.client import EngineClient
+from gptoss_operator.engine.harmony import Harmony
 from gptoss_sandbox.s3_server import S3Server
 from gptoss_sandbox.standin_engine import StandinEngine
 from tests.support import settled_count

@@ -20,8 +20,8 @@ from gptoss_operator.batch.parts import ERRORS, OUTPUT, PARTS, SUMMARY
 from gptoss_operator.batch.plan import BatchPlan, Place
 from gptoss_operator.batch.shard import ShardRunner
 from gptoss_operator.batch.storage import VolumeFile, VolumeFolder
-from gptoss_operator.harmony import Harmony
-from gptoss_operator.sidecar.engine import EngineClient
+from gptoss_operator.engine.client import EngineClient
+from gptoss_operator.engine.harmony import Harmony
 from gptoss_sandbox.standin_engine import StandinEngine
 from tests.support import settled_count
 

@@ -11,6 +11,7 @@ import pytest
 from gptoss_operator import naming
 from gptoss_operator.api.model import GptOssModelSpec
 from gptoss_operator.builders import (
+    TOKEN_VOLUME,
     ModelContext,
     api_key,
     download,
@@ -291,7 +292,7 @@ def test_only_the_sidecar_mounts_a_token_and_every_container_is_restricted() -> 
         (c["name"], m["mountPath"])
         for c in pod["containers"]
         for m in c["volumeMounts"]
-        if m["name"] == serving.TOKEN_VOLUME
+        if m["name"] == TOKEN_VOLUME
     ]
     assert token_mounts == [("sidecar", "/var/run/secrets/kubernetes.io/serviceaccount")]
     assert pod["securityContext"]["runAsNonRoot"] is True

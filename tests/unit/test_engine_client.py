@@ -13,10 +13,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from aiohttp import web
 
-from gptoss_operator.generation import generate
-from gptoss_operator.harmony import Harmony
-from gptoss_operator.sidecar import engine
-from gptoss_operator.sidecar.engine import (
+from gptoss_operator.engine import client as engine
+from gptoss_operator.engine.client import (
     Chunk,
     EngineClient,
     EngineError,
@@ -24,7 +22,9 @@ from gptoss_operator.sidecar.engine import (
     StreamEnd,
     Usage,
 )
-from gptoss_operator.sidecar.sse import EventReader
+from gptoss_operator.engine.generation import generate
+from gptoss_operator.engine.harmony import Harmony
+from gptoss_operator.engine.sse import EventReader
 
 PARAMS = SamplingParams(max_tokens=8, temperature=0.7, top_p=None, stop_token_ids=[200002])
 Writer = Callable[[web.StreamResponse], Awaitable[None]]

@@ -6,7 +6,7 @@ import datetime
 
 import pytest
 
-from gptoss_operator.harmony import CALL_TOKEN, RETURN_TOKEN, ChatMessage, Harmony
+from gptoss_operator.engine.harmony import CALL_TOKEN, RETURN_TOKEN, ChatMessage, Harmony
 
 DAY = datetime.date(2026, 1, 2)
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from gptoss_operator.api.job import Phase
-from gptoss_operator.harmony import CALL_TOKEN, RETURN_TOKEN, Harmony, ParsedOutput
-from gptoss_operator.sidecar.outcome import Generation, generation_outcome, rejection_reason
+from gptoss_operator.engine.harmony import CALL_TOKEN, RETURN_TOKEN, Harmony, ParsedOutput
+from gptoss_operator.engine.outcome import Generation, generation_outcome, rejection_reason
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import multiprocessing
 import os
 import signal
 
-from gptoss_operator.harmony import ChatMessage, Harmony
-from gptoss_operator.sidecar.renderer import PromptRenderer
+from gptoss_operator.engine.harmony import ChatMessage, Harmony
+from gptoss_operator.engine.render import PromptRenderer
 
 
 async def test_a_killed_render_process_is_replaced() -> None:

@@ -39,7 +39,6 @@ QUANTITY_PATTERN = (
 )
 URL_PATTERN = r"^https?://[^\s/$.?#][^\s]*$"
 IMAGE_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9._/:@-]*$"
-DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 _OPAQUE: JsonDict = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
@@ -466,10 +465,6 @@ class GptOssModelSpec(ApiModel):
                 "storage.existingClaim cannot be combined with size or storageClassName"
             )
         return self
-
-    def pinned_commit(self) -> str | None:
-        revision = self.source.revision
-        return revision if COMMIT_PATTERN.match(revision) else None
 
 
 class DownloadStatus(ApiModel):

@@ -20,7 +20,7 @@ from typing import Any
 
 from gptoss_operator.api.batch import RequestDefaults
 from gptoss_operator.api.job import MAX_TOKENS_LIMIT
-from gptoss_operator.harmony import ChatMessage, ReasoningLevel
+from gptoss_operator.engine.harmony import ChatMessage, ReasoningLevel
 
 CHAT_COMPLETIONS_URL = "/v1/chat/completions"
 ROLES = ("system", "developer", "user", "assistant")

@@ -44,16 +44,15 @@ from gptoss_operator.batch.parts import (
 )
 from gptoss_operator.batch.plan import BatchPlan
 from gptoss_operator.batch.storage import InputFile, OutputFolder, StorageError
-from gptoss_operator.generation import EngineGate, generate
-from gptoss_operator.harmony import Harmony
-from gptoss_operator.sidecar.engine import (
-    PLATFORM_RETRY_LIMIT,
+from gptoss_operator.engine.attempts import Verdict, decide
+from gptoss_operator.engine.client import (
     EngineClient,
     EngineError,
     SamplingParams,
 )
-from gptoss_operator.sidecar.outcome import rejection_reason
-from gptoss_operator.sidecar.renderer import PromptRenderer
+from gptoss_operator.engine.generation import EngineGate, generate
+from gptoss_operator.engine.harmony import Harmony
+from gptoss_operator.engine.render import PromptRenderer
 
 log = logging.getLogger(__name__)
 
@@ -223,29 +222,30 @@ class ShardRunner:
                 result = await generate(self.engine, self.harmony, prompt, params, clock=self.clock)
                 break
             except EngineError as error:
-                if not error.retryable:
-                    reason, message = rejection_reason(
-                        error.message, len(prompt), self.gate.max_model_len
-                    )
-                    self._fail(request, error.status or 400, reason, message)
+                decision = decide(
+                    error,
+                    engine_healthy=await self.engine.healthy() if error.retryable else None,
+                    platform_retries=platform_retries,
+                    charged=failures + 1,
+                    max_attempts=self.plan.maxLineAttempts,
+                    prompt_tokens=len(prompt),
+                    max_model_len=self.gate.max_model_len,
+                )
+                if decision.verdict is Verdict.REJECTED:
+                    self._fail(request, error.status or 400, decision.reason, decision.message)
                     return
-                if not await self.engine.healthy():
+                if decision.verdict is Verdict.ENGINE_DOWN:
                     self.gate.went_down(error.message)
                     continue  # the platform's fault: not counted
-                if error.platform and platform_retries < PLATFORM_RETRY_LIMIT:
+                if decision.verdict is Verdict.ASK_AGAIN:
                     # A replica gone from under the Service, a lost request: not counted.
                     platform_retries += 1
                     log.info("line %d asked again: %s", request.line, error.message)
                     await asyncio.sleep(min(5.0, 0.2 * platform_retries))
                     continue
                 failures += 1
-                if failures >= self.plan.maxLineAttempts:
-                    self._fail(
-                        request,
-                        error.status or 502,
-                        "engine_error",
-                        f"{failures} attempts failed; last error: {error.message}",
-                    )
+                if decision.verdict is Verdict.EXHAUSTED:
+                    self._fail(request, error.status or 502, "engine_error", decision.message)
                     return
                 await asyncio.sleep(min(30.0, 2.0 ** (failures - 1)))
             finally:

@@ -20,11 +20,13 @@ from gptoss_operator.batch.plan import EXIT_CANNOT_RUN, BatchPlan, Place
 from gptoss_operator.builders import (
     RESTRICTED_CONTAINER_SECURITY,
     RESTRICTED_POD_SECURITY,
+    TOKEN_MOUNT,
+    TOKEN_VOLUME,
     ModelContext,
     api_key,
+    token_volume,
 )
 from gptoss_operator.builders.engine_config import batch_requests_per_shard
-from gptoss_operator.builders.serving import TOKEN_MOUNT, TOKEN_VOLUME, token_volume
 
 VOLUMES_ROOT = "/batch/volumes"
 CONFIGMAP_ROOT = "/batch/configmap"

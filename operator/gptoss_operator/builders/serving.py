@@ -10,8 +10,11 @@ from gptoss_operator.api.model import GptOssModelSpec
 from gptoss_operator.builders import (
     RESTRICTED_CONTAINER_SECURITY,
     RESTRICTED_POD_SECURITY,
+    TOKEN_MOUNT,
+    TOKEN_VOLUME,
     ModelContext,
     api_key,
+    token_volume,
 )
 from gptoss_operator.builders.engine_config import is_120b, sidecar_in_flight, vllm_args
 
@@ -35,43 +38,6 @@ ENGINE_SCRATCH_ENV = [
     {"name": "TORCHINDUCTOR_CACHE_DIR", "value": f"{ENGINE_SCRATCH}/torchinductor"},
     {"name": "HF_HOME", "value": f"{ENGINE_SCRATCH}/.cache/huggingface"},
 ]
-
-# Only the sidecar talks to the apiserver, so only it gets a token: the pod mounts none
-# by default and the sidecar mounts this projected volume where clients look for one.
-TOKEN_VOLUME = "kube-api-access"
-TOKEN_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
-TOKEN_EXPIRATION_SECONDS = 3607  # the kubelet refreshes it at 80% of its life
-
-
-def token_volume() -> dict[str, Any]:
-    return {
-        "name": TOKEN_VOLUME,
-        "projected": {
-            "defaultMode": 0o444,
-            "sources": [
-                {
-                    "serviceAccountToken": {
-                        "path": "token",
-                        "expirationSeconds": TOKEN_EXPIRATION_SECONDS,
-                    }
-                },
-                {
-                    "configMap": {
-                        "name": "kube-root-ca.crt",
-                        "items": [{"key": "ca.crt", "path": "ca.crt"}],
-                    }
-                },
-                {
-                    "downwardAPI": {
-                        "items": [
-                            {"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}
-                        ]
-                    }
-                },
-            ],
-        },
-    }
-
 
 # Requests keep the pods out of the BestEffort class (the first evicted). vLLM reads the
 # weights through host memory while it loads them, and its API server, tokenizer and

@@ -41,8 +41,8 @@ from gptoss_operator.batch.plan import (
 from gptoss_operator.batch.shard import ShardRunner
 from gptoss_operator.batch.storage import OutputFolder, StorageError
 from gptoss_operator.conditions import timestamp
-from gptoss_operator.harmony import Harmony
-from gptoss_operator.sidecar.engine import QUIET_SECONDS, EngineClient
+from gptoss_operator.engine.client import QUIET_SECONDS, EngineClient
+from gptoss_operator.engine.harmony import Harmony
 
 log = logging.getLogger("gptoss.batch")
 TERMINATION_LOG = "/dev/termination-log"

@@ -22,7 +22,7 @@ import sys
 
 from lightkube import AsyncClient
 
-from gptoss_operator.sidecar.engine import QUIET_SECONDS
+from gptoss_operator.engine.client import QUIET_SECONDS
 from gptoss_operator.sidecar.health import start_health_server
 from gptoss_operator.sidecar.worker import Sidecar, SidecarConfig
 

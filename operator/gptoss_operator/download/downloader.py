@@ -27,7 +27,7 @@ from gptoss_operator.builders.download import (
 from gptoss_operator.conditions import timestamp
 from gptoss_operator.download.layout import Layout
 from gptoss_operator.download.resume import resume_partial_blobs
-from gptoss_operator.vocab import write_vocab
+from gptoss_operator.engine.vocab import write_vocab
 
 log = logging.getLogger(__name__)
 

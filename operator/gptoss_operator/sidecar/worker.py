@@ -29,8 +29,16 @@ from lightkube.types import OnErrorAction, OnErrorResult
 from gptoss_operator.api.job import FINISHED_PHASES, InferenceJobSpec, Phase
 from gptoss_operator.api.resources import InferenceJobResource
 from gptoss_operator.conditions import timestamp
-from gptoss_operator.generation import EngineGate, Progress, RunResult, generate
-from gptoss_operator.harmony import ChatMessage, Harmony
+from gptoss_operator.engine.attempts import Verdict, decide
+from gptoss_operator.engine.client import (
+    QUIET_SECONDS,
+    EngineClient,
+    EngineError,
+    SamplingParams,
+)
+from gptoss_operator.engine.generation import EngineGate, Progress, RunResult, generate
+from gptoss_operator.engine.harmony import ChatMessage, Harmony
+from gptoss_operator.engine.render import PromptRenderer
 from gptoss_operator.job_output import layout
 from gptoss_operator.job_status import (
     format_duration,
@@ -39,15 +47,6 @@ from gptoss_operator.job_status import (
     queued,
     with_conditions,
 )
-from gptoss_operator.sidecar.engine import (
-    PLATFORM_RETRY_LIMIT,
-    QUIET_SECONDS,
-    EngineClient,
-    EngineError,
-    SamplingParams,
-)
-from gptoss_operator.sidecar.outcome import rejection_reason
-from gptoss_operator.sidecar.renderer import PromptRenderer
 from gptoss_operator.sidecar.store import JobStore, LostJob, claim_facts
 
 # How many of the oldest pending jobs a worker chooses from (see Sidecar._next_pending).
@@ -466,29 +465,31 @@ class Sidecar:
                 )
                 return
             except EngineError as error:
-                if not error.retryable:
-                    reason, message = rejection_reason(
-                        error.message, len(prompt), self.gate.max_model_len
-                    )
-                    await self._finish_failed(job, attempt, reason, message)
+                decision = decide(
+                    error,
+                    engine_healthy=await self.engine.healthy() if error.retryable else None,
+                    platform_retries=platform_retries,
+                    charged=attempt - voided,
+                    max_attempts=max_attempts,
+                    prompt_tokens=len(prompt),
+                    max_model_len=self.gate.max_model_len,
+                )
+                if decision.verdict is Verdict.REJECTED:
+                    await self._finish_failed(job, attempt, decision.reason, decision.message)
                     return
-                if not await self.engine.healthy():
-                    # The engine is down (restarting, out of memory): not the job's fault.
+                if decision.verdict is Verdict.ENGINE_DOWN:
+                    # Restarting, out of memory: not the job's fault; another pod may run it.
                     await self._hand_back(job, attempt, voided, error.message)
                     return
-                platform = error.platform and platform_retries < PLATFORM_RETRY_LIMIT
-                if platform:
-                    # Lost on the way, or the engine aborted it: asked again, not counted.
-                    platform_retries += 1
-                    voided += 1
-                elif attempt - voided >= max_attempts:
+                if decision.verdict is Verdict.EXHAUSTED:
                     await self._finish_failed(
-                        job,
-                        attempt,
-                        "BackoffLimitExceeded",
-                        f"{attempt - voided} attempts failed; last error: {error.message}",
+                        job, attempt, "BackoffLimitExceeded", decision.message
                     )
                     return
+                platform = decision.verdict is Verdict.ASK_AGAIN
+                if platform:
+                    platform_retries += 1
+                    voided += 1
                 delay = min(
                     self.config.retry_max_seconds,
                     self.config.retry_base_seconds * 2 ** (attempt - voided - (not platform)),

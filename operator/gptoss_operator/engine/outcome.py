@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gptoss_operator.api.job import Phase
-from gptoss_operator.harmony import ParsedOutput
+from gptoss_operator.engine.harmony import ParsedOutput
 
 
 @dataclass(frozen=True)

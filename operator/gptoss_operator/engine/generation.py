@@ -1,7 +1,7 @@
 """One generation: stream a rendered prompt through the engine and parse what comes back.
 
 Shared by the InferenceJob sidecar and the InferenceBatch worker; what the result means
-for a job or a batch line is decided elsewhere (``sidecar.outcome``).
+for a job or a batch line is decided elsewhere (``engine.outcome``).
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gptoss_operator.harmony import CALL_TOKEN, RETURN_TOKEN, Harmony, ParsedOutput
-from gptoss_operator.sidecar.engine import (
+from gptoss_operator.engine.client import (
     Chunk,
     EngineClient,
     EngineError,
@@ -20,7 +19,8 @@ from gptoss_operator.sidecar.engine import (
     StreamEnd,
     Usage,
 )
-from gptoss_operator.sidecar.outcome import Generation, Outcome, generation_outcome
+from gptoss_operator.engine.harmony import CALL_TOKEN, RETURN_TOKEN, Harmony, ParsedOutput
+from gptoss_operator.engine.outcome import Generation, Outcome, generation_outcome
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class RunResult:
     finished: float
 
     def outcome(self, max_tokens: int, max_model_len: int | None) -> Outcome:
-        """What this result means for the request (see ``sidecar.outcome``)."""
+        """What this result means for the request (see ``engine.outcome``)."""
         return generation_outcome(
             Generation(
                 parsed=self.parsed,

@@ -31,7 +31,7 @@ from openai_harmony import (
     load_harmony_encoding,
 )
 
-from gptoss_operator.vocab import ensure_offline_vocab
+from gptoss_operator.engine.vocab import ensure_offline_vocab
 
 ReasoningLevel = Literal["low", "medium", "high"]
 

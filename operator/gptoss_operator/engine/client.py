@@ -25,8 +25,8 @@ from typing import TypeVar
 
 import httpx
 
-from gptoss_operator.engine_load import requests_in_flight
-from gptoss_operator.sidecar.sse import Event, EventReader
+from gptoss_operator.engine.metrics import requests_in_flight
+from gptoss_operator.engine.sse import Event, EventReader
 
 # Seconds to wait for the end of a body after [DONE].
 DRAIN_SECONDS = 5.0

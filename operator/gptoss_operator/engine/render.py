@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from gptoss_operator.harmony import ChatMessage, Harmony, ReasoningLevel
+from gptoss_operator.engine.harmony import ChatMessage, Harmony, ReasoningLevel
 
 # Characters of message content below which rendering costs at most milliseconds.
 INLINE_LIMIT = 16_384

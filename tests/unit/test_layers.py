@@ -1,0 +1,115 @@
+"""The layers stay as drawn: read every product module's imports (no import runs) and
+check there are no cycles, between modules or between the top-level packages, and that
+the lower layers import nothing above them."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "operator" / "gptoss_operator"
+
+# What each layer may import from the product besides itself.
+LAYERS: dict[str, set[str]] = {
+    "api": {"versions"},
+    "engine": {"api"},
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def product_imports(path: Path) -> Iterator[str]:
+    """The product modules a file imports (``from gptoss_operator import x`` names x)."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "gptoss_operator":
+                yield from (f"gptoss_operator.{alias.name}" for alias in node.names)
+            elif node.module.startswith("gptoss_operator."):
+                yield node.module
+        elif isinstance(node, ast.Import):
+            yield from (a.name for a in node.names if a.name.startswith("gptoss_operator."))
+
+
+def graph() -> dict[str, set[str]]:
+    modules = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    edges: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets = set()
+        for imported in product_imports(path):
+            # ``from gptoss_operator.engine import client`` names a module or a symbol.
+            target = imported if imported in modules else imported.rsplit(".", 1)[0]
+            if target in modules and target != name:
+                targets.add(target)
+        edges[name] = targets
+    return edges
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one node (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for target in edges.get(node, ()):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(edges):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def top(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def test_no_module_imports_itself_back() -> None:
+    assert cycles(graph()) == []
+
+
+def test_no_two_top_level_packages_import_each_other() -> None:
+    edges: dict[str, set[str]] = {}
+    for source, targets in graph().items():
+        edges.setdefault(top(source), set()).update(
+            top(t) for t in targets if top(t) != top(source)
+        )
+    assert cycles(edges) == []
+
+
+def test_the_lower_layers_import_nothing_above_them() -> None:
+    wrong = [
+        (source, target)
+        for source, targets in graph().items()
+        for target in targets
+        if top(source) in LAYERS
+        and top(target) != top(source)
+        and top(target) not in LAYERS[top(source)]
+    ]
+    assert wrong == []
+
+
+def test_the_check_sees_a_cycle_when_there_is_one() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert "gptoss_operator.engine.client" in graph()["gptoss_operator.engine.generation"]
