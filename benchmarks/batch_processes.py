@@ -31,7 +31,7 @@ from lightkube import ApiError, Client
 from lightkube.operators import exists
 from lightkube.resources.core_v1 import ConfigMap, Pod, Secret
 
-from gptoss_operator import naming
+from gptoss_operator.core import naming
 from gptoss_operator.builders.batch import CONFIGMAP_ROOT, VOLUMES_ROOT
 from tests.cluster.model_helpers import finish_pod, running_pod, waiting_pod
 

@@ -92,7 +92,7 @@ def drop(world: Plane, namespace_prefix: str) -> None:
 def machine() -> dict[str, Any]:
     sys.path.insert(0, str(HERE.parent / "operator"))
     from gptoss_operator import __version__
-    from gptoss_operator.versions import VLLM_VERSION
+    from gptoss_operator.api.versions import VLLM_VERSION
     from gptoss_sandbox import binaries
 
     cpu = next((line.split(":", 1)[1].strip() for line in

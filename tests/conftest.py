@@ -105,7 +105,7 @@ def crds(kube: Client) -> list[str]:
 
     from gptoss_operator.api.crdgen import all_crds
     from gptoss_operator.builders import rbac
-    from gptoss_operator.settings import Settings
+    from gptoss_operator.core.settings import Settings
     from tests.support import wait_for
 
     names = []

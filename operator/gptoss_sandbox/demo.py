@@ -33,7 +33,7 @@ from lightkube.resources.core_v1 import Namespace, Pod
 from gptoss_operator.api.crdgen import all_crds
 from gptoss_operator.api.resources import GptOssModelResource, InferenceJobResource
 from gptoss_operator.builders import rbac
-from gptoss_operator.settings import Settings
+from gptoss_operator.core.settings import Settings
 from gptoss_sandbox import binaries
 from gptoss_sandbox.cluster import LocalCluster, free_port
 from gptoss_sandbox.demo_output import EXAMPLES, REPO_ROOT, note, say, wait_until

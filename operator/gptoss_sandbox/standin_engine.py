@@ -57,7 +57,7 @@ from typing import Any
 from aiohttp import web
 from openai_harmony import HarmonyEncoding, HarmonyEncodingName, load_harmony_encoding
 
-from gptoss_operator import versions as gptoss_versions
+from gptoss_operator.api import versions as gptoss_versions
 from gptoss_operator.engine.vocab import ensure_offline_vocab
 
 HOST = "127.0.0.1"

@@ -17,7 +17,7 @@ from typing import Any
 from lightkube import Client
 from lightkube.resources.core_v1 import Pod
 
-from gptoss_operator import naming
+from gptoss_operator.core import naming
 from tests.cluster.job_helpers import SidecarProcess
 
 

@@ -18,8 +18,8 @@ from lightkube import Client
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.types import PatchType
 
-from gptoss_operator import naming
 from gptoss_operator.api.resources import GptOssModelResource
+from gptoss_operator.core import naming
 from gptoss_sandbox.cluster import free_port
 from gptoss_sandbox.standin_engine import StandinEngine
 from tests.cluster.job_helpers import condition, create_job, job_status, wait_finished

@@ -19,9 +19,9 @@ from lightkube.resources.core_v1 import Namespace, ServiceAccount
 from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.resources.rbac_authorization_v1 import ClusterRole, Role
 
-from gptoss_operator import naming
+from gptoss_operator.api.versions import DEFAULT_VLLM_IMAGE
 from gptoss_operator.builders import rbac
-from gptoss_operator.versions import DEFAULT_VLLM_IMAGE
+from gptoss_operator.core import naming
 from gptoss_sandbox.standin_engine import StandinEngine
 from tests.cluster.chart_helpers import (
     CHART,
@@ -349,8 +349,8 @@ def test_install_runs_the_operator_with_only_the_charts_rbac(
 
 def _exported_metric_names() -> set[str]:
     """The series names the operator's /metrics serves for one model with jobs."""
-    from gptoss_operator import metrics
-    from gptoss_operator.job_janitor import JobFacts, ModelFacts
+    from gptoss_operator.controllers.job.janitor import JobFacts, ModelFacts
+    from gptoss_operator.core import metrics
 
     model = ModelFacts.from_status({"phase": "Ready", "readyReplicas": 1, "replicas": 1})
     job = JobFacts.from_body(

@@ -20,8 +20,8 @@ from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import Event, PersistentVolumeClaim
 from lightkube.resources.rbac_authorization_v1 import RoleBinding
 
-from gptoss_operator import naming
 from gptoss_operator.api.resources import GptOssModelResource, InferenceBatchResource
+from gptoss_operator.core import naming
 from gptoss_sandbox.cluster import SANDBOX_STORAGE_CLASS, free_port
 from gptoss_sandbox.standin_engine import StandinEngine
 from tests.cluster.chart_helpers import token_kubeconfig, tools

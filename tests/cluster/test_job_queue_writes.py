@@ -12,7 +12,7 @@ import uuid
 import pytest
 from lightkube import Client
 
-from gptoss_operator import naming
+from gptoss_operator.core import naming
 from tests.cluster.job_helpers import condition, create_job, job_status
 from tests.cluster.model_helpers import (
     MANUAL,

@@ -18,10 +18,10 @@ from lightkube.resources.core_v1 import ConfigMap
 from lightkube.types import PatchType
 
 from gptoss_operator.api.job import Phase
+from gptoss_operator.api.job_status import phase_fields, with_conditions
 from gptoss_operator.api.resources import InferenceJobResource
-from gptoss_operator.job_janitor import JobFacts, decide, status_patch
-from gptoss_operator.job_status import phase_fields, with_conditions
-from gptoss_operator.sidecar.store import JobStore, LostJob
+from gptoss_operator.controllers.job.janitor import JobFacts, decide, status_patch
+from gptoss_operator.workers.sidecar.store import JobStore, LostJob
 from tests.cluster.job_helpers import job_manifest
 from tests.conftest import ClusterUnderTest
 

@@ -24,9 +24,9 @@ from lightkube.resources.core_v1 import (
 from lightkube.resources.rbac_authorization_v1 import RoleBinding
 from lightkube.resources.storage_v1 import StorageClass
 
-from gptoss_operator import naming
 from gptoss_operator.api.model import GptOssModelSpec
 from gptoss_operator.api.resources import GptOssModelResource
+from gptoss_operator.core import naming
 from tests.cluster.model_helpers import (
     MANUAL,
     condition,

@@ -18,8 +18,8 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import PersistentVolumeClaim, Service, ServiceAccount
 
-from gptoss_operator import naming
 from gptoss_operator.api.resources import GptOssModelResource
+from gptoss_operator.core import naming
 from tests.cluster.model_helpers import (
     condition,
     create_model,

@@ -18,7 +18,7 @@ from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import PersistentVolumeClaim, Service
 
-from gptoss_operator import naming
+from gptoss_operator.core import naming
 from gptoss_sandbox.standin_engine import StandinEngine
 from tests.cluster.job_helpers import SidecarProcess, create_job, wait_finished
 from tests.cluster.model_helpers import create_model, wait_for_phase

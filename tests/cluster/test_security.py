@@ -38,7 +38,7 @@ from gptoss_operator.api.resources import (
 )
 from gptoss_operator.builders import ModelContext, download, rbac, serving
 from gptoss_operator.builders.batch import BatchContext, merge_job, shards_job
-from gptoss_operator.settings import Settings
+from gptoss_operator.core.settings import Settings
 from tests.cluster.chart_helpers import helm, install, token_kubeconfig
 from tests.cluster.job_helpers import create_job
 from tests.cluster.model_helpers import create_model, model_manifest, wait_for_phase

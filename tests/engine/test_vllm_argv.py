@@ -17,7 +17,7 @@ import yaml
 
 from gptoss_operator.api.model import GptOssModelSpec
 from gptoss_operator.builders import ModelContext, serving
-from gptoss_operator.settings import Settings
+from gptoss_operator.core.settings import Settings
 from gptoss_sandbox import vllm_argv_check
 from gptoss_sandbox.engine_venv import EngineVenv
 

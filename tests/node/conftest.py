@@ -36,7 +36,7 @@ from tests.cluster.model_helpers import create_model, wait_for_phase
 from tests.conftest import ClusterUnderTest
 from tests.support import wait_for
 
-from gptoss_operator import naming
+from gptoss_operator.core import naming
 from gptoss_sandbox import binaries, images, node
 from gptoss_sandbox.fake_hub import FakeHub
 from gptoss_sandbox.images import ImageArchive

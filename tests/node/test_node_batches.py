@@ -42,8 +42,8 @@ from tests.node.conftest import (
 from tests.node.test_node_engine import prompt_tokens, question_of_length
 from tests.support import wait_for
 
-from gptoss_operator import naming
 from gptoss_operator.api.resources import InferenceBatchResource
+from gptoss_operator.core import naming
 from gptoss_sandbox.node import HOST_IP, NODE_NAME, NODE_STORAGE_CLASS
 from gptoss_sandbox.s3_server import S3Server
 from gptoss_sandbox.tiny_gptoss import REPLY_FILE, SCRIPTED_ANALYSIS, SCRIPTED_ANSWER

@@ -44,7 +44,7 @@ from tests.node.conftest import (
 from tests.node.test_node_batches import create_batch, request_line, wait_batch_finished
 from tests.support import wait_for
 
-from gptoss_operator import naming
+from gptoss_operator.core import naming
 from gptoss_operator.engine.client import QUIET_SECONDS
 from gptoss_operator.engine.harmony import ChatMessage, Harmony
 from gptoss_sandbox import node

@@ -38,9 +38,9 @@ from tests.node.conftest import (
     engine_url,
 )
 
-from gptoss_operator import naming
+from gptoss_operator.controllers.autoscale.engine_load import EngineLoads
+from gptoss_operator.core import naming
 from gptoss_operator.engine.harmony import ChatMessage, Harmony
-from gptoss_operator.engine_load import EngineLoads
 from gptoss_sandbox.tiny_gptoss import REPLY_FILE, SCRIPTED_ANALYSIS, SCRIPTED_ANSWER
 
 pytestmark = [pytest.mark.cluster, pytest.mark.node]

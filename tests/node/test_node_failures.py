@@ -32,8 +32,8 @@ from tests.node.conftest import (
 )
 from tests.support import wait_for
 
-from gptoss_operator import naming
 from gptoss_operator.api.resources import InferenceBatchResource
+from gptoss_operator.core import naming
 from gptoss_sandbox import node
 from gptoss_sandbox.images import ImageArchive
 

@@ -28,7 +28,7 @@ from tests.node.conftest import (
 )
 from tests.support import wait_for
 
-from gptoss_operator import naming
+from gptoss_operator.core import naming
 from gptoss_operator.engine.harmony import ChatMessage, Harmony
 from gptoss_sandbox import node
 from gptoss_sandbox.images import ImageArchive

@@ -22,8 +22,8 @@ from tests.node.conftest import (
 )
 from tests.support import wait_for
 
-from gptoss_operator import naming
 from gptoss_operator.api.resources import InferenceJobResource
+from gptoss_operator.core import naming
 from gptoss_sandbox.images import ImageArchive
 from gptoss_sandbox.node import NODE_NAME
 from gptoss_sandbox.tiny_gptoss import SCRIPTED_ANSWER

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from gptoss_operator.api.model import Autoscaling, GptOssModelSpec
-from gptoss_operator.autoscaling import (
+from gptoss_operator.controllers.autoscale.decision import (
     SCALED_DOWN,
     SCALED_TO_ZERO,
     SCALED_UP,

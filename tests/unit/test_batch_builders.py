@@ -8,18 +8,18 @@ import json
 from typing import Any
 
 from gptoss_operator.api.batch import InferenceBatchSpec
+from gptoss_operator.api.batch_plan import BatchPlan
 from gptoss_operator.api.model import GptOssModelSpec
-from gptoss_operator.batch.plan import BatchPlan
-from gptoss_operator.batch_status import (
+from gptoss_operator.builders import ModelContext
+from gptoss_operator.builders.batch import BatchContext, merge_job, model_names, shards_job
+from gptoss_operator.controllers.batch.status import (
     Observed,
     batch_demand,
     batch_status,
     pod_trouble,
     status_changed,
 )
-from gptoss_operator.builders import ModelContext
-from gptoss_operator.builders.batch import BatchContext, merge_job, model_names, shards_job
-from gptoss_operator.settings import Settings
+from gptoss_operator.core.settings import Settings
 
 
 def context(model_spec: dict[str, Any] | None = None, **spec: Any) -> BatchContext:

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gptoss_operator.api.batch import RequestDefaults
-from gptoss_operator.batch.lines import (
+from gptoss_operator.workers.batch.lines import (
     MAX_LINE_BYTES,
     LineError,
     LineRequest,
@@ -19,7 +19,7 @@ from gptoss_operator.batch.lines import (
     invalid_line_record,
     parse_line,
 )
-from gptoss_operator.batch.storage import split_lines
+from gptoss_operator.workers.batch.storage import split_lines
 
 DEFAULTS = RequestDefaults()
 NAMES = {"gpt-oss-20b", "openai/gpt-oss-20b"}

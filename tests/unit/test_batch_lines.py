@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from gptoss_operator.api.batch import RequestDefaults
-from gptoss_operator.batch.lines import (
+from gptoss_operator.workers.batch.lines import (
     Answer,
     LineError,
     LineRequest,
@@ -17,8 +17,8 @@ from gptoss_operator.batch.lines import (
     invalid_line_record,
     parse_line,
 )
-from gptoss_operator.batch.parts import LineSet, decode_rows, encode_row
-from gptoss_operator.batch.storage import split_lines
+from gptoss_operator.workers.batch.parts import LineSet, decode_rows, encode_row
+from gptoss_operator.workers.batch.storage import split_lines
 
 DEFAULTS = RequestDefaults(maxTokens=100, temperature=0.5, reasoningLevel="low")
 NAMES = {"gpt-oss-20b", "openai/gpt-oss-20b"}

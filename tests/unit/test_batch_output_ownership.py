@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from gptoss_operator.api.batch import RequestDefaults
-from gptoss_operator.batch.plan import EXIT_CANNOT_RUN, BatchPlan, Place
+from gptoss_operator.api.batch_plan import EXIT_CANNOT_RUN, BatchPlan, Place
 from gptoss_sandbox.standin_engine import StandinEngine
 
 MODEL = "gpt-oss-test"

@@ -17,14 +17,15 @@ from typing import Any
 import pytest
 
 from gptoss_operator.api.batch import RequestDefaults, S3Location
-from gptoss_operator.batch.merge import merge
-from gptoss_operator.batch.ownership import OWNER, OutputInUse, Owner, claim_output
-from gptoss_operator.batch.parts import ERRORS, OUTPUT, SUMMARY
-from gptoss_operator.batch.plan import BatchPlan, Place, input_file, output_folder
-from gptoss_operator.batch.shard import ShardRunner
-from gptoss_operator.batch.storage import S3Folder
+from gptoss_operator.api.batch_plan import BatchPlan, Place
 from gptoss_operator.engine.client import EngineClient
 from gptoss_operator.engine.harmony import Harmony
+from gptoss_operator.workers.batch.merge import merge
+from gptoss_operator.workers.batch.ownership import OWNER, OutputInUse, Owner, claim_output
+from gptoss_operator.workers.batch.parts import ERRORS, OUTPUT, SUMMARY
+from gptoss_operator.workers.batch.plan import input_file, output_folder
+from gptoss_operator.workers.batch.shard import ShardRunner
+from gptoss_operator.workers.batch.storage import S3Folder
 from gptoss_sandbox.s3_server import S3Server
 from gptoss_sandbox.standin_engine import StandinEngine
 from tests.support import settled_count

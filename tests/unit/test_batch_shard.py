@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 
 from gptoss_operator.api.batch import RequestDefaults
-from gptoss_operator.batch.merge import LinesMissing, merge
-from gptoss_operator.batch.parts import ERRORS, OUTPUT, PARTS, SUMMARY
-from gptoss_operator.batch.plan import BatchPlan, Place
-from gptoss_operator.batch.shard import ShardRunner
-from gptoss_operator.batch.storage import VolumeFile, VolumeFolder
+from gptoss_operator.api.batch_plan import BatchPlan, Place
 from gptoss_operator.engine.client import EngineClient
 from gptoss_operator.engine.harmony import Harmony
+from gptoss_operator.workers.batch.merge import LinesMissing, merge
+from gptoss_operator.workers.batch.parts import ERRORS, OUTPUT, PARTS, SUMMARY
+from gptoss_operator.workers.batch.shard import ShardRunner
+from gptoss_operator.workers.batch.storage import VolumeFile, VolumeFolder
 from gptoss_sandbox.standin_engine import StandinEngine
 from tests.support import settled_count
 

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from gptoss_operator import naming
 from gptoss_operator.api.model import GptOssModelSpec
 from gptoss_operator.builders import (
     TOKEN_VOLUME,
@@ -21,8 +20,9 @@ from gptoss_operator.builders import (
     serving,
     storage,
 )
-from gptoss_operator.quantity import to_bytes
-from gptoss_operator.settings import Settings
+from gptoss_operator.core import naming
+from gptoss_operator.core.quantity import to_bytes
+from gptoss_operator.core.settings import Settings
 
 
 def _ctx(settings: Settings | None = None, **spec: Any) -> ModelContext:

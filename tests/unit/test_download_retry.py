@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from gptoss_operator.download_retry import (
+from gptoss_operator.controllers.model.download_retry import (
     ATTEMPT_LABEL,
     GENERATION_ANNOTATION,
     RETRY_ANNOTATION,

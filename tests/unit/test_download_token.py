@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gptoss_operator.download.downloader import DownloadError
-from gptoss_operator.download.token import (
+from gptoss_operator.workers.download.downloader import DownloadError
+from gptoss_operator.workers.download.token import (
     TOKEN_ENDPOINTS_ANNOTATION,
     TokenRef,
     allowed_endpoints,

@@ -10,7 +10,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 from aiohttp import web
 
-from gptoss_operator.engine_load import EngineLoads, ready_pod, requests_in_flight
+from gptoss_operator.controllers.autoscale.engine_load import (
+    EngineLoads,
+    ready_pod,
+    requests_in_flight,
+)
 from gptoss_sandbox.cluster import free_port
 
 PAGE = """\

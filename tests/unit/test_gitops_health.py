@@ -20,10 +20,10 @@ import pytest
 import yaml
 
 from gptoss_operator.api.job import Phase as JobPhase
-from gptoss_operator.batch_status import Observed as BatchObserved
-from gptoss_operator.batch_status import batch_status
-from gptoss_operator.job_status import queued, with_conditions
-from gptoss_operator.model_status import Observed, compute
+from gptoss_operator.api.job_status import queued, with_conditions
+from gptoss_operator.controllers.batch.status import Observed as BatchObserved
+from gptoss_operator.controllers.batch.status import batch_status
+from gptoss_operator.controllers.model.status import Observed, compute
 
 FILES = Path(__file__).resolve().parents[2] / "charts" / "gptoss-operator" / "files"
 MODEL_SCRIPT = FILES / "argocd-health-gptossmodel.lua"

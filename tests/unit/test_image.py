@@ -14,7 +14,7 @@ from gptoss_operator.api.batch import InferenceBatchSpec
 from gptoss_operator.api.model import GptOssModelSpec
 from gptoss_operator.builders import ModelContext, batch, download, serving
 from gptoss_operator.builders.batch import BatchContext
-from gptoss_operator.settings import Settings
+from gptoss_operator.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "images" / "Dockerfile"

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from gptoss_operator.job_janitor import (
+from gptoss_operator.controllers.job.janitor import (
     JobFacts,
     JobJanitor,
     LeaseClock,

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gptoss_operator.job_output import (
+from gptoss_operator.api.job_output import (
     CONFIG_MAP_BUDGET,
     STATUS_BUDGET,
     encoded_size,

@@ -5,7 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gptoss_operator.model_status import Observed, compute, pod_problem, termination_message
+from gptoss_operator.controllers.model.status import (
+    Observed,
+    compute,
+    pod_problem,
+    termination_message,
+)
 
 
 def _job(condition: str | None) -> dict[str, Any]:

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from gptoss_operator import naming
-from gptoss_operator.kube import NotOurs, is_ours
+from gptoss_operator.core import naming
+from gptoss_operator.core.kube import NotOurs, is_ours
 
 OWNER = {
     "apiVersion": "gptoss.ai/v1alpha1",

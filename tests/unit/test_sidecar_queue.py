@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gptoss_operator.sidecar.worker import CLAIM_CHOICES, Sidecar, SidecarConfig
+from gptoss_operator.workers.sidecar.worker import CLAIM_CHOICES, Sidecar, SidecarConfig
 
 
 def _job(index: int, phase: str = "Pending") -> dict[str, Any]:

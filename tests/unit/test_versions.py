@@ -7,8 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from gptoss_operator.settings import Settings
-from gptoss_operator.versions import DEFAULT_VLLM_IMAGE, VLLM_IMAGE_CUDA12, VLLM_VERSION
+from gptoss_operator.api.versions import DEFAULT_VLLM_IMAGE, VLLM_IMAGE_CUDA12, VLLM_VERSION
+from gptoss_operator.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from gptoss_operator import naming
-from gptoss_operator.model_reconciler import ReportedStatus, merge_patch
-from gptoss_operator.watched import Watched, child_entry, model_entry
+from gptoss_operator.controllers.model.reconciler import ReportedStatus, merge_patch
+from gptoss_operator.controllers.model.watched import Watched, child_entry, model_entry
+from gptoss_operator.core import naming
 
 
 def _obj(name: str, labels: dict[str, str], namespace: str = "ns") -> dict[str, Any]:

@@ -16,7 +16,7 @@ from gptoss_operator.api.common import (
     SecretKeyRef,
     conditions_field,
 )
-from gptoss_operator.versions import DEFAULT_VLLM_IMAGE
+from gptoss_operator.api.versions import DEFAULT_VLLM_IMAGE
 
 KIND = "GptOssModel"
 PLURAL = "gptossmodels"

@@ -11,7 +11,7 @@ from typing import Any
 
 from gptoss_operator.api.common import API_VERSION
 from gptoss_operator.api.model import KIND, GptOssModelSpec
-from gptoss_operator.settings import Settings
+from gptoss_operator.core.settings import Settings
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from gptoss_operator import naming
 from gptoss_operator.builders import ModelContext
+from gptoss_operator.core import naming
 
 
 def reference(ctx: ModelContext) -> dict[str, str]:

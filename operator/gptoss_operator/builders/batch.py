@@ -13,10 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gptoss_operator import naming
 from gptoss_operator.api.batch import InferenceBatchSpec, S3Location, VolumePath
+from gptoss_operator.api.batch_plan import EXIT_CANNOT_RUN, BatchPlan, Place
 from gptoss_operator.api.common import API_VERSION
-from gptoss_operator.batch.plan import EXIT_CANNOT_RUN, BatchPlan, Place
 from gptoss_operator.builders import (
     RESTRICTED_CONTAINER_SECURITY,
     RESTRICTED_POD_SECURITY,
@@ -27,6 +26,7 @@ from gptoss_operator.builders import (
     token_volume,
 )
 from gptoss_operator.builders.engine_config import batch_requests_per_shard
+from gptoss_operator.core import naming
 
 VOLUMES_ROOT = "/batch/volumes"
 CONFIGMAP_ROOT = "/batch/configmap"

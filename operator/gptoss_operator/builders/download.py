@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from gptoss_operator import naming
 from gptoss_operator.builders import (
     RESTRICTED_CONTAINER_SECURITY,
     RESTRICTED_POD_SECURITY,
     ModelContext,
 )
 from gptoss_operator.builders.storage import default_size
-from gptoss_operator.download_retry import ATTEMPT_LABEL, GENERATION_ANNOTATION, RETRY_ANNOTATION
-from gptoss_operator.quantity import to_bytes
+from gptoss_operator.core import naming
+from gptoss_operator.core.naming import ATTEMPT_LABEL, GENERATION_ANNOTATION, RETRY_ANNOTATION
+from gptoss_operator.core.quantity import to_bytes
 
 # Exit codes of gptoss-download for failures that no retry can fix.
 EXIT_UNAUTHORIZED = 10
@@ -38,7 +38,7 @@ def job(
     retry_token: str | None = None,
 ) -> dict[str, Any]:
     """Download Job ``attempt`` of the source ``digest``, recording what it was made
-    for (see ``gptoss_operator.download_retry``)."""
+    for (see ``gptoss_operator.controllers.model.download_retry``)."""
     source = ctx.spec.source
     download = ctx.spec.download
     env: list[dict[str, Any]] = [

@@ -37,9 +37,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from gptoss_operator import naming
 from gptoss_operator.api.batch import InferenceBatchSpec
 from gptoss_operator.api.model import GptOssModelSpec
+from gptoss_operator.core import naming
 
 NATIVE_CONTEXT = 131072
 RECIPE_BATCHED_TOKENS = 8192

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gptoss_operator import naming
 from gptoss_operator.builders import ModelContext
+from gptoss_operator.core import naming
 
 
 def network_policy(ctx: ModelContext) -> dict[str, Any] | None:

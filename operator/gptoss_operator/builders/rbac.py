@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from gptoss_operator import naming
 from gptoss_operator.api.common import GROUP
 from gptoss_operator.builders import ModelContext
+from gptoss_operator.core import naming
 
 # The downloader reports progress into its model's status; it reads nothing else.
 DOWNLOADER_RULES: list[dict[str, Any]] = [

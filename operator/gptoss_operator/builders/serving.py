@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from gptoss_operator import naming
 from gptoss_operator.api.model import GptOssModelSpec
 from gptoss_operator.builders import (
     RESTRICTED_CONTAINER_SECURITY,
@@ -17,6 +16,7 @@ from gptoss_operator.builders import (
     token_volume,
 )
 from gptoss_operator.builders.engine_config import is_120b, sidecar_in_flight, vllm_args
+from gptoss_operator.core import naming
 
 PROBE_PERIOD_SECONDS = 10
 # Port names are unique within a pod, and a probe resolves its port's name among its own

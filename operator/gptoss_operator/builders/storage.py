@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from gptoss_operator import naming
 from gptoss_operator.api.model import DeletionPolicy, GptOssModelSpec
 from gptoss_operator.builders import ModelContext
+from gptoss_operator.core import naming
 
 # Room for the files vLLM loads (repo root) and, without excludePatterns, every copy.
 _SIZES = {"gpt-oss-120b": "150Gi", "gpt-oss-20b": "40Gi"}

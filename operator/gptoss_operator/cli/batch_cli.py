@@ -288,7 +288,7 @@ def show_results(args: argparse.Namespace, client: Client, namespace: str) -> in
             file=sys.stderr,
         )
         return 4
-    from gptoss_operator.batch.storage import s3_client
+    from gptoss_operator.workers.batch.storage import s3_client
 
     bucket, _, key = url.removeprefix("s3://").partition("/")
     body = s3_client(output.s3).get_object(Bucket=bucket, Key=key)["Body"]

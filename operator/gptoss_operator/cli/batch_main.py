@@ -27,22 +27,21 @@ from pathlib import Path
 from typing import Any
 
 from gptoss_operator.api.batch import ShardProgress
-from gptoss_operator.batch.merge import LinesMissing, merge
-from gptoss_operator.batch.ownership import OutputInUse, Owner, claim_output
-from gptoss_operator.batch.plan import (
+from gptoss_operator.api.batch_plan import (
     EXIT_CANNOT_RUN,
     EXIT_SIGNAL,
     EXIT_STORAGE,
     PLAN_ENV,
     BatchPlan,
-    input_file,
-    output_folder,
 )
-from gptoss_operator.batch.shard import ShardRunner
-from gptoss_operator.batch.storage import OutputFolder, StorageError
-from gptoss_operator.conditions import timestamp
+from gptoss_operator.api.conditions import timestamp
 from gptoss_operator.engine.client import QUIET_SECONDS, EngineClient
 from gptoss_operator.engine.harmony import Harmony
+from gptoss_operator.workers.batch.merge import LinesMissing, merge
+from gptoss_operator.workers.batch.ownership import OutputInUse, Owner, claim_output
+from gptoss_operator.workers.batch.plan import input_file, output_folder
+from gptoss_operator.workers.batch.shard import ShardRunner
+from gptoss_operator.workers.batch.storage import OutputFolder, StorageError
 
 log = logging.getLogger("gptoss.batch")
 TERMINATION_LOG = "/dev/termination-log"

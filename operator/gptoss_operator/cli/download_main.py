@@ -5,7 +5,7 @@ GPTOSS_EXCLUDE_PATTERNS (comma-separated), GPTOSS_SOURCE_HASH, GPTOSS_DATA_DIR,
 GPTOSS_STALL_TIMEOUT_SECONDS, GPTOSS_VOLUME_CAPACITY_BYTES, HF_ENDPOINT, and
 GPTOSS_MODEL / GPTOSS_NAMESPACE to report progress into that GptOssModel's status. The
 token comes from the Secret GPTOSS_TOKEN_SECRET (key GPTOSS_TOKEN_KEY), read with the
-Job's own identity (see ``gptoss_operator.download.token``); HF_TOKEN is for running it
+Job's own identity (see ``gptoss_operator.workers.download.token``); HF_TOKEN is for running it
 by hand.
 The exit code tells the Job whether to retry; the termination message (JSON) says why.
 """
@@ -24,17 +24,17 @@ from typing import Any
 
 from lightkube import Client
 
+from gptoss_operator.api.conditions import timestamp
 from gptoss_operator.builders.download import EXIT_STALLED
-from gptoss_operator.conditions import timestamp
-from gptoss_operator.download.downloader import (
+from gptoss_operator.workers.download.downloader import (
     DownloadConfig,
     DownloadError,
     Progress,
     download,
 )
-from gptoss_operator.download.layout import Layout
-from gptoss_operator.download.reporter import NullReporter, StatusReporter
-from gptoss_operator.download.token import TokenRef, read_token
+from gptoss_operator.workers.download.layout import Layout
+from gptoss_operator.workers.download.reporter import NullReporter, StatusReporter
+from gptoss_operator.workers.download.token import TokenRef, read_token
 
 log = logging.getLogger("gptoss.download")
 TERMINATION_LOG = "/dev/termination-log"

@@ -37,9 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     kopf.configure(verbose=args.verbose)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("kopf.objects").addFilter(_QuietChildEvents())
-    import gptoss_operator.handlers.batch
-    import gptoss_operator.handlers.job
-    import gptoss_operator.handlers.model  # noqa: F401 - importing registers the handlers
+    import gptoss_operator.controllers.batch.handlers
+    import gptoss_operator.controllers.job.handlers
+    import gptoss_operator.controllers.model.handlers  # noqa: F401 - importing registers the handlers
 
     asyncio.run(
         kopf.operator(

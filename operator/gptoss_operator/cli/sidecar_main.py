@@ -23,8 +23,8 @@ import sys
 from lightkube import AsyncClient
 
 from gptoss_operator.engine.client import QUIET_SECONDS
-from gptoss_operator.sidecar.health import start_health_server
-from gptoss_operator.sidecar.worker import Sidecar, SidecarConfig
+from gptoss_operator.workers.sidecar.health import start_health_server
+from gptoss_operator.workers.sidecar.worker import Sidecar, SidecarConfig
 
 
 def config_from_env(env: dict[str, str]) -> SidecarConfig:

@@ -30,9 +30,9 @@ from pydantic import ValidationError
 
 from gptoss_operator import __version__
 from gptoss_operator.api.job import FINISHED_PHASES, InferenceJobSpec
+from gptoss_operator.api.job_output import join
 from gptoss_operator.api.resources import InferenceJobResource
 from gptoss_operator.cli import batch_cli
-from gptoss_operator.job_output import join
 
 
 def build_parser() -> argparse.ArgumentParser:

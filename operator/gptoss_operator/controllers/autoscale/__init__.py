@@ -1,0 +1,1 @@
+"""The autoscaler: its decision (pure), its loop, and vLLM's own load."""

@@ -1,0 +1,1 @@
+"""InferenceBatch: the shards' Indexed Job, the merge Job and the batch's status."""

@@ -1,0 +1,84 @@
+"""In-memory indexes kopf keeps from its watches: no API reads to look things up.
+
+The indexers are coroutines: kopf runs plain functions in a thread pool, a hop per watch
+event that costs more than the indexing itself."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import kopf
+
+from gptoss_operator.api import job as job_api
+from gptoss_operator.api import model as model_api
+from gptoss_operator.api.common import GROUP, VERSION
+from gptoss_operator.controllers.autoscale.engine_load import ready_pod
+from gptoss_operator.controllers.job.janitor import JobFacts, ModelFacts
+from gptoss_operator.controllers.model import watched
+from gptoss_operator.core import naming
+
+MANAGED = {naming.MANAGED_BY_LABEL: naming.MANAGED_BY}
+SERVER_PODS = {**MANAGED, "app.kubernetes.io/component": naming.COMPONENT_SERVER}
+
+
+@kopf.index(GROUP, VERSION, job_api.PLURAL)
+async def inference_jobs(body: kopf.Body, **_: Any) -> dict[tuple[str, str], JobFacts]:
+    """(namespace, model) -> facts of each InferenceJob for that model."""
+    facts = JobFacts.from_body(body)
+    return {(facts.namespace, facts.model): facts}
+
+
+@kopf.index(GROUP, VERSION, model_api.PLURAL)
+async def model_phases(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[tuple[str, str], ModelFacts]:
+    """(namespace, name) -> phase, replicas and autoscaling policy of each GptOssModel."""
+    return {(namespace or "", name): ModelFacts.from_body(body)}
+
+
+@kopf.on.startup()
+async def make_indexed_event(memo: Any, **_: Any) -> None:
+    """Set by the first handler call (kopf calls handlers once it has filled every
+    index; see handlers/job.py and handlers/model.py): what reads the indexes waits for
+    it."""
+    memo.indexed = asyncio.Event()
+
+
+def _is_ready(body: kopf.Body, **_: Any) -> bool:
+    return ready_pod(body) is not None
+
+
+@kopf.index("", "v1", "pods", labels=SERVER_PODS, when=_is_ready)
+async def server_pods(
+    body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
+) -> dict[tuple[str, str], str]:
+    """(namespace, model) -> IP of each ready vLLM pod (a pod that stops being ready
+    leaves the index: it no longer matches the filter)."""
+    return {(namespace or "", labels.get(naming.MODEL_LABEL, "")): ready_pod(body) or ""}
+
+
+# The models and their children, as the model's reconcile reads them (see
+# gptoss_operator.controllers.model.watched): one index per kind, named as the model's
+# handlers ask for them.
+
+
+@kopf.index(GROUP, VERSION, model_api.PLURAL)
+async def model_bodies(body: kopf.Body, **_: Any) -> dict[watched.Key, dict[str, Any]]:
+    return watched.model_entry(body)
+
+
+CHILD_KINDS = {
+    "model_claims": ("", "v1", "persistentvolumeclaims"),
+    "model_jobs": ("batch", "v1", "jobs"),
+    "model_pods": ("", "v1", "pods"),
+    "model_deployments": ("apps", "v1", "deployments"),
+}
+
+
+async def model_child(body: kopf.Body, **_: Any) -> dict[watched.Key, dict[str, Any]] | None:
+    return watched.child_entry(body)
+
+
+for index_id, (group, version, plural) in CHILD_KINDS.items():
+    kopf.index(group, version, plural, labels=MANAGED, id=index_id)(model_child)

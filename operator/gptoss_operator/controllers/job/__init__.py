@@ -1,0 +1,1 @@
+"""InferenceJob: the queue's housekeeping (leases, deadlines, retention) and job status."""

@@ -1,0 +1,551 @@
+"""The operator's part in InferenceJobs: queue state, lost workers, deadlines, TTL.
+
+Sidecars claim and run jobs; the operator looks after everything around them:
+
+- a job for a missing or not-serving model stays Pending with a condition that says why
+  (ModelNotFound, WaitingForModel, ModelWaking), never silently. A model serves while any replica is
+  ready, so one of N replicas restarting rewrites no job;
+- a Running job whose lease lapsed (its pod died) goes back to Pending, with the attempt
+  counted, until ``backoffLimit`` is spent. A lease's age is how long the operator has
+  seen it unchanged, by the operator's own clock (:class:`LeaseClock`): the sidecar's
+  renewTime is compared with nothing, so clocks that disagree cause no false requeue and
+  hide no dead worker;
+- ``activeDeadlineSeconds`` fails jobs still queued; ``ttlSecondsAfterFinished`` deletes
+  finished ones;
+- each model's ``status.queue`` counts its Pending and Running jobs.
+
+Decisions are pure (:func:`decide`) over small facts the operator keeps in memory from
+its watch (a kopf index), so a pass over thousands of jobs costs no API reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from lightkube import ApiError, AsyncClient
+from lightkube.types import PatchType
+from pydantic import ValidationError
+
+from gptoss_operator.api.conditions import parse_time, timestamp
+from gptoss_operator.api.job import FINISHED_PHASES, Phase
+from gptoss_operator.api.job_status import (
+    charged_attempts,
+    deadline_passed,
+    queued,
+    with_conditions,
+)
+from gptoss_operator.api.model import Autoscaling
+from gptoss_operator.api.model import Phase as ModelPhase
+from gptoss_operator.api.resources import GptOssModelResource, InferenceJobResource
+from gptoss_operator.core import metrics
+from gptoss_operator.core.kube import is_status
+from gptoss_operator.core.retry import is_transient
+
+log = logging.getLogger(__name__)
+
+
+# Reasons a Running job went back to Pending; they say more than "Queued" does.
+REQUEUE_REASONS = ("WorkerLost", "WorkerShutdown", "EngineUnavailable")
+# While a pass writes many jobs, the models' queues are counted again this often.
+RECOUNT_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class JobFacts:
+    """What the operator remembers of one InferenceJob."""
+
+    namespace: str
+    name: str
+    model: str
+    resource_version: str
+    generation: int | None
+    phase: str
+    scheduled_reason: str | None
+    worker: str | None
+    attempts: int
+    charged_attempts: int
+    backoff_limit: int
+    created: str | None
+    active_deadline_seconds: int | None
+    ttl_seconds_after_finished: int | None
+    completion_time: str | None
+    status: Mapping[str, Any]
+    has_status: bool
+
+    @property
+    def lease_token(self) -> tuple[Any, ...]:
+        return lease_token({**self.status, "worker": self.worker, "attempts": self.attempts})
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> JobFacts:
+        metadata = body.get("metadata") or {}
+        spec = body.get("spec") or {}
+        status = body.get("status") or {}
+        scheduled = next(
+            (c for c in status.get("conditions") or [] if c.get("type") == "Scheduled"), None
+        )
+        return cls(
+            namespace=str(metadata.get("namespace", "")),
+            name=str(metadata.get("name", "")),
+            model=str((spec.get("modelRef") or {}).get("name", "")),
+            resource_version=str(metadata.get("resourceVersion", "")),
+            generation=metadata.get("generation"),
+            phase=str(status.get("phase") or Phase.PENDING.value),
+            scheduled_reason=scheduled.get("reason") if scheduled else None,
+            worker=status.get("worker"),
+            attempts=int(status.get("attempts") or 0),
+            charged_attempts=charged_attempts(status),
+            backoff_limit=int(spec.get("backoffLimit", 3)),
+            created=metadata.get("creationTimestamp"),
+            active_deadline_seconds=spec.get("activeDeadlineSeconds"),
+            ttl_seconds_after_finished=spec.get("ttlSecondsAfterFinished"),
+            completion_time=status.get("completionTime"),
+            status={
+                key: status[key]
+                for key in ("conditions", "lease", "startTime", "message")
+                if key in status
+            },
+            has_status=bool(body.get("status")),
+        )
+
+
+def lease_token(status: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What changes when a lease is renewed, claimed again or retried in place."""
+    lease = status.get("lease") or {}
+    return (
+        status.get("worker"),
+        int(status.get("attempts") or 0),
+        lease.get("renewTime"),
+        lease.get("acquireTime"),
+    )
+
+
+def _autoscaling(value: Any) -> Autoscaling | None:
+    """The policy, or None when there is none (or it cannot be read: the apiserver holds
+    it to the schema, so only a CRD older than the reader gets here)."""
+    if not value:
+        return None
+    try:
+        return Autoscaling.model_validate(value)
+    except ValidationError:
+        log.warning("ignoring an unreadable spec.serving.autoscaling: %s", value)
+        return None
+
+
+# What a job sees of a model at zero pods that its autoscaler will wake for the queue.
+WAKING = "Waking"
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the operator remembers of one GptOssModel."""
+
+    phase: str
+    ready_replicas: int = 0
+    replicas: int | None = None  # status.replicas: the pods the operator last asked for
+    uid: str = ""
+    autoscaling: Autoscaling | None = None
+    concurrency: int = 64
+    serving_reason: str | None = None
+
+    @classmethod
+    def from_status(cls, status: Mapping[str, Any]) -> ModelFacts:
+        serving: Mapping[str, Any] = next(
+            (c for c in status.get("conditions") or [] if c.get("type") == "Serving"), {}
+        )
+        replicas = status.get("replicas")
+        return cls(
+            str(status.get("phase") or ModelPhase.PENDING.value),
+            int(status.get("readyReplicas") or 0),
+            int(replicas) if replicas is not None else None,
+            serving_reason=serving.get("reason"),
+        )
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> ModelFacts:
+        spec = body.get("spec") or {}
+        serving = spec.get("serving") or {}
+        facts = cls.from_status(body.get("status") or {})
+        return replace(
+            facts,
+            uid=str((body.get("metadata") or {}).get("uid", "")),
+            autoscaling=_autoscaling(serving.get("autoscaling")),
+            concurrency=int((spec.get("sidecar") or {}).get("concurrency", 64)),
+        )
+
+    @property
+    def queue_phase(self) -> str:
+        """The phase as its jobs see it: a model Starting while some replica is ready
+        (one of N restarting, a rollout) still takes jobs; one at zero pods that its
+        autoscaler wakes for them, or woke and is loading, is Waking."""
+        if self.ready_replicas > 0 and self.phase == ModelPhase.STARTING.value:
+            return ModelPhase.READY.value
+        at_zero = self.phase == ModelPhase.SCALED_TO_ZERO.value
+        if (
+            self.autoscaling
+            and not self.ready_replicas
+            and (at_zero or self.serving_reason == WAKING)
+        ):
+            return WAKING
+        return self.phase
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str  # "status" (set status fields), "delete"
+    reason: str = ""
+    status: dict[str, Any] | None = None
+    remove: tuple[str, ...] = ()
+
+
+def decide(
+    facts: JobFacts,
+    model_phase: str | None,
+    now: datetime.datetime,
+    lease_age: float | None = None,
+) -> Action | None:
+    """What, if anything, to do with a job now.
+
+    ``lease_age``: seconds the operator has seen a Running job's lease unchanged (None:
+    not observed yet, so not lapsed).
+    """
+    status = dict(facts.status)
+    finished = facts.phase in FINISHED_PHASES
+    if finished:
+        done_at = parse_time(facts.completion_time)
+        ttl = facts.ttl_seconds_after_finished
+        if ttl is not None and done_at is not None and (now - done_at).total_seconds() >= ttl:
+            return Action("delete", "TTLExpired")
+        return None
+    if facts.phase == Phase.RUNNING.value:
+        duration = float((status.get("lease") or {}).get("durationSeconds", 30))
+        if lease_age is None or lease_age <= duration:
+            return None
+        worker = facts.worker or "the worker"
+        if deadline_passed(facts.created, facts.active_deadline_seconds, now):
+            return _fail(
+                facts,
+                status,
+                "DeadlineExceeded",
+                f"activeDeadlineSeconds ({facts.active_deadline_seconds}) passed "
+                f"after {worker} stopped renewing its lease",
+            )
+        if facts.charged_attempts >= facts.backoff_limit + 1:
+            return _fail(
+                facts,
+                status,
+                "BackoffLimitExceeded",
+                f"{worker} stopped renewing its lease on attempt {facts.attempts}; "
+                f"backoffLimit ({facts.backoff_limit}) reached",
+            )
+        requeued = queued(
+            status,
+            "WorkerLost",
+            f"{worker} stopped renewing its lease during attempt {facts.attempts}; "
+            "requeued for another worker",
+            facts.generation,
+        )
+        requeued.pop("lease", None)
+        return Action("status", "WorkerLost", requeued, remove=("lease",))
+    # Pending.
+    if deadline_passed(facts.created, facts.active_deadline_seconds, now):
+        return _fail(
+            facts,
+            status,
+            "DeadlineExceeded",
+            f"activeDeadlineSeconds ({facts.active_deadline_seconds}) passed while the "
+            "job was queued",
+        )
+    if model_phase is None:
+        reason, message = (
+            "ModelNotFound",
+            (
+                f"GptOssModel {facts.model!r} does not exist in namespace {facts.namespace}; "
+                "the job waits for it"
+            ),
+        )
+    elif model_phase == WAKING:
+        reason, message = (
+            "ModelWaking",
+            (
+                f"GptOssModel {facts.model!r} is waking from zero pods for its queue; the "
+                "job runs once a pod has loaded the weights"
+            ),
+        )
+    elif model_phase != ModelPhase.READY.value:
+        reason, message = (
+            "WaitingForModel",
+            (f"GptOssModel {facts.model!r} is {model_phase}; the job runs once it is Ready"),
+        )
+    else:
+        # Waiting for a worker of a serving model says nothing new: no write (the model's
+        # status.queue counts the job). Only a job that said something else (the model
+        # was missing or not ready) is told it is queued now.
+        if facts.scheduled_reason in (None, "Queued", *REQUEUE_REASONS):
+            return None
+        reason, message = "Queued", f"waiting for a worker of GptOssModel {facts.model!r}"
+    if facts.scheduled_reason == reason:
+        return None
+    return Action("status", reason, queued(status, reason, message, facts.generation))
+
+
+def _fail(facts: JobFacts, status: dict[str, Any], reason: str, message: str) -> Action:
+    failed = with_conditions(status, Phase.FAILED, reason, message, facts.generation)
+    failed.pop("lease", None)
+    failed["completionTime"] = timestamp()
+    failed["finishReason"] = "error"
+    return Action("status", reason, failed, remove=("lease",))
+
+
+def queue_counts(jobs: Iterable[JobFacts]) -> dict[tuple[str, str], dict[str, int]]:
+    counts: dict[tuple[str, str], Counter[str]] = {}
+    for job in jobs:
+        counts.setdefault((job.namespace, job.model), Counter())[job.phase] += 1
+    return {
+        key: {"pending": counter[Phase.PENDING.value], "running": counter[Phase.RUNNING.value]}
+        for key, counter in counts.items()
+    }
+
+
+class LeaseClock:
+    """How long each Running job's lease has stayed unchanged, by this process's clock.
+
+    A lease changes when its holder renews it (renewTime), or when a claim or retry
+    replaces it (worker, attempts, acquireTime). Observations start when the operator
+    does: after a restart a dead worker's job is requeued one lease duration later.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._seen: dict[tuple[str, str], tuple[tuple[Any, ...], float]] = {}
+
+    def age(self, job: JobFacts) -> float:
+        token = job.lease_token
+        key = (job.namespace, job.name)
+        now = self.clock()
+        seen = self._seen.get(key)
+        if seen is None or seen[0] != token:
+            self._seen[key] = (token, now)
+            return 0.0
+        return now - seen[1]
+
+    def restart_all(self) -> None:
+        """Start every lease's age over: what was seen may be stale (the apiserver was
+        out of reach, so renewals could not be seen either)."""
+        now = self.clock()
+        self._seen = {key: (token, now) for key, (token, _) in self._seen.items()}
+
+    def keep_only(self, running: Iterable[JobFacts]) -> None:
+        """Forget jobs that are no longer Running."""
+        keys = {(job.namespace, job.name) for job in running}
+        for key in set(self._seen) - keys:
+            del self._seen[key]
+
+
+class JobJanitor:
+    """Applies :func:`decide` to every known job when something may have changed.
+
+    A pass over every job runs when the indexes changed (:meth:`touch`, called for every
+    watch event), when the earliest moment a decision can change falls due (a lease
+    lapsing, a deadline, a TTL), and at least every ``full_pass_seconds``. A queue of
+    thousands of waiting jobs thus costs nothing while it waits.
+    """
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        jobs: Mapping[Any, Iterable[JobFacts]],
+        models: Mapping[Any, Iterable[ModelFacts]],
+        interval: float = 1.0,
+        indexed: asyncio.Event | None = None,
+        full_pass_seconds: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC),
+    ) -> None:
+        self.client = client
+        self.jobs = jobs
+        self.models = models
+        self.interval = interval
+        # Set once the indexes hold what the apiserver has: acting on half-filled indexes
+        # would write ModelNotFound to jobs whose model is not indexed yet.
+        self.indexed = indexed
+        self.full_pass_seconds = full_pass_seconds
+        self.clock = clock  # paces passes and ages leases
+        self.wall_clock = wall_clock  # compared with the apiserver's timestamps
+        self.leases = LeaseClock(clock)
+        self._unreachable = False  # the last live read failed for the apiserver's sake
+        self._queues: dict[tuple[str, str], dict[str, int]] = {}
+        self._changed = True
+        self._next_due = 0.0  # on self.clock
+        self._last_pass = -math.inf
+        self.passes = 0
+
+    def touch(self) -> None:
+        """Something in the indexes changed: look at every job on the next step."""
+        self._changed = True
+
+    async def run_forever(self) -> None:
+        if self.indexed is not None:
+            await self.indexed.wait()
+        while True:
+            try:
+                await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("InferenceJob housekeeping pass failed")
+            await asyncio.sleep(self.interval)
+
+    async def step(self) -> None:
+        """One pass over every job, if anything may have changed since the last one."""
+        now = self.clock()
+        if (
+            self._changed
+            or now >= self._next_due
+            or now - self._last_pass >= self.full_pass_seconds
+        ):
+            self._changed = False
+            self._last_pass = now
+            try:
+                await self.tick()
+            except BaseException:
+                self._changed = True  # not done: the next step tries again
+                raise
+
+    def _model_phase(self, namespace: str, model: str) -> str | None:
+        facts = list(self.models.get((namespace, model), []))
+        return facts[0].queue_phase if facts else None
+
+    async def tick(self) -> None:
+        """Count the queues first (one write per model), then act on each job, counting
+        again now and then: a pass over thousands of newly due jobs takes a while."""
+        self.passes += 1
+        now = self.wall_clock()
+        everything = self._all_jobs()
+        await self._publish_queues(everything)
+        counted = self.clock()
+        running = [job for job in everything if job.phase == Phase.RUNNING.value]
+        self.leases.keep_only(running)
+        next_due = math.inf
+        for job in everything:
+            age = self.leases.age(job) if job.phase == Phase.RUNNING.value else None
+            next_due = min(next_due, self._due_in(job, now, age))
+            action = decide(job, self._model_phase(job.namespace, job.model), now, age)
+            if action is None:
+                continue
+            if job.phase == Phase.RUNNING.value and not await self._lease_still_lapsed(job):
+                continue
+            await self._apply(job, action)
+            if self.clock() - counted >= RECOUNT_SECONDS:
+                await self._publish_queues(self._all_jobs())
+                counted = self.clock()
+        self._next_due = self.clock() + next_due
+        await self._publish_queues(self._all_jobs())
+
+    def _all_jobs(self) -> list[JobFacts]:
+        return [job for store in list(self.jobs.values()) for job in store]
+
+    @staticmethod
+    def _due_in(job: JobFacts, now: datetime.datetime, lease_age: float | None) -> float:
+        """Seconds until a decision about the job may change with time alone."""
+        if job.phase == Phase.RUNNING.value:
+            duration = float((job.status.get("lease") or {}).get("durationSeconds", 30))
+            return max(0.0, duration - (lease_age or 0.0)) + 0.001
+        seconds: float | None
+        if job.phase in FINISHED_PHASES:
+            start, seconds = parse_time(job.completion_time), job.ttl_seconds_after_finished
+        else:
+            start, seconds = parse_time(job.created), job.active_deadline_seconds
+        if start is None or seconds is None:
+            return math.inf
+        return max(0.0, seconds - (now - start).total_seconds())
+
+    async def _lease_still_lapsed(self, job: JobFacts) -> bool:
+        """Before taking a job from its worker, read it live: the index may lag behind
+        renewals. When the apiserver cannot be read, renewals could not be made or seen
+        either, so every lease gets its full duration again once it can."""
+        try:
+            live = await self.client.get(InferenceJobResource, job.name, namespace=job.namespace)
+        except Exception as error:
+            if is_transient(error):
+                log.warning("the apiserver is out of reach (%s): leases start over", error)
+                self.leases.restart_all()
+                self._unreachable = True
+            elif not is_status(error, 404):
+                log.warning("could not read %s/%s: %s", job.namespace, job.name, error)
+            return False
+        if self._unreachable:
+            # Back after an outage: workers get a whole lease duration from now to renew.
+            self._unreachable = False
+            self.leases.restart_all()
+            return False
+        return lease_token(dict(live.to_dict().get("status") or {})) == job.lease_token
+
+    async def _apply(self, job: JobFacts, action: Action) -> None:
+        try:
+            if action.kind == "delete":
+                await self.client.delete(InferenceJobResource, job.name, namespace=job.namespace)
+                log.info("deleted %s/%s: ttlSecondsAfterFinished passed", job.namespace, job.name)
+                metrics.count("job_actions", reason=action.reason)
+                return
+            ops = status_patch(job, action)
+            await self.client.patch(
+                InferenceJobResource.Status,
+                job.name,
+                ops,
+                namespace=job.namespace,
+                patch_type=PatchType.JSON,
+            )
+            log.info("%s/%s: %s", job.namespace, job.name, action.reason)
+            metrics.count("job_actions", reason=action.reason)
+        except ApiError as error:
+            if error.status.code not in (404, 409, 422):
+                raise
+            # The job changed since we saw it (a sidecar claimed it): look again next pass.
+
+    async def _publish_queues(self, jobs: list[JobFacts]) -> None:
+        counts = queue_counts(jobs)
+        for key in set(self._queues) - set(counts):
+            counts[key] = {"pending": 0, "running": 0}
+        for (namespace, model), queue in counts.items():
+            if self._queues.get((namespace, model)) == queue:
+                continue
+            if self._model_phase(namespace, model) is None:
+                self._queues[(namespace, model)] = queue
+                continue
+            try:
+                await self.client.patch(
+                    GptOssModelResource.Status,
+                    model,
+                    {"status": {"queue": queue}},
+                    namespace=namespace,
+                    patch_type=PatchType.MERGE,
+                )
+                self._queues[(namespace, model)] = queue
+            except ApiError as error:
+                if error.status.code != 404:
+                    raise
+
+
+def status_patch(job: JobFacts, action: Action) -> list[dict[str, Any]]:
+    """A JSON Patch that applies the action only to the version of the job it saw."""
+    ops: list[dict[str, Any]] = [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": job.resource_version}
+    ]
+    if not job.has_status:
+        ops.append({"op": "add", "path": "/status", "value": {}})
+    for key, value in (action.status or {}).items():
+        if value is not None:
+            ops.append({"op": "add", "path": f"/status/{key}", "value": value})
+    ops += [
+        {"op": "remove", "path": f"/status/{key}"} for key in action.remove if key in job.status
+    ]
+    return ops

@@ -1,0 +1,1 @@
+"""GptOssModel: the download Job, the vLLM Deployment and Service, the model's status."""

@@ -1,1 +1,0 @@
-"""kopf handlers, one module per kind. Importing a module registers its handlers."""

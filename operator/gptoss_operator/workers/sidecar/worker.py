@@ -1,0 +1,669 @@
+"""The sidecar's main loop: find Pending jobs for this model, claim them, run them.
+
+Up to ``concurrency`` jobs run at once so vLLM can batch them. Each running job renews
+its lease (and reports progress) every few seconds; a job whose lease lapses (the pod
+died) is requeued by the operator and claimed by another worker.
+
+Jobs are found by a watch, and every ``resync_seconds`` by a list of the model's
+unfinished jobs: a watch whose connection went half-open delivers nothing and reports no
+error, so when the list finds Pending jobs the watch never delivered, the watch is
+restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import heapq
+import logging
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lightkube import AsyncClient
+from lightkube.operators import not_in
+from lightkube.types import OnErrorAction, OnErrorResult
+
+from gptoss_operator.api.conditions import format_duration, parse_time, timestamp
+from gptoss_operator.api.job import FINISHED_PHASES, InferenceJobSpec, Phase
+from gptoss_operator.api.job_output import layout
+from gptoss_operator.api.job_status import phase_fields, queued, with_conditions
+from gptoss_operator.api.resources import InferenceJobResource
+from gptoss_operator.engine.attempts import Verdict, decide
+from gptoss_operator.engine.client import (
+    QUIET_SECONDS,
+    EngineClient,
+    EngineError,
+    SamplingParams,
+)
+from gptoss_operator.engine.generation import EngineGate, Progress, RunResult, generate
+from gptoss_operator.engine.harmony import ChatMessage, Harmony
+from gptoss_operator.engine.render import PromptRenderer
+from gptoss_operator.workers.sidecar.store import JobStore, LostJob, claim_facts
+
+# How many of the oldest pending jobs a worker chooses from (see Sidecar._next_pending).
+CLAIM_CHOICES = 16
+# How many claims a worker makes at once.
+CLAIMS_IN_FLIGHT = 8
+
+
+def claim_rank(worker: str, job: str) -> int:
+    """This worker's preference for a job: the same everywhere, different per worker."""
+    return zlib.crc32(f"{worker}/{job}".encode())
+
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SidecarConfig:
+    model: str
+    namespace: str
+    worker: str
+    engine_url: str = "http://127.0.0.1:8000"
+    # The API key the engine requires on /v1; kept out of repr (and so out of logs).
+    engine_api_key: str | None = field(default=None, repr=False)
+    concurrency: int = 64
+    lease_seconds: int = 30
+    heartbeat_seconds: float = 5.0
+    engine_quiet_seconds: float = QUIET_SECONDS
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 30.0
+    # How long a pod that is shutting down waits for answers being written.
+    finish_grace_seconds: float = 10.0
+    resync_seconds: float = 60.0
+    watch_timeout_seconds: int = 240
+
+
+def _retry_watch(error: Exception, count: int) -> OnErrorResult:
+    log.warning("watch failed (%s); retrying", error)
+    return OnErrorResult(OnErrorAction.RETRY, sleep=min(10.0, 0.5 * count))
+
+
+class Sidecar:
+    def __init__(
+        self,
+        config: SidecarConfig,
+        client: AsyncClient,
+        harmony: Harmony | None = None,
+        engine: EngineClient | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.harmony = harmony or Harmony()
+        self.renderer = PromptRenderer(self.harmony)
+        self.engine = engine or EngineClient(
+            config.engine_url,
+            config.model,
+            max_connections=config.concurrency + 4,
+            quiet_seconds=config.engine_quiet_seconds,
+            api_key=config.engine_api_key,
+        )
+        self.store = JobStore(client, config.namespace, config.worker, config.lease_seconds)
+        self.clock = clock
+        self.pending: dict[str, dict[str, Any]] = {}
+        # (creationTimestamp, name) of pending jobs, oldest first; entries of jobs no
+        # longer pending are skipped when they come up.
+        self._order: list[tuple[str, str]] = []
+        # The latest Pending version of a job seen while it still ran here (it was
+        # requeued meanwhile): claimable again once its task has ended.
+        self._requeued: dict[str, dict[str, Any]] = {}
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(config.concurrency)
+        self.completed = 0
+        self.stopping = False
+        self.attempts: dict[str, int] = {}
+        self.jobs: dict[str, dict[str, Any]] = {}
+        # Jobs whose answer is complete and being written: never cancelled.
+        self.finishing: set[str] = set()
+        # Open while the engine answers its health check: no job is claimed otherwise.
+        self.gate = EngineGate(self.engine)
+        self._watcher: asyncio.Task[None] | None = None
+        # Claims in flight (several at once: a burst of jobs starts within one round
+        # trip, not one round trip per job), and jobs claimed as the pod began to stop.
+        self._claims: set[asyncio.Task[None]] = set()
+        self._claim_slots = asyncio.Semaphore(CLAIMS_IN_FLIGHT)
+        self._claimed_unstarted: list[dict[str, Any]] = []
+        # Jobs whose attempt was cut short here (cancelled), to hand back on shutdown.
+        self.interrupted: set[str] = set()
+        self.last_sync: float | None = None  # the last successful list, by self.clock
+        self.watch_restarts = 0
+
+    # ------------------------------------------------------------------ main loop
+    async def run(self) -> None:
+        log.info("waiting for the engine at %s", self.config.engine_url)
+        await self.gate.open()
+        log.info(
+            "taking InferenceJobs for model %s in %s as %s",
+            self.config.model,
+            self.config.namespace,
+            self.config.worker,
+        )
+        self._watcher = asyncio.create_task(self._watch(), name="watch")
+        resync = asyncio.create_task(self._resync_forever(), name="resync")
+        try:
+            await self._dispatch()
+        finally:
+            resync.cancel()
+            self._watcher.cancel()
+            self.gate.close()
+            for task in list(self.running.values()):
+                task.cancel()
+            self.renderer.close()
+            await self.engine.close()
+
+    async def _watch(self) -> None:
+        fields = {"spec.modelRef.name": self.config.model}
+        while True:
+            try:
+                async for event_type, obj in self.client.watch(
+                    InferenceJobResource,
+                    namespace=self.config.namespace,
+                    fields=dict[str, Any](fields),
+                    server_timeout=self.config.watch_timeout_seconds,
+                    on_error=_retry_watch,
+                ):
+                    self._observe(event_type, obj.to_dict())
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("watch of InferenceJobs ended: %s", error)
+                await asyncio.sleep(1.0)
+
+    async def _resync_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.resync_seconds)
+            try:
+                await self.resync()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("listing InferenceJobs failed (%s); the watch carries on", error)
+
+    async def resync(self) -> int:
+        """List the model's unfinished jobs; restart the watch if it missed Pending ones.
+        Returns how many it missed."""
+        fields = {
+            "spec.modelRef.name": self.config.model,
+            "status.phase": not_in([Phase.RUNNING.value, *FINISHED_PHASES]),
+        }
+        missed = []
+        async for obj in self.client.list(
+            InferenceJobResource, namespace=self.config.namespace, fields=dict[str, Any](fields)
+        ):
+            job = obj.to_dict()
+            name = job["metadata"]["name"]
+            if name not in self.pending and name not in self.running:
+                missed.append(name)
+            self._observe("MODIFIED", job)
+        self.last_sync = self.clock()
+        if missed and self._watcher is not None:
+            log.warning(
+                "the watch missed %d Pending job(s) (%s); restarting it",
+                len(missed),
+                ", ".join(sorted(missed)[:5]),
+            )
+            self.watch_restarts += 1
+            self._watcher.cancel()
+            self._watcher = asyncio.create_task(self._watch(), name="watch")
+        return len(missed)
+
+    def _observe(self, event_type: str, job: dict[str, Any]) -> None:
+        name = job["metadata"]["name"]
+        status = job.get("status") or {}
+        phase = status.get("phase") or Phase.PENDING.value
+        if event_type == "DELETED" or job["metadata"].get("deletionTimestamp"):
+            self.pending.pop(name, None)
+            task = self.running.get(name)
+            if task is not None:
+                task.cancel()
+            return
+        if phase == Phase.PENDING.value and name in self.running:
+            self._requeued[name] = claim_facts(job)
+        elif phase == Phase.PENDING.value:
+            self._add_pending(job)
+        else:
+            self.pending.pop(name, None)
+            self._requeued.pop(name, None)
+            task = self.running.get(name)
+            if task is None or name in self.finishing:
+                return
+            taken = phase == Phase.RUNNING.value and status.get("worker") != self.config.worker
+            if taken or phase in FINISHED_PHASES:
+                task.cancel()  # claimed elsewhere, or ended without this attempt
+
+    async def drain(self) -> None:
+        """Stop taking jobs and hand the running ones back at once (the pod is going
+        away), instead of leaving them to wait for their leases to lapse. A shutdown is
+        not the job's failure: the attempts it cuts short are voided."""
+        self.stopping = True
+        self._wake.set()
+        self.gate.ready.set()  # let the dispatch loop see that it is stopping
+        unstarted = await self._claims_in_flight()
+        running = dict(self.running)
+        for name, task in running.items():
+            if name not in self.finishing:
+                task.cancel()
+        # Answers already complete are written, not thrown away, within the grace period.
+        finishing = [running[name] for name in self.finishing if name in running]
+        if finishing:
+            await asyncio.wait(finishing, timeout=self.config.finish_grace_seconds)
+        for task in running.values():
+            task.cancel()
+        await asyncio.gather(*running.values(), return_exceptions=True)
+        cut_short = [
+            (self.jobs[name], self.attempts[name])
+            for name in running
+            if name in self.interrupted and name in self.jobs and name in self.attempts
+        ]
+        cut_short += [(job, int(job["status"]["attempts"])) for job in unstarted]
+        for job, attempt in cut_short:
+            name = job["metadata"]["name"]
+            voided = int(job["status"].get("voidedAttempts") or 0)
+            message = (
+                f"{self.config.worker} shut down during attempt {attempt}; requeued, the "
+                "attempt does not count against backoffLimit"
+            )
+            try:
+                await self._requeue(
+                    job, attempt, "WorkerShutdown", message, {"voidedAttempts": voided + 1}
+                )
+                log.info("requeued %s", name)
+            except Exception as error:
+                log.warning("could not requeue %s: %s", name, error)
+
+    async def _claims_in_flight(self) -> list[dict[str, Any]]:
+        """Let the claims the dispatch loop is making finish: jobs claimed as the pod goes
+        away are handed back now rather than when their leases lapse."""
+        if self._claims:
+            await asyncio.wait(set(self._claims), timeout=self.config.finish_grace_seconds)
+        unstarted, self._claimed_unstarted = self._claimed_unstarted, []
+        return unstarted
+
+    async def _dispatch(self) -> None:
+        while not self.stopping:
+            if not self.pending:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            await self.gate.ready.wait()
+            await self._slots.acquire()
+            await self._claim_slots.acquire()
+            job = None if self.stopping else self._next_pending()
+            if job is None:
+                self._claim_slots.release()
+                self._slots.release()
+                continue
+            task = asyncio.create_task(self._claim_and_start(job))
+            self._claims.add(task)
+            task.add_done_callback(self._claims.discard)
+
+    async def _claim_and_start(self, job: dict[str, Any]) -> None:
+        try:
+            claimed = await self._claim(job)
+        finally:
+            self._claim_slots.release()
+        if claimed is None or self.stopping:
+            if claimed is not None:
+                self._claimed_unstarted.append(claimed)  # the drain hands it back
+            self._slots.release()
+            return
+        name = claimed["metadata"]["name"]
+        task = asyncio.create_task(self._run_and_release(claimed), name=f"job-{name}")
+        self.running[name] = task
+
+    def _add_pending(self, job: dict[str, Any]) -> None:
+        name = job["metadata"]["name"]
+        if name not in self.pending:
+            created = str(job["metadata"].get("creationTimestamp", ""))
+            heapq.heappush(self._order, (created, name))
+        self.pending[name] = claim_facts(job)
+        self._wake.set()
+
+    def _next_pending(self) -> dict[str, Any] | None:
+        """One of the oldest pending jobs: among the oldest CLAIM_CHOICES, the one this
+        worker ranks first. Workers rank differently, so sidecars of the same model seldom
+        race for the same job (a lost race costs a write refused by the apiserver)."""
+        candidates: dict[str, tuple[str, str]] = {}
+        while self._order and len(candidates) < CLAIM_CHOICES:
+            entry = heapq.heappop(self._order)
+            if entry[1] in self.pending:
+                candidates.setdefault(entry[1], entry)
+        if not candidates:
+            self._order.clear()
+            return None
+        chosen = min(candidates, key=lambda name: claim_rank(self.config.worker, name))
+        for name, entry in candidates.items():
+            if name != chosen:
+                heapq.heappush(self._order, entry)
+        return self.pending.pop(chosen)
+
+    async def _claim(self, job: dict[str, Any]) -> dict[str, Any] | None:
+        name = job["metadata"]["name"]
+        # A claim refused because the job changed (None) needs no second look: the watch
+        # brings the newer version, Pending again or taken by another worker.
+        try:
+            return await self.store.claim(job)
+        except Exception as error:
+            log.warning("claiming %s failed: %s", name, error)
+            await asyncio.sleep(self.config.retry_base_seconds)
+            # Nothing changed the job, so no watch event will bring it back: look.
+            await self._recheck(name)
+            return None
+
+    async def _run_and_release(self, job: dict[str, Any]) -> None:
+        name = job["metadata"]["name"]
+        self.jobs[name] = job
+        self.attempts[name] = int(job["status"]["attempts"])
+        try:
+            await self.run_job(job)
+        except asyncio.CancelledError:
+            self.interrupted.add(name)
+            log.info("job %s cancelled (deleted, taken over or shutting down)", name)
+        except LostJob as error:
+            log.info("lost job %s: %s", name, error)
+        except Exception:
+            log.exception("job %s failed unexpectedly", name)
+            await self._fail_quietly(
+                job, "SidecarError", "the sidecar failed while running this job; see its logs"
+            )
+        finally:
+            self.running.pop(name, None)
+            self.finishing.discard(name)
+            self._slots.release()
+            self.completed += 1
+            if not self.stopping:
+                self.jobs.pop(name, None)
+                self.attempts.pop(name, None)
+                self.interrupted.discard(name)
+        requeued = self._requeued.pop(name, None)
+        if requeued is not None and not self.stopping:
+            self._add_pending(requeued)
+
+    async def _recheck(self, name: str) -> None:
+        """Look at a job again (a claim failed without the job changing)."""
+        try:
+            job = await self.client.get(InferenceJobResource, name, namespace=self.config.namespace)
+        except Exception:
+            return
+        self._observe("MODIFIED", job.to_dict())
+
+    # ------------------------------------------------------------------ one job
+    async def run_job(self, job: dict[str, Any]) -> None:
+        name = job["metadata"]["name"]
+        self.attempts.setdefault(name, int(job["status"]["attempts"]))
+        spec = InferenceJobSpec.model_validate(job["spec"])
+        deadline = self._deadline(job, spec)
+        messages = [ChatMessage(m.role, m.content) for m in spec.messages]
+        params = SamplingParams(
+            max_tokens=spec.maxTokens,
+            temperature=spec.temperature,
+            top_p=spec.topP,
+            stop_token_ids=self.harmony.stop_token_ids,
+        )
+        progress = Progress(prompt_tokens=0)
+        # The lease is renewed from the claim until the job is released: while the prompt
+        # renders, during retry backoffs and while the result is written.
+        heartbeat = asyncio.create_task(self._heartbeat(name, progress))
+        try:
+            try:
+                prompt = await self.renderer.render(messages, spec.reasoningLevel)
+            except ValueError as error:  # text harmony cannot encode (e.g. a lone surrogate)
+                message = f"spec.messages cannot be rendered in the harmony format: {error}"
+                attempt = int(job["status"]["attempts"])
+                await self._finish_failed(job, attempt, "InvalidInput", message)
+                return
+            progress.prompt_tokens = len(prompt)
+            await self._attempts(job, spec, prompt, params, deadline, progress)
+        finally:
+            heartbeat.cancel()
+
+    async def _attempts(
+        self,
+        job: dict[str, Any],
+        spec: InferenceJobSpec,
+        prompt: list[int],
+        params: SamplingParams,
+        deadline: float | None,
+        progress: Progress,
+    ) -> None:
+        name = job["metadata"]["name"]
+        status = job["status"]
+        attempt = int(status["attempts"])
+        max_attempts = spec.backoffLimit + 1
+        voided = int(status.get("voidedAttempts") or 0)
+        platform_retries = 0
+        while True:
+            try:
+                result = await generate(
+                    self.engine,
+                    self.harmony,
+                    prompt,
+                    params,
+                    clock=self.clock,
+                    deadline=deadline,
+                    progress=progress,
+                )
+                break
+            except TimeoutError:
+                await self._finish_failed(
+                    job,
+                    attempt,
+                    "DeadlineExceeded",
+                    f"activeDeadlineSeconds ({spec.activeDeadlineSeconds}"
+                    ") passed before the answer was complete",
+                )
+                return
+            except EngineError as error:
+                decision = decide(
+                    error,
+                    engine_healthy=await self.engine.healthy() if error.retryable else None,
+                    platform_retries=platform_retries,
+                    charged=attempt - voided,
+                    max_attempts=max_attempts,
+                    prompt_tokens=len(prompt),
+                    max_model_len=self.gate.max_model_len,
+                )
+                if decision.verdict is Verdict.REJECTED:
+                    await self._finish_failed(job, attempt, decision.reason, decision.message)
+                    return
+                if decision.verdict is Verdict.ENGINE_DOWN:
+                    # Restarting, out of memory: not the job's fault; another pod may run it.
+                    await self._hand_back(job, attempt, voided, error.message)
+                    return
+                if decision.verdict is Verdict.EXHAUSTED:
+                    await self._finish_failed(
+                        job, attempt, "BackoffLimitExceeded", decision.message
+                    )
+                    return
+                platform = decision.verdict is Verdict.ASK_AGAIN
+                if platform:
+                    platform_retries += 1
+                    voided += 1
+                delay = min(
+                    self.config.retry_max_seconds,
+                    self.config.retry_base_seconds * 2 ** (attempt - voided - (not platform)),
+                )
+                log.warning(
+                    "job %s attempt %d failed (%s); retrying in %.1fs",
+                    name,
+                    attempt,
+                    error.message,
+                    delay,
+                )
+                outcome = "was cut (not counted)" if platform else "failed"
+                await self.store.update(
+                    name,
+                    attempt,
+                    {
+                        "attempts": attempt + 1,
+                        **({"voidedAttempts": voided} if platform else {}),
+                        "message": f"attempt {attempt} {outcome}: {error.message}; retrying",
+                        "lease/renewTime": timestamp(),
+                    },
+                )
+                attempt += 1
+                self.attempts[name] = attempt
+                await asyncio.sleep(delay)
+        self.finishing.add(name)  # the answer exists: from here on it is only written
+        await self._finish_generated(job, attempt, spec, result)
+
+    async def _hand_back(self, job: dict[str, Any], attempt: int, voided: int, error: str) -> None:
+        """Requeue a job the engine could not run because it went down, without charging
+        the attempt to backoffLimit, and stop claiming until the engine is healthy."""
+        self.gate.went_down(error)
+        name = job["metadata"]["name"]
+        message = (
+            f"the engine of {self.config.worker} became unavailable during attempt {attempt} "
+            f"({error}); requeued, the attempt does not count against backoffLimit"
+        )
+        await self._requeue(
+            job, attempt, "EngineUnavailable", message, {"voidedAttempts": voided + 1}
+        )
+        await self.store.event(job, "Warning", "EngineUnavailable", message)
+        log.warning("job %s handed back: %s", name, message)
+
+    async def _requeue(
+        self,
+        job: dict[str, Any],
+        attempt: int,
+        reason: str,
+        message: str,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        """Give this attempt's job back to the queue (Pending, lease released)."""
+        status = job.get("status") or {}
+        requeued = queued(status, reason, message, job["metadata"].get("generation"))
+        await self.store.update(
+            job["metadata"]["name"],
+            attempt,
+            {**phase_fields(requeued), **(extra or {})},
+            remove=("lease",),
+            current=status,
+        )
+
+    def _deadline(self, job: dict[str, Any], spec: InferenceJobSpec) -> float | None:
+        if spec.activeDeadlineSeconds is None:
+            return None
+        created = parse_time(job["metadata"].get("creationTimestamp"))
+        if created is None:
+            return None
+        remaining = (
+            created
+            + datetime.timedelta(seconds=spec.activeDeadlineSeconds)
+            - datetime.datetime.now(datetime.UTC)
+        ).total_seconds()
+        return self.clock() + remaining
+
+    async def _heartbeat(self, name: str, progress: Progress) -> None:
+        interval = min(self.config.heartbeat_seconds, self.config.lease_seconds / 3)
+        while True:
+            await asyncio.sleep(interval)
+            where = f" ({progress.channel} channel)" if progress.channel else ""
+            attempt = self.attempts[name]
+            try:
+                await self.store.renew(
+                    name,
+                    attempt,
+                    {
+                        "usage": {
+                            "promptTokens": progress.prompt_tokens,
+                            "completionTokens": progress.tokens,
+                            "totalTokens": progress.prompt_tokens + progress.tokens,
+                        },
+                        "message": f"generating: {progress.tokens} tokens so far{where}",
+                    },
+                )
+            except LostJob:
+                if self.attempts.get(name) != attempt:
+                    continue  # the job moved on to its next attempt meanwhile
+                return  # requeued or deleted: the job's own writes will find out
+            except Exception as error:
+                # A busy or restarting apiserver: the lease outlasts a few missed beats.
+                log.warning("renewing the lease of %s failed (%s); trying again", name, error)
+
+    # ------------------------------------------------------------------ results
+    async def _finish_generated(
+        self, job: dict[str, Any], attempt: int, spec: InferenceJobSpec, result: RunResult
+    ) -> None:
+        name = job["metadata"]["name"]
+        outcome = result.outcome(spec.maxTokens, self.gate.max_model_len)
+        reason, message = outcome.reason, outcome.message
+        output = layout(outcome.texts)
+        changes: dict[str, Any] = dict(output.status_fields)
+        saved: list[str] = []
+        if output.config_maps:
+            saved = await self.store.save_output(job, attempt, output.config_maps)
+            changes["outputRef"] = {
+                "configMapName": saved[0],
+                "configMapNames": saved,
+                "keys": output.keys,
+            }
+            where = f"ConfigMap {saved[0]}" if len(saved) == 1 else f"ConfigMaps {', '.join(saved)}"
+            message += f"; the full text is in {where}"
+        total = result.prompt_tokens + result.completion_tokens
+        generation_seconds = result.finished - (result.first_token or result.started)
+        start = parse_time(job["status"].get("startTime")) or datetime.datetime.now(datetime.UTC)
+        end = datetime.datetime.now(datetime.UTC)
+        changes.update(
+            reasoningLevel=spec.reasoningLevel,
+            finishReason=outcome.finish_reason,
+            usage={
+                "promptTokens": result.prompt_tokens,
+                "completionTokens": result.completion_tokens,
+                "totalTokens": total,
+            },
+            completionTime=timestamp(end),
+            duration=format_duration((end - start).total_seconds()),
+            timeToFirstTokenSeconds=round(
+                (result.first_token or result.finished) - result.started, 4
+            ),
+            tokensPerSecond=round(result.completion_tokens / generation_seconds, 2)
+            if generation_seconds > 0
+            else 0.0,
+        )
+        final = with_conditions(
+            job["status"] | changes,
+            outcome.phase,
+            reason,
+            message,
+            job["metadata"].get("generation"),
+        )
+        try:
+            await self.store.finish(name, attempt, {**changes, **phase_fields(final)}, ("lease",))
+        except LostJob:
+            await self.store.delete_output(saved)
+            raise
+        # An answer is in the job's status; only a job that went wrong gets an Event too
+        # (one per success would be a write per job, and bulk work floods the Events).
+        if outcome.phase != Phase.SUCCEEDED:
+            await self.store.event(job, "Warning", reason, message)
+        log.info("job %s: %s (%d tokens)", name, reason, result.completion_tokens)
+
+    async def _finish_failed(
+        self,
+        job: dict[str, Any],
+        attempt: int,
+        reason: str,
+        message: str,
+    ) -> None:
+        name = job["metadata"]["name"]
+        final = with_conditions(
+            job["status"], Phase.FAILED, reason, message, job["metadata"].get("generation")
+        )
+        changes = phase_fields(final)
+        changes["completionTime"] = timestamp()
+        changes["finishReason"] = "error"
+        await self.store.update(name, attempt, changes, remove=("lease",), current=job["status"])
+        await self.store.event(job, "Warning", reason, message)
+        log.warning("job %s failed: %s: %s", name, reason, message)
+
+    async def _fail_quietly(self, job: dict[str, Any], reason: str, message: str) -> None:
+        try:
+            await self._finish_failed(job, int(job["status"]["attempts"]), reason, message)
+        except Exception as error:
+            log.warning("could not mark %s failed: %s", job["metadata"]["name"], error)
