@@ -25,7 +25,7 @@ from typing import TypeVar
 
 import httpx
 
-from gptoss_operator.engine.metrics import requests_in_flight
+from gptoss_operator.engine.metrics import MAX_PAGE_BYTES, requests_in_flight
 from gptoss_operator.engine.sse import Event, EventReader
 
 # Seconds to wait for the end of a body after [DONE].
@@ -158,7 +158,7 @@ class EngineClient:
             return None
         if response.status_code != 200:
             return None
-        return requests_in_flight(response.text[: 4 * 2**20])
+        return requests_in_flight(response.text[:MAX_PAGE_BYTES])
 
     async def _still_working(self) -> None:
         """After ``quiet_seconds`` of silence: go on waiting, or raise why not."""
