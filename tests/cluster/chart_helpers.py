@@ -4,11 +4,12 @@ one of its ServiceAccounts."""
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
-from lightkube import Client
+from lightkube import ApiError, Client
 from lightkube.models.authentication_v1 import TokenRequestSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import ServiceAccount
@@ -108,3 +109,17 @@ def install(
         kubeconfig=cluster.kubeconfig,
     )
     return f"{release}-gptoss-operator"
+
+
+def apiserver_refusal(call: Callable[[], object]) -> str | None:
+    """The apiserver's refusal of a request (``code message``), None when it is admitted."""
+    try:
+        call()
+    except ApiError as error:
+        return f"{error.status.code} {error.status.message}"
+    return None
+
+
+def dry_run_refusal(client: Client, obj: Any, namespace: str | None = None) -> str | None:
+    """The apiserver's refusal of a dry-run create, admission included."""
+    return apiserver_refusal(lambda: client.create(obj, namespace=namespace, dry_run=True))

@@ -26,7 +26,7 @@ from lightkube.resources.rbac_authorization_v1 import Role, RoleBinding
 from lightkube.types import PatchType
 
 from gptoss_operator.api.resources import GptOssModelResource, InferenceBatchResource
-from tests.cluster.chart_helpers import helm, install, token_kubeconfig
+from tests.cluster.chart_helpers import dry_run_refusal, helm, install, token_kubeconfig
 from tests.cluster.model_helpers import create_model, model_manifest
 from tests.conftest import ClusterUnderTest
 from tests.support import wait_for
@@ -127,15 +127,8 @@ def scoped(
 
 def model_refusal(client: Client, namespace: str, **spec: Any) -> str | None:
     """The apiserver's refusal of a model (dry run), None when it is admitted."""
-    try:
-        client.create(
-            GptOssModelResource.from_dict(model_manifest("m", **spec)),
-            namespace=namespace,
-            dry_run=True,
-        )
-    except ApiError as error:
-        return f"{error.status.code} {error.status.message}"
-    return None
+    model = GptOssModelResource.from_dict(model_manifest("m", **spec))
+    return dry_run_refusal(client, model, namespace)
 
 
 def batch_refusal(client: Client, namespace: str, **spec: Any) -> str | None:
@@ -150,11 +143,7 @@ def batch_refusal(client: Client, namespace: str, **spec: Any) -> str | None:
             **spec,
         },
     }
-    try:
-        client.create(InferenceBatchResource.from_dict(manifest), namespace=namespace, dry_run=True)
-    except ApiError as error:
-        return f"{error.status.code} {error.status.message}"
-    return None
+    return dry_run_refusal(client, InferenceBatchResource.from_dict(manifest), namespace)
 
 
 def env(name: str, **value_from: Any) -> dict[str, Any]:

@@ -39,7 +39,13 @@ from gptoss_operator.api.resources import (
 from gptoss_operator.builders import ModelContext, download, rbac, serving
 from gptoss_operator.builders.batch import BatchContext, merge_job, shards_job
 from gptoss_operator.core.settings import Settings
-from tests.cluster.chart_helpers import helm, install, token_kubeconfig
+from tests.cluster.chart_helpers import (
+    apiserver_refusal,
+    dry_run_refusal,
+    helm,
+    install,
+    token_kubeconfig,
+)
 from tests.cluster.job_helpers import create_job
 from tests.cluster.model_helpers import create_model, model_manifest, wait_for_phase
 from tests.conftest import ClusterUnderTest, OperatorProcess
@@ -284,11 +290,7 @@ def test_operator_token_can_bind_its_workers_roles_and_no_other(
         )
 
     def refusal(obj: RoleBinding) -> str | None:
-        try:
-            as_operator.create(obj, dry_run=True)
-        except ApiError as error:
-            return f"{error.status.code} {error.status.message}"
-        return None
+        return dry_run_refusal(as_operator, obj)
 
     sidecar_role = f"{installed.release}-sidecar"
     own_role = wait_for(
@@ -696,15 +698,6 @@ def operator_client(
     return Client(KubeConfig.from_file(str(config)), field_manager="security-test")
 
 
-def refusal_of(client: Client, obj: Any) -> str | None:
-    """The apiserver's refusal of a dry-run create, None when it is admitted."""
-    try:
-        client.create(obj, dry_run=True)
-    except ApiError as error:
-        return f"{error.status.code} {error.status.message}"
-    return None
-
-
 OURS = {"gptoss.ai/model": "m", "app.kubernetes.io/managed-by": "gptoss-operator"}
 
 
@@ -722,7 +715,7 @@ def test_the_operator_token_starts_only_its_models_pods_as_their_workers(
         return probe_deployment(team, labels, **pod)
 
     def refusal(obj: Deployment | Job) -> str | None:
-        return refusal_of(as_operator, obj)
+        return dry_run_refusal(as_operator, obj)
 
     unlabelled = wait_for(
         lambda: refusal(deployment({}, serviceAccountName="m-sidecar")),
@@ -877,13 +870,13 @@ def test_everything_the_operator_renders_passes_its_own_fence(
         *[o for o in rbac.worker_identities(model) if o["kind"] == "RoleBinding"],
     ]
     wait_for(
-        lambda: refusal_of(as_operator, probe_deployment(installed.team, {})),
+        lambda: dry_run_refusal(as_operator, probe_deployment(installed.team, {})),
         timeout=30,
         message="the operator-scope policy in effect",
     )
     for manifest in rendered:
         manifest["metadata"]["namespace"] = installed.team
-        answer = refusal_of(as_operator, codecs.from_dict(manifest))
+        answer = dry_run_refusal(as_operator, codecs.from_dict(manifest))
         assert answer is None, (manifest["kind"], manifest["metadata"]["name"], answer)
 
 
@@ -893,12 +886,12 @@ def test_in_cluster_mode_the_operator_starts_nothing_in_kube_system_or_its_own_n
 ) -> None:
     as_operator = operator_client(cluster, kube, installed, tmp_path)
     wait_for(
-        lambda: refusal_of(as_operator, probe_deployment(installed.team, {})),
+        lambda: dry_run_refusal(as_operator, probe_deployment(installed.team, {})),
         timeout=30,
         message="the operator-scope policy in effect",
     )
     for namespace in ("kube-system", installed.system):
-        answer = refusal_of(
+        answer = dry_run_refusal(
             as_operator, probe_deployment(namespace, OURS, serviceAccountName="m-sidecar")
         )
         assert (
@@ -906,7 +899,7 @@ def test_in_cluster_mode_the_operator_starts_nothing_in_kube_system_or_its_own_n
             "its own namespace are out of bounds)" in (answer or "")
         ), answer
     assert (
-        refusal_of(
+        dry_run_refusal(
             as_operator, probe_deployment(installed.team, OURS, serviceAccountName="m-sidecar")
         )
         is None
@@ -965,15 +958,8 @@ def test_a_models_workers_write_only_their_own_models_objects(
         config = token_kubeconfig(cluster, kube, team, account, tmp_path / f"{account}.kubeconfig")
         clients[worker] = Client(KubeConfig.from_file(str(config)), field_manager="worker")
 
-    def refusal(call: Any) -> str | None:
-        try:
-            call()
-        except ApiError as error:
-            return f"{error.status.code} {error.status.message}"
-        return None
-
     def patch_status(worker: str, resource: Any, name: str) -> str | None:
-        return refusal(
+        return apiserver_refusal(
             lambda: clients[worker].patch(
                 resource.Status,
                 name,
@@ -1006,7 +992,7 @@ def test_a_models_workers_write_only_their_own_models_objects(
             },
             "data": {"response": "x"},
         }
-        return refusal(lambda: clients["sidecar"].create(codecs.from_dict(manifest), dry_run=True))
+        return dry_run_refusal(clients["sidecar"], codecs.from_dict(manifest))
 
     other = wait_for(
         lambda: patch_status("sidecar", InferenceJobResource, "job-b"),
@@ -1026,7 +1012,7 @@ def test_a_models_workers_write_only_their_own_models_objects(
     downloader = patch_status("download", GptOssModelResource, "b")
     assert "writes only its model's status, not gptossmodels/status b" in (downloader or "")
     assert patch_status("download", GptOssModelResource, "a") is None
-    endpoint = refusal(
+    endpoint = apiserver_refusal(
         lambda: clients["download"].patch(
             GptOssModelResource.Status,
             "a",
