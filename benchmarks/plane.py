@@ -25,8 +25,8 @@ from lightkube.resources.core_v1 import Namespace  # noqa: E402
 
 from gptoss_operator.api.crdgen import all_crds  # noqa: E402
 from gptoss_operator.api.resources import GptOssModelResource, InferenceJobResource  # noqa: E402
-from gptoss_operator.builders import rbac  # noqa: E402
 from gptoss_sandbox.cluster import LocalCluster, free_port, stop_process  # noqa: E402
+from gptoss_sandbox.worker_roles import worker_cluster_roles  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -138,9 +138,7 @@ def plane() -> Iterator[Plane]:
         kube = Client(KubeConfig.from_file(str(cluster.kubeconfig)), field_manager="bench")
         for document in all_crds().values():
             kube.apply(codecs.from_dict(document), force=True)
-        for role in rbac.worker_cluster_roles(
-            "gptoss-downloader", "gptoss-sidecar", "gptoss-batch-worker"
-        ):
+        for role in worker_cluster_roles():
             kube.apply(codecs.from_dict(role), force=True)
         time.sleep(2)
         world = Plane(cluster, kube, workdir)

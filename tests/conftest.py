@@ -104,8 +104,7 @@ def crds(kube: Client) -> list[str]:
     from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 
     from gptoss_operator.api.crdgen import all_crds
-    from gptoss_operator.builders import rbac
-    from gptoss_operator.core.settings import Settings
+    from gptoss_sandbox.worker_roles import worker_cluster_roles
     from tests.support import wait_for
 
     names = []
@@ -113,12 +112,7 @@ def crds(kube: Client) -> list[str]:
         kube.apply(codecs.from_dict(document), force=True)
         names.append(document["metadata"]["name"])
     # The workers' ClusterRoles under the names an operator uses outside the chart.
-    settings = Settings()
-    for role in rbac.worker_cluster_roles(
-        settings.downloader_cluster_role,
-        settings.sidecar_cluster_role,
-        settings.batch_worker_cluster_role,
-    ):
+    for role in worker_cluster_roles():
         kube.apply(codecs.from_dict(role), force=True)
 
     def established() -> bool:

@@ -32,8 +32,6 @@ from lightkube.resources.core_v1 import Namespace, Pod
 
 from gptoss_operator.api.crdgen import all_crds
 from gptoss_operator.api.resources import GptOssModelResource, InferenceJobResource
-from gptoss_operator.builders import rbac
-from gptoss_operator.core.settings import Settings
 from gptoss_sandbox import binaries
 from gptoss_sandbox.cluster import LocalCluster, free_port
 from gptoss_sandbox.demo_output import EXAMPLES, REPO_ROOT, note, say, wait_until
@@ -41,6 +39,7 @@ from gptoss_sandbox.node_demo import NodeDemo
 from gptoss_sandbox.real_engine import VllmServer, build_tiny_checkpoint
 from gptoss_sandbox.standin_engine import StandinEngine
 from gptoss_sandbox.tiny_gptoss import SCRIPTED_ANSWER
+from gptoss_sandbox.worker_roles import worker_cluster_roles
 
 NAMESPACE = "demo"
 
@@ -114,13 +113,7 @@ class Demo:
         env = {"KUBECONFIG": str(self.cluster.kubeconfig)}
 
         say("Installing the CRDs and starting the operator")
-        settings = Settings()
-        roles = rbac.worker_cluster_roles(
-            settings.downloader_cluster_role,
-            settings.sidecar_cluster_role,
-            settings.batch_worker_cluster_role,
-        )
-        for document in [*all_crds().values(), *roles]:
+        for document in [*all_crds().values(), *worker_cluster_roles()]:
             kube.apply(codecs.from_dict(document), force=True)
         names = [d["metadata"]["name"] for d in all_crds().values()]
         wait_until(lambda: all(_established(kube, name) for name in names), 30, "CRDs")

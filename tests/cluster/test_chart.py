@@ -20,9 +20,10 @@ from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.resources.rbac_authorization_v1 import ClusterRole, Role
 
 from gptoss_operator.api.versions import DEFAULT_VLLM_IMAGE
-from gptoss_operator.builders import rbac
 from gptoss_operator.core import naming
+from gptoss_operator.core.settings import Settings
 from gptoss_sandbox.standin_engine import StandinEngine
+from gptoss_sandbox.worker_roles import worker_cluster_roles
 from tests.cluster.chart_helpers import (
     CHART,
     KUBE_VERSION,
@@ -154,13 +155,71 @@ def test_namespaced_mode_grants_roles_only_in_listed_namespaces() -> None:
     assert "--namespace=team-b" in args
 
 
-def test_workers_cluster_roles_are_the_operators_rules_and_only_they_may_be_bound() -> None:
+def _grants(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    return {
+        (group, resource, verb)
+        for rule in rules
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def test_each_worker_holds_only_its_own_rules() -> None:
+    by_name = {d["metadata"]["name"]: d for d in render() if d["kind"] == "ClusterRole"}
+    downloader = _grants(by_name["gptoss-gptoss-operator-downloader"]["rules"])
+    sidecar = _grants(by_name["gptoss-gptoss-operator-sidecar"]["rules"])
+    batch = _grants(by_name["gptoss-gptoss-operator-batch-worker"]["rules"])
+    assert downloader == {
+        ("gptoss.ai", "gptossmodels", "get"),
+        ("gptoss.ai", "gptossmodels/status", "get"),
+        ("gptoss.ai", "gptossmodels/status", "patch"),
+    }
+    assert sidecar == {
+        ("gptoss.ai", "inferencejobs", "get"),
+        ("gptoss.ai", "inferencejobs", "list"),
+        ("gptoss.ai", "inferencejobs", "watch"),
+        ("gptoss.ai", "inferencejobs/status", "get"),
+        ("gptoss.ai", "inferencejobs/status", "patch"),
+        ("", "configmaps", "create"),
+        ("", "configmaps", "update"),
+        ("", "configmaps", "delete"),
+        ("", "events", "create"),
+        ("", "events", "patch"),
+        ("events.k8s.io", "events", "create"),
+        ("events.k8s.io", "events", "patch"),
+    }, "the sidecar never reads a ConfigMap, a Secret or a model"
+    assert batch == {
+        ("gptoss.ai", "inferencebatches", "get"),
+        ("gptoss.ai", "inferencebatches/status", "get"),
+        ("gptoss.ai", "inferencebatches/status", "patch"),
+    }
+
+
+def test_the_sandbox_installs_the_charts_worker_roles_under_the_operators_default_names() -> None:
+    settings = Settings()
+    roles = worker_cluster_roles()
+    assert [r["metadata"]["name"] for r in roles] == [
+        settings.downloader_cluster_role,
+        settings.sidecar_cluster_role,
+        settings.batch_worker_cluster_role,
+    ]
+    by_name = {d["metadata"]["name"]: d for d in render() if d["kind"] == "ClusterRole"}
+    for role, chart_name in zip(
+        roles,
+        [
+            "gptoss-gptoss-operator-downloader",
+            "gptoss-gptoss-operator-sidecar",
+            "gptoss-gptoss-operator-batch-worker",
+        ],
+        strict=True,
+    ):
+        assert role["rules"] == by_name[chart_name]["rules"]
+
+
+def test_only_the_workers_cluster_roles_may_be_bound() -> None:
     for values in ([], ["watchNamespaces={team-a}"]):
         documents = render(*values)
-        by_name = {d["metadata"]["name"]: d for d in documents if d["kind"] == "ClusterRole"}
-        assert by_name["gptoss-gptoss-operator-downloader"]["rules"] == rbac.DOWNLOADER_RULES
-        assert by_name["gptoss-gptoss-operator-sidecar"]["rules"] == rbac.SIDECAR_RULES
-        assert by_name["gptoss-gptoss-operator-batch-worker"]["rules"] == rbac.BATCH_WORKER_RULES
         env = {
             e["name"]: e["value"]
             for e in next(d for d in documents if d["kind"] == "Deployment")["spec"]["template"][

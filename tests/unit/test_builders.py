@@ -231,30 +231,6 @@ def test_deployment_requests_gpus_and_probes_allow_the_startup_budget() -> None:
     assert deployment["spec"]["selector"]["matchLabels"] == naming.server_selector("m")
 
 
-def _grants(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
-    return {
-        (group, resource, verb)
-        for rule in rules
-        for group in rule["apiGroups"]
-        for resource in rule["resources"]
-        for verb in rule["verbs"]
-    }
-
-
-def test_each_worker_holds_only_its_own_rules() -> None:
-    downloader, sidecar = _grants(rbac.DOWNLOADER_RULES), _grants(rbac.SIDECAR_RULES)
-    assert downloader == {
-        ("gptoss.ai", "gptossmodels", "get"),
-        ("gptoss.ai", "gptossmodels/status", "get"),
-        ("gptoss.ai", "gptossmodels/status", "patch"),
-    }
-    assert ("gptoss.ai", "inferencejobs/status", "patch") in sidecar
-    assert not {g for g in sidecar if g[1].startswith("gptossmodels")}
-    for grants in (downloader, sidecar):
-        assert not {g for g in grants if g[2] in ("*", "deletecollection", "escalate", "bind")}
-        assert not {g for g in grants if g[1] in ("secrets", "pods", "pods/exec", "*")}
-
-
 def test_workers_are_bound_to_the_charts_cluster_roles_with_no_token_by_default() -> None:
     ctx = _ctx()
     (

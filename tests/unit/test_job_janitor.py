@@ -245,16 +245,26 @@ class _RecordingClient:
         self.patches.append((name, body))
 
 
+class _CountingJanitor(JobJanitor):
+    """A janitor that counts its passes over every job."""
+
+    passes = 0
+
+    async def tick(self) -> None:
+        self.passes += 1
+        await super().tick()
+
+
 def _janitor(
     client: _RecordingClient,
     jobs: dict[tuple[str, str], list[JobFacts]],
     clock: _Clock,
     wall_clock: Callable[[], datetime.datetime] = lambda: NOW,
     model_phase: str = "Ready",
-) -> JobJanitor:
+) -> _CountingJanitor:
     """A janitor over ``jobs`` for model ns/m, in ``model_phase`` with one replica."""
     models = {("ns", "m"): [ModelFacts(model_phase, 1)]}
-    return JobJanitor(client, jobs, models, clock=clock, wall_clock=wall_clock)  # type: ignore[arg-type]
+    return _CountingJanitor(client, jobs, models, clock=clock, wall_clock=wall_clock)  # type: ignore[arg-type]
 
 
 def _queued(name: str, **spec: Any) -> JobFacts:

@@ -386,7 +386,6 @@ class JobJanitor:
         self._changed = True
         self._next_due = 0.0  # on self.clock
         self._last_pass = -math.inf
-        self.passes = 0
 
     def touch(self) -> None:
         """Something in the indexes changed: look at every job on the next step."""
@@ -427,7 +426,6 @@ class JobJanitor:
     async def tick(self) -> None:
         """Count the queues first (one write per model), then act on each job, counting
         again now and then: a pass over thousands of newly due jobs takes a while."""
-        self.passes += 1
         now = self.wall_clock()
         everything = self._all_jobs()
         await self._publish_queues(everything)
