@@ -66,10 +66,11 @@ test-faults: binaries engine ## Run the fault suite alone (it is part of make te
 test-unit: setup ## Run the tests that need no control plane
 	$(BIN)/python -m pytest tests/unit
 
-lint: setup ## ruff lint + format check, mypy
+lint: setup ## ruff lint + format check, mypy, the import layers
 	$(BIN)/ruff check operator tests images
 	$(BIN)/ruff format --check operator tests images
 	$(BIN)/mypy
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit/test_layers.py
 
 format: setup ## Apply ruff's formatting and fixes
 	$(BIN)/ruff format operator tests

@@ -408,7 +408,7 @@ def test_install_runs_the_operator_with_only_the_charts_rbac(
 
 def _exported_metric_names() -> set[str]:
     """The series names the operator's /metrics serves for one model with jobs."""
-    from gptoss_operator.controllers.job.janitor import JobFacts, ModelFacts
+    from gptoss_operator.controllers.facts import JobFacts, ModelFacts
     from gptoss_operator.core import metrics
 
     model = ModelFacts.from_status({"phase": "Ready", "readyReplicas": 1, "replicas": 1})

@@ -20,7 +20,8 @@ from lightkube.types import PatchType
 from gptoss_operator.api.job import Phase
 from gptoss_operator.api.job_status import phase_fields, with_conditions
 from gptoss_operator.api.resources import InferenceJobResource
-from gptoss_operator.controllers.job.janitor import JobFacts, decide, status_patch
+from gptoss_operator.controllers.facts import JobFacts
+from gptoss_operator.controllers.job.janitor import decide, status_patch
 from gptoss_operator.workers.sidecar.store import JobStore, LostJob
 from tests.cluster.job_helpers import job_manifest
 from tests.conftest import ClusterUnderTest

@@ -7,7 +7,7 @@ import datetime
 import json
 from typing import Any
 
-from gptoss_operator.api.batch import InferenceBatchSpec
+from gptoss_operator.api.batch import InferenceBatchSpec, InferenceBatchStatus
 from gptoss_operator.api.batch_plan import BatchPlan
 from gptoss_operator.api.model import GptOssModelSpec
 from gptoss_operator.builders import ModelContext
@@ -15,11 +15,25 @@ from gptoss_operator.builders.batch import BatchContext, merge_job, model_names,
 from gptoss_operator.controllers.batch.status import (
     Observed,
     batch_demand,
-    batch_status,
     pod_trouble,
     status_changed,
 )
+from gptoss_operator.controllers.batch.status import (
+    batch_status as compute_batch_status,
+)
 from gptoss_operator.core.settings import Settings
+
+
+def batch_status(
+    shards: int,
+    stored: dict[str, Any],
+    generation: int | None,
+    observed: Any,
+    now: datetime.datetime,
+) -> dict[str, Any]:
+    """The merge patch the reconciler writes: the typed status, as the wire has it."""
+    typed = InferenceBatchStatus.model_validate(stored)
+    return compute_batch_status(shards, typed, generation, observed, now).to_patch()
 
 
 def context(model_spec: dict[str, Any] | None = None, **spec: Any) -> BatchContext:

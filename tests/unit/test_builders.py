@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from gptoss_operator.api.download_exits import PERMANENT_EXIT_CODES
 from gptoss_operator.api.model import GptOssModelSpec
 from gptoss_operator.builders import (
     TOKEN_VOLUME,
@@ -72,7 +73,7 @@ def test_download_job_names_the_token_secret_but_never_holds_it_and_is_restricte
     assert security["capabilities"] == {"drop": ["ALL"]}
     rules = job["spec"]["podFailurePolicy"]["rules"]
     assert rules[0]["action"] == "FailJob"
-    assert set(rules[0]["onExitCodes"]["values"]) == set(download.PERMANENT_EXIT_CODES)
+    assert set(rules[0]["onExitCodes"]["values"]) == set(PERMANENT_EXIT_CODES)
     assert job["spec"]["backoffLimit"] == 4
 
 
@@ -326,7 +327,7 @@ def test_the_api_key_reaches_both_containers_by_reference_only() -> None:
 def test_a_named_api_key_secret_is_used_and_none_is_generated() -> None:
     ctx = _ctx(serving={"apiKeySecretRef": {"name": "team-key", "key": "api"}})
     assert api_key.generated_secret(ctx, "x") is None
-    assert api_key.reference(ctx) == {"name": "team-key", "key": "api"}
+    assert api_key.reference(ctx).to_wire() == {"name": "team-key", "key": "api"}
     engine = serving.deployment(ctx, "h1")["spec"]["template"]["spec"]["containers"][0]
     assert {
         "name": "VLLM_API_KEY",

@@ -10,6 +10,7 @@ Regenerate the argocd-cm snippet: ``.venv/bin/python tests/unit/test_gitops_heal
 from __future__ import annotations
 
 import copy
+import datetime
 import json
 import sys
 from pathlib import Path
@@ -19,10 +20,11 @@ import lupa.lua51 as lupa
 import pytest
 import yaml
 
+from gptoss_operator.api.batch import InferenceBatchStatus
 from gptoss_operator.api.job import Phase as JobPhase
 from gptoss_operator.api.job_status import queued, with_conditions
 from gptoss_operator.controllers.batch.status import Observed as BatchObserved
-from gptoss_operator.controllers.batch.status import batch_status
+from gptoss_operator.controllers.batch.status import batch_status as compute_batch_status
 from gptoss_operator.controllers.model.status import Observed, compute
 
 FILES = Path(__file__).resolve().parents[2] / "charts" / "gptoss-operator" / "files"
@@ -44,6 +46,18 @@ DIGEST = "0123abcd"
 MODEL = "gpt-oss-20b"
 NAMESPACE = "ml"
 BOUND_CLAIM = {"metadata": {"name": f"{MODEL}-weights"}, "status": {"phase": "Bound"}}
+
+
+def batch_status(
+    shards: int,
+    stored: dict[str, Any],
+    generation: int | None,
+    observed: Any,
+    now: datetime.datetime,
+) -> dict[str, Any]:
+    """The merge patch the reconciler writes: the typed status, as the wire has it."""
+    typed = InferenceBatchStatus.model_validate(stored)
+    return compute_batch_status(shards, typed, generation, observed, now).to_patch()
 
 
 def model_object(status: dict[str, Any] | None, generation: int = GENERATION) -> dict[str, Any]:
@@ -129,7 +143,7 @@ def _serving(deployment: dict[str, Any], pods: list[dict[str, Any]] | None = Non
 
 
 def model_status(observed: Observed, replicas: int = 1) -> dict[str, Any]:
-    return compute(observed, {}, name=MODEL, namespace=NAMESPACE, replicas=replicas).status
+    return compute(observed, {}, name=MODEL, namespace=NAMESPACE, replicas=replicas).patch
 
 
 def model_statuses() -> dict[str, dict[str, Any]]:
@@ -499,7 +513,6 @@ def _job_with(condition_type: str, reason: str = "", message: str = "") -> dict[
 
 def batch_objects() -> dict[str, dict[str, Any]]:
     """InferenceBatches in each phase, with status from the operator's own function."""
-    import datetime
 
     summary = {
         "summary": {

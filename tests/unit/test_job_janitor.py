@@ -8,15 +8,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from gptoss_operator.controllers.job.janitor import (
-    JobFacts,
-    JobJanitor,
-    LeaseClock,
-    ModelFacts,
-    decide,
-    queue_counts,
-    status_patch,
-)
+from gptoss_operator.controllers.facts import JobFacts, ModelFacts, queue_counts
+from gptoss_operator.controllers.job.janitor import JobJanitor, LeaseClock, decide, status_patch
 
 NOW = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.UTC)
 

@@ -1,7 +1,8 @@
 """The layers stay as drawn: read every product module's imports (no import runs) and
 check there are no cycles, between modules or between the top-level packages, and that
 each layer imports only the layers below it: api, then core and engine, then builders,
-then controllers and workers (which never import each other), then cli."""
+then controllers and workers (which never import each other, and each kind's package keeps
+to itself), then cli."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ LAYERS: dict[str, set[str]] = {
     "engine": {"api"},
     "builders": {"api", "core", "gptoss_operator"},
     "controllers": {"api", "builders", "core", "engine", "gptoss_operator"},
-    "workers": {"api", "builders", "core", "engine", "gptoss_operator"},
+    # The workers read what the operator tells them through the API's contracts (the
+    # batch plan, the download exit codes), never the builders that write it.
+    "workers": {"api", "core", "engine", "gptoss_operator"},
 }
 
 
@@ -124,3 +127,43 @@ def test_the_check_sees_a_cycle_when_there_is_one() -> None:
 def test_every_package_is_a_known_layer() -> None:
     packages = {top(module) for module in graph()}
     assert packages == {*LAYERS, "cli", "gptoss_operator"}
+
+
+# Each kind's controller and each worker is a package that keeps to itself. Besides its
+# own modules, a kind's package may use the controllers' shared modules (``facts``: what
+# the indexes hold of each object); the model's reconcile asks the autoscaler how many
+# replicas to run. Only the wiring (``operator``, ``indexes``) brings the kinds together.
+SIBLINGS: dict[str, set[str]] = {
+    "controllers.model": {"controllers.facts", "controllers.autoscale"},
+    "controllers.job": {"controllers.facts"},
+    "controllers.batch": {"controllers.facts"},
+    "controllers.autoscale": {"controllers.facts"},
+    "controllers.facts": set(),
+    "workers.download": set(),
+    "workers.sidecar": set(),
+    "workers.batch": set(),
+}
+
+
+def unit(module: str) -> str:
+    """``gptoss_operator.controllers.model.reconciler`` -> ``controllers.model``."""
+    return ".".join(module.split(".")[1:3])
+
+
+def test_no_kind_reaches_into_a_siblings_modules() -> None:
+    wrong = [
+        (source, target)
+        for source, targets in graph().items()
+        for target in targets
+        if top(source) in ("controllers", "workers")
+        and top(target) == top(source)
+        and unit(target) != unit(source)
+        and unit(target) not in SIBLINGS.get(unit(source), {unit(target)})
+    ]
+    assert wrong == []
+
+
+def test_every_controller_and_worker_package_is_drawn() -> None:
+    wiring = {"controllers.operator", "controllers.indexes", "controllers", "workers"}
+    units = {unit(m) or top(m) for m in graph() if top(m) in ("controllers", "workers")}
+    assert units - wiring == set(SIBLINGS)

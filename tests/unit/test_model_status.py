@@ -32,7 +32,7 @@ def _deployment(ready: int, generation: int = 1) -> dict[str, Any]:
 def _compute(
     observed: Observed, previous: dict[str, Any] | None = None, replicas: int = 1
 ) -> dict[str, Any]:
-    return compute(observed, previous or {}, name="m", namespace="ns", replicas=replicas).status
+    return compute(observed, previous or {}, name="m", namespace="ns", replicas=replicas).patch
 
 
 def _cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
@@ -215,7 +215,7 @@ def test_events_only_on_changes() -> None:
     observed = Observed(1, "d", job=_job("Failed"))
     first = compute(observed, {}, name="m", namespace="ns", replicas=1)
     assert ("Warning", "DownloadFailed") in [(t, r) for t, r, _ in first.events]
-    second = compute(observed, first.status, name="m", namespace="ns", replicas=1)
+    second = compute(observed, first.patch, name="m", namespace="ns", replicas=1)
     assert second.events == []
 
 
@@ -264,7 +264,7 @@ def test_a_name_in_use_stalls_the_model_and_warns_once() -> None:
     message = "Service ns/m-vllm exists and is not this model's (made by someone else); …"
     observed = Observed(generation=2, digest="d", name_in_use=message)
     computed = compute(observed, {"phase": "Starting"}, name="m", namespace="ns", replicas=1)
-    status = computed.status
+    status = computed.patch
     assert status["phase"] == "Starting"  # what the model has is left as it is
     assert status["observedGeneration"] == 2
     assert _cond(status, "Stalled") | {"lastTransitionTime": None} == {
@@ -285,6 +285,6 @@ def test_a_name_in_use_stalls_the_model_and_warns_once() -> None:
     again = compute(observed, status, name="m", namespace="ns", replicas=1)
     assert again.events == []
     # A new model: Pending.
-    fresh = compute(observed, {}, name="m", namespace="ns", replicas=1).status
+    fresh = compute(observed, {}, name="m", namespace="ns", replicas=1).patch
     assert fresh["phase"] == "Pending"
     assert "endpoint" not in fresh

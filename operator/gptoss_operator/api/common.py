@@ -28,6 +28,11 @@ class ApiModel(BaseModel):
         """The object as the apiserver stores it (unset optional fields left out)."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
+    def to_patch(self) -> dict[str, Any]:
+        """A JSON merge patch of the fields given: None removes a stored field, fields
+        never given are left as they are."""
+        return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
 
 ConditionStatus = Literal["True", "False", "Unknown"]
 

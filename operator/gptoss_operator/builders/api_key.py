@@ -7,16 +7,17 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+from gptoss_operator.api.common import SecretKeyRef
 from gptoss_operator.builders import ModelContext
 from gptoss_operator.core import naming
 
 
-def reference(ctx: ModelContext) -> dict[str, str]:
-    """``{name, key}`` of the Secret holding the key (also what status shows)."""
+def reference(ctx: ModelContext) -> SecretKeyRef:
+    """The Secret and key holding the key (also what status shows)."""
     given = ctx.spec.serving.apiKeySecretRef
     if given is not None:
-        return {"name": given.name, "key": given.key}
-    return {"name": naming.api_key_secret_name(ctx.name), "key": naming.API_KEY_SECRET_KEY}
+        return SecretKeyRef(name=given.name, key=given.key)
+    return SecretKeyRef(name=naming.api_key_secret_name(ctx.name), key=naming.API_KEY_SECRET_KEY)
 
 
 def generated_secret(ctx: ModelContext, key: str) -> dict[str, Any] | None:
@@ -34,4 +35,4 @@ def generated_secret(ctx: ModelContext, key: str) -> dict[str, Any] | None:
 
 def env(name: str, ctx: ModelContext) -> dict[str, Any]:
     """An environment variable holding the key, by reference."""
-    return {"name": name, "valueFrom": {"secretKeyRef": reference(ctx)}}
+    return {"name": name, "valueFrom": {"secretKeyRef": reference(ctx).to_wire()}}

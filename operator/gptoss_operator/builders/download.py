@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gptoss_operator.api.download_exits import PERMANENT_EXIT_CODES
 from gptoss_operator.builders import (
     RESTRICTED_CONTAINER_SECURITY,
     RESTRICTED_POD_SECURITY,
@@ -13,21 +14,6 @@ from gptoss_operator.builders.storage import default_size
 from gptoss_operator.core import naming
 from gptoss_operator.core.naming import ATTEMPT_LABEL, GENERATION_ANNOTATION, RETRY_ANNOTATION
 from gptoss_operator.core.quantity import to_bytes
-
-# Exit codes of gptoss-download for failures that no retry can fix.
-EXIT_UNAUTHORIZED = 10
-EXIT_NOT_FOUND = 11
-EXIT_INSUFFICIENT_STORAGE = 12
-EXIT_BAD_REQUEST = 13
-PERMANENT_EXIT_CODES = [
-    EXIT_UNAUTHORIZED,
-    EXIT_NOT_FOUND,
-    EXIT_INSUFFICIENT_STORAGE,
-    EXIT_BAD_REQUEST,
-]
-# Exit codes after which a retry may help (the Job's backoffLimit bounds them).
-EXIT_STALLED = 20
-EXIT_UNREACHABLE = 21
 
 
 def job(

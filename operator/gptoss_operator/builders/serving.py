@@ -219,7 +219,11 @@ def deployment(ctx: ModelContext, digest: str, replicas: int | None = None) -> d
             "progressDeadlineSeconds": serving.startupTimeoutSeconds + 600,
             "template": {
                 "metadata": {
-                    "labels": {**serving.podLabels, **labels},
+                    "labels": {
+                        **serving.podLabels,
+                        **labels,
+                        naming.MODEL_UID_LABEL: ctx.uid,
+                    },
                     "annotations": {
                         **serving.podAnnotations,
                         naming.SOURCE_HASH_ANNOTATION: digest,

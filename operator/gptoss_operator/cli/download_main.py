@@ -25,7 +25,7 @@ from typing import Any
 from lightkube import Client
 
 from gptoss_operator.api.conditions import timestamp
-from gptoss_operator.builders.download import EXIT_STALLED
+from gptoss_operator.api.download_exits import EXIT_STALLED
 from gptoss_operator.workers.download.downloader import (
     DownloadConfig,
     DownloadError,

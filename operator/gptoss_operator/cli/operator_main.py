@@ -37,9 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     kopf.configure(verbose=args.verbose)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("kopf.objects").addFilter(_QuietChildEvents())
-    import gptoss_operator.controllers.batch.handlers
-    import gptoss_operator.controllers.job.handlers
-    import gptoss_operator.controllers.model.handlers  # noqa: F401 - importing registers the handlers
+    import gptoss_operator.controllers.operator  # noqa: F401 - importing registers the handlers
 
     asyncio.run(
         kopf.operator(

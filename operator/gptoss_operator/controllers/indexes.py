@@ -5,7 +5,6 @@ event that costs more than the indexing itself."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import kopf
@@ -14,12 +13,11 @@ from gptoss_operator.api import job as job_api
 from gptoss_operator.api import model as model_api
 from gptoss_operator.api.common import GROUP, VERSION
 from gptoss_operator.controllers.autoscale.engine_load import ready_pod
-from gptoss_operator.controllers.job.janitor import JobFacts, ModelFacts
+from gptoss_operator.controllers.facts import JobFacts, ModelFacts
 from gptoss_operator.controllers.model import watched
 from gptoss_operator.core import naming
 
-MANAGED = {naming.MANAGED_BY_LABEL: naming.MANAGED_BY}
-SERVER_PODS = {**MANAGED, "app.kubernetes.io/component": naming.COMPONENT_SERVER}
+SERVER_PODS = {**naming.MANAGED, "app.kubernetes.io/component": naming.COMPONENT_SERVER}
 
 
 @kopf.index(GROUP, VERSION, job_api.PLURAL)
@@ -35,14 +33,6 @@ async def model_phases(
 ) -> dict[tuple[str, str], ModelFacts]:
     """(namespace, name) -> phase, replicas and autoscaling policy of each GptOssModel."""
     return {(namespace or "", name): ModelFacts.from_body(body)}
-
-
-@kopf.on.startup()
-async def make_indexed_event(memo: Any, **_: Any) -> None:
-    """Set by the first handler call (kopf calls handlers once it has filled every
-    index; see handlers/job.py and handlers/model.py): what reads the indexes waits for
-    it."""
-    memo.indexed = asyncio.Event()
 
 
 def _is_ready(body: kopf.Body, **_: Any) -> bool:
@@ -81,4 +71,4 @@ async def model_child(body: kopf.Body, **_: Any) -> dict[watched.Key, dict[str, 
 
 
 for index_id, (group, version, plural) in CHILD_KINDS.items():
-    kopf.index(group, version, plural, labels=MANAGED, id=index_id)(model_child)
+    kopf.index(group, version, plural, labels=naming.MANAGED, id=index_id)(model_child)

@@ -122,15 +122,29 @@ async def create_unread(client: AsyncClient, manifest: dict[str, Any]) -> bool:
 
 async def patch_status(
     client: AsyncClient, resource: Any, name: str, namespace: str, status: dict[str, Any]
-) -> None:
-    """Merge-patch the status subresource."""
-    await client.patch(
+) -> str:
+    """Merge-patch the status subresource; the object's resourceVersion after the write."""
+    written = await client.patch(
         resource.Status,
         name,
         {"status": status},
         namespace=namespace,
         patch_type=PatchType.MERGE,
     )
+    return str(to_dict(written).get("metadata", {}).get("resourceVersion") or "")
+
+
+def newer_or_same(seen: str, written: str) -> bool | None:
+    """Whether resourceVersion ``seen`` is the write ``written`` or a later one of the same
+    object (Kubernetes guarantees resourceVersions of one resource compare as positive
+    integers since 1.35); None when either is not such an integer."""
+    if not (_is_resource_version(seen) and _is_resource_version(written)):
+        return None
+    return int(seen) >= int(written)
+
+
+def _is_resource_version(value: str) -> bool:
+    return value.isascii() and value.isdigit() and not value.startswith("0")
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

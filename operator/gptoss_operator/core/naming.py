@@ -12,7 +12,13 @@ from gptoss_operator.api.model import GptOssModelSpec
 
 MANAGED_BY = "gptoss-operator"
 MODEL_LABEL = "gptoss.ai/model"
+# On the serving pods: the uid of the model whose Deployment made them.
+MODEL_UID_LABEL = "gptoss.ai/model-uid"
+# On a Job's pods, set by the Job controller.
+JOB_CONTROLLER_UID_LABEL = "batch.kubernetes.io/controller-uid"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+# The selector of everything the operator made.
+MANAGED = {MANAGED_BY_LABEL: MANAGED_BY}
 SOURCE_HASH_ANNOTATION = "gptoss.ai/source-hash"
 COMPONENT_DOWNLOAD = "download"
 COMPONENT_SERVER = "server"
@@ -114,7 +120,18 @@ def batch_merge_job_name(batch: str) -> str:
 
 
 def server_selector(model: str) -> dict[str, str]:
+    """The Deployment's and the Service's selector (immutable on a Deployment)."""
     return {MODEL_LABEL: model, "app.kubernetes.io/component": COMPONENT_SERVER}
+
+
+def server_pods_selector(model: str, uid: str) -> dict[str, str]:
+    """The serving pods of the model with ``uid``, not of an earlier model of its name."""
+    return {**server_selector(model), MODEL_UID_LABEL: uid}
+
+
+def job_pods_selector(job_uid: str) -> dict[str, str]:
+    """The pods of the Job with ``job_uid`` (the Job controller labels them)."""
+    return {JOB_CONTROLLER_UID_LABEL: job_uid}
 
 
 def download_selector(model: str) -> dict[str, str]:

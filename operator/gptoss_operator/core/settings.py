@@ -30,6 +30,9 @@ class Settings:
     autoscale_seconds: float = 5.0
     # Also read vLLM's running and waiting requests from each pod's /metrics.
     autoscale_engine_metrics: bool = True
+    # How often the InferenceJob housekeeping may look at the jobs (it looks only when
+    # something changed or falls due).
+    job_housekeeping_seconds: float = 1.0
     # A failed download runs again after this, doubling per attempt up to 30 minutes.
     download_retry_seconds: float = 60.0
     download_retry_cap_seconds: float = 1800.0
@@ -61,6 +64,7 @@ class Settings:
             autoscale_engine_metrics=(
                 os.environ.get("GPTOSS_AUTOSCALE_ENGINE_METRICS", "true") == "true"
             ),
+            job_housekeeping_seconds=float(os.environ.get("GPTOSS_JOB_HOUSEKEEPING_SECONDS", "1")),
             download_retry_seconds=float(os.environ.get("GPTOSS_DOWNLOAD_RETRY_SECONDS", "60")),
             namespaces=namespaces,
             metrics_port=int(os.environ.get("GPTOSS_METRICS_PORT", "8081")),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -19,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gptoss_operator.api.common import API_VERSION
-from gptoss_operator.api.conditions import timestamp
-from gptoss_operator.api.model import KIND, Autoscaling
+from gptoss_operator.api.conditions import now as wall_clock
+from gptoss_operator.api.model import KIND, Autoscaling, AutoscalingStatus
 from gptoss_operator.controllers.autoscale.decision import (
     WOKEN,
     Decision,
@@ -30,7 +31,7 @@ from gptoss_operator.controllers.autoscale.decision import (
     initial_replicas,
     record,
 )
-from gptoss_operator.controllers.job.janitor import JobFacts, ModelFacts, queue_counts
+from gptoss_operator.controllers.facts import JobFacts, ModelFacts, queue_counts
 from gptoss_operator.core import metrics
 from gptoss_operator.core.events import EventSink
 
@@ -49,7 +50,7 @@ class ScalingState:
     history: list[Sample] = field(default_factory=list)
     desired: int | None = None  # None until the model's Deployment is first applied
     last: Decision | None = None
-    last_time: str | None = None
+    last_time: datetime.datetime | None = None
 
 
 class Autoscaler:
@@ -104,16 +105,16 @@ class Autoscaler:
                 state.desired = initial_replicas(policy, target, self.load(namespace, model))
         return state.desired
 
-    def status_of(self, namespace: str, model: str) -> dict[str, Any] | None:
+    def status_of(self, namespace: str, model: str) -> AutoscalingStatus | None:
         """The model's status.autoscaling."""
         state = self.states.get((namespace, model))
         if state is None or state.desired is None:
             return None
-        status: dict[str, Any] = {"desiredReplicas": state.desired}
+        status = AutoscalingStatus(desiredReplicas=state.desired)
         if state.last is not None:
-            status["lastScaleTime"] = state.last_time
-            status["lastScaleReason"] = state.last.reason
-            status["lastScaleMessage"] = state.last.message
+            status.lastScaleTime = state.last_time
+            status.lastScaleReason = state.last.reason
+            status.lastScaleMessage = state.last.message
         return status
 
     def waking(self, namespace: str, model: str) -> bool:
@@ -164,7 +165,7 @@ class Autoscaler:
         if decision is not None:
             state.desired = decision.replicas
             state.last = decision
-            state.last_time = timestamp()
+            state.last_time = wall_clock().replace(microsecond=0)
         metrics.set_gauge("model_desired_replicas", state.desired, namespace=namespace, model=model)
         if decision is None:
             return

@@ -19,7 +19,7 @@ from lightkube import AsyncClient
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import Pod
 
-from gptoss_operator.api.batch import FINISHED_PHASES, InferenceBatchSpec
+from gptoss_operator.api.batch import FINISHED_PHASES, InferenceBatchSpec, InferenceBatchStatus
 from gptoss_operator.api.conditions import get_condition, now, parse_time
 from gptoss_operator.api.model import GptOssModelSpec
 from gptoss_operator.api.resources import GptOssModelResource, InferenceBatchResource
@@ -33,9 +33,9 @@ from gptoss_operator.controllers.batch.status import (
     status_changed,
     termination_message,
 )
-from gptoss_operator.controllers.model.reconciler import KeyedSerializer
 from gptoss_operator.core import kube, naming
 from gptoss_operator.core.events import EventSink
+from gptoss_operator.core.serializer import KeyedSerializer
 from gptoss_operator.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -88,8 +88,12 @@ class BatchReconciler:
         spec = InferenceBatchSpec.model_validate(batch["spec"])
         observed = await self._observe(batch, spec)
         fields = batch_status(
-            spec.shards, status, batch["metadata"].get("generation"), observed, now()
-        )
+            spec.shards,
+            InferenceBatchStatus.model_validate(status),
+            batch["metadata"].get("generation"),
+            observed,
+            now(),
+        ).to_patch()
         if not status_changed(status, fields):
             return
         await kube.patch_status(self.client, InferenceBatchResource, name, namespace, fields)
@@ -252,7 +256,7 @@ class BatchReconciler:
 
 def _job_uid(pod: dict[str, Any]) -> str | None:
     labels = pod.get("metadata", {}).get("labels") or {}
-    return labels.get("batch.kubernetes.io/controller-uid") or labels.get("controller-uid")
+    return labels.get(naming.JOB_CONTROLLER_UID_LABEL)
 
 
 def _not_ours(job: dict[str, Any]) -> tuple[str, str]:

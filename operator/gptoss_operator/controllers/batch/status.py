@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import datetime
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gptoss_operator.api.batch import Phase
-from gptoss_operator.api.conditions import (
-    format_duration,
-    get_condition,
-    parse_time,
-    set_condition,
-    timestamp,
+from gptoss_operator.api.batch import (
+    Counts,
+    InferenceBatchStatus,
+    OutputFiles,
+    Phase,
+    ShardProgress,
+    Usage,
 )
+from gptoss_operator.api.common import Condition
+from gptoss_operator.api.conditions import format_duration, get_condition, parse_time, set_condition
 
 # Waiting reasons of a worker container that need someone to act (a missing Secret or
 # ConfigMap, an image that cannot be pulled); the pod keeps waiting, nothing is lost.
@@ -102,26 +105,45 @@ def termination_message(pod: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def _total(shards: dict[str, Any], count: int) -> int | None:
+def _total(shards: Mapping[str, ShardProgress], count: int) -> int | None:
     """Lines in the input, once every shard has counted its own."""
     totals: list[int] = []
     for i in range(count):
-        counted = (shards.get(str(i)) or {}).get("total")
-        if counted is None:
+        shard = shards.get(str(i))
+        if shard is None or shard.total is None:
             return None
-        totals.append(int(counted))
+        totals.append(shard.total)
     return sum(totals)
 
 
-def _totals(shards: dict[str, Any], count: int) -> dict[str, int]:
-    entries = [shards.get(str(i)) or {} for i in range(count)]
-    return {
-        "succeeded": sum(int(e.get("succeeded") or 0) for e in entries),
-        "failed": sum(int(e.get("failed") or 0) for e in entries),
-        "inFlight": sum(int(e.get("inFlight") or 0) for e in entries if not e.get("done")),
-        "promptTokens": sum(int(e.get("promptTokens") or 0) for e in entries),
-        "completionTokens": sum(int(e.get("completionTokens") or 0) for e in entries),
-    }
+@dataclass(frozen=True)
+class _Figures:
+    succeeded: int
+    failed: int
+    in_flight: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def _totals(shards: Mapping[str, ShardProgress], count: int) -> _Figures:
+    entries = [shards.get(str(i)) or ShardProgress() for i in range(count)]
+    return _Figures(
+        succeeded=sum(e.succeeded for e in entries),
+        failed=sum(e.failed for e in entries),
+        in_flight=sum(e.inFlight for e in entries if not e.done),
+        prompt_tokens=sum(e.promptTokens for e in entries),
+        completion_tokens=sum(e.completionTokens for e in entries),
+    )
+
+
+def _merged(summary: Mapping[str, Any]) -> _Figures:
+    return _Figures(
+        succeeded=int(summary["succeeded"]),
+        failed=int(summary["failed"]),
+        in_flight=0,
+        prompt_tokens=int(summary["promptTokens"]),
+        completion_tokens=int(summary["completionTokens"]),
+    )
 
 
 def _eta(seconds: float) -> str:
@@ -137,30 +159,23 @@ def _eta(seconds: float) -> str:
 
 def batch_status(
     spec_shards: int,
-    status: dict[str, Any],
+    status: InferenceBatchStatus,
     generation: int | None,
     observed: Observed,
     now: datetime.datetime,
-) -> dict[str, Any]:
-    """The status fields to write (merged into what is there)."""
-    conditions = list(status.get("conditions") or [])
+) -> InferenceBatchStatus:
+    """The status fields to write: those set on the result (see ``ApiModel.to_patch``),
+    merged into what is there."""
     shards_done = job_finished(observed.shards_job)
     merge_done = job_finished(observed.merge_job)
-    total = _total(status.get("shards") or {}, spec_shards)
-    figures = _totals(status.get("shards") or {}, spec_shards)
+    shards = status.shards or {}
+    total = _total(shards, spec_shards)
     merged = (observed.merged or {}).get("summary")
-    if merged:
-        figures.update(
-            succeeded=merged["succeeded"],
-            failed=merged["failed"],
-            promptTokens=merged["promptTokens"],
-            completionTokens=merged["completionTokens"],
-            inFlight=0,
-        )
-    start = parse_time(status.get("startTime")) or parse_time(
+    figures = _merged(merged) if merged else _totals(shards, spec_shards)
+    start = status.startTime or parse_time(
         (observed.shards_job or {}).get("status", {}).get("startTime")
     )
-    fields: dict[str, Any] = {"observedGeneration": generation}
+    result = InferenceBatchStatus(observedGeneration=generation)
 
     if observed.shards_job is None:
         reason, message = observed.waiting or ("Creating", "creating the shards' Job")
@@ -169,7 +184,7 @@ def batch_status(
     elif merge_done == "Complete" and shards_done == "Complete":
         phase, finished = Phase.SUCCEEDED, "Complete"
         reason = "Completed"
-        message = f"{figures['succeeded']} lines answered, {figures['failed']} failed"
+        message = f"{figures.succeeded} lines answered, {figures.failed} failed"
     elif merge_done is not None:
         phase, finished = Phase.FAILED, "Failed"
         reason, message = _failure(observed, merge_done)
@@ -188,38 +203,43 @@ def batch_status(
         if observed.trouble is not None:
             reason, message = observed.trouble
 
-    fields["phase"] = phase.value
-    fields["message"] = message
+    result.phase = phase
+    result.message = message
     if start is not None:
-        fields["startTime"] = timestamp(start)
-    done = figures["succeeded"] + figures["failed"]
-    counts = {k: figures[k] for k in ("succeeded", "failed", "inFlight")}
-    fields["counts"] = counts if total is None else {"total": total, **counts}
-    fields["usage"] = {
-        "promptTokens": figures["promptTokens"],
-        "completionTokens": figures["completionTokens"],
-        "totalTokens": figures["promptTokens"] + figures["completionTokens"],
-    }
+        result.startTime = start
+    done = figures.succeeded + figures.failed
+    result.counts = Counts(
+        succeeded=figures.succeeded, failed=figures.failed, inFlight=figures.in_flight
+    )
+    if total is not None:
+        result.counts.total = total
+    result.usage = Usage(
+        promptTokens=figures.prompt_tokens,
+        completionTokens=figures.completion_tokens,
+        totalTokens=figures.prompt_tokens + figures.completion_tokens,
+    )
     if total:
-        fields["percent"] = min(100, done * 100 // total)
+        result.percent = min(100, done * 100 // total)
     elif total == 0:
-        fields["percent"] = 100
+        result.percent = 100
     end = now
     if finished is not None:
-        completion = parse_time(status.get("completionTime")) or now
-        fields["completionTime"] = timestamp(completion)
+        completion = status.completionTime or now.replace(microsecond=0)
+        result.completionTime = completion
         end = completion
         if start is not None:
-            fields["duration"] = format_duration((completion - start).total_seconds())
-        fields["estimatedTimeLeft"] = None
+            result.duration = format_duration((completion - start).total_seconds())
+        result.estimatedTimeLeft = None
     if start is not None:
         elapsed = max((end - start).total_seconds(), 1e-3)
-        fields["linesPerSecond"] = round(done / elapsed, 3)
-        fields["outputTokensPerSecond"] = round(figures["completionTokens"] / elapsed, 3)
+        result.linesPerSecond = round(done / elapsed, 3)
+        result.outputTokensPerSecond = round(figures.completion_tokens / elapsed, 3)
         if finished is None and total and done:
-            fields["estimatedTimeLeft"] = _eta((total - done) / (done / elapsed))
+            result.estimatedTimeLeft = _eta((total - done) / (done / elapsed))
     if merged:
-        fields["output"] = {"results": merged["output"], "errors": merged["errors"]}
+        result.output = OutputFiles(results=merged["output"], errors=merged["errors"])
+
+    conditions = [c.to_wire() for c in status.conditions]
 
     def put(type_: str, value: bool, why: str) -> None:
         nonlocal conditions
@@ -230,18 +250,19 @@ def batch_status(
     put("Ready", finished == "Complete", reason)
     put("Reconciling", finished is None, reason if finished is None else "Finished")
     put("Stalled", finished == "Failed", reason if finished == "Failed" else "NotStalled")
-    fields["conditions"] = conditions
-    return fields
+    result.conditions = [Condition.model_validate(c) for c in conditions]
+    return result
 
 
 # Fields that follow the clock alone: written with progress, not for their own sake.
 CLOCK_FIELDS = ("linesPerSecond", "outputTokensPerSecond", "estimatedTimeLeft")
 
 
-def status_changed(status: dict[str, Any], fields: dict[str, Any]) -> bool:
-    """Whether the fields batch_status computed say more than the stored status does,
-    the clock aside (a batch making no progress is not written every pass)."""
-    return any(status.get(key) != value for key, value in fields.items() if key not in CLOCK_FIELDS)
+def status_changed(status: Mapping[str, Any], patch: Mapping[str, Any]) -> bool:
+    """Whether the merge patch of the fields batch_status computed says more than the
+    stored status does, the clock aside (a batch making no progress is not written every
+    pass)."""
+    return any(status.get(key) != value for key, value in patch.items() if key not in CLOCK_FIELDS)
 
 
 def _failure(observed: Observed, merge_done: str | None) -> tuple[str, str]:

@@ -25,26 +25,25 @@ import datetime
 import logging
 import math
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from lightkube import ApiError, AsyncClient
 from lightkube.types import PatchType
-from pydantic import ValidationError
 
 from gptoss_operator.api.conditions import parse_time, timestamp
 from gptoss_operator.api.job import FINISHED_PHASES, Phase
-from gptoss_operator.api.job_status import (
-    charged_attempts,
-    deadline_passed,
-    queued,
-    with_conditions,
-)
-from gptoss_operator.api.model import Autoscaling
+from gptoss_operator.api.job_status import deadline_passed, queued, with_conditions
 from gptoss_operator.api.model import Phase as ModelPhase
 from gptoss_operator.api.resources import GptOssModelResource, InferenceJobResource
+from gptoss_operator.controllers.facts import (
+    WAKING,
+    JobFacts,
+    ModelFacts,
+    lease_token,
+    queue_counts,
+)
 from gptoss_operator.core import metrics
 from gptoss_operator.core.kube import is_status
 from gptoss_operator.core.retry import is_transient
@@ -56,146 +55,6 @@ log = logging.getLogger(__name__)
 REQUEUE_REASONS = ("WorkerLost", "WorkerShutdown", "EngineUnavailable")
 # While a pass writes many jobs, the models' queues are counted again this often.
 RECOUNT_SECONDS = 1.0
-
-
-@dataclass(frozen=True)
-class JobFacts:
-    """What the operator remembers of one InferenceJob."""
-
-    namespace: str
-    name: str
-    model: str
-    resource_version: str
-    generation: int | None
-    phase: str
-    scheduled_reason: str | None
-    worker: str | None
-    attempts: int
-    charged_attempts: int
-    backoff_limit: int
-    created: str | None
-    active_deadline_seconds: int | None
-    ttl_seconds_after_finished: int | None
-    completion_time: str | None
-    status: Mapping[str, Any]
-    has_status: bool
-
-    @property
-    def lease_token(self) -> tuple[Any, ...]:
-        return lease_token({**self.status, "worker": self.worker, "attempts": self.attempts})
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> JobFacts:
-        metadata = body.get("metadata") or {}
-        spec = body.get("spec") or {}
-        status = body.get("status") or {}
-        scheduled = next(
-            (c for c in status.get("conditions") or [] if c.get("type") == "Scheduled"), None
-        )
-        return cls(
-            namespace=str(metadata.get("namespace", "")),
-            name=str(metadata.get("name", "")),
-            model=str((spec.get("modelRef") or {}).get("name", "")),
-            resource_version=str(metadata.get("resourceVersion", "")),
-            generation=metadata.get("generation"),
-            phase=str(status.get("phase") or Phase.PENDING.value),
-            scheduled_reason=scheduled.get("reason") if scheduled else None,
-            worker=status.get("worker"),
-            attempts=int(status.get("attempts") or 0),
-            charged_attempts=charged_attempts(status),
-            backoff_limit=int(spec.get("backoffLimit", 3)),
-            created=metadata.get("creationTimestamp"),
-            active_deadline_seconds=spec.get("activeDeadlineSeconds"),
-            ttl_seconds_after_finished=spec.get("ttlSecondsAfterFinished"),
-            completion_time=status.get("completionTime"),
-            status={
-                key: status[key]
-                for key in ("conditions", "lease", "startTime", "message")
-                if key in status
-            },
-            has_status=bool(body.get("status")),
-        )
-
-
-def lease_token(status: Mapping[str, Any]) -> tuple[Any, ...]:
-    """What changes when a lease is renewed, claimed again or retried in place."""
-    lease = status.get("lease") or {}
-    return (
-        status.get("worker"),
-        int(status.get("attempts") or 0),
-        lease.get("renewTime"),
-        lease.get("acquireTime"),
-    )
-
-
-def _autoscaling(value: Any) -> Autoscaling | None:
-    """The policy, or None when there is none (or it cannot be read: the apiserver holds
-    it to the schema, so only a CRD older than the reader gets here)."""
-    if not value:
-        return None
-    try:
-        return Autoscaling.model_validate(value)
-    except ValidationError:
-        log.warning("ignoring an unreadable spec.serving.autoscaling: %s", value)
-        return None
-
-
-# What a job sees of a model at zero pods that its autoscaler will wake for the queue.
-WAKING = "Waking"
-
-
-@dataclass(frozen=True)
-class ModelFacts:
-    """What the operator remembers of one GptOssModel."""
-
-    phase: str
-    ready_replicas: int = 0
-    replicas: int | None = None  # status.replicas: the pods the operator last asked for
-    uid: str = ""
-    autoscaling: Autoscaling | None = None
-    concurrency: int = 64
-    serving_reason: str | None = None
-
-    @classmethod
-    def from_status(cls, status: Mapping[str, Any]) -> ModelFacts:
-        serving: Mapping[str, Any] = next(
-            (c for c in status.get("conditions") or [] if c.get("type") == "Serving"), {}
-        )
-        replicas = status.get("replicas")
-        return cls(
-            str(status.get("phase") or ModelPhase.PENDING.value),
-            int(status.get("readyReplicas") or 0),
-            int(replicas) if replicas is not None else None,
-            serving_reason=serving.get("reason"),
-        )
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> ModelFacts:
-        spec = body.get("spec") or {}
-        serving = spec.get("serving") or {}
-        facts = cls.from_status(body.get("status") or {})
-        return replace(
-            facts,
-            uid=str((body.get("metadata") or {}).get("uid", "")),
-            autoscaling=_autoscaling(serving.get("autoscaling")),
-            concurrency=int((spec.get("sidecar") or {}).get("concurrency", 64)),
-        )
-
-    @property
-    def queue_phase(self) -> str:
-        """The phase as its jobs see it: a model Starting while some replica is ready
-        (one of N restarting, a rollout) still takes jobs; one at zero pods that its
-        autoscaler wakes for them, or woke and is loading, is Waking."""
-        if self.ready_replicas > 0 and self.phase == ModelPhase.STARTING.value:
-            return ModelPhase.READY.value
-        at_zero = self.phase == ModelPhase.SCALED_TO_ZERO.value
-        if (
-            self.autoscaling
-            and not self.ready_replicas
-            and (at_zero or self.serving_reason == WAKING)
-        ):
-            return WAKING
-        return self.phase
 
 
 @dataclass(frozen=True)
@@ -303,16 +162,6 @@ def _fail(facts: JobFacts, status: dict[str, Any], reason: str, message: str) ->
     failed["completionTime"] = timestamp()
     failed["finishReason"] = "error"
     return Action("status", reason, failed, remove=("lease",))
-
-
-def queue_counts(jobs: Iterable[JobFacts]) -> dict[tuple[str, str], dict[str, int]]:
-    counts: dict[tuple[str, str], Counter[str]] = {}
-    for job in jobs:
-        counts.setdefault((job.namespace, job.model), Counter())[job.phase] += 1
-    return {
-        key: {"pending": counter[Phase.PENDING.value], "running": counter[Phase.RUNNING.value]}
-        for key, counter in counts.items()
-    }
 
 
 class LeaseClock:

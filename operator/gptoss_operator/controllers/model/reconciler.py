@@ -14,7 +14,6 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,30 +44,13 @@ from gptoss_operator.core import kube, metrics, naming
 from gptoss_operator.core.events import EventSink
 from gptoss_operator.core.naming import RETRY_ANNOTATION
 from gptoss_operator.core.quantity import to_bytes
+from gptoss_operator.core.serializer import KeyedSerializer
 from gptoss_operator.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
 # A claim younger than this is not checked for warning Events yet (it is being bound).
 CLAIM_EVENTS_AFTER_SECONDS = 3.0
-
-
-@dataclass
-class KeyedSerializer:
-    """Run at most one reconcile per key at a time; triggers that arrive while one
-    runs collapse into a single follow-up run."""
-
-    locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
-    waiting: set[tuple[str, str]] = field(default_factory=set)
-
-    async def run(self, key: tuple[str, str], work: Callable[[], Awaitable[None]]) -> None:
-        if key in self.waiting:
-            return
-        lock = self.locks.setdefault(key, asyncio.Lock())
-        self.waiting.add(key)
-        async with lock:
-            self.waiting.discard(key)
-            await work()
 
 
 def _age_seconds(obj: dict[str, Any]) -> float:
@@ -129,26 +111,31 @@ def _current_attempt(jobs: list[dict[str, Any]], digest: str) -> dict[str, Any] 
 
 @dataclass
 class ReportedStatus:
-    """The status this process last wrote to each model, kept for a few seconds: until
-    the watch's view of the model shows it, the reconcile compares with (and computes
-    Events from) what it wrote, not from the older view."""
+    """The status this process last wrote to each model and the resourceVersion that
+    write made: until the watch's view of the model reaches that version, the reconcile
+    compares with (and computes Events from) what it wrote, not from the older view."""
 
-    ttl_seconds: float = 10.0
-    entries: dict[tuple[str, str, str], tuple[dict[str, Any], float]] = field(default_factory=dict)
+    entries: dict[tuple[str, str, str], tuple[dict[str, Any], str]] = field(default_factory=dict)
 
-    def overlay(self, key: tuple[str, str, str], seen: dict[str, Any]) -> dict[str, Any]:
+    def overlay(
+        self, key: tuple[str, str, str], seen: dict[str, Any], seen_version: str
+    ) -> dict[str, Any]:
         entry = self.entries.get(key)
         if entry is None:
             return seen
-        written, when = entry
-        if time.monotonic() - when >= self.ttl_seconds:
+        written, version = entry
+        if kube.newer_or_same(seen_version, version) is not False:
+            # The view holds the write (or the versions say nothing: trust the view).
             del self.entries[key]
             return seen
         merged: dict[str, Any] = merge_patch(seen, written)
         return merged
 
-    def remember(self, key: tuple[str, str, str], status: dict[str, Any]) -> None:
-        self.entries[key] = (status, time.monotonic())
+    def remember(self, key: tuple[str, str, str], status: dict[str, Any], version: str) -> None:
+        self.entries[key] = (status, version)
+
+    def forget(self, key: tuple[str, str, str]) -> None:
+        self.entries.pop(key, None)
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -261,7 +248,9 @@ class ModelReconciler:
                 generation=generation, digest=naming.source_hash(spec), name_in_use=str(error)
             )
         reported = (namespace, name, ctx.uid)
-        previous = self.reported.overlay(reported, body.get("status") or {})
+        previous = self.reported.overlay(
+            reported, body.get("status") or {}, str(body["metadata"].get("resourceVersion", ""))
+        )
         computed = model_status.compute(
             observed,
             previous,
@@ -270,16 +259,18 @@ class ModelReconciler:
             replicas=spec.serving.replicas,
             api_key_secret=api_key.reference(ctx),
         )
-        if not _contains(previous, computed.status):
+        patch = computed.patch
+        if not _contains(previous, patch):
             try:
-                await kube.patch_status(
-                    self.client, GptOssModelResource, name, namespace, computed.status
+                version = await kube.patch_status(
+                    self.client, GptOssModelResource, name, namespace, patch
                 )
             except ApiError as error:
                 if error.status.code == 404:  # deleted while we worked
+                    self.reported.forget(reported)
                     return
                 raise
-            self.reported.remember(reported, merge_patch(previous, computed.status))
+            self.reported.remember(reported, merge_patch(previous, patch), version)
         metrics.count("model_reconciles")
         if observed.claim_resize_refused_now and observed.claim_resize_error:
             await self.emit(body, "Warning", "StorageNotExpandable", observed.claim_resize_error)
@@ -320,10 +311,11 @@ class ModelReconciler:
         else:
             # A claim the watch does not show is made (or found ours) before the Job that
             # writes into it: a claim of that name someone else made is never written.
-            observed.claim = self.watched.claim(ctx.namespace, ctx.name, claim_name)
+            wanted = storage.claim(ctx)
+            observed.claim = self.watched.claim(wanted)
             if observed.claim is None:
                 observed.claim = await kube.create_or_read_ours(
-                    client, PersistentVolumeClaim, storage.claim(ctx)
+                    client, PersistentVolumeClaim, wanted
                 )
             observed.job = await self._download_job(ctx, digest, generation, retry_token, observed)
         if observed.claim is not None and not ctx.spec.storage.existingClaim:
@@ -339,10 +331,13 @@ class ModelReconciler:
         job_name = (observed.job or {}).get("metadata", {}).get("name") or (
             naming.download_job_name(ctx.name, digest)
         )
-        observed.job_pods = self.watched.pods_of(ctx.namespace, ctx.name, {"job-name": job_name})
-        existing = self.watched.deployment(
-            ctx.namespace, ctx.name, naming.deployment_name(ctx.name)
+        job_uid = (observed.job or {}).get("metadata", {}).get("uid")
+        observed.job_pods = (
+            self.watched.pods_of(ctx.namespace, ctx.name, naming.job_pods_selector(job_uid))
+            if job_uid
+            else []
         )
+        existing = self.watched.deployment(ctx.namespace, ctx.name, ctx.uid)
         downloaded = model_status.download_verdict(observed).ok
         served: str | None = None
         if downloaded:
@@ -365,7 +360,7 @@ class ModelReconciler:
                 await self._apply_once(policy)
             observed.served_digest = served
             observed.server_pods = self.watched.pods_of(
-                ctx.namespace, ctx.name, naming.server_selector(ctx.name)
+                ctx.namespace, ctx.name, naming.server_pods_selector(ctx.name, ctx.uid)
             )
         if downloaded and self.cleaned.get((ctx.namespace, ctx.name)) != digest:
             await self._delete_stale_jobs(ctx, job_name)
@@ -462,14 +457,14 @@ class ModelReconciler:
                 self.settings.download_retry_cap_seconds,
             )
 
-        current = _current_attempt(self.watched.jobs_of(ctx.namespace, ctx.name, selector), digest)
+        current = _current_attempt(self.watched.jobs_of(ctx.namespace, ctx.name, ctx.uid), digest)
         retry = plan(current)
         if current is None or (retry is not None and retry.now):
+            listed = self.client.list(Job, namespace=ctx.namespace, labels=dict[str, Any](selector))
             live = [
-                kube.to_dict(job)
-                async for job in self.client.list(
-                    Job, namespace=ctx.namespace, labels=dict[str, Any](selector)
-                )
+                job
+                async for job in (kube.to_dict(job) async for job in listed)
+                if kube.controlled_by(job, ctx.uid)
             ]
             current = _current_attempt(live, digest)
             retry = plan(current)

@@ -11,8 +11,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from gptoss_operator.api.common import Condition, SecretKeyRef
 from gptoss_operator.api.conditions import get_condition, set_condition
-from gptoss_operator.api.model import Phase
+from gptoss_operator.api.model import AutoscalingStatus, DownloadStatus, GptOssModelStatus, Phase
 from gptoss_operator.controllers.model.download_retry import RetryPlan, retry_hint
 from gptoss_operator.core import naming
 
@@ -52,7 +53,7 @@ class Observed:
     replicas: int | None = None
     zero_message: str = "spec.serving.replicas is 0"
     waking: bool = False
-    autoscaling: dict[str, Any] | None = None
+    autoscaling: AutoscalingStatus | None = None
     # Why the operator stopped: an object with a child's name that is not the model's.
     name_in_use: str | None = None
 
@@ -69,8 +70,13 @@ class Verdict:
 
 @dataclass
 class Computed:
-    status: dict[str, Any]
+    status: GptOssModelStatus  # the fields to write: those set on it
     events: list[tuple[str, str, str]]  # (type Normal|Warning, reason, message)
+
+    @property
+    def patch(self) -> dict[str, Any]:
+        """The status write, a JSON merge patch."""
+        return self.status.to_patch()
 
 
 def _job_condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
@@ -236,7 +242,7 @@ def compute(
     name: str,
     namespace: str,
     replicas: int,
-    api_key_secret: dict[str, str] | None = None,
+    api_key_secret: SecretKeyRef | None = None,
 ) -> Computed:
     if observed.name_in_use is not None:
         return _name_in_use(observed.generation, observed.name_in_use, previous)
@@ -302,26 +308,26 @@ def compute(
 
     deployment_status = (observed.deployment or {}).get("status", {})
     ready_replicas = int(deployment_status.get("readyReplicas", 0) or 0)
-    status: dict[str, Any] = {
-        "phase": phase.value,
-        "observedGeneration": generation,
-        "conditions": conditions,
-        "replicas": replicas,
-        "readyReplicas": ready_replicas,
-        "readySummary": f"{ready_replicas}/{replicas}",
-        "servedModelName": name,
-        "selector": naming.selector_string(naming.server_selector(name)),
-    }
+    status = GptOssModelStatus(
+        phase=phase,
+        observedGeneration=generation,
+        conditions=[Condition.model_validate(c) for c in conditions],
+        replicas=replicas,
+        readyReplicas=ready_replicas,
+        readySummary=f"{ready_replicas}/{replicas}",
+        servedModelName=name,
+        selector=naming.selector_string(naming.server_selector(name)),
+        # None removes what an earlier policy left (a merge patch deletes null fields).
+        autoscaling=observed.autoscaling,
+    )
     if observed.claim is not None:
-        status["claimName"] = _name(observed.claim)
+        status.claimName = _name(observed.claim)
     if observed.service is not None:
-        status["endpoint"] = naming.endpoint_url(name, namespace)
+        status.endpoint = naming.endpoint_url(name, namespace)
     if api_key_secret is not None:
-        status["apiKeySecretRef"] = api_key_secret
-    # None removes what an earlier policy left (a merge patch deletes null fields).
-    status["autoscaling"] = observed.autoscaling
+        status.apiKeySecretRef = api_key_secret
     if download.ok and observed.served_digest == observed.digest:
-        status["download"] = {"percent": 100}
+        status.download = DownloadStatus(percent=100)
     return Computed(status, _events(previous, conditions, phase))
 
 
@@ -335,11 +341,11 @@ def _name_in_use(generation: int, message: str, previous: dict[str, Any]) -> Com
     conditions = set_condition(conditions, "Ready", False, NAME_IN_USE, message, generation)
     conditions = set_condition(conditions, "Reconciling", False, NAME_IN_USE, "", generation)
     conditions = set_condition(conditions, "Stalled", True, NAME_IN_USE, message, generation)
-    status: dict[str, Any] = {
-        "phase": previous.get("phase") or Phase.PENDING.value,
-        "observedGeneration": generation,
-        "conditions": conditions,
-    }
+    status = GptOssModelStatus(
+        phase=Phase(previous.get("phase") or Phase.PENDING.value),
+        observedGeneration=generation,
+        conditions=[Condition.model_validate(c) for c in conditions],
+    )
     before = get_condition(previous.get("conditions"), "Stalled") or {}
     told = (before.get("reason"), before.get("message")) == (NAME_IN_USE, message)
     return Computed(status, [] if told else [("Warning", NAME_IN_USE, message)])

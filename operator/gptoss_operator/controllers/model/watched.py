@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gptoss_operator.core import naming
+from gptoss_operator.core import kube, naming
 
 Key = tuple[str, str]  # (namespace, model)
 Index = Mapping[Key, Iterable[Mapping[str, Any]]]
@@ -44,7 +44,10 @@ def _matches(obj: Mapping[str, Any], selector: Mapping[str, str]) -> bool:
 
 @dataclass(frozen=True)
 class Watched:
-    """Read-only views of every model and, by kind, of its children."""
+    """Read-only views of every model and, by kind, of its children. The views file
+    children under the model their labels name; a child is the model's when the model
+    is its controller (pods: when they carry its uid, or their Job's), so the children
+    an earlier model of the same name left behind are never read as this one's."""
 
     models: Index
     claims: Index
@@ -53,33 +56,44 @@ class Watched:
     deployments: Index
 
     @staticmethod
-    def _select(
-        index: Index, namespace: str, model: str, selector: Mapping[str, str]
-    ) -> list[dict[str, Any]]:
-        return [dict(obj) for obj in index.get((namespace, model), ()) if _matches(obj, selector)]
+    def _filed(index: Index, namespace: str, model: str) -> list[dict[str, Any]]:
+        return [dict(obj) for obj in index.get((namespace, model), ())]
 
     @staticmethod
-    def _named(index: Index, namespace: str, model: str, name: str) -> dict[str, Any] | None:
-        for obj in index.get((namespace, model), ()):
-            if (obj.get("metadata") or {}).get("name") == name:
-                return dict(obj)
-        return None
+    def _name(obj: Mapping[str, Any]) -> str | None:
+        return (obj.get("metadata") or {}).get("name")
 
     def model(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self._named(self.models, namespace, name, name)
+        return next(
+            (m for m in self._filed(self.models, namespace, name) if self._name(m) == name), None
+        )
 
-    def claim(self, namespace: str, model: str, name: str) -> dict[str, Any] | None:
-        return self._named(self.claims, namespace, model, name)
+    def claim(self, manifest: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The claim ``manifest`` describes, if the one of its name is ours."""
+        metadata = manifest["metadata"]
+        model = metadata["labels"][naming.MODEL_LABEL]
+        for claim in self._filed(self.claims, metadata["namespace"], model):
+            if self._name(claim) == metadata["name"]:
+                return claim if kube.is_ours(dict(manifest), claim) else None
+        return None
 
-    def deployment(self, namespace: str, model: str, name: str) -> dict[str, Any] | None:
-        return self._named(self.deployments, namespace, model, name)
+    def deployment(self, namespace: str, model: str, uid: str) -> dict[str, Any] | None:
+        """The model's Deployment: named for it and controlled by it."""
+        name = naming.deployment_name(model)
+        return next(
+            (
+                d
+                for d in self._filed(self.deployments, namespace, model)
+                if self._name(d) == name and kube.controlled_by(d, uid)
+            ),
+            None,
+        )
 
-    def jobs_of(
-        self, namespace: str, model: str, selector: Mapping[str, str]
-    ) -> list[dict[str, Any]]:
-        return self._select(self.jobs, namespace, model, selector)
+    def jobs_of(self, namespace: str, model: str, uid: str) -> list[dict[str, Any]]:
+        """The Jobs the model with ``uid`` controls."""
+        return [j for j in self._filed(self.jobs, namespace, model) if kube.controlled_by(j, uid)]
 
     def pods_of(
         self, namespace: str, model: str, selector: Mapping[str, str]
     ) -> list[dict[str, Any]]:
-        return self._select(self.pods, namespace, model, selector)
+        return [p for p in self._filed(self.pods, namespace, model) if _matches(p, selector)]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gptoss_operator.api.conditions import timestamp
-from gptoss_operator.builders.download import (
+from gptoss_operator.api.download_exits import (
     EXIT_BAD_REQUEST,
     EXIT_INSUFFICIENT_STORAGE,
     EXIT_NOT_FOUND,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from lightkube import ApiError, Client
 from lightkube.resources.core_v1 import Secret
 
-from gptoss_operator.builders.download import EXIT_UNAUTHORIZED, EXIT_UNREACHABLE
+from gptoss_operator.api.download_exits import EXIT_UNAUTHORIZED, EXIT_UNREACHABLE
 from gptoss_operator.core import naming
 from gptoss_operator.workers.download.downloader import DownloadError
 
