@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -48,3 +49,19 @@ async def settled_count(engine: Any, quiet: float = 1.0, within: float = 30.0) -
         elif loop.time() - since >= quiet:
             return count
     raise AssertionError(f"the stand-in engine did not settle in {within:.0f}s")
+
+
+def batch_status_patch(
+    shards: int,
+    stored: dict[str, Any],
+    generation: int | None,
+    observed: Any,
+    now: datetime.datetime,
+) -> dict[str, Any]:
+    """The merge patch the batch reconciler writes over ``stored``: the typed status
+    computed, as the wire has it."""
+    from gptoss_operator.api.batch import InferenceBatchStatus
+    from gptoss_operator.controllers.batch.status import batch_status
+
+    typed = InferenceBatchStatus.model_validate(stored)
+    return batch_status(shards, typed, generation, observed, now).to_patch()

@@ -7,7 +7,7 @@ import datetime
 import json
 from typing import Any
 
-from gptoss_operator.api.batch import InferenceBatchSpec, InferenceBatchStatus
+from gptoss_operator.api.batch import InferenceBatchSpec
 from gptoss_operator.api.batch_plan import BatchPlan
 from gptoss_operator.api.model import GptOssModelSpec
 from gptoss_operator.builders import ModelContext
@@ -18,22 +18,8 @@ from gptoss_operator.controllers.batch.status import (
     pod_trouble,
     status_changed,
 )
-from gptoss_operator.controllers.batch.status import (
-    batch_status as compute_batch_status,
-)
 from gptoss_operator.core.settings import Settings
-
-
-def batch_status(
-    shards: int,
-    stored: dict[str, Any],
-    generation: int | None,
-    observed: Any,
-    now: datetime.datetime,
-) -> dict[str, Any]:
-    """The merge patch the reconciler writes: the typed status, as the wire has it."""
-    typed = InferenceBatchStatus.model_validate(stored)
-    return compute_batch_status(shards, typed, generation, observed, now).to_patch()
+from tests.support import batch_status_patch
 
 
 def context(model_spec: dict[str, Any] | None = None, **spec: Any) -> BatchContext:
@@ -172,7 +158,7 @@ def test_status_counts_shards_and_estimates_the_time_left() -> None:
         "0": {"total": 600, "succeeded": 290, "failed": 10, "inFlight": 4, "completionTokens": 900},
         "1": {"total": 600, "succeeded": 300, "failed": 0, "inFlight": 4, "completionTokens": 1000},
     }
-    status = batch_status(2, {"shards": shards}, 1, Observed(shards_job=running), NOW)
+    status = batch_status_patch(2, {"shards": shards}, 1, Observed(shards_job=running), NOW)
     assert status["phase"] == "Running"
     assert status["counts"] == {"total": 1200, "succeeded": 590, "failed": 10, "inFlight": 8}
     assert status["percent"] == 50
@@ -187,20 +173,21 @@ def test_a_batch_without_progress_needs_no_status_write() -> None:
     on every pass (a running batch was patched every resync for them alone)."""
     running = {"status": {"startTime": "2026-11-26T11:50:00Z"}}
     shards = {"0": {"total": 600, "succeeded": 300, "failed": 0, "inFlight": 4}}
-    first = batch_status(1, {"shards": shards}, 1, Observed(shards_job=running), NOW)
+    first = batch_status_patch(1, {"shards": shards}, 1, Observed(shards_job=running), NOW)
     stored = {"shards": shards, **first}
     later = NOW + datetime.timedelta(seconds=30)
-    again = batch_status(1, stored, 1, Observed(shards_job=running), later)
+    again = batch_status_patch(1, stored, 1, Observed(shards_job=running), later)
     assert again["linesPerSecond"] != first["linesPerSecond"]
     assert not status_changed(stored, again)
     progressed = {"0": {**shards["0"], "succeeded": 310}}
-    moved = batch_status(
+    moved = batch_status_patch(
         1, {**stored, "shards": progressed}, 1, Observed(shards_job=running), later
     )
     assert status_changed(stored, moved)
     trouble = Observed(shards_job=running, trouble=("ImagePullBackOff", "the image is missing"))
-    assert status_changed(stored, batch_status(1, stored, 1, trouble, later))
-    assert status_changed(stored, batch_status(1, stored, 2, Observed(shards_job=running), later))
+    assert status_changed(stored, batch_status_patch(1, stored, 1, trouble, later))
+    running_again = Observed(shards_job=running)
+    assert status_changed(stored, batch_status_patch(1, stored, 2, running_again, later))
 
 
 def test_a_batch_finishes_with_the_merges_figures_or_fails_with_the_shards_reason() -> None:
@@ -214,7 +201,7 @@ def test_a_batch_finishes_with_the_merges_figures_or_fails_with_the_shards_reaso
             "errors": "s3://b/o/errors.jsonl",
         }
     }
-    done = batch_status(
+    done = batch_status_patch(
         2,
         {},
         1,
@@ -228,7 +215,7 @@ def test_a_batch_finishes_with_the_merges_figures_or_fails_with_the_shards_reaso
     assert (complete["status"], complete["reason"]) == ("True", "Completed")
 
     failure = {"reason": "StorageUnusable", "message": "output s3://b/o is not writable"}
-    merging = batch_status(
+    merging = batch_status_patch(
         2,
         {},
         1,
@@ -236,7 +223,7 @@ def test_a_batch_finishes_with_the_merges_figures_or_fails_with_the_shards_reaso
         NOW,
     )
     assert merging["phase"] == "Merging"  # what was answered is kept
-    failed = batch_status(
+    failed = batch_status_patch(
         2,
         {},
         1,
@@ -258,7 +245,7 @@ def test_a_merge_that_cannot_run_fails_the_batch_with_its_own_reason() -> None:
     """#23, defect 8: the merge's termination message names why (not a generic
     MergeFailed); a merge that left none falls back to the shards' reason."""
     unusable = {"reason": "StorageUnusable", "message": "output pvc://d/out is not writable"}
-    failed = batch_status(
+    failed = batch_status_patch(
         1,
         {},
         1,
@@ -276,7 +263,7 @@ def test_a_merge_that_cannot_run_fails_the_batch_with_its_own_reason() -> None:
         "output pvc://d/out is not writable",
     )
     in_use = {"reason": "OutputInUse", "message": "output folder pvc://d/out belongs to ..."}
-    both = batch_status(
+    both = batch_status_patch(
         1,
         {},
         1,

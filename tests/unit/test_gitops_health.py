@@ -20,12 +20,11 @@ import lupa.lua51 as lupa
 import pytest
 import yaml
 
-from gptoss_operator.api.batch import InferenceBatchStatus
 from gptoss_operator.api.job import Phase as JobPhase
 from gptoss_operator.api.job_status import queued, with_conditions
 from gptoss_operator.controllers.batch.status import Observed as BatchObserved
-from gptoss_operator.controllers.batch.status import batch_status as compute_batch_status
 from gptoss_operator.controllers.model.status import Observed, compute
+from tests.support import batch_status_patch
 
 FILES = Path(__file__).resolve().parents[2] / "charts" / "gptoss-operator" / "files"
 MODEL_SCRIPT = FILES / "argocd-health-gptossmodel.lua"
@@ -46,18 +45,6 @@ DIGEST = "0123abcd"
 MODEL = "gpt-oss-20b"
 NAMESPACE = "ml"
 BOUND_CLAIM = {"metadata": {"name": f"{MODEL}-weights"}, "status": {"phase": "Bound"}}
-
-
-def batch_status(
-    shards: int,
-    stored: dict[str, Any],
-    generation: int | None,
-    observed: Any,
-    now: datetime.datetime,
-) -> dict[str, Any]:
-    """The merge patch the reconciler writes: the typed status, as the wire has it."""
-    typed = InferenceBatchStatus.model_validate(stored)
-    return compute_batch_status(shards, typed, generation, observed, now).to_patch()
 
 
 def model_object(status: dict[str, Any] | None, generation: int = GENERATION) -> dict[str, Any]:
@@ -540,7 +527,7 @@ def batch_objects() -> dict[str, dict[str, Any]]:
     now = datetime.datetime(2026, 11, 26, 12, 0, tzinfo=datetime.UTC)
     objects = {}
     for case, observed in cases.items():
-        obj = job_object(batch_status(2, {}, 1, observed, now))
+        obj = job_object(batch_status_patch(2, {}, 1, observed, now))
         obj["kind"] = "InferenceBatch"
         objects[case] = obj
     return objects

@@ -35,10 +35,10 @@ def product_imports(path: Path) -> Iterator[str]:
     """The product modules a file imports (``from gptoss_operator import x`` names x)."""
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module == "gptoss_operator":
-                yield from (f"gptoss_operator.{alias.name}" for alias in node.names)
-            elif node.module.startswith("gptoss_operator."):
-                yield node.module
+            if node.module == "gptoss_operator" or node.module.startswith("gptoss_operator."):
+                # ``from package import module`` names a module, else a symbol of the
+                # module (see graph()).
+                yield from (f"{node.module}.{alias.name}" for alias in node.names)
         elif isinstance(node, ast.Import):
             yield from (a.name for a in node.names if a.name.startswith("gptoss_operator."))
 
@@ -51,6 +51,8 @@ def graph() -> dict[str, set[str]]:
         for imported in product_imports(path):
             # ``from gptoss_operator.engine import client`` names a module or a symbol.
             target = imported if imported in modules else imported.rsplit(".", 1)[0]
+            while target not in modules and "." in target:  # a namespace package
+                target = target.rsplit(".", 1)[0]
             if target in modules and target != name:
                 targets.add(target)
         edges[name] = targets

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from lightkube import ApiError, AsyncClient, codecs
@@ -25,11 +26,11 @@ from lightkube.types import PatchType
 from gptoss_operator.api.common import API_VERSION
 from gptoss_operator.api.conditions import timestamp
 from gptoss_operator.api.job import FINISHED_PHASES, KIND, Phase
-from gptoss_operator.api.job_status import with_conditions
 from gptoss_operator.api.resources import InferenceJobResource
 from gptoss_operator.core import naming
 from gptoss_operator.core.events import post_event
 from gptoss_operator.core.retry import is_transient, retry_transient
+from gptoss_operator.workers.sidecar import lifecycle
 
 log = logging.getLogger(__name__)
 
@@ -97,31 +98,19 @@ class JobStore:
 
     async def claim(self, job: dict[str, Any]) -> dict[str, Any] | None:
         """Take a Pending job for this worker. None when someone else changed it first."""
-        status = dict(job.get("status") or {})
-        if (status.get("phase") or Phase.PENDING.value) != Phase.PENDING.value:
-            return None
         metadata = job["metadata"]
-        attempt = int(status.get("attempts") or 0) + 1
         now = timestamp()
-        claimed = with_conditions(
-            status,
-            Phase.RUNNING,
-            "Running",
-            f"running on {self.worker} (attempt {attempt})",
-            metadata.get("generation"),
-        )
-        claimed.update(
+        claimed = lifecycle.claim(
+            job.get("status") or {},
             worker=self.worker,
-            attempts=attempt,
-            startTime=status.get("startTime") or now,
-            reasoningLevel=job["spec"].get("reasoningLevel", "medium"),
-            lease={
-                "holder": self.worker,
-                "acquireTime": now,
-                "renewTime": now,
-                "durationSeconds": self.lease_seconds,
-            },
+            generation=metadata.get("generation"),
+            reasoning_level=job["spec"].get("reasoningLevel", "medium"),
+            lease_seconds=self.lease_seconds,
+            now=now,
         )
+        if claimed is None:
+            return None
+        attempt = claimed["attempts"]
         ops = [
             {
                 "op": "test",
@@ -153,7 +142,7 @@ class JobStore:
         attempt: int,
         changes: dict[str, Any],
         remove: tuple[str, ...] = (),
-        current: dict[str, Any] | None = None,
+        current: Mapping[str, Any] | None = None,
         retry: bool = True,
     ) -> dict[str, Any]:
         """Apply status changes if the job is Running on this worker's ``attempt``;
@@ -301,7 +290,7 @@ def _claimed_by(job: dict[str, Any], worker: str, attempt: int, acquired: str) -
 
 
 def _set_ops(
-    changes: dict[str, Any], remove: tuple[str, ...], current: dict[str, Any] | None
+    changes: dict[str, Any], remove: tuple[str, ...], current: Mapping[str, Any] | None
 ) -> list[dict[str, Any]]:
     ops = [
         {"op": "add", "path": f"/status/{key}", "value": value}

@@ -26,10 +26,9 @@ from lightkube import AsyncClient
 from lightkube.operators import not_in
 from lightkube.types import OnErrorAction, OnErrorResult
 
-from gptoss_operator.api.conditions import format_duration, parse_time, timestamp
+from gptoss_operator.api.conditions import parse_time, timestamp
 from gptoss_operator.api.job import FINISHED_PHASES, InferenceJobSpec, Phase
 from gptoss_operator.api.job_output import layout
-from gptoss_operator.api.job_status import phase_fields, queued, with_conditions
 from gptoss_operator.api.resources import InferenceJobResource
 from gptoss_operator.engine.attempts import Verdict, decide
 from gptoss_operator.engine.client import (
@@ -41,6 +40,8 @@ from gptoss_operator.engine.client import (
 from gptoss_operator.engine.generation import EngineGate, Progress, RunResult, generate
 from gptoss_operator.engine.harmony import ChatMessage, Harmony
 from gptoss_operator.engine.render import PromptRenderer
+from gptoss_operator.workers.sidecar import lifecycle
+from gptoss_operator.workers.sidecar.lifecycle import Held
 from gptoss_operator.workers.sidecar.store import JobStore, LostJob, claim_facts
 
 # How many of the oldest pending jobs a worker chooses from (see Sidecar._next_pending).
@@ -116,8 +117,10 @@ class Sidecar:
         self._slots = asyncio.Semaphore(config.concurrency)
         self.completed = 0
         self.stopping = False
-        self.attempts: dict[str, int] = {}
+        # The jobs running here as claimed (bodies, for their Events) and where their
+        # attempts stand.
         self.jobs: dict[str, dict[str, Any]] = {}
+        self.held: dict[str, Held] = {}
         # Jobs whose answer is complete and being written: never cancelled.
         self.finishing: set[str] = set()
         # Open while the engine answers its health check: no job is claimed otherwise.
@@ -256,25 +259,17 @@ class Sidecar:
             task.cancel()
         await asyncio.gather(*running.values(), return_exceptions=True)
         cut_short = [
-            (self.jobs[name], self.attempts[name])
+            (self.jobs[name], self.held[name])
             for name in running
-            if name in self.interrupted and name in self.jobs and name in self.attempts
+            if name in self.interrupted and name in self.jobs and name in self.held
         ]
-        cut_short += [(job, int(job["status"]["attempts"])) for job in unstarted]
-        for job, attempt in cut_short:
-            name = job["metadata"]["name"]
-            voided = int(job["status"].get("voidedAttempts") or 0)
-            message = (
-                f"{self.config.worker} shut down during attempt {attempt}; requeued, the "
-                "attempt does not count against backoffLimit"
-            )
+        cut_short += [(job, Held.claimed(job)) for job in unstarted]
+        for job, held in cut_short:
             try:
-                await self._requeue(
-                    job, attempt, "WorkerShutdown", message, {"voidedAttempts": voided + 1}
-                )
-                log.info("requeued %s", name)
+                await self._write(job, held, lifecycle.worker_shutdown(held, self.config.worker))
+                log.info("requeued %s", held.name)
             except Exception as error:
-                log.warning("could not requeue %s: %s", name, error)
+                log.warning("could not requeue %s: %s", held.name, error)
 
     async def _claims_in_flight(self) -> list[dict[str, Any]]:
         """Let the claims the dispatch loop is making finish: jobs claimed as the pod goes
@@ -358,7 +353,7 @@ class Sidecar:
     async def _run_and_release(self, job: dict[str, Any]) -> None:
         name = job["metadata"]["name"]
         self.jobs[name] = job
-        self.attempts[name] = int(job["status"]["attempts"])
+        self.held[name] = Held.claimed(job)
         try:
             await self.run_job(job)
         except asyncio.CancelledError:
@@ -378,7 +373,7 @@ class Sidecar:
             self.completed += 1
             if not self.stopping:
                 self.jobs.pop(name, None)
-                self.attempts.pop(name, None)
+                self.held.pop(name, None)
                 self.interrupted.discard(name)
         requeued = self._requeued.pop(name, None)
         if requeued is not None and not self.stopping:
@@ -395,7 +390,7 @@ class Sidecar:
     # ------------------------------------------------------------------ one job
     async def run_job(self, job: dict[str, Any]) -> None:
         name = job["metadata"]["name"]
-        self.attempts.setdefault(name, int(job["status"]["attempts"]))
+        self.held.setdefault(name, Held.claimed(job))
         spec = InferenceJobSpec.model_validate(job["spec"])
         deadline = self._deadline(job, spec)
         messages = [ChatMessage(m.role, m.content) for m in spec.messages]
@@ -413,9 +408,8 @@ class Sidecar:
             try:
                 prompt = await self.renderer.render(messages, spec.reasoningLevel)
             except ValueError as error:  # text harmony cannot encode (e.g. a lone surrogate)
-                message = f"spec.messages cannot be rendered in the harmony format: {error}"
-                attempt = int(job["status"]["attempts"])
-                await self._finish_failed(job, attempt, "InvalidInput", message)
+                held = self.held[name]
+                await self._write(job, held, lifecycle.unrenderable(held, str(error), timestamp()))
                 return
             progress.prompt_tokens = len(prompt)
             await self._attempts(job, spec, prompt, params, deadline, progress)
@@ -431,13 +425,10 @@ class Sidecar:
         deadline: float | None,
         progress: Progress,
     ) -> None:
+        """Call the engine until it answers or the lifecycle says the attempt is over."""
         name = job["metadata"]["name"]
-        status = job["status"]
-        attempt = int(status["attempts"])
-        max_attempts = spec.backoffLimit + 1
-        voided = int(status.get("voidedAttempts") or 0)
-        platform_retries = 0
         while True:
+            held = self.held[name]
             try:
                 result = await generate(
                     self.engine,
@@ -450,101 +441,56 @@ class Sidecar:
                 )
                 break
             except TimeoutError:
-                await self._finish_failed(
-                    job,
-                    attempt,
-                    "DeadlineExceeded",
-                    f"activeDeadlineSeconds ({spec.activeDeadlineSeconds}"
-                    ") passed before the answer was complete",
-                )
+                write = lifecycle.deadline_passed(held, spec.activeDeadlineSeconds, timestamp())
+                await self._write(job, held, write)
                 return
             except EngineError as error:
                 decision = decide(
                     error,
                     engine_healthy=await self.engine.healthy() if error.retryable else None,
-                    platform_retries=platform_retries,
-                    charged=attempt - voided,
-                    max_attempts=max_attempts,
+                    platform_retries=held.platform_retries,
+                    charged=held.charged,
+                    max_attempts=spec.backoffLimit + 1,
                     prompt_tokens=len(prompt),
                     max_model_len=self.gate.max_model_len,
                 )
-                if decision.verdict is Verdict.REJECTED:
-                    await self._finish_failed(job, attempt, decision.reason, decision.message)
-                    return
-                if decision.verdict is Verdict.ENGINE_DOWN:
-                    # Restarting, out of memory: not the job's fault; another pod may run it.
-                    await self._hand_back(job, attempt, voided, error.message)
-                    return
-                if decision.verdict is Verdict.EXHAUSTED:
-                    await self._finish_failed(
-                        job, attempt, "BackoffLimitExceeded", decision.message
-                    )
-                    return
-                platform = decision.verdict is Verdict.ASK_AGAIN
-                if platform:
-                    platform_retries += 1
-                    voided += 1
-                delay = min(
-                    self.config.retry_max_seconds,
-                    self.config.retry_base_seconds * 2 ** (attempt - voided - (not platform)),
+                step = lifecycle.after_engine_error(
+                    held,
+                    decision,
+                    error.message,
+                    worker=self.config.worker,
+                    retry_base_seconds=self.config.retry_base_seconds,
+                    retry_max_seconds=self.config.retry_max_seconds,
+                    now=timestamp(),
                 )
+                if isinstance(step, lifecycle.Write):
+                    if decision.verdict is Verdict.ENGINE_DOWN:
+                        # Restarting, out of memory: stop claiming until it is healthy.
+                        self.gate.went_down(error.message)
+                    await self._write(job, held, step)
+                    return
                 log.warning(
                     "job %s attempt %d failed (%s); retrying in %.1fs",
                     name,
-                    attempt,
+                    held.attempt,
                     error.message,
-                    delay,
+                    step.delay,
                 )
-                outcome = "was cut (not counted)" if platform else "failed"
-                await self.store.update(
-                    name,
-                    attempt,
-                    {
-                        "attempts": attempt + 1,
-                        **({"voidedAttempts": voided} if platform else {}),
-                        "message": f"attempt {attempt} {outcome}: {error.message}; retrying",
-                        "lease/renewTime": timestamp(),
-                    },
-                )
-                attempt += 1
-                self.attempts[name] = attempt
-                await asyncio.sleep(delay)
+                await self.store.update(name, held.attempt, step.write.changes)
+                self.held[name] = step.next
+                await asyncio.sleep(step.delay)
         self.finishing.add(name)  # the answer exists: from here on it is only written
-        await self._finish_generated(job, attempt, spec, result)
+        await self._finish_generated(job, spec, result)
 
-    async def _hand_back(self, job: dict[str, Any], attempt: int, voided: int, error: str) -> None:
-        """Requeue a job the engine could not run because it went down, without charging
-        the attempt to backoffLimit, and stop claiming until the engine is healthy."""
-        self.gate.went_down(error)
-        name = job["metadata"]["name"]
-        message = (
-            f"the engine of {self.config.worker} became unavailable during attempt {attempt} "
-            f"({error}); requeued, the attempt does not count against backoffLimit"
-        )
-        await self._requeue(
-            job, attempt, "EngineUnavailable", message, {"voidedAttempts": voided + 1}
-        )
-        await self.store.event(job, "Warning", "EngineUnavailable", message)
-        log.warning("job %s handed back: %s", name, message)
-
-    async def _requeue(
-        self,
-        job: dict[str, Any],
-        attempt: int,
-        reason: str,
-        message: str,
-        extra: dict[str, Any] | None = None,
-    ) -> None:
-        """Give this attempt's job back to the queue (Pending, lease released)."""
-        status = job.get("status") or {}
-        requeued = queued(status, reason, message, job["metadata"].get("generation"))
+    async def _write(self, job: dict[str, Any], held: Held, write: lifecycle.Write) -> None:
+        """Write what the lifecycle decided for ``held``'s attempt, then its Event."""
         await self.store.update(
-            job["metadata"]["name"],
-            attempt,
-            {**phase_fields(requeued), **(extra or {})},
-            remove=("lease",),
-            current=status,
+            held.name, held.attempt, write.changes, remove=write.remove, current=held.status
         )
+        if write.event is not None:
+            await self.store.event(job, *write.event)
+        if write.event is not None or write.finishes:
+            log.warning("job %s: %s", held.name, write.changes.get("message"))
 
     def _deadline(self, job: dict[str, Any], spec: InferenceJobSpec) -> float | None:
         if spec.activeDeadlineSeconds is None:
@@ -563,23 +509,11 @@ class Sidecar:
         interval = min(self.config.heartbeat_seconds, self.config.lease_seconds / 3)
         while True:
             await asyncio.sleep(interval)
-            where = f" ({progress.channel} channel)" if progress.channel else ""
-            attempt = self.attempts[name]
+            attempt = self.held[name].attempt
             try:
-                await self.store.renew(
-                    name,
-                    attempt,
-                    {
-                        "usage": {
-                            "promptTokens": progress.prompt_tokens,
-                            "completionTokens": progress.tokens,
-                            "totalTokens": progress.prompt_tokens + progress.tokens,
-                        },
-                        "message": f"generating: {progress.tokens} tokens so far{where}",
-                    },
-                )
+                await self.store.renew(name, attempt, lifecycle.heartbeat(progress))
             except LostJob:
-                if self.attempts.get(name) != attempt:
+                if self.held[name].attempt != attempt:
                     continue  # the job moved on to its next attempt meanwhile
                 return  # requeued or deleted: the job's own writes will find out
             except Exception as error:
@@ -588,82 +522,37 @@ class Sidecar:
 
     # ------------------------------------------------------------------ results
     async def _finish_generated(
-        self, job: dict[str, Any], attempt: int, spec: InferenceJobSpec, result: RunResult
+        self, job: dict[str, Any], spec: InferenceJobSpec, result: RunResult
     ) -> None:
-        name = job["metadata"]["name"]
+        held = self.held[job["metadata"]["name"]]
         outcome = result.outcome(spec.maxTokens, self.gate.max_model_len)
-        reason, message = outcome.reason, outcome.message
         output = layout(outcome.texts)
-        changes: dict[str, Any] = dict(output.status_fields)
         saved: list[str] = []
         if output.config_maps:
-            saved = await self.store.save_output(job, attempt, output.config_maps)
-            changes["outputRef"] = {
-                "configMapName": saved[0],
-                "configMapNames": saved,
-                "keys": output.keys,
-            }
-            where = f"ConfigMap {saved[0]}" if len(saved) == 1 else f"ConfigMaps {', '.join(saved)}"
-            message += f"; the full text is in {where}"
-        total = result.prompt_tokens + result.completion_tokens
-        generation_seconds = result.finished - (result.first_token or result.started)
-        start = parse_time(job["status"].get("startTime")) or datetime.datetime.now(datetime.UTC)
-        end = datetime.datetime.now(datetime.UTC)
-        changes.update(
-            reasoningLevel=spec.reasoningLevel,
-            finishReason=outcome.finish_reason,
-            usage={
-                "promptTokens": result.prompt_tokens,
-                "completionTokens": result.completion_tokens,
-                "totalTokens": total,
-            },
-            completionTime=timestamp(end),
-            duration=format_duration((end - start).total_seconds()),
-            timeToFirstTokenSeconds=round(
-                (result.first_token or result.finished) - result.started, 4
-            ),
-            tokensPerSecond=round(result.completion_tokens / generation_seconds, 2)
-            if generation_seconds > 0
-            else 0.0,
-        )
-        final = with_conditions(
-            job["status"] | changes,
-            outcome.phase,
-            reason,
-            message,
-            job["metadata"].get("generation"),
+            saved = await self.store.save_output(job, held.attempt, output.config_maps)
+        write = lifecycle.answered(
+            held,
+            reasoning_level=spec.reasoningLevel,
+            result=result,
+            outcome=outcome,
+            output=output,
+            saved=saved,
+            now=datetime.datetime.now(datetime.UTC),
         )
         try:
-            await self.store.finish(name, attempt, {**changes, **phase_fields(final)}, ("lease",))
+            await self.store.finish(held.name, held.attempt, write.changes, write.remove)
         except LostJob:
             await self.store.delete_output(saved)
             raise
         # An answer is in the job's status; only a job that went wrong gets an Event too
         # (one per success would be a write per job, and bulk work floods the Events).
-        if outcome.phase != Phase.SUCCEEDED:
-            await self.store.event(job, "Warning", reason, message)
-        log.info("job %s: %s (%d tokens)", name, reason, result.completion_tokens)
-
-    async def _finish_failed(
-        self,
-        job: dict[str, Any],
-        attempt: int,
-        reason: str,
-        message: str,
-    ) -> None:
-        name = job["metadata"]["name"]
-        final = with_conditions(
-            job["status"], Phase.FAILED, reason, message, job["metadata"].get("generation")
-        )
-        changes = phase_fields(final)
-        changes["completionTime"] = timestamp()
-        changes["finishReason"] = "error"
-        await self.store.update(name, attempt, changes, remove=("lease",), current=job["status"])
-        await self.store.event(job, "Warning", reason, message)
-        log.warning("job %s failed: %s: %s", name, reason, message)
+        if write.event is not None:
+            await self.store.event(job, *write.event)
+        log.info("job %s: %s (%d tokens)", held.name, outcome.reason, result.completion_tokens)
 
     async def _fail_quietly(self, job: dict[str, Any], reason: str, message: str) -> None:
+        held = self.held.get(job["metadata"]["name"]) or Held.claimed(job)
         try:
-            await self._finish_failed(job, int(job["status"]["attempts"]), reason, message)
+            await self._write(job, held, lifecycle.failed(held, reason, message, timestamp()))
         except Exception as error:
-            log.warning("could not mark %s failed: %s", job["metadata"]["name"], error)
+            log.warning("could not mark %s failed: %s", held.name, error)
