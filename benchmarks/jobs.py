@@ -5,15 +5,20 @@ apiserver writes per job."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from lightkube import AsyncClient
 from plane import Plane, cpu_seconds, job_manifest
 
 from gptoss_operator.api.resources import InferenceJobResource
+from gptoss_sandbox.cluster import stop_process
 from gptoss_sandbox.standin_engine import StandinEngine
 
 FINISHED = ("Succeeded", "Failed")
@@ -143,6 +148,36 @@ def throughput(world: Plane, sidecars: int, count: int) -> dict[str, Any]:
             world.stop_sidecars(processes)
     cpu = {name: (after[name] - before[name]) / finished * 1000 for name in before}
     cpu["sidecars"] = sidecar_cpu / finished * 1000
+    return {"jobs_per_second": finished / (last - first), "finished": finished,
+            "cpu_seconds_per_1000_jobs": cpu}
+
+
+def apiserver_ceiling(world: Plane, workers: int, count: int) -> dict[str, Any]:
+    """The throughput benchmark with bare workers (benchmarks/ceiling_worker.py) in place
+    of the sidecars: the same queue, the same writes and watches per job, no product
+    logic. What the apiserver and the box allow; throughput reads as a fraction of it."""
+    namespace = world.namespace(f"ceiling-{workers}")
+    world.ready_model(namespace)
+    names = [f"c-{index:05d}" for index in range(count)]
+    asyncio.run(_create_all(world, namespace, names))
+    time.sleep(8)  # as throughput(): the operator has marked them all Queued
+    script = str(Path(__file__).resolve().parent / "ceiling_worker.py")
+    env = {**os.environ, "KUBECONFIG": str(world.cluster.kubeconfig)}
+    before = {name: cpu_seconds(pid) for name, pid in world.pids().items()}
+    processes = [
+        subprocess.Popen([sys.executable, script, namespace, "m", str(i), str(workers)],
+                         env=env)
+        for i in range(workers)
+    ]
+    try:
+        first, last, finished = asyncio.run(_drain(world, namespace, count))
+        after = {name: cpu_seconds(pid) for name, pid in world.pids().items()}
+        worker_cpu = sum(cpu_seconds(p.pid) for p in processes)
+    finally:
+        for process in processes:
+            stop_process(process, grace=5)
+    cpu = {name: (after[name] - before[name]) / finished * 1000 for name in before}
+    cpu["workers"] = worker_cpu / finished * 1000
     return {"jobs_per_second": finished / (last - first), "finished": finished,
             "cpu_seconds_per_1000_jobs": cpu}
 

@@ -50,6 +50,13 @@ GOALS: list[tuple[str, str, str, str, Callable[[float], bool] | None]] = [
     ("Throughput, 2 sidecars", "jobs_per_second_max.by_sidecars.2", "jobs/s", "≥ 100",
      lambda v: v >= 100),
     ("Throughput, 4 sidecars", "jobs_per_second_max.by_sidecars.4", "jobs/s", "", None),
+    ("apiserver ceiling, 1 bare worker", "apiserver_ceiling_jobs_per_second.by_workers.1",
+     "jobs/s", "", None),
+    ("apiserver ceiling, 2 bare workers", "apiserver_ceiling_jobs_per_second.by_workers.2",
+     "jobs/s", "", None),
+    ("Throughput of the ceiling, 1 sidecar", "throughput_of_ceiling.1", "", "", None),
+    ("Throughput of the ceiling, 2 sidecars", "throughput_of_ceiling.2", "", "≥ 0.8",
+     lambda v: v >= 0.8),
     ("apiserver writes per short job (besides the create)",
      "apiserver_writes_per_job.short_job", "writes", "≤ 3", lambda v: v <= 3),
     ("apiserver writes per minute of a long job", "apiserver_writes_per_job.long_job_per_minute",
@@ -279,6 +286,12 @@ METHODS = """\
   (the stand-in's own measurement). This is what `kubectl wait` would see.
 - **Throughput**: 1,000 jobs queued first, then 1, 2 or 4 sidecars start; jobs/s from the
   first job seen Running to the last one Succeeded. CPU from /proc over the same window.
+- **apiserver ceiling**: the throughput measurement with 1 or 2 bare workers
+  (`benchmarks/ceiling_worker.py`) in place of the sidecars: per job the same watch, the
+  same claim and result writes (JSON patches with the same tests and a status of the same
+  shape), and nothing else (no engine, no harmony, no lease renewals); the operator runs
+  as in the throughput measurement. The box's two cores cap both; the throughput of the
+  ceiling is the sidecars' jobs/s over the bare workers' for as many processes.
 - **apiserver writes**: the apiserver's `apiserver_request_total` for write verbs, before
   and after 20 short jobs run one at a time (the user's create subtracted), and over a
   job streaming for about 30 s (scaled to a minute).

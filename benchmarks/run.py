@@ -22,6 +22,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))  # the tests' helpers (the batch benchmark's kubelet stand-in)
 
 import batches  # noqa: E402
 import deep_queue  # noqa: E402
@@ -36,8 +37,9 @@ RESULTS = HERE / "results.json"
 RATES = {"10": 200, "50": 500, "200": 1000}  # offered jobs/s -> jobs sent
 SIDECARS = ("1", "2", "4")
 QUEUES = ("1000", "10000")
-FIGURES = ("harmony", "overhead", "throughput", "writes", "models", "standin",
+FIGURES = ("harmony", "overhead", "throughput", "ceiling", "writes", "models", "standin",
            "queue", "vllm", "batch", "batchvllm", "node")
+CEILING_WORKERS = ("1", "2")
 
 
 def aggregate(runs: list[Any]) -> Any:
@@ -110,6 +112,21 @@ def machine() -> dict[str, Any]:
     }
 
 
+def _drains(repeat: int, counts: tuple[str, ...], drain: Callable[[int], dict[str, Any]],
+            what: str, clean: Callable[[], None]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A queue drained by each number of processes: (jobs/s by count, CPU by count)."""
+    rates: dict[str, Any] = {}
+    cpu: dict[str, Any] = {}
+    for count in counts:
+        figures = repeated(repeat, lambda n=int(count): drain(n), f"{count} {what}")
+        rates[count] = figures["jobs_per_second"]
+        if "spread" in figures:
+            rates.setdefault("spread", {})[count] = figures["spread"]["jobs_per_second"]
+        cpu[count] = figures["cpu_seconds_per_1000_jobs"]
+        clean()
+    return rates, cpu
+
+
 def measure_on_plane(world: Plane, wanted: set[str], repeat: int, results: dict[str, Any]) -> None:
     if "overhead" in wanted:
         by_rate = {}
@@ -120,18 +137,23 @@ def measure_on_plane(world: Plane, wanted: set[str], repeat: int, results: dict[
             drop(world, "overhead-")
         results["job_overhead_ms"] = {"by_rate": by_rate}
     if "throughput" in wanted:
-        by_sidecars, cpu = {}, {}
-        for count in SIDECARS:
-            figures = repeated(
-                repeat, lambda n=int(count): jobs.throughput(world, n, 1000),
-                f"throughput with {count} sidecars")
-            by_sidecars[count] = figures["jobs_per_second"]
-            if "spread" in figures:
-                by_sidecars.setdefault("spread", {})[count] = figures["spread"]["jobs_per_second"]
-            cpu[count] = figures["cpu_seconds_per_1000_jobs"]
-            drop(world, "throughput-")
+        by_sidecars, cpu = _drains(repeat, SIDECARS, lambda n: jobs.throughput(world, n, 1000),
+                                   "sidecars", lambda: drop(world, "throughput-"))
         results["jobs_per_second_max"] = {"by_sidecars": by_sidecars,
                                           "cpu_seconds_per_1000_jobs": cpu}
+    if "ceiling" in wanted:
+        by_workers, cpu = _drains(repeat, CEILING_WORKERS,
+                                  lambda n: jobs.apiserver_ceiling(world, n, 1000),
+                                  "bare workers", lambda: drop(world, "ceiling-"))
+        results["apiserver_ceiling_jobs_per_second"] = {"by_workers": by_workers,
+                                                        "cpu_seconds_per_1000_jobs": cpu}
+    if {"throughput", "ceiling"} & wanted:
+        throughput = results.get("jobs_per_second_max", {}).get("by_sidecars", {})
+        ceiling = results.get("apiserver_ceiling_jobs_per_second", {}).get("by_workers", {})
+        results["throughput_of_ceiling"] = {
+            count: round(throughput[count] / ceiling[count], 3)
+            for count in CEILING_WORKERS if count in throughput and count in ceiling
+        }
     if "writes" in wanted:
         results["apiserver_writes_per_job"] = repeated(
             repeat, lambda: jobs.apiserver_writes(world), "apiserver writes")

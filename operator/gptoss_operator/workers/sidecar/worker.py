@@ -8,6 +8,9 @@ Jobs are found by a watch, and every ``resync_seconds`` by a list of the model's
 unfinished jobs: a watch whose connection went half-open delivers nothing and reports no
 error, so when the list finds Pending jobs the watch never delivered, the watch is
 restarted.
+
+This module does the I/O; what each event of an attempt means for the job's status is
+decided by ``lifecycle`` (and an engine error by ``engine.attempts``).
 """
 
 from __future__ import annotations
