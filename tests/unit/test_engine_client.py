@@ -283,3 +283,26 @@ async def test_a_deadline_during_the_drain_after_done_keeps_the_finished_answer(
         answered.set()
     assert result.finish_reason == "stop"
     assert result.parsed.response == "Hello"
+
+
+def test_streams_spread_over_small_connection_pools() -> None:
+    """64 connections make 8 pools of 8, and each stream takes the pool with the fewest
+    streams open (a pool's cost per request grows with its connections)."""
+
+    async def scenario() -> None:
+        client = EngineClient("http://127.0.0.1:1", "m", max_connections=64)
+        try:
+            assert len(client._lanes) == 8
+            limits = [lane._transport._pool._max_connections for lane in client._lanes]
+            assert limits == [8] * 8
+            with client._lane() as first, client._lane() as second:
+                assert first is not second
+                assert client._streams == [1, 1, 0, 0, 0, 0, 0, 0]
+            assert client._streams == [0] * 8, "a closed stream frees its place"
+        finally:
+            await client.close()
+        small = EngineClient("http://127.0.0.1:1", "m", max_connections=5)
+        assert len(small._lanes) == 1
+        await small.close()
+
+    asyncio.run(scenario())

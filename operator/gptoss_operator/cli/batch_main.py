@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for client in ("httpx", "httpx2"):  # a line per request otherwise
+        logging.getLogger(client).setLevel(logging.WARNING)
     logging.getLogger("botocore").setLevel(logging.WARNING)
     env = dict(os.environ)
     plan = plan_from_env(env)

@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gptoss-download", description=__doc__)
     parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for client in ("httpx", "httpx2"):  # a line per request otherwise
+        logging.getLogger(client).setLevel(logging.WARNING)
     env = dict(os.environ)
     config = config_from_env(env)
     termination = env.get("GPTOSS_TERMINATION_LOG", TERMINATION_LOG)

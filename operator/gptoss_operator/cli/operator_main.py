@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     kopf.configure(verbose=args.verbose)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for client in ("httpx", "httpx2"):  # a line per request otherwise
+        logging.getLogger(client).setLevel(logging.WARNING)
     logging.getLogger("kopf.objects").addFilter(_QuietChildEvents())
     import gptoss_operator.controllers.operator  # noqa: F401 - importing registers the handlers
 

@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for client in ("httpx", "httpx2"):  # a line per request otherwise
+        logging.getLogger(client).setLevel(logging.WARNING)
     health_port = int(os.environ.get("GPTOSS_HEALTH_PORT", "0"))
     asyncio.run(_serve(config_from_env(dict(os.environ)), health_port))
     return 0

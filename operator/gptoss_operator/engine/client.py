@@ -18,8 +18,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import socket
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -36,6 +37,8 @@ QUIET_SECONDS = 30.0
 # abort, a lost request) before one counts anyway: a request that itself breaks its
 # stream every time must not loop forever.
 PLATFORM_RETRY_LIMIT = 20
+# Connections per pool (see EngineClient).
+LANE_CONNECTIONS = 8
 # A peer that vanished (its node gone) is found within about a minute.
 KEEPALIVE = [
     (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
@@ -109,18 +112,37 @@ class EngineClient:
         self.model = model
         self.quiet_seconds = quiet_seconds
         self.through_service = through_service
-        limits = httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections
-        )
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers={"Authorization": f"Bearer {api_key}"} if api_key else None,
-            timeout=httpx.Timeout(connect=10.0, read=None, write=30.0, pool=None),
-            transport=httpx.AsyncHTTPTransport(limits=limits, socket_options=KEEPALIVE),
-        )
+        # The connections are split over lanes of at most LANE_CONNECTIONS: a pool looks
+        # at each of its connections whenever a request starts or ends, so one pool of
+        # 64 streaming connections cost more CPU than the requests themselves.
+        lanes = max(1, math.ceil(max_connections / LANE_CONNECTIONS))
+        per_lane = math.ceil(max_connections / lanes)
+        limits = httpx.Limits(max_connections=per_lane, max_keepalive_connections=per_lane)
+        self._lanes = [
+            httpx.AsyncClient(
+                base_url=self.base_url,
+                headers={"Authorization": f"Bearer {api_key}"} if api_key else None,
+                timeout=httpx.Timeout(connect=10.0, read=None, write=30.0, pool=None),
+                transport=httpx.AsyncHTTPTransport(limits=limits, socket_options=KEEPALIVE),
+            )
+            for _ in range(lanes)
+        ]
+        self._streams = [0] * lanes  # streams open on each lane
+        self._http = self._lanes[0]  # health checks and metrics
 
     async def close(self) -> None:
-        await self._http.aclose()
+        for lane in self._lanes:
+            await lane.aclose()
+
+    @contextlib.contextmanager
+    def _lane(self) -> Iterator[httpx.AsyncClient]:
+        """The lane with the fewest streams open, for one stream."""
+        index = min(range(len(self._lanes)), key=self._streams.__getitem__)
+        self._streams[index] += 1
+        try:
+            yield self._lanes[index]
+        finally:
+            self._streams[index] -= 1
 
     async def healthy(self) -> bool:
         """The engine is up and accepts this sidecar's API key (``/health`` is open to
@@ -223,8 +245,9 @@ class EngineClient:
         body = self.request_body(prompt, params)
         try:
             async with contextlib.AsyncExitStack() as stack:
+                lane = stack.enter_context(self._lane())
                 opened = stack.enter_async_context(
-                    self._http.stream("POST", "/v1/completions", json=body)
+                    lane.stream("POST", "/v1/completions", json=body)
                 )
                 response = await self._watched(opened)
                 if response.status_code != 200:

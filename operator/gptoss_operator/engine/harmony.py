@@ -79,10 +79,13 @@ class Harmony:
     def __init__(self) -> None:
         ensure_offline_vocab()
         self.encoding: HarmonyEncoding = load_harmony_encoding(HarmonyEncodingName.HARMONY_GPT_OSS)
+        self._stop_token_ids = sorted(self.encoding.stop_tokens_for_assistant_actions())
 
     @property
     def stop_token_ids(self) -> list[int]:
-        return list(self.encoding.stop_tokens_for_assistant_actions())
+        """``<|return|>`` and ``<|call|>`` (asked once: the encoding builds the set anew
+        on every call)."""
+        return list(self._stop_token_ids)
 
     def conversation(
         self,

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import hashlib
 import heapq
 import logging
 import time
-import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,15 +47,26 @@ from gptoss_operator.workers.sidecar import lifecycle
 from gptoss_operator.workers.sidecar.lifecycle import Held
 from gptoss_operator.workers.sidecar.store import JobStore, LostJob, claim_facts
 
-# How many of the oldest pending jobs a worker chooses from (see Sidecar._next_pending).
+# How many of the oldest pending jobs a worker chooses from, and how far it looks for
+# its own share of the queue (see Sidecar._next_pending).
 CLAIM_CHOICES = 16
+CLAIM_REACH = 64
 # How many claims a worker makes at once.
 CLAIMS_IN_FLIGHT = 8
 
 
 def claim_rank(worker: str, job: str) -> int:
-    """This worker's preference for a job: the same everywhere, different per worker."""
-    return zlib.crc32(f"{worker}/{job}".encode())
+    """A worker's preference for a job: the same everywhere, independent per worker (a
+    cryptographic hash: a CRC's ranks for worker names of one length are alike)."""
+    digest = hashlib.blake2b(f"{worker}/{job}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def owner(workers: Iterable[str], job: str) -> str:
+    """The worker a job hashes to among ``workers`` (rendezvous hashing): every worker
+    that knows the same workers agrees, and a worker that joins or leaves moves only
+    its own share."""
+    return max(workers, key=lambda worker: claim_rank(worker, job))
 
 
 log = logging.getLogger(__name__)
@@ -136,6 +147,9 @@ class Sidecar:
         self._claimed_unstarted: list[dict[str, Any]] = []
         # Jobs whose attempt was cut short here (cancelled), to hand back on shutdown.
         self.interrupted: set[str] = set()
+        # The other workers of the model, by when this one last saw them claim or hold a
+        # job (self.clock): the queue is split among them (see _next_pending).
+        self.peers: dict[str, float] = {}
         self.last_sync: float | None = None  # the last successful list, by self.clock
         self.watch_restarts = 0
 
@@ -228,6 +242,9 @@ class Sidecar:
             if task is not None:
                 task.cancel()
             return
+        holder = status.get("worker")
+        if phase == Phase.RUNNING.value and holder and holder != self.config.worker:
+            self.peers[holder] = self.clock()
         if phase == Phase.PENDING.value and name in self.running:
             self._requeued[name] = claim_facts(job)
         elif phase == Phase.PENDING.value:
@@ -323,22 +340,42 @@ class Sidecar:
         self._wake.set()
 
     def _next_pending(self) -> dict[str, Any] | None:
-        """One of the oldest pending jobs: among the oldest CLAIM_CHOICES, the one this
-        worker ranks first. Workers rank differently, so sidecars of the same model seldom
-        race for the same job (a lost race costs a write refused by the apiserver)."""
+        """One of the oldest pending jobs. Once this worker has seen other workers of the
+        model claim jobs, it takes the oldest job that hashes to it among them (looking
+        as far as CLAIM_REACH); else the one it ranks first among the oldest
+        CLAIM_CHOICES. Workers that have seen each other split the queue, so they seldom
+        race for one job (a lost race costs a write refused by the apiserver)."""
+        me = self.config.worker
+        peers = self._live_peers()
+        reach = CLAIM_REACH if peers else CLAIM_CHOICES
         candidates: dict[str, tuple[str, str]] = {}
-        while self._order and len(candidates) < CLAIM_CHOICES:
+        chosen: str | None = None
+        while self._order and len(candidates) < reach:
             entry = heapq.heappop(self._order)
-            if entry[1] in self.pending:
-                candidates.setdefault(entry[1], entry)
+            if entry[1] in self.pending and entry[1] not in candidates:
+                candidates[entry[1]] = entry
+                if peers and owner([me, *peers], entry[1]) == me:
+                    chosen = entry[1]  # the oldest of this worker's share
+                    break
         if not candidates:
             self._order.clear()
             return None
-        chosen = min(candidates, key=lambda name: claim_rank(self.config.worker, name))
+        if chosen is None:
+            oldest = sorted(candidates, key=candidates.__getitem__)[:CLAIM_CHOICES]
+            chosen = min(oldest, key=lambda name: claim_rank(me, name))
         for name, entry in candidates.items():
             if name != chosen:
                 heapq.heappush(self._order, entry)
         return self.pending.pop(chosen)
+
+    def _live_peers(self) -> list[str]:
+        """Workers seen holding a job within two leases (a dead one's share goes back to
+        everyone then; until then, its jobs are taken once no job of this worker's is
+        among the oldest)."""
+        horizon = self.clock() - 2 * self.config.lease_seconds
+        for worker in [w for w, seen in self.peers.items() if seen < horizon]:
+            del self.peers[worker]
+        return list(self.peers)
 
     async def _claim(self, job: dict[str, Any]) -> dict[str, Any] | None:
         name = job["metadata"]["name"]
