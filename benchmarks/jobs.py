@@ -11,6 +11,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -128,58 +129,63 @@ async def _drain(world: Plane, namespace: str, count: int,
     return first[0], max(done.values()), len(done)
 
 
-def throughput(world: Plane, sidecars: int, count: int) -> dict[str, Any]:
-    """A queue of ``count`` jobs created first, then drained by ``sidecars`` sidecars:
-    jobs/s from the first claim to the last answer, and CPU seconds of every process per
-    1,000 jobs over that window."""
-    namespace = world.namespace(f"throughput-{sidecars}")
+def _queue(world: Plane, prefix: str, count: int) -> str:
+    """A namespace with a Ready model and ``count`` jobs that wait for a worker."""
+    namespace = world.namespace(prefix)
     world.ready_model(namespace)
-    names = [f"t-{index:05d}" for index in range(count)]
-    asyncio.run(_create_all(world, namespace, names))
+    asyncio.run(_create_all(world, namespace, [f"q-{index:05d}" for index in range(count)]))
     time.sleep(8)  # the operator has marked them all Queued: a queue that waits
-    with StandinEngine(model="m", stream_interval=STREAM_INTERVAL) as engine:
-        before = {name: cpu_seconds(pid) for name, pid in world.pids().items()}
-        processes = world.start_sidecars(namespace, sidecars, engine.url)
-        try:
-            first, last, finished = asyncio.run(_drain(world, namespace, count))
-            after = {name: cpu_seconds(pid) for name, pid in world.pids().items()}
-            sidecar_cpu = sum(cpu_seconds(p.pid) for p in processes)
-        finally:
-            world.stop_sidecars(processes)
+    return namespace
+
+
+def _drained_by(world: Plane, namespace: str, count: int, what: str,
+                start: Callable[[], list[subprocess.Popen[bytes]]],
+                stop: Callable[[list[subprocess.Popen[bytes]]], None]) -> dict[str, Any]:
+    """The queue drained by the processes ``start`` makes: jobs/s from the first claim to
+    the last answer, and CPU seconds of every process per 1,000 jobs over that window
+    (``what``: the drainers' own)."""
+    before = {name: cpu_seconds(pid) for name, pid in world.pids().items()}
+    processes = start()
+    try:
+        first, last, finished = asyncio.run(_drain(world, namespace, count))
+        after = {name: cpu_seconds(pid) for name, pid in world.pids().items()}
+        own = sum(cpu_seconds(p.pid) for p in processes)
+    finally:
+        stop(processes)
     cpu = {name: (after[name] - before[name]) / finished * 1000 for name in before}
-    cpu["sidecars"] = sidecar_cpu / finished * 1000
+    cpu[what] = own / finished * 1000
     return {"jobs_per_second": finished / (last - first), "finished": finished,
             "cpu_seconds_per_1000_jobs": cpu}
+
+
+def throughput(world: Plane, sidecars: int, count: int) -> dict[str, Any]:
+    """A queue of ``count`` jobs created first, then drained by ``sidecars`` sidecars
+    against the instant stand-in engine."""
+    namespace = _queue(world, f"throughput-{sidecars}", count)
+    with StandinEngine(model="m", stream_interval=STREAM_INTERVAL) as engine:
+        return _drained_by(world, namespace, count, "sidecars",
+                           lambda: world.start_sidecars(namespace, sidecars, engine.url),
+                           world.stop_sidecars)
 
 
 def apiserver_ceiling(world: Plane, workers: int, count: int) -> dict[str, Any]:
     """The throughput benchmark with bare workers (benchmarks/ceiling_worker.py) in place
     of the sidecars: the same queue, the same writes and watches per job, no product
     logic. What the apiserver and the box allow; throughput reads as a fraction of it."""
-    namespace = world.namespace(f"ceiling-{workers}")
-    world.ready_model(namespace)
-    names = [f"c-{index:05d}" for index in range(count)]
-    asyncio.run(_create_all(world, namespace, names))
-    time.sleep(8)  # as throughput(): the operator has marked them all Queued
+    namespace = _queue(world, f"ceiling-{workers}", count)
     script = str(Path(__file__).resolve().parent / "ceiling_worker.py")
     env = {**os.environ, "KUBECONFIG": str(world.cluster.kubeconfig)}
-    before = {name: cpu_seconds(pid) for name, pid in world.pids().items()}
-    processes = [
-        subprocess.Popen([sys.executable, script, namespace, "m", str(i), str(workers)],
-                         env=env)
-        for i in range(workers)
-    ]
-    try:
-        first, last, finished = asyncio.run(_drain(world, namespace, count))
-        after = {name: cpu_seconds(pid) for name, pid in world.pids().items()}
-        worker_cpu = sum(cpu_seconds(p.pid) for p in processes)
-    finally:
+
+    def start() -> list[subprocess.Popen[bytes]]:
+        return [subprocess.Popen([sys.executable, script, namespace, "m", str(i), str(workers)],
+                                 env=env)
+                for i in range(workers)]
+
+    def stop(processes: list[subprocess.Popen[bytes]]) -> None:
         for process in processes:
             stop_process(process, grace=5)
-    cpu = {name: (after[name] - before[name]) / finished * 1000 for name in before}
-    cpu["workers"] = worker_cpu / finished * 1000
-    return {"jobs_per_second": finished / (last - first), "finished": finished,
-            "cpu_seconds_per_1000_jobs": cpu}
+
+    return _drained_by(world, namespace, count, "workers", start, stop)
 
 
 WRITE = re.compile(

@@ -26,7 +26,7 @@ from lightkube.resources.core_v1 import Namespace  # noqa: E402
 from gptoss_operator.api.crdgen import all_crds  # noqa: E402
 from gptoss_operator.api.resources import GptOssModelResource, InferenceJobResource  # noqa: E402
 from gptoss_sandbox.cluster import LocalCluster, free_port, stop_process  # noqa: E402
-from gptoss_sandbox.worker_roles import worker_cluster_roles  # noqa: E402
+from gptoss_sandbox.chart import worker_cluster_roles  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")

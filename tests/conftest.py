@@ -104,7 +104,7 @@ def crds(kube: Client) -> list[str]:
     from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 
     from gptoss_operator.api.crdgen import all_crds
-    from gptoss_sandbox.worker_roles import worker_cluster_roles
+    from gptoss_sandbox.chart import worker_cluster_roles
     from tests.support import wait_for
 
     names = []

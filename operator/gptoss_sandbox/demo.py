@@ -33,13 +33,13 @@ from lightkube.resources.core_v1 import Namespace, Pod
 from gptoss_operator.api.crdgen import all_crds
 from gptoss_operator.api.resources import GptOssModelResource, InferenceJobResource
 from gptoss_sandbox import binaries
+from gptoss_sandbox.chart import worker_cluster_roles
 from gptoss_sandbox.cluster import LocalCluster, free_port
 from gptoss_sandbox.demo_output import EXAMPLES, REPO_ROOT, note, say, wait_until
 from gptoss_sandbox.node_demo import NodeDemo
 from gptoss_sandbox.real_engine import VllmServer, build_tiny_checkpoint
 from gptoss_sandbox.standin_engine import StandinEngine
 from gptoss_sandbox.tiny_gptoss import SCRIPTED_ANSWER
-from gptoss_sandbox.worker_roles import worker_cluster_roles
 
 NAMESPACE = "demo"
 

@@ -3,7 +3,6 @@ one of its ServiceAccounts."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,42 +14,13 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import ServiceAccount
 
 from gptoss_sandbox import binaries
+from gptoss_sandbox.chart import CHART, helm
 from tests.conftest import ClusterUnderTest
-
-CHART = Path(__file__).resolve().parents[2] / "charts" / "gptoss-operator"
-KUBE_VERSION = "1.37.2"
 
 
 def tools() -> binaries.Binaries:
     found = binaries.ensure_binaries()
     return found
-
-
-def helm(
-    *args: str, kubeconfig: Path | None = None, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    command = [str(tools().helm), *args]
-    if kubeconfig is not None:
-        command += ["--kubeconfig", str(kubeconfig)]
-    result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=300)
-    if check and result.returncode != 0:
-        raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def render(*values: str) -> list[dict[str, Any]]:
-    args = [
-        "template",
-        "gptoss",
-        str(CHART),
-        "--namespace",
-        "gptoss-system",
-        "--kube-version",
-        KUBE_VERSION,
-    ]
-    for value in values:
-        args += ["--set", value]
-    return [doc for doc in yaml.safe_load_all(helm(*args).stdout) if doc]
 
 
 def token_kubeconfig(

@@ -26,7 +26,8 @@ from lightkube.resources.rbac_authorization_v1 import Role, RoleBinding
 from lightkube.types import PatchType
 
 from gptoss_operator.api.resources import GptOssModelResource, InferenceBatchResource
-from tests.cluster.chart_helpers import dry_run_refusal, helm, install, token_kubeconfig
+from gptoss_sandbox.chart import helm
+from tests.cluster.chart_helpers import dry_run_refusal, install, token_kubeconfig
 from tests.cluster.model_helpers import create_model, model_manifest
 from tests.conftest import ClusterUnderTest
 from tests.support import wait_for

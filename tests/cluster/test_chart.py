@@ -22,17 +22,9 @@ from lightkube.resources.rbac_authorization_v1 import ClusterRole, Role
 from gptoss_operator.api.versions import DEFAULT_VLLM_IMAGE
 from gptoss_operator.core import naming
 from gptoss_operator.core.settings import Settings
+from gptoss_sandbox.chart import CHART, KUBE_VERSION, helm, render, worker_cluster_roles
 from gptoss_sandbox.standin_engine import StandinEngine
-from gptoss_sandbox.worker_roles import worker_cluster_roles
-from tests.cluster.chart_helpers import (
-    CHART,
-    KUBE_VERSION,
-    helm,
-    install,
-    render,
-    token_kubeconfig,
-    tools,
-)
+from tests.cluster.chart_helpers import install, token_kubeconfig, tools
 from tests.cluster.job_helpers import SidecarProcess, create_job, wait_finished
 from tests.cluster.model_helpers import create_model, wait_for_phase
 from tests.conftest import ClusterUnderTest, OperatorProcess

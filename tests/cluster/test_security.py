@@ -39,10 +39,10 @@ from gptoss_operator.api.resources import (
 from gptoss_operator.builders import ModelContext, download, rbac, serving
 from gptoss_operator.builders.batch import BatchContext, merge_job, shards_job
 from gptoss_operator.core.settings import Settings
+from gptoss_sandbox.chart import helm
 from tests.cluster.chart_helpers import (
     apiserver_refusal,
     dry_run_refusal,
-    helm,
     install,
     token_kubeconfig,
 )

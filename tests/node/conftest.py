@@ -31,13 +31,13 @@ from lightkube.resources.core_v1 import (
     Pod,
     Secret,
 )
-from tests.cluster.chart_helpers import CHART, helm
 from tests.cluster.model_helpers import create_model, wait_for_phase
 from tests.conftest import ClusterUnderTest
 from tests.support import wait_for
 
 from gptoss_operator.core import naming
 from gptoss_sandbox import binaries, images, node
+from gptoss_sandbox.chart import CHART, helm
 from gptoss_sandbox.fake_hub import FakeHub
 from gptoss_sandbox.images import ImageArchive
 from gptoss_sandbox.node import HOST_IP, RealNode
