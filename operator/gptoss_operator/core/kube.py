@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from lightkube import ApiError, AsyncClient, codecs
@@ -48,7 +49,7 @@ class NotOurs(Exception):
         )
 
 
-def controlled_by(obj: dict[str, Any], uid: str) -> bool:
+def controlled_by(obj: Mapping[str, Any], uid: str) -> bool:
     """Is ``obj``'s controller the object with ``uid``?"""
     return any(
         ref.get("controller") and ref.get("uid") == uid
@@ -56,7 +57,7 @@ def controlled_by(obj: dict[str, Any], uid: str) -> bool:
     )
 
 
-def is_ours(manifest: dict[str, Any], existing: dict[str, Any]) -> bool:
+def is_ours(manifest: Mapping[str, Any], existing: Mapping[str, Any]) -> bool:
     """Whether ``existing`` is the object ``manifest`` describes, made by the operator for
     the same owner: its controller is the manifest's; for a manifest without an owner (a
     claim kept after its model), the manifest's model and managed-by labels."""

@@ -11,7 +11,7 @@ create is refused), and the status the reconcile wrote last is remembered a whil
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,44 +56,46 @@ class Watched:
     deployments: Index
 
     @staticmethod
-    def _filed(index: Index, namespace: str, model: str) -> list[dict[str, Any]]:
-        return [dict(obj) for obj in index.get((namespace, model), ())]
+    def _filed(
+        index: Index, namespace: str, model: str, keep: Callable[[Mapping[str, Any]], bool]
+    ) -> list[dict[str, Any]]:
+        """Copies of the objects filed under the model that ``keep`` keeps (a caller's
+        change to what it read never reaches the view)."""
+        return [dict(obj) for obj in index.get((namespace, model), ()) if keep(obj)]
 
     @staticmethod
     def _name(obj: Mapping[str, Any]) -> str | None:
         return (obj.get("metadata") or {}).get("name")
 
     def model(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return next(
-            (m for m in self._filed(self.models, namespace, name) if self._name(m) == name), None
-        )
+        found = self._filed(self.models, namespace, name, lambda m: self._name(m) == name)
+        return found[0] if found else None
 
     def claim(self, manifest: Mapping[str, Any]) -> dict[str, Any] | None:
         """The claim ``manifest`` describes, if the one of its name is ours."""
         metadata = manifest["metadata"]
         model = metadata["labels"][naming.MODEL_LABEL]
-        for claim in self._filed(self.claims, metadata["namespace"], model):
-            if self._name(claim) == metadata["name"]:
-                return claim if kube.is_ours(dict(manifest), claim) else None
-        return None
+        named = self._filed(
+            self.claims, metadata["namespace"], model, lambda c: self._name(c) == metadata["name"]
+        )
+        return named[0] if named and kube.is_ours(manifest, named[0]) else None
 
     def deployment(self, namespace: str, model: str, uid: str) -> dict[str, Any] | None:
         """The model's Deployment: named for it and controlled by it."""
         name = naming.deployment_name(model)
-        return next(
-            (
-                d
-                for d in self._filed(self.deployments, namespace, model)
-                if self._name(d) == name and kube.controlled_by(d, uid)
-            ),
-            None,
+        found = self._filed(
+            self.deployments,
+            namespace,
+            model,
+            lambda d: self._name(d) == name and kube.controlled_by(d, uid),
         )
+        return found[0] if found else None
 
     def jobs_of(self, namespace: str, model: str, uid: str) -> list[dict[str, Any]]:
         """The Jobs the model with ``uid`` controls."""
-        return [j for j in self._filed(self.jobs, namespace, model) if kube.controlled_by(j, uid)]
+        return self._filed(self.jobs, namespace, model, lambda j: kube.controlled_by(j, uid))
 
     def pods_of(
         self, namespace: str, model: str, selector: Mapping[str, str]
     ) -> list[dict[str, Any]]:
-        return [p for p in self._filed(self.pods, namespace, model) if _matches(p, selector)]
+        return self._filed(self.pods, namespace, model, lambda p: _matches(p, selector))

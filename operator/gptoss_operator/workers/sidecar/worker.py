@@ -361,7 +361,7 @@ class Sidecar:
             self._order.clear()
             return None
         if chosen is None:
-            oldest = sorted(candidates, key=candidates.__getitem__)[:CLAIM_CHOICES]
+            oldest = list(candidates)[:CLAIM_CHOICES]  # popped oldest first
             chosen = min(oldest, key=lambda name: claim_rank(me, name))
         for name, entry in candidates.items():
             if name != chosen:
@@ -430,7 +430,6 @@ class Sidecar:
     # ------------------------------------------------------------------ one job
     async def run_job(self, job: dict[str, Any]) -> None:
         name = job["metadata"]["name"]
-        self.held.setdefault(name, Held.claimed(job))
         spec = InferenceJobSpec.model_validate(job["spec"])
         deadline = self._deadline(job, spec)
         messages = [ChatMessage(m.role, m.content) for m in spec.messages]
