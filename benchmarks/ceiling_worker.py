@@ -19,9 +19,10 @@ import sys
 import zlib
 from typing import Any
 
-from lightkube import AsyncClient, KubeConfig
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.types import PatchType
+
+from gptoss_operator.core.kube import new_client
 
 JOBS = create_namespaced_resource(
     "gptoss.ai", "v1alpha1", "InferenceJob", "inferencejobs", verbs=None
@@ -103,7 +104,7 @@ def result_ops(claimed: dict[str, Any], worker: str) -> list[dict[str, Any]]:
 
 async def work(namespace: str, model: str, index: int, workers: int, concurrency: int) -> None:
     worker = f"ceiling-{index}"
-    client = AsyncClient(KubeConfig.from_env(), field_manager=worker)
+    client = new_client(worker)  # the sidecars' client: the same connection pool
     slots = asyncio.Semaphore(concurrency)
     taken: set[str] = set()
     tasks: set[asyncio.Task[None]] = set()

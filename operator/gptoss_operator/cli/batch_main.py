@@ -61,12 +61,12 @@ def plan_from_env(env: dict[str, str]) -> BatchPlan:
 
 def status_reporter(plan: BatchPlan, index: int) -> Any:
     """Merge-patches this shard's entry of the batch's status.shards."""
-    from lightkube import AsyncClient
     from lightkube.types import PatchType
 
     from gptoss_operator.api.resources import InferenceBatchResource
+    from gptoss_operator.core.kube import new_client
 
-    client = AsyncClient(field_manager="gptoss-batch")
+    client = new_client("gptoss-batch")
 
     async def report(progress: ShardProgress) -> None:
         entry = progress.to_wire() | {"updateTime": timestamp()}

@@ -20,8 +20,7 @@ import signal
 import socket
 import sys
 
-from lightkube import AsyncClient
-
+from gptoss_operator.core.kube import new_client
 from gptoss_operator.engine.client import QUIET_SECONDS
 from gptoss_operator.workers.sidecar.health import start_health_server
 from gptoss_operator.workers.sidecar.worker import Sidecar, SidecarConfig
@@ -47,7 +46,7 @@ def config_from_env(env: dict[str, str]) -> SidecarConfig:
 
 
 async def _serve(config: SidecarConfig, health_port: int) -> None:
-    sidecar = Sidecar(config, AsyncClient(field_manager="gptoss-sidecar"))
+    sidecar = Sidecar(config, new_client("gptoss-sidecar"))
     health = await start_health_server(sidecar, health_port) if health_port else None
     task = asyncio.create_task(sidecar.run())
     stop = asyncio.Event()

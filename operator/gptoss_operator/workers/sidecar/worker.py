@@ -16,11 +16,14 @@ decided by ``lifecycle`` (and an engine error by ``engine.attempts``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import hashlib
 import heapq
 import logging
+import math
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,7 +53,16 @@ from gptoss_operator.workers.sidecar.store import JobStore, LostJob, claim_facts
 # How many of the oldest pending jobs a worker chooses from, and how far it looks for
 # its own share of the queue (see Sidecar._next_pending).
 CLAIM_CHOICES = 16
-CLAIM_REACH = 64
+CLAIM_REACH = 256
+# More of one worker's jobs than this waiting in reach: that worker is busy, and the
+# others help with them (fewer are claims it may have in flight, unseen yet).
+HELP_BACKLOG = 32
+# Seconds after which a job of another worker's share is everyone's, when that worker has
+# claimed nothing meanwhile: its slots are full, or it is gone. A worker with room claims
+# its own within a watch event's delay.
+HELP_AFTER_SECONDS = 1.0
+# A claim this recent (its acquireTime, to the second) is dated by when it was seen.
+_FRESH_CLAIM_SECONDS = 2.0
 # How many claims a worker makes at once.
 CLAIMS_IN_FLIGHT = 8
 
@@ -123,6 +135,15 @@ class Sidecar:
         # (creationTimestamp, name) of pending jobs, oldest first; entries of jobs no
         # longer pending are skipped when they come up.
         self._order: list[tuple[str, str]] = []
+        # When each pending job was first seen pending, when each other worker was last
+        # seen claiming a job (self.clock), and when a job waiting here will be due for
+        # help (see _helpable).
+        self._since: dict[str, float] = {}
+        self._claimed_at: dict[str, float] = {}
+        self._help_at: float | None = None
+        # Whose share each job in reach is, among which workers (see _owner).
+        self._owners_among: tuple[str, ...] = ()
+        self._owner_of: dict[str, str] = {}
         # The latest Pending version of a job seen while it still ran here (it was
         # requeued meanwhile): claimable again once its task has ended.
         self._requeued: dict[str, dict[str, Any]] = {}
@@ -237,7 +258,7 @@ class Sidecar:
         status = job.get("status") or {}
         phase = status.get("phase") or Phase.PENDING.value
         if event_type == "DELETED" or job["metadata"].get("deletionTimestamp"):
-            self.pending.pop(name, None)
+            self._drop_pending(name)
             task = self.running.get(name)
             if task is not None:
                 task.cancel()
@@ -245,12 +266,13 @@ class Sidecar:
         holder = status.get("worker")
         if phase == Phase.RUNNING.value and holder and holder != self.config.worker:
             self.peers[holder] = self.clock()
+            self._saw_claim(holder, status)
         if phase == Phase.PENDING.value and name in self.running:
             self._requeued[name] = claim_facts(job)
         elif phase == Phase.PENDING.value:
             self._add_pending(job)
         else:
-            self.pending.pop(name, None)
+            self._drop_pending(name)
             self._requeued.pop(name, None)
             task = self.running.get(name)
             if task is None or name in self.finishing:
@@ -312,6 +334,13 @@ class Sidecar:
             if job is None:
                 self._claim_slots.release()
                 self._slots.release()
+                if self.pending and self._help_at is not None and not self.stopping:
+                    # Every job waiting is another worker's, not yet due for help.
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            self._wake.wait(), max(0.01, self._help_at - self.clock())
+                        )
                 continue
             task = asyncio.create_task(self._claim_and_start(job))
             self._claims.add(task)
@@ -336,17 +365,35 @@ class Sidecar:
         if name not in self.pending:
             created = str(job["metadata"].get("creationTimestamp", ""))
             heapq.heappush(self._order, (created, name))
+            self._since[name] = self.clock()
         self.pending[name] = claim_facts(job)
         self._wake.set()
+
+    def _drop_pending(self, name: str) -> dict[str, Any] | None:
+        self._since.pop(name, None)
+        return self.pending.pop(name, None)
+
+    def _saw_claim(self, worker: str, status: dict[str, Any]) -> None:
+        """Remember when ``worker`` last claimed a job (a renewal is not a claim)."""
+        acquired = parse_time((status.get("lease") or {}).get("acquireTime"))
+        if acquired is None:
+            return
+        age = (datetime.datetime.now(datetime.UTC) - acquired).total_seconds()
+        at = self.clock() - (age if age > _FRESH_CLAIM_SECONDS else 0.0)
+        self._claimed_at[worker] = max(self._claimed_at.get(worker, at), at)
 
     def _next_pending(self) -> dict[str, Any] | None:
         """One of the oldest pending jobs. Once this worker has seen other workers of the
         model claim jobs, it takes the oldest job that hashes to it among them (looking
-        as far as CLAIM_REACH); else the one it ranks first among the oldest
-        CLAIM_CHOICES. Workers that have seen each other split the queue, so they seldom
-        race for one job (a lost race costs a write refused by the apiserver)."""
+        as far as CLAIM_REACH). When none is in reach, it helps a worker that is busy or
+        quiet (see _helpable), with one of its youngest jobs in reach, which the owner
+        comes to last; None when no worker needs help. Before it has seen other workers,
+        the one it ranks first among the oldest CLAIM_CHOICES. Workers that have seen
+        each other split the queue, so they seldom race for one job (a lost race costs
+        a write refused by the apiserver)."""
         me = self.config.worker
         peers = self._live_peers()
+        self._help_at = None
         reach = CLAIM_REACH if peers else CLAIM_CHOICES
         candidates: dict[str, tuple[str, str]] = {}
         chosen: str | None = None
@@ -354,19 +401,53 @@ class Sidecar:
             entry = heapq.heappop(self._order)
             if entry[1] in self.pending and entry[1] not in candidates:
                 candidates[entry[1]] = entry
-                if peers and owner([me, *peers], entry[1]) == me:
+                if peers and self._owner(entry[1], peers) == me:
                     chosen = entry[1]  # the oldest of this worker's share
                     break
         if not candidates:
             self._order.clear()
             return None
         if chosen is None:
-            oldest = list(candidates)[:CLAIM_CHOICES]  # popped oldest first
-            chosen = min(oldest, key=lambda name: claim_rank(me, name))
+            names = list(candidates)  # popped oldest first
+            choices = self._helpable(names, peers)[-CLAIM_CHOICES:] if peers else names
+            if choices:
+                chosen = min(choices[:CLAIM_CHOICES], key=lambda name: claim_rank(me, name))
         for name, entry in candidates.items():
             if name != chosen:
                 heapq.heappush(self._order, entry)
-        return self.pending.pop(chosen)
+        return None if chosen is None else self._drop_pending(chosen)
+
+    def _helpable(self, names: list[str], peers: list[str]) -> list[str]:
+        """The jobs among ``names`` (none of them this worker's) that their owner leaves
+        waiting: it has more than HELP_BACKLOG of them in reach, or the job has waited
+        HELP_AFTER_SECONDS and the owner claimed nothing meanwhile (its slots are full,
+        or it is gone). An owner with room takes its own at once: helping it then only
+        races it for them."""
+        owners = {name: self._owner(name, peers) for name in names}
+        backlog = Counter(owners.values())
+        now = self.clock()
+        due = {
+            name: max(self._since.get(name, now), self._claimed_at.get(owners[name], -math.inf))
+            + HELP_AFTER_SECONDS
+            for name in names
+        }
+        helpable = [
+            name for name in names if backlog[owners[name]] > HELP_BACKLOG or due[name] <= now
+        ]
+        if not helpable:
+            self._help_at = min(due.values())
+        return helpable
+
+    def _owner(self, name: str, peers: list[str]) -> str:
+        """``owner`` among this worker and ``peers``, remembered while they stay the
+        same (the jobs in reach are looked at again on every pick)."""
+        workers = (self.config.worker, *sorted(peers))
+        if workers != self._owners_among or len(self._owner_of) > 2 * len(self.pending) + 1024:
+            self._owners_among, self._owner_of = workers, {}
+        found = self._owner_of.get(name)
+        if found is None:
+            found = self._owner_of[name] = owner(workers, name)
+        return found
 
     def _live_peers(self) -> list[str]:
         """Workers seen holding a job within two leases (a dead one's share goes back to
