@@ -17,6 +17,7 @@ redone rather than trusted.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -25,6 +26,7 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from packaging.requirements import Requirement
 
@@ -43,6 +45,22 @@ class EngineVenv:
     @property
     def python(self) -> Path:
         return self.root / "bin" / "python"
+
+    def run_json(self, script: str, payload: object, *args: str) -> Any:
+        """Run ``script`` (a file of ours that imports vLLM) under this venv's python,
+        ``payload`` as JSON on its stdin; its JSON answer. Raises with its stderr."""
+        completed = subprocess.run(
+            [str(self.python), script, *args],
+            input=json.dumps(payload),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=Path(script).parent,
+            check=False,
+        )
+        if completed.returncode != 0:
+            raise RuntimeError(f"{Path(script).name} failed: {completed.stderr[-3000:]}")
+        return json.loads(completed.stdout)
 
 
 def venv_dir(version: str = VLLM_VERSION) -> Path:

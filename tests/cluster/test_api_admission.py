@@ -83,8 +83,60 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
     (
         "last-not-user",
         _job(messages=[{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]),
-        ["spec.messages", "last message must have role 'user'"],
+        ["spec.messages", "last message must have role 'user' or 'tool'"],
     ),
+    (
+        "tool-message-without-call-id",
+        _job(messages=[{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}]),
+        ["spec.messages[1].toolCallId", "names the call it answers"],
+    ),
+    (
+        "call-id-on-a-user-message",
+        _job(messages=[{"role": "user", "content": "a", "toolCallId": "c1"}]),
+        ["spec.messages[0].toolCallId"],
+    ),
+    (
+        "tool-calls-on-a-user-message",
+        _job(
+            messages=[
+                {
+                    "role": "user",
+                    "content": "a",
+                    "toolCalls": [{"id": "c", "name": "f", "arguments": "{}"}],
+                }
+            ]
+        ),
+        ["spec.messages[0].toolCalls", "only an assistant message"],
+    ),
+    (
+        "assistant-without-content-or-calls",
+        _job(messages=[{"role": "assistant"}, {"role": "user", "content": "a"}]),
+        ["spec.messages[0].content"],
+    ),
+    (
+        "tool-choice-names-an-unknown-tool",
+        _job(tools=[{"name": "get_time"}], toolChoice="get_weather"),
+        ["spec.toolChoice", "name of a function in tools"],
+    ),
+    (
+        "tool-choice-required-without-tools",
+        _job(toolChoice="required"),
+        ["spec.toolChoice"],
+    ),
+    ("tool-named-like-a-choice", _job(tools=[{"name": "auto"}]), ["spec.tools[0].name"]),
+    ("tool-name-with-a-space", _job(tools=[{"name": "get time"}]), ["spec.tools[0].name"]),
+    ("tool-twice", _job(tools=[{"name": "f"}, {"name": "f"}]), ["spec.tools", "once"]),
+    (
+        "schema-format-without-a-schema",
+        _job(responseFormat={"type": "json_schema"}),
+        ["spec.responseFormat.jsonSchema"],
+    ),
+    (
+        "schema-that-is-not-an-object",
+        _job(responseFormat={"type": "json_schema", "jsonSchema": {"name": "r", "schema": "x"}}),
+        ["spec.responseFormat.jsonSchema.schema"],
+    ),
+    ("analysis-visibility", _job(analysis="hide"), ["spec.analysis"]),
     ("max-tokens-zero", _job(maxTokens=0), ["spec.maxTokens"]),
     ("max-tokens-too-large", _job(maxTokens=131073), ["spec.maxTokens"]),
     ("temperature-negative", _job(temperature=-1), ["spec.temperature"]),
@@ -334,6 +386,36 @@ def test_an_empty_model_gets_every_default(api: Client, namespace: str) -> None:
         "revision": "main",
         "excludePatterns": ["original/*", "metal/*"],
     }
+
+
+def test_a_tool_loop_job_is_admitted_as_written(api: Client, namespace: str) -> None:
+    """#26: a job carrying the model's tool call and the tool's result, with a schema."""
+    weather = {"type": "object", "properties": {"city": {"type": "string"}}}
+    spec = {
+        "tools": [{"name": "get_weather", "description": "Weather now.", "parameters": weather}],
+        "toolChoice": "auto",
+        "responseFormat": {
+            "type": "json_schema",
+            "jsonSchema": {"name": "report", "schema": {"type": "object"}, "strict": True},
+        },
+        "analysis": "drop",
+        "messages": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {
+                "role": "assistant",
+                "analysis": "Need it.",
+                "toolCalls": [{"id": "c1", "name": "get_weather", "arguments": '{"city":"Paris"}'}],
+            },
+            {"role": "tool", "toolCallId": "c1", "name": "get_weather", "content": ""},
+        ],
+    }
+    stored = api.create(
+        InferenceJobResource.from_dict(_job(**spec)), namespace=namespace, dry_run=True
+    ).to_dict()["spec"]
+    assert stored["tools"][0]["parameters"] == weather, "the schema is kept whole"
+    assert stored["messages"] == spec["messages"]
+    assert stored["responseFormat"]["jsonSchema"]["schema"] == {"type": "object"}
+    assert InferenceJobSpec.model_validate(stored).messages[1].toolCalls is not None
 
 
 def test_job_defaults_match_the_runner(api: Client, namespace: str) -> None:

@@ -4,6 +4,7 @@ control plane. The engine is the test stand-in for vLLM's OpenAI server."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 import uuid
@@ -87,6 +88,7 @@ def _reset_engine(request: pytest.FixtureRequest) -> Iterator[None]:
         engine.token_delay = 0.0
         engine.queue_delay = 0.0
         engine.commentary = False
+        engine.tool_call = False
         engine.answer_repeat = 1
 
 
@@ -228,6 +230,60 @@ def test_commentary_channel(served: Served) -> None:
     status = wait_finished(served.kube, served.namespace, name)
     assert status["commentary"]
     assert status["response"].startswith("Stand-in answer to:")
+
+
+def test_a_tool_loop_runs_job_by_job(served: Served) -> None:
+    """#26: the model calls a declared function; the job ends with the call, and a
+    follow-up job carrying the tool's result is answered with it. The calls were text in
+    status.commentary before."""
+    served.engine.tool_call = True
+    served.engine.tool_name = "functions.lookup"
+    tools = [{"name": "lookup", "parameters": {"type": "object"}}]
+    asked = {"role": "user", "content": "What is recursion?"}
+    first = _name()
+    create_job(served.kube, served.namespace, first, "m", tools=tools)
+    status = wait_finished(served.kube, served.namespace, first)
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["finishReason"] == "tool_calls"
+    assert condition(status, "Complete")["reason"] == "ToolCalls"
+    [call] = status["toolCalls"]
+    assert (call["name"], json.loads(call["arguments"])) == (
+        "lookup",
+        {"query": "What is recursion?"},
+    )
+    assert call["id"].startswith("call_")
+    assert not status.get("commentary"), "a call is not commentary text"
+    prompt = Harmony().decode((served.engine.last_request or {})["prompt"])
+    assert "namespace functions {\n\ntype lookup = (_: {\n}) => any;" in prompt
+    follow_up = _name()
+    create_job(
+        served.kube,
+        served.namespace,
+        follow_up,
+        "m",
+        tools=tools,
+        messages=[
+            asked,
+            {"role": "assistant", "analysis": status["analysis"], "toolCalls": [call]},
+            {"role": "tool", "toolCallId": call["id"], "content": "a function calling itself"},
+        ],
+    )
+    answered = wait_finished(served.kube, served.namespace, follow_up)
+    assert answered["phase"] == "Succeeded", answered.get("message")
+    assert answered["finishReason"] == "stop"
+    assert answered["response"] == (
+        "Stand-in answer to: What is recursion? (using functions.lookup: a function calling itself)"
+    )
+    assert "toolCalls" not in answered
+
+
+def test_a_dropped_analysis_is_never_stored(served: Served) -> None:
+    name = _name()
+    create_job(served.kube, served.namespace, name, "m", analysis="drop")
+    status = wait_finished(served.kube, served.namespace, name)
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["response"] == "Stand-in answer to: What is recursion?"
+    assert not status.get("analysis")
 
 
 def test_malformed_output_is_recovered_and_kept_raw(served: Served) -> None:
@@ -389,6 +445,38 @@ def test_an_output_larger_than_a_config_map_lands_whole(served: Served) -> None:
     texts = full_texts(served.kube, served.namespace, status)
     assert texts["response"] == answer
     assert texts["analysis"] == f"Reasoning at medium effort about: {asked}"
+
+
+def test_cli_declares_tools_and_prints_the_calls(served: Served, tmp_path: Path) -> None:
+    served.engine.tool_call = True
+    served.engine.tool_name = "functions.lookup"
+    tools = tmp_path / "tools.json"
+    tools.write_text(json.dumps([{"type": "function", "function": {"name": "lookup"}}]))
+    result = gptoss_ask(
+        served.cluster.kubeconfig, served.namespace, "m", "--tools", str(tools), "-q", "Why?"
+    )
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(r'tool call call_\w+_1_0: lookup\(\{"query": ?"Why\?"\}\)\n', result.stdout)
+
+
+def test_cli_schema_answers_that_do_not_match_fail_plainly(served: Served, tmp_path: Path) -> None:
+    """The stand-in cannot follow a schema (the real engine's grammar is tested on vLLM):
+    its plain answer fails the check, and the CLI says so."""
+    schema = tmp_path / "verdict.json"
+    schema.write_text(json.dumps({"type": "object", "required": ["ok"]}))
+    result = gptoss_ask(
+        served.cluster.kubeconfig, served.namespace, "m", "--schema", str(schema), "-q", "Ok?"
+    )
+    assert result.returncode == 1, result.stderr
+    assert "the answer is not JSON" in result.stderr
+    assert result.stdout == "Stand-in answer to: Ok?\n", "the answer is still printed"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"type": 12}))
+    refused = gptoss_ask(
+        served.cluster.kubeconfig, served.namespace, "m", "--schema", str(bad), "-q", "Ok?"
+    )
+    assert refused.returncode == 2
+    assert "bad.json is not a JSON schema" in refused.stderr
 
 
 def test_cli_asks_and_prints_runner_style_json(served: Served) -> None:

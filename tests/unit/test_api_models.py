@@ -156,8 +156,8 @@ def test_readers_tolerate_fields_a_newer_crd_adds() -> None:
     job = InferenceJobSpec.model_validate(
         {
             "modelRef": {"name": "m", "futureRef": "x"},
-            "messages": [{"role": "user", "content": "hi", "name": "alice"}],
-            "responseFormat": {"type": "json"},
+            "messages": [{"role": "user", "content": "hi", "audio": {"id": "a1"}}],
+            "prediction": {"type": "content"},
         }
     )
     assert job.messages[0].content == "hi"

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from gptoss_operator.api.batch import RequestDefaults
+from gptoss_operator.engine.harmony import ToolCall
 from gptoss_operator.workers.batch.lines import (
     Answer,
     LineError,
@@ -57,16 +58,18 @@ def test_a_full_line_becomes_a_request_and_defaults_fill_the_rest() -> None:
     assert isinstance(request, LineRequest)
     assert request.line == 7
     assert request.custom_id == "r1"
-    assert [(m.role, m.content) for m in request.messages] == [
+    chat = request.chat
+    assert [(m.role, m.content) for m in chat.messages] == [
         ("system", "Be brief."),
         ("user", "Hi there"),
     ]
-    assert (request.max_tokens, request.top_p, request.reasoning_level) == (64, 0.9, "high")
-    assert request.temperature == 0.5  # from the defaults
+    assert (chat.max_tokens, chat.top_p, chat.reasoning_level) == (64, 0.9, "high")
+    assert chat.temperature == 0.5  # from the defaults
 
     bare = parse(line({"messages": [{"role": "user", "content": "x"}], "max_tokens": 9}))
     assert isinstance(bare, LineRequest)
-    assert (bare.max_tokens, bare.temperature, bare.top_p, bare.reasoning_level) == (
+    b = bare.chat
+    assert (b.max_tokens, b.temperature, b.top_p, b.reasoning_level) == (
         9,
         0.5,
         None,
@@ -101,9 +104,19 @@ def test_a_full_line_becomes_a_request_and_defaults_fill_the_rest() -> None:
         ),
         (line({"messages": []}), "invalid_messages", "body.messages"),
         (
-            line({"messages": [{"role": "tool", "content": "x"}]}),
+            line({"messages": [{"role": "robot", "content": "x"}]}),
             "invalid_messages",
             "body.messages[0].role",
+        ),
+        (
+            line({"messages": [{"role": "tool", "content": "x"}]}),
+            "invalid_messages",
+            "body.messages[0].tool_call_id",
+        ),
+        (
+            line({"messages": [{"role": "tool", "content": "x", "tool_call_id": "c9"}]}),
+            "invalid_messages",
+            "answers no tool call",
         ),
         (
             line(
@@ -123,9 +136,67 @@ def test_a_full_line_becomes_a_request_and_defaults_fill_the_rest() -> None:
             "only text parts",
         ),
         (
-            line({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}),
+            line({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "web"}]}),
             "unsupported",
-            "body.tools",
+            "body.tools[0]",
+        ),
+        (
+            line(
+                {
+                    "messages": [{"role": "user", "content": "x"}],
+                    "tools": [{"type": "function", "function": {"name": "a b"}}],
+                }
+            ),
+            "invalid_value",
+            "body.tools[0].function.name",
+        ),
+        (
+            line(
+                {
+                    "messages": [{"role": "user", "content": "x"}],
+                    "tools": [
+                        {"type": "function", "function": {"name": "f", "parameters": {"type": 5}}}
+                    ],
+                }
+            ),
+            "invalid_value",
+            "body.tools[0].function.parameters is not a JSON schema",
+        ),
+        (
+            line(
+                {
+                    "messages": [{"role": "user", "content": "x"}],
+                    "tools": [{"type": "function", "function": {"name": "f"}}],
+                    "tool_choice": {"type": "function", "function": {"name": "g"}},
+                }
+            ),
+            "invalid_value",
+            "body.tool_choice names 'g'",
+        ),
+        (
+            line({"messages": [{"role": "user", "content": "x"}], "tool_choice": "required"}),
+            "invalid_value",
+            "body.tools is empty",
+        ),
+        (
+            line(
+                {
+                    "messages": [{"role": "user", "content": "x"}],
+                    "response_format": {"type": "json_schema", "json_schema": {"name": "r"}},
+                }
+            ),
+            "invalid_value",
+            "body.response_format.json_schema.schema must be a JSON object",
+        ),
+        (
+            line(
+                {
+                    "messages": [{"role": "user", "content": "x"}],
+                    "response_format": {"type": "yaml"},
+                }
+            ),
+            "invalid_value",
+            "body.response_format.type",
         ),
         (line({"messages": [{"role": "user", "content": "x"}], "n": 2}), "unsupported", "body.n"),
         (
@@ -201,6 +272,94 @@ def test_an_answer_is_a_chat_completion_with_the_reasoning_beside_the_content() 
     assert shown["response"] is None
     assert shown["error"]["line"] == 3
     assert shown["error"]["code"] == "invalid_json"
+
+
+WEATHER_LINE = {
+    "messages": [
+        {"role": "system", "content": "Use the tools."},
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "reasoning": "Need it.",
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"t": 20}'},
+    ],
+    "tools": [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather now.",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ],
+    "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+    "response_format": {
+        "type": "json_schema",
+        "json_schema": {"name": "report", "schema": {"type": "object"}, "description": "A report."},
+    },
+}
+
+
+def test_a_line_with_tools_a_tool_loop_and_a_schema_is_read_whole() -> None:
+    request = parse(line(WEATHER_LINE))
+    assert isinstance(request, LineRequest)
+    chat = request.chat
+    assert [m.role for m in chat.messages] == ["system", "user", "assistant", "tool"]
+    call = chat.messages[2].tool_calls[0]
+    assert (call.id, call.name, call.arguments) == ("call_1", "get_weather", '{"city":"Paris"}')
+    assert chat.messages[2].analysis == "Need it."
+    assert chat.messages[3].tool_call_id == "call_1"
+    assert [(t.name, t.description) for t in chat.tools] == [("get_weather", "Weather now.")]
+    assert chat.tool_choice == "get_weather"
+    assert chat.response_format is not None
+    assert (chat.response_format.type, chat.response_format.name) == ("json_schema", "report")
+    assert chat.answer_schema == {"type": "object"}
+    assert chat.sampling([200002]).structured_outputs is not None, "the named call is enforced"
+
+
+def test_answers_with_tool_calls_are_openai_chat_completions() -> None:
+    """Every output line is what OpenAI's own SDK types read: a call in OpenAI's shape,
+    and a plain answer."""
+    from openai.types.chat import ChatCompletion
+
+    request = parse(line(WEATHER_LINE))
+    assert isinstance(request, LineRequest)
+    calls = (ToolCall("call_x_0", "get_weather", '{"city":"Lyon"}'),)
+    called = answer_record(
+        request,
+        Answer("", "Need Lyon.", "", "tool_calls", 20, 5, tool_calls=calls),
+        batch_uid="u",
+        model="gpt-oss-20b",
+        created=1700000000,
+    )
+    answered = answer_record(
+        request,
+        Answer("Sunny.", "", "", "stop", 20, 5),
+        batch_uid="u",
+        model="gpt-oss-20b",
+        created=1700000000,
+    )
+    completion = ChatCompletion.model_validate(called["response"]["body"])
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    [sdk_call] = choice.message.tool_calls or []
+    assert sdk_call.type == "function"
+    assert (sdk_call.id, sdk_call.function.name) == ("call_x_0", "get_weather")
+    assert json.loads(sdk_call.function.arguments) == {"city": "Lyon"}
+    plain = ChatCompletion.model_validate(answered["response"]["body"])
+    assert plain.choices[0].message.content == "Sunny."
+    assert plain.choices[0].message.tool_calls is None
 
 
 def test_rows_round_trip_and_the_line_set_marks_each_line_once() -> None:

@@ -18,6 +18,7 @@ from gptoss_operator.api.batch import RequestDefaults
 from gptoss_operator.api.batch_plan import BatchPlan, Place
 from gptoss_operator.engine.client import EngineClient
 from gptoss_operator.engine.harmony import Harmony
+from gptoss_operator.engine.request import ChatRequest
 from gptoss_operator.workers.batch.merge import LinesMissing, merge
 from gptoss_operator.workers.batch.parts import ERRORS, OUTPUT, PARTS, SUMMARY
 from gptoss_operator.workers.batch.shard import ShardRunner
@@ -265,10 +266,10 @@ async def test_a_line_whose_answer_raises_anything_lands_in_the_error_file(
     shard = runner(plan, 0, harmony)
     render = shard.renderer.render
 
-    async def flaky(messages: Any, level: Any) -> list[int]:
-        if "question 3" in messages[-1].content:
+    async def flaky(request: ChatRequest) -> list[int]:
+        if "question 3" in request.messages[-1].content:
             raise RuntimeError("the render process pool broke")
-        return await render(messages, level)
+        return await render(request)
 
     monkeypatch.setattr(shard.renderer, "render", flaky)
     tally = await shard.run()

@@ -82,7 +82,7 @@ def test_parse_channels(harmony: Harmony) -> None:
     assert not parsed.recovered
 
 
-def test_tool_call_keeps_its_recipient(harmony: Harmony) -> None:
+def test_a_tool_call_is_decoded_as_one(harmony: Harmony) -> None:
     parser = harmony.parser()
     parser.feed(
         _tokens(
@@ -93,9 +93,21 @@ def test_tool_call_keeps_its_recipient(harmony: Harmony) -> None:
         )
     )
     parsed = parser.finish(CALL_TOKEN)
-    assert parsed.commentary == 'to=functions.lookup: {"q": "apples"}'
+    assert parsed.tool_calls == [("lookup", '{"q": "apples"}')]
+    assert parsed.commentary == "", "#26: a call is a call, not commentary text"
+    assert parsed.analysis == "Look it up."
     assert parsed.response == ""
     assert not parsed.complete
+
+
+def test_a_tool_call_cut_short_stays_text(harmony: Harmony) -> None:
+    parser = harmony.parser()
+    parser.feed(
+        _tokens(harmony, '<|channel|>commentary to=functions.lookup json<|message|>{"q": "ap')
+    )
+    parsed = parser.finish(None)
+    assert parsed.tool_calls == []
+    assert parsed.commentary == 'to=functions.lookup: {"q": "ap'
 
 
 def test_truncated_in_analysis_and_in_final(harmony: Harmony) -> None:

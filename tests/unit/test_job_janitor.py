@@ -362,3 +362,32 @@ def test_a_deep_queue_is_counted_before_its_jobs_are_marked() -> None:
     assert {"status": {"queue": {"pending": 350, "running": 0}}} in recounts
     assert len(recounts) <= 5, "recounted about once a second, not after every mark"
     assert sorted(n for n in names if n != "m") == sorted(f"j{i}" for i in range(400))
+
+
+def test_a_queued_job_whose_schema_is_not_one_fails_naming_the_field() -> None:
+    """#26: the apiserver holds a schema to be an object; whether it is a JSON schema only
+    the operator can tell, and it does before the job waits for a model."""
+    bad = _facts(
+        tools=[
+            {"name": "f", "parameters": {"type": "object"}},
+            {"name": "g", "parameters": {"type": 7}},
+        ]
+    )
+    action = decide(bad, None, NOW)
+    assert action is not None
+    assert action.reason == "InvalidSpec"
+    assert action.status is not None
+    assert action.status["phase"] == "Failed"
+    assert action.status["message"].startswith("spec.tools[1].parameters is not a JSON schema")
+    schema = _facts(
+        responseFormat={
+            "type": "json_schema",
+            "jsonSchema": {"name": "r", "schema": {"required": "x"}},
+        }
+    )
+    refused = decide(schema, "Ready", NOW)
+    assert refused is not None
+    assert refused.status is not None
+    assert "spec.responseFormat.jsonSchema.schema is not a JSON schema" in refused.status["message"]
+    good = _facts(tools=[{"name": "f", "parameters": {"type": "object"}}])
+    assert decide(good, "Ready", NOW) is None

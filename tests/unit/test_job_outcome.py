@@ -3,6 +3,8 @@ pure outcome functions the sidecar uses."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from gptoss_operator.api.job import Phase
@@ -108,9 +110,9 @@ def test_a_tool_call_says_so(harmony: Harmony) -> None:
     phase, reason, message, _, texts = judge(
         parse(harmony, text, CALL_TOKEN), "stop", completion=20
     )
-    assert (phase, reason) == (Phase.SUCCEEDED, "Completed")
-    assert "tool call" in message
-    assert texts["commentary"] == "to=functions.f: {}"
+    assert (phase, reason) == (Phase.SUCCEEDED, "ToolCalls")
+    assert "f(" in message
+    assert texts["commentary"] == "", "#26: a call is a call, not commentary text"
 
 
 def test_rejections_name_the_context_window_when_the_prompt_is_too_long() -> None:
@@ -121,3 +123,89 @@ def test_rejections_name_the_context_window_when_the_prompt_is_too_long() -> Non
     assert "too long" in message
     assert rejection_reason("bad", 10, 4096) == ("EngineRejected", "bad")
     assert rejection_reason("bad", 10, None) == ("EngineRejected", "bad")
+
+
+def _outcome(harmony: Harmony, text: str, stop: int | None, finish: str, **extra: object) -> Any:
+    parsed = parse(harmony, text, stop)
+    return generation_outcome(Generation(parsed, finish, 256, 100, 40, 4096, **extra))  # type: ignore[arg-type]
+
+
+CALL = (
+    "<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>"
+)
+
+
+def test_a_tool_call_is_returned_with_its_id_name_and_arguments(harmony: Harmony) -> None:
+    text = f'<|channel|>analysis<|message|>Need it.<|end|>{CALL}{{"city": "Paris"}}'
+    outcome = _outcome(harmony, text, CALL_TOKEN, "stop", call_id_prefix="call_ab_1")
+    assert outcome.phase is Phase.SUCCEEDED
+    assert (outcome.reason, outcome.finish_reason) == ("ToolCalls", "tool_calls")
+    assert [(c.id, c.name, c.arguments) for c in outcome.tool_calls] == [
+        ("call_ab_1_0", "get_weather", '{"city": "Paris"}')
+    ]
+    assert outcome.texts["analysis"] == "Need it."
+    assert 'get_weather({"city": "Paris"})' in outcome.message
+
+
+def test_arguments_that_are_not_json_are_kept_and_said(harmony: Harmony) -> None:
+    outcome = _outcome(
+        harmony, CALL[len("<|start|>assistant") :] + "{city: Paris", CALL_TOKEN, "stop"
+    )
+    assert outcome.phase is Phase.SUCCEEDED, "the call is the model's answer: nothing is lost"
+    assert outcome.reason == "InvalidToolArguments"
+    assert outcome.tool_calls[0].arguments == "{city: Paris"
+    assert "call_0 (get_weather) are not valid JSON" in outcome.message
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "temperature": {"type": "number"}},
+    "required": ["city", "temperature"],
+}
+FINAL = "<|channel|>analysis<|message|>Think.<|end|><|start|>assistant<|channel|>final<|message|>"
+
+
+def test_a_json_answer_that_matches_is_parsed(harmony: Harmony) -> None:
+    text = FINAL + '{"city": "Paris", "temperature": 21.5}'
+    outcome = _outcome(harmony, text, RETURN_TOKEN, "stop", answer_schema=SCHEMA)
+    assert (outcome.phase, outcome.reason) == (Phase.SUCCEEDED, "Completed")
+    assert outcome.answer_json == ({"city": "Paris", "temperature": 21.5},)
+
+
+@pytest.mark.parametrize(
+    ("answer", "says"),
+    [
+        ("Paris, 21 degrees", "the answer is not JSON"),
+        ('{"city": "Paris"}', "does not match the schema at the top level: 'temperature'"),
+        ('{"city": 3, "temperature": 1}', "does not match the schema at city"),
+    ],
+)
+def test_a_json_answer_that_does_not_match_fails_and_is_kept(
+    harmony: Harmony, answer: str, says: str
+) -> None:
+    outcome = _outcome(harmony, FINAL + answer, RETURN_TOKEN, "stop", answer_schema=SCHEMA)
+    assert (outcome.phase, outcome.reason) == (Phase.FAILED, "ResponseMismatch")
+    assert says in outcome.message
+    assert outcome.texts["response"] == answer, "nothing is lost"
+    assert outcome.answer_json == ()
+
+
+def test_a_json_answer_cut_short_says_where_it_stopped(harmony: Harmony) -> None:
+    parsed = parse(harmony, FINAL + '{"city": "Par', None)
+    outcome = generation_outcome(
+        Generation(parsed, "length", 40, 100, 40, 4096, answer_schema=SCHEMA)
+    )
+    assert (outcome.phase, outcome.reason) == (Phase.FAILED, "TokenLimit")
+    assert "the JSON answer is incomplete" in outcome.message
+
+
+def test_dropped_analysis_is_never_in_the_texts(harmony: Harmony) -> None:
+    kept = _outcome(harmony, FINAL + "Hi", RETURN_TOKEN, "stop")
+    dropped = _outcome(harmony, FINAL + "Hi", RETURN_TOKEN, "stop", keep_analysis=False)
+    assert kept.texts["analysis"] == "Think."
+    assert dropped.texts["analysis"] == ""
+    garbage = _outcome(
+        harmony, "not harmony at all " * 10, RETURN_TOKEN, "stop", keep_analysis=False
+    )
+    assert "rawOutput" not in garbage.texts, "the raw text holds the analysis"
+    assert "not kept" in garbage.message

@@ -10,9 +10,12 @@ from gptoss_operator.api.job_output import layout
 from gptoss_operator.engine.attempts import Decision, Verdict, decide
 from gptoss_operator.engine.client import EngineError
 from gptoss_operator.engine.generation import Progress, RunResult
-from gptoss_operator.engine.harmony import ParsedOutput
+from gptoss_operator.engine.harmony import ChatMessage, ParsedOutput
+from gptoss_operator.engine.request import ChatRequest
 from gptoss_operator.workers.sidecar import lifecycle
 from gptoss_operator.workers.sidecar.lifecycle import Held, Retry, Write
+
+REQUEST = ChatRequest((ChatMessage("user", "2+2?"),), "high", max_tokens=100, temperature=1.0)
 
 NOW = "2026-12-07T03:00:00Z"
 WORKER = "pod-a"
@@ -187,7 +190,7 @@ def _result(parsed: ParsedOutput, finish_reason: str = "stop") -> RunResult:
 def test_an_answer_is_written_with_its_usage_and_timings() -> None:
     held = _claimed()
     result = _result(ParsedOutput(response="4", analysis="2+2", reached_final=True, complete=True))
-    outcome = result.outcome(max_tokens=100, max_model_len=4096)
+    outcome = result.outcome(REQUEST, max_model_len=4096)
     done = lifecycle.answered(
         held,
         reasoning_level="high",
@@ -210,7 +213,7 @@ def test_an_answer_is_written_with_its_usage_and_timings() -> None:
     assert done.remove == ("lease",)
 
     cut = _result(ParsedOutput(recovered=True, error="unexpected token", raw_text="<|x|>"))
-    cut_outcome = cut.outcome(max_tokens=100, max_model_len=4096)
+    cut_outcome = cut.outcome(REQUEST, max_model_len=4096)
     failed = lifecycle.answered(
         held,
         reasoning_level="high",

@@ -225,4 +225,5 @@ def test_a_new_job_of_a_worker_with_no_room_waits_a_second_not_its_slots() -> No
     assert sidecar._help_at == 131.0
     now[0] = 131.0
     taken = sidecar._next_pending()
-    assert taken is not None and taken["metadata"]["name"] == f"j{theirs:03d}"
+    assert taken is not None
+    assert taken["metadata"]["name"] == f"j{theirs:03d}"

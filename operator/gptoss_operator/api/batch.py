@@ -16,7 +16,7 @@ from gptoss_operator.api.common import (
     LocalObjectReference,
     conditions_field,
 )
-from gptoss_operator.api.job import MAX_TOKENS_LIMIT, ReasoningLevel
+from gptoss_operator.api.job import MAX_TOKENS_LIMIT, AnalysisVisibility, ReasoningLevel
 from gptoss_operator.api.model import DNS_SUBDOMAIN_PATTERN, URL_PATTERN
 
 KIND = "InferenceBatch"
@@ -195,6 +195,11 @@ class RequestDefaults(ApiModel):
     temperature: float = Field(default=0.7, ge=0, le=2)
     topP: float | None = Field(default=None, gt=0, le=1)
     reasoningLevel: ReasoningLevel = Field(default="medium", description="reasoning_effort.")
+    analysis: AnalysisVisibility = Field(
+        default="keep",
+        description="keep: the analysis channel goes to each output line's message.reasoning; "
+        "drop: it is never written (gpt-oss's raw reasoning is not meant for end users).",
+    )
 
 
 class ResourceList(ApiModel):

@@ -73,7 +73,7 @@ def structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             continue
         out[key] = value
     if out.get("x-kubernetes-preserve-unknown-fields"):
-        out.setdefault("type", "object")
+        # No type: any JSON value (the apiserver allows it for such a field).
         out.pop("additionalProperties", None)
     if out.get("x-kubernetes-int-or-string"):
         out.pop("type", None)

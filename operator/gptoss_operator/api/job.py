@@ -6,7 +6,7 @@ import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, JsonValue, model_validator
 from pydantic.config import JsonDict
 
 from gptoss_operator.api.common import (
@@ -25,6 +25,13 @@ MAX_NAME_LENGTH = 63
 MAX_MESSAGES = 256
 MAX_CONTENT_LENGTH = 131072
 MAX_TOKENS_LIMIT = 131072
+MAX_TOOLS = 128
+MAX_TOOL_CALLS = 32
+MAX_ID_LENGTH = 128
+# OpenAI's rule for function and response format names.
+FUNCTION_NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
+# toolChoice's own values: no function may be named so.
+TOOL_CHOICES = ("auto", "none", "required")
 
 _OPAQUE: JsonDict = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
 
@@ -40,18 +47,198 @@ class Phase(StrEnum):
 FINISHED_PHASES = (Phase.SUCCEEDED.value, Phase.FAILED.value)
 
 
-Role = Literal["system", "developer", "user", "assistant"]
+Role = Literal["system", "developer", "user", "assistant", "tool"]
 ReasoningLevel = Literal["low", "medium", "high"]
-FinishReason = Literal["stop", "length", "error"]
+FinishReason = Literal["stop", "length", "tool_calls", "error"]
+AnalysisVisibility = Literal["keep", "drop"]
+
+
+class ToolCall(ApiModel):
+    id: str = Field(
+        min_length=1,
+        max_length=MAX_ID_LENGTH,
+        description="The call's id: the tool message with the result names it.",
+    )
+    name: str = Field(pattern=FUNCTION_NAME_PATTERN, description="The function called.")
+    arguments: str = Field(
+        max_length=MAX_CONTENT_LENGTH,
+        description="The arguments as JSON text, as the model wrote them.",
+    )
+
+
+_MESSAGE_RULES: list[JsonValue] = [
+    {
+        "rule": "self.role == 'tool' ? has(self.toolCallId) : !has(self.toolCallId)",
+        "message": "toolCallId: a tool message names the call it answers, and only a tool "
+        "message has one",
+        "fieldPath": ".toolCallId",
+        "reason": "FieldValueInvalid",
+    },
+    {
+        "rule": "!has(self.name) || self.role == 'tool'",
+        "message": "name: only a tool message names its function",
+        "fieldPath": ".name",
+        "reason": "FieldValueInvalid",
+    },
+    {
+        "rule": "!has(self.toolCalls) || self.role == 'assistant'",
+        "message": "toolCalls: only an assistant message makes tool calls",
+        "fieldPath": ".toolCalls",
+        "reason": "FieldValueInvalid",
+    },
+    {
+        "rule": "!has(self.analysis) || self.role == 'assistant'",
+        "message": "analysis: only an assistant message has one",
+        "fieldPath": ".analysis",
+        "reason": "FieldValueInvalid",
+    },
+    {
+        "rule": "self.role == 'tool' ? has(self.content) : "
+        "(has(self.content) && size(self.content) > 0) || "
+        "(self.role == 'assistant' && has(self.toolCalls) && size(self.toolCalls) > 0)",
+        "message": "content: a message needs text (an assistant message may make tool calls "
+        "instead; a tool message's result may be empty)",
+        "fieldPath": ".content",
+        "reason": "FieldValueRequired",
+    },
+]
+
+
+_MESSAGE_RULES_TEXT = [str(rule["message"]) for rule in _MESSAGE_RULES if isinstance(rule, dict)]
 
 
 class Message(ApiModel):
-    role: Role = Field(description="system, developer, user or assistant.")
-    content: str = Field(
-        min_length=1,
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _MESSAGE_RULES})
+
+    role: Role = Field(description="system, developer, user, assistant or tool.")
+    content: str | None = Field(
+        default=None,
         max_length=MAX_CONTENT_LENGTH,
-        description="The message text.",
+        description="The message text; for a tool message, the tool's result.",
     )
+    toolCalls: list[ToolCall] | None = Field(
+        default=None,
+        max_length=MAX_TOOL_CALLS,
+        description="assistant: the function calls it made (from a job's status.toolCalls).",
+    )
+    analysis: str | None = Field(
+        default=None,
+        max_length=MAX_CONTENT_LENGTH,
+        description="assistant: the analysis that preceded its tool calls (the job's "
+        "status.analysis). Sent back while the tool loop lasts, as gpt-oss expects; "
+        "analysis before a later final answer is dropped.",
+    )
+    toolCallId: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_ID_LENGTH,
+        description="tool: the id of the call whose result this is.",
+    )
+    name: str | None = Field(
+        default=None,
+        pattern=FUNCTION_NAME_PATTERN,
+        description="tool: the function's name (found from the call when left out).",
+    )
+
+    @model_validator(mode="after")
+    def _fields_of_its_role(self) -> Message:
+        """The _MESSAGE_RULES, for readers that parse without the apiserver."""
+        if (self.role == "tool") != (self.toolCallId is not None):
+            raise ValueError(_MESSAGE_RULES_TEXT[0])
+        for field, role in (
+            ("name", "tool"),
+            ("toolCalls", "assistant"),
+            ("analysis", "assistant"),
+        ):
+            if getattr(self, field) is not None and self.role != role:
+                raise ValueError(
+                    _MESSAGE_RULES_TEXT[{"name": 1, "toolCalls": 2, "analysis": 3}[field]]
+                )
+        has_text = bool(self.content)
+        if self.role == "tool" and self.content is None:
+            raise ValueError(_MESSAGE_RULES_TEXT[4])
+        if (
+            self.role != "tool"
+            and not has_text
+            and not (self.role == "assistant" and self.toolCalls)
+        ):
+            raise ValueError(_MESSAGE_RULES_TEXT[4])
+        return self
+
+
+_FUNCTION_RULES: list[JsonValue] = [
+    {
+        "rule": "!(self.name in " + str(list(TOOL_CHOICES)) + ")",
+        "message": "name: auto, none and required are toolChoice's own values",
+        "fieldPath": ".name",
+        "reason": "FieldValueInvalid",
+    },
+]
+
+
+class FunctionTool(ApiModel):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _FUNCTION_RULES})
+
+    name: str = Field(pattern=FUNCTION_NAME_PATTERN, description="The function's name.")
+    description: str | None = Field(
+        default=None, max_length=MAX_CONTENT_LENGTH, description="What it does, for the model."
+    )
+    parameters: dict[str, Any] | None = Field(
+        default=None,
+        description="Its arguments, as a JSON schema (an object).",
+        json_schema_extra=_OPAQUE,
+    )
+
+    @model_validator(mode="after")
+    def _not_a_tool_choice(self) -> FunctionTool:
+        if self.name in TOOL_CHOICES:
+            raise ValueError("name: auto, none and required are toolChoice's own values")
+        return self
+
+
+class JsonSchemaFormat(ApiModel):
+    name: str = Field(pattern=FUNCTION_NAME_PATTERN, description="The format's name.")
+    description: str | None = Field(
+        default=None,
+        max_length=MAX_CONTENT_LENGTH,
+        description="What the answer is, for the model.",
+    )
+    schema_: dict[str, Any] = Field(
+        alias="schema",
+        description="The JSON schema the answer must match.",
+        json_schema_extra=_OPAQUE,
+    )
+    strict: bool = Field(
+        default=True,
+        description="Constrain generation so the answer matches (the final answer only; "
+        "the analysis stays free). false: the schema is only described to the model, and "
+        "the answer is still checked.",
+    )
+
+
+_RESPONSE_FORMAT_RULES: list[JsonValue] = [
+    {
+        "rule": "self.type == 'json_schema' ? has(self.jsonSchema) : !has(self.jsonSchema)",
+        "message": "jsonSchema: given exactly when type is json_schema",
+        "fieldPath": ".jsonSchema",
+        "reason": "FieldValueInvalid",
+    },
+]
+
+
+class ResponseFormat(ApiModel):
+    type: Literal["text", "json_object", "json_schema"] = Field(
+        default="text",
+        description="text, json_object (the final answer is a JSON object) or json_schema "
+        "(it matches jsonSchema.schema).",
+    )
+    jsonSchema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.jsonSchema is not None):
+            raise ValueError("jsonSchema: given exactly when type is json_schema")
+        return self
 
 
 class InferenceJobSpec(ApiModel):
@@ -61,7 +248,30 @@ class InferenceJobSpec(ApiModel):
     messages: list[Message] = Field(
         min_length=1,
         max_length=MAX_MESSAGES,
-        description="The conversation; the last message must be from the user.",
+        description="The conversation; the last message is the user's, or a tool's result.",
+    )
+    tools: list[FunctionTool] | None = Field(
+        default=None,
+        max_length=MAX_TOOLS,
+        description="Functions the model may call: a call ends the job with "
+        "finishReason tool_calls and status.toolCalls.",
+    )
+    toolChoice: str | None = Field(
+        default=None,
+        max_length=64,
+        description="auto (the default: call or answer), none (answer), required (call "
+        "one of tools) or the name of the function to call.",
+    )
+    responseFormat: ResponseFormat | None = Field(
+        default=None,
+        description="The final answer's format: text, a JSON object, or JSON that matches "
+        "a schema (status.responseJSON holds it, parsed).",
+        json_schema_extra={"x-kubernetes-validations": _RESPONSE_FORMAT_RULES},
+    )
+    analysis: AnalysisVisibility = Field(
+        default="keep",
+        description="keep: the analysis channel goes to status.analysis; drop: it is "
+        "never stored (gpt-oss's raw reasoning is not meant for end users).",
     )
     maxTokens: int = Field(
         default=256,
@@ -89,8 +299,21 @@ class InferenceJobSpec(ApiModel):
 
     @model_validator(mode="after")
     def _last_message_from_user(self) -> InferenceJobSpec:
-        if self.messages and self.messages[-1].role != "user":
-            raise ValueError("messages: the last message must have role 'user'")
+        if self.messages and self.messages[-1].role not in ("user", "tool"):
+            raise ValueError("messages: the last message must have role 'user' or 'tool'")
+        names = [tool.name for tool in self.tools or []]
+        if len(set(names)) != len(names):
+            raise ValueError("tools: each function name may appear once")
+        choice = self.toolChoice
+        if (
+            choice is not None
+            and choice not in ("auto", "none")
+            and (not names or (choice != "required" and choice not in names))
+        ):
+            raise ValueError(
+                "toolChoice must be auto, none, required (with tools) or the name of a "
+                "function in tools"
+            )
         return self
 
 
@@ -128,6 +351,16 @@ class InferenceJobStatus(ApiModel):
         "Complete and Failed (as in batch/v1 Job), Ready, Reconciling, Stalled, Scheduled."
     )
     response: str | None = Field(default=None, description="The final-channel answer.")
+    responseJSON: Any = Field(
+        default=None,
+        description="The answer parsed, when responseFormat asks for JSON and it matches.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    toolCalls: list[ToolCall] | None = Field(
+        default=None,
+        description="The function calls the model made (finishReason tool_calls): run "
+        "them, and send their results in a new job.",
+    )
     analysis: str | None = Field(default=None, description="The analysis-channel reasoning.")
     commentary: str | None = Field(default=None, description="The commentary channel.")
     reasoningLevel: ReasoningLevel | None = None
@@ -175,10 +408,25 @@ SPEC_RULES = [
         "reason": "FieldValueForbidden",
     },
     {
-        "rule": "self.messages[size(self.messages) - 1].role == 'user'",
-        "message": "the last message must have role 'user'",
+        "rule": "self.messages[size(self.messages) - 1].role in ['user', 'tool']",
+        "message": "the last message must have role 'user' or 'tool'",
         "fieldPath": ".messages",
         "reason": "FieldValueInvalid",
+    },
+    {
+        "rule": "!has(self.toolChoice) || self.toolChoice in ['auto', 'none'] || "
+        "(has(self.tools) && size(self.tools) > 0 && (self.toolChoice == 'required' || "
+        "self.tools.exists(t, t.name == self.toolChoice)))",
+        "message": "toolChoice must be auto, none, required (with tools) or the name of a "
+        "function in tools",
+        "fieldPath": ".toolChoice",
+        "reason": "FieldValueInvalid",
+    },
+    {
+        "rule": "!has(self.tools) || self.tools.all(t, self.tools.exists_one(u, u.name == t.name))",
+        "message": "tools: each function name may appear once",
+        "fieldPath": ".tools",
+        "reason": "FieldValueDuplicate",
     },
 ]
 

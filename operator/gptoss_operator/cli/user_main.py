@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from lightkube import ApiError, Client, KubeConfig
@@ -31,6 +33,7 @@ from pydantic import ValidationError
 from gptoss_operator import __version__
 from gptoss_operator.api.job import FINISHED_PHASES, InferenceJobSpec
 from gptoss_operator.api.job_output import join
+from gptoss_operator.api.json_schema import schema_problem
 from gptoss_operator.api.resources import InferenceJobResource
 from gptoss_operator.cli import batch_cli
 
@@ -50,6 +53,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="the whole conversation as a JSON list of {role, content} (instead of QUESTION)",
     )
     ask.add_argument("--system", help="system instructions for the model")
+    ask.add_argument(
+        "--tools",
+        type=Path,
+        help="a JSON file of the functions the model may call: a list of {name, description, "
+        "parameters} (or OpenAI's {type: function, function: {...}})",
+    )
+    ask.add_argument(
+        "--tool-choice", help="auto, none, required or a function's name (default: auto)"
+    )
+    ask.add_argument(
+        "--schema",
+        type=Path,
+        help="a JSON schema file: the answer must be JSON that matches it (printed parsed)",
+    )
     ask.add_argument("--reasoning", choices=("low", "medium", "high"), default="medium")
     ask.add_argument("--max-tokens", type=int, default=256)
     ask.add_argument("--temperature", type=float, default=0.7)
@@ -96,6 +113,19 @@ def job_manifest(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.top_p is not None:
         spec["topP"] = args.top_p
+    if args.tools:
+        spec["tools"] = [_tool(item) for item in _json_file(args.tools, list)]
+    if args.tool_choice:
+        spec["toolChoice"] = args.tool_choice
+    if args.schema:
+        schema = _json_file(args.schema, dict)
+        if problem := schema_problem(schema):
+            raise ValueError(f"{args.schema} {problem}")
+        name = re.sub(r"[^a-zA-Z0-9_-]", "_", args.schema.stem)[:64] or "response"
+        spec["responseFormat"] = {
+            "type": "json_schema",
+            "jsonSchema": {"name": name, "schema": schema},
+        }
     InferenceJobSpec.model_validate(spec)  # the same rules the apiserver applies
     return {
         "apiVersion": "gptoss.ai/v1alpha1",
@@ -105,12 +135,33 @@ def job_manifest(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _json_file(path: Path, kind: type) -> Any:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: {error}") from error
+    if not isinstance(value, kind):
+        raise ValueError(f"{path} must hold a JSON {'list' if kind is list else 'object'}")
+    return value
+
+
+def _tool(item: Any) -> dict[str, Any]:
+    """A function, as written in our API or in OpenAI's (``{type, function}``)."""
+    if isinstance(item, dict) and isinstance(item.get("function"), dict):
+        item = item["function"]
+    if not isinstance(item, dict):
+        raise ValueError("each tool must be a JSON object")
+    return {key: item[key] for key in ("name", "description", "parameters") if key in item}
+
+
 def runner_result(status: dict[str, Any], texts: dict[str, str]) -> dict[str, Any]:
     """The result in the one-shot runner's shape, with usage and timings added."""
     return {
         "response": texts.get("response", ""),
         "analysis": texts.get("analysis", ""),
         "commentary": texts.get("commentary", ""),
+        "tool_calls": status.get("toolCalls") or [],
+        "response_json": status.get("responseJSON"),
         "reasoning_level": status.get("reasoningLevel"),
         "finish_reason": status.get("finishReason"),
         "usage": status.get("usage"),
@@ -186,7 +237,12 @@ def ask(args: argparse.Namespace) -> int:
             print(f"--- commentary\n{texts['commentary']}\n")
         if args.show_reasoning:
             print("--- response")
-        print(texts["response"])
+        for call in status.get("toolCalls") or []:
+            print(f"tool call {call['id']}: {call['name']}({call['arguments']})")
+        if "responseJSON" in status:
+            print(json.dumps(status["responseJSON"], indent=2, ensure_ascii=False))
+        elif texts["response"] or not status.get("toolCalls"):
+            print(texts["response"])
     if args.delete:
         client.delete(InferenceJobResource, name, namespace=namespace)
     if status.get("phase") == "Failed":

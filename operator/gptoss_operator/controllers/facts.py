@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from gptoss_operator.api.job import Phase
 from gptoss_operator.api.job_status import charged_attempts
+from gptoss_operator.api.json_schema import spec_problem
 from gptoss_operator.api.model import Autoscaling
 from gptoss_operator.api.model import Phase as ModelPhase
 
@@ -45,6 +46,8 @@ class JobFacts:
     completion_time: str | None
     status: Mapping[str, Any]
     has_status: bool
+    # Why the spec cannot run, beyond what the apiserver checks (None: it can).
+    spec_problem: str | None = None
 
     @property
     def lease_token(self) -> tuple[Any, ...]:
@@ -80,6 +83,7 @@ class JobFacts:
                 if key in status
             },
             has_status=bool(body.get("status")),
+            spec_problem=spec_problem(spec) if not status.get("phase") else None,
         )
 
 

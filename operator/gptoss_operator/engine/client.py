@@ -22,7 +22,7 @@ import math
 import socket
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
@@ -93,6 +93,8 @@ class SamplingParams:
     temperature: float
     top_p: float | None
     stop_token_ids: list[int]
+    # vLLM's structured outputs (engine.structured), None when the output is free.
+    structured_outputs: dict[str, Any] | None = None
 
 
 class EngineClient:
@@ -236,6 +238,8 @@ class EngineClient:
         }
         if params.top_p is not None:
             body["top_p"] = params.top_p
+        if params.structured_outputs is not None:
+            body["structured_outputs"] = params.structured_outputs
         return body
 
     async def stream(

@@ -21,6 +21,7 @@ from gptoss_operator.engine.client import (
 )
 from gptoss_operator.engine.harmony import CALL_TOKEN, RETURN_TOKEN, Harmony, ParsedOutput
 from gptoss_operator.engine.outcome import Generation, Outcome, generation_outcome
+from gptoss_operator.engine.request import ChatRequest
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +39,22 @@ class RunResult:
     first_token: float | None
     finished: float
 
-    def outcome(self, max_tokens: int, max_model_len: int | None) -> Outcome:
-        """What this result means for the request (see ``engine.outcome``)."""
+    def outcome(
+        self, request: ChatRequest, max_model_len: int | None, call_id_prefix: str = "call"
+    ) -> Outcome:
+        """What this result means for the request (see ``engine.outcome``); tool calls
+        get the ids ``call_id_prefix``_N."""
         return generation_outcome(
             Generation(
                 parsed=self.parsed,
                 finish_reason=self.finish_reason,
-                max_tokens=max_tokens,
+                max_tokens=request.max_tokens,
                 prompt_tokens=self.prompt_tokens,
                 completion_tokens=self.completion_tokens,
                 max_model_len=max_model_len,
+                answer_schema=request.answer_schema,
+                keep_analysis=request.keep_analysis,
+                call_id_prefix=call_id_prefix,
             )
         )
 

@@ -1,9 +1,17 @@
 """Render chat requests in the harmony format and parse gpt-oss output into channels.
 
-Rendering follows what vLLM does for gpt-oss chat: the reasoning effort goes in the
-system message, the user's ``system`` and ``developer`` messages become the harmony
-developer message's instructions, earlier assistant turns are final-channel messages
-(their analysis is never sent back), and the prompt ends ready for the assistant.
+Rendering follows what vLLM does for gpt-oss chat (``tests/engine`` checks the token ids
+against vLLM's own renderer): the reasoning effort goes in the system message; a leading
+``system`` or ``developer`` message becomes the harmony developer message's instructions,
+next to the function tools; later ones are developer messages where they stand. Earlier
+assistant turns are final-channel messages, their tool calls commentary messages to
+``functions.NAME``, tool results messages from ``functions.NAME``. Analysis the client
+sends back is kept only after the last final answer, so within a tool loop (the harmony
+guide asks for it) and never from earlier turns. The prompt ends ready for the assistant.
+
+One addition vLLM's chat path does not make: a ``json_schema`` response format is
+described at the end of the developer message, under ``# Response Formats``, as the
+harmony guide specifies.
 
 Parsing feeds generated token ids into openai-harmony's ``StreamableParser``. Output that
 breaks the format is parsed again leniently; what still cannot be parsed is kept raw.
@@ -13,11 +21,12 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from openai_harmony import (
+    Author,
     Conversation,
     DeveloperContent,
     HarmonyEncoding,
@@ -25,9 +34,11 @@ from openai_harmony import (
     HarmonyError,
     Message,
     ReasoningEffort,
+    RenderConversationConfig,
     Role,
     StreamableParser,
     SystemContent,
+    ToolDescription,
     load_harmony_encoding,
 )
 
@@ -35,6 +46,9 @@ from gptoss_operator.engine.vocab import ensure_offline_vocab
 
 ReasoningLevel = Literal["low", "medium", "high"]
 
+START_TOKEN = 200006  # <|start|>
+END_TOKEN = 200007  # <|end|>
+MESSAGE_TOKEN = 200008  # <|message|>
 END_OF_TEXT_TOKEN = 199999  # <|endoftext|>: a stop id vLLM adds for gpt-oss; not harmony
 RETURN_TOKEN = 200002  # <|return|>: the final answer is complete
 CALL_TOKEN = 200012  # <|call|>: the model calls a tool
@@ -48,10 +62,46 @@ _EFFORT = {
 }
 
 
+FUNCTIONS = "functions."  # the namespace of the tools a request declares
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A function call the assistant made: ``arguments`` is JSON text (as written)."""
+
+    id: str
+    name: str
+    arguments: str
+
+
 @dataclass(frozen=True)
 class ChatMessage:
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str = ""
+    # Assistant messages: the calls they made, and the analysis that preceded them.
+    tool_calls: tuple[ToolCall, ...] = ()
+    analysis: str | None = None
+    # Tool messages: the call they answer, and the function's name (found from the call
+    # when not given).
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class FunctionTool:
+    name: str
+    description: str = ""
+    parameters: Mapping[str, Any] | None = None  # a JSON schema
+
+
+@dataclass(frozen=True)
+class ResponseFormat:
+    """``json_schema`` (with ``schema``), ``json_object`` or ``text``."""
+
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    name: str = "response"
+    description: str | None = None
+    schema: Mapping[str, Any] | None = None
 
 
 @dataclass
@@ -61,6 +111,8 @@ class ParsedOutput:
     response: str = ""
     analysis: str = ""
     commentary: str = ""
+    # Function calls the model completed: (name, arguments as written).
+    tool_calls: list[tuple[str, str]] = field(default_factory=list)
     reached_final: bool = False
     complete: bool = False  # the final message ended with <|return|>
     recovered: bool = False  # strict parsing failed; lenient parsing or raw text used
@@ -70,7 +122,7 @@ class ParsedOutput:
 
     @property
     def has_text(self) -> bool:
-        return bool(self.response or self.analysis or self.commentary)
+        return bool(self.response or self.analysis or self.commentary or self.tool_calls)
 
 
 class Harmony:
@@ -92,36 +144,65 @@ class Harmony:
         messages: Sequence[ChatMessage],
         reasoning_level: ReasoningLevel,
         start_date: datetime.date | None = None,
+        tools: Sequence[FunctionTool] = (),
+        response_format: ResponseFormat | None = None,
     ) -> Conversation:
         system = SystemContent.new().with_reasoning_effort(_EFFORT[reasoning_level])
         system = system.with_conversation_start_date(
             (start_date or datetime.datetime.now(datetime.UTC).date()).isoformat()
         )
         rendered = [Message.from_role_and_content(Role.SYSTEM, system)]
-        instructions = [m.content for m in messages if m.role in ("system", "developer")]
-        if instructions:
-            developer = DeveloperContent.new().with_instructions("\n\n".join(instructions))
+        instructions: str | None = None
+        rest = list(messages)
+        if rest and rest[0].role in ("system", "developer"):
+            instructions, rest = rest[0].content, rest[1:]
+        if instructions or tools or _describes(response_format):
+            developer = DeveloperContent.new()
+            if instructions is not None:
+                developer = developer.with_instructions(instructions)
+            if tools:
+                developer = developer.with_function_tools([_tool(tool) for tool in tools])
             rendered.append(Message.from_role_and_content(Role.DEVELOPER, developer))
-        for message in messages:
-            if message.role == "user":
-                rendered.append(Message.from_role_and_content(Role.USER, message.content))
-            elif message.role == "assistant":
-                rendered.append(
-                    Message.from_role_and_content(Role.ASSISTANT, message.content).with_channel(
-                        "final"
-                    )
-                )
-        return Conversation.from_messages(rendered)
+        names = {call.id: call.name for m in rest for call in m.tool_calls}
+        for message in rest:
+            rendered += _harmony_messages(message, names)
+        return Conversation.from_messages(_drop_earlier_analysis(rendered))
 
     def render(
         self,
         messages: Sequence[ChatMessage],
         reasoning_level: ReasoningLevel,
         start_date: datetime.date | None = None,
+        *,
+        tools: Sequence[FunctionTool] = (),
+        response_format: ResponseFormat | None = None,
     ) -> list[int]:
         """Prompt token ids, ending where the assistant's reply begins."""
-        conversation = self.conversation(messages, reasoning_level, start_date)
-        return list(self.encoding.render_conversation_for_completion(conversation, Role.ASSISTANT))
+        conversation = self.conversation(
+            messages, reasoning_level, start_date, tools, response_format
+        )
+        tokens = list(
+            self.encoding.render_conversation_for_completion(
+                conversation, Role.ASSISTANT, RenderConversationConfig(auto_drop_analysis=False)
+            )
+        )
+        if response_format is not None and _describes(response_format):
+            tokens = self._with_response_format(tokens, response_format)
+        return tokens
+
+    def _with_response_format(self, tokens: list[int], format_: ResponseFormat) -> list[int]:
+        """The developer message's text extended by a ``# Response Formats`` section, and
+        encoded again whole, as harmony encodes a developer message's sections."""
+        developer = self.encoding.encode("developer", allowed_special=set())
+        header = [START_TOKEN, *developer, MESSAGE_TOKEN]
+        begin = next(
+            i + len(header) for i in range(len(tokens)) if tokens[i : i + len(header)] == header
+        )
+        end = tokens.index(END_TOKEN, begin)
+        text = self.decode(tokens[begin:end])
+        text = f"{text}\n\n{_response_formats(format_)}" if text else _response_formats(format_)
+        encoded = list(self.encoding.encode(text, allowed_special=set()))
+        return tokens[:begin] + encoded + tokens[end:]
 
     def decode(self, tokens: Sequence[int]) -> str:
         return str(self.encoding.decode(list(tokens)))
@@ -130,11 +211,73 @@ class Harmony:
         return OutputParser(self)
 
 
+def _describes(format_: ResponseFormat | None) -> bool:
+    return format_ is not None and format_.type == "json_schema" and format_.schema is not None
+
+
+def _response_formats(format_: ResponseFormat) -> str:
+    """The harmony guide's structured-output section: name, description, JSON schema."""
+    lines = ["# Response Formats", "", f"## {format_.name}", ""]
+    if format_.description:
+        lines.append(f"// {format_.description}")
+    lines.append(json.dumps(format_.schema, separators=(",", ":"), ensure_ascii=False))
+    return "\n".join(lines)
+
+
+def _tool(tool: FunctionTool) -> ToolDescription:
+    parameters = dict(tool.parameters) if tool.parameters is not None else None
+    return ToolDescription.new(tool.name, tool.description, parameters=parameters)
+
+
+def _harmony_messages(message: ChatMessage, names: Mapping[str, str]) -> list[Message]:
+    """One chat message as harmony messages (an assistant turn may be several)."""
+    if message.role in ("system", "developer"):
+        developer = DeveloperContent.new().with_instructions(message.content)
+        return [Message.from_role_and_content(Role.DEVELOPER, developer)]
+    if message.role == "user":
+        return [Message.from_role_and_content(Role.USER, message.content)]
+    if message.role == "tool":
+        name = names.get(message.tool_call_id or "") or message.name or ""
+        author = Author.new(Role.TOOL, f"{FUNCTIONS}{name}")
+        result = Message.from_author_and_content(author, message.content)
+        return [result.with_channel("commentary").with_recipient("assistant")]
+    said: list[Message] = []
+    if message.analysis:
+        said.append(_assistant(message.analysis, "analysis"))
+    if message.tool_calls:
+        if message.content:  # a preamble to the calls, for the user's eyes
+            said.append(_assistant(message.content, "commentary"))
+        for call in message.tool_calls:
+            said.append(
+                _assistant(call.arguments, "commentary")
+                .with_recipient(f"{FUNCTIONS}{call.name}")
+                .with_content_type("json")
+            )
+    elif message.content:
+        said.append(_assistant(message.content, "final"))
+    return said
+
+
+def _assistant(text: str, channel: str) -> Message:
+    return Message.from_role_and_content(Role.ASSISTANT, text).with_channel(channel)
+
+
+def _drop_earlier_analysis(messages: list[Message]) -> list[Message]:
+    """Analysis before the last final answer is dropped: it led to an answer already
+    given. Analysis after it (the current turn's, before its tool calls) stays."""
+    finals = [i for i, m in enumerate(messages) if m.channel == "final"]
+    if not finals:
+        return messages
+    last = finals[-1]
+    return [m for i, m in enumerate(messages) if i >= last or m.channel != "analysis"]
+
+
 @dataclass
 class _Channels:
     response: list[str] = field(default_factory=list)
     analysis: list[str] = field(default_factory=list)
     commentary: list[str] = field(default_factory=list)
+    tool_calls: list[tuple[str, str]] = field(default_factory=list)
 
 
 class OutputParser:
@@ -238,19 +381,31 @@ def _collect(parser: StreamableParser, *, finished: bool) -> ParsedOutput | None
         text = "".join(
             getattr(part, "text", "") for part in message.content if hasattr(part, "text")
         )
-        reached_final |= _add(channels, message.channel, message.recipient, text)
+        recipient = _recipient(message.recipient)
+        if recipient and recipient.startswith(FUNCTIONS) and len(recipient) > len(FUNCTIONS):
+            channels.tool_calls.append((recipient.removeprefix(FUNCTIONS), text))
+            continue
+        reached_final |= _add(channels, message.channel, recipient, text)
     if not finished:
         current = parser.current_content
         if current:
             reached_final |= _add(
-                channels, parser.current_channel, parser.current_recipient, current
+                channels, parser.current_channel, _recipient(parser.current_recipient), current
             )
     return ParsedOutput(
         response="".join(channels.response),
         analysis="\n\n".join(channels.analysis),
         commentary="\n\n".join(channels.commentary),
+        tool_calls=channels.tool_calls,
         reached_final=reached_final,
     )
+
+
+def _recipient(recipient: str | None) -> str | None:
+    """The recipient without a content type the parser may have read into it."""
+    if recipient is None:
+        return None
+    return recipient.split("<|constrain|>", 1)[0].split(" ", 1)[0].strip() or None
 
 
 def _add(channels: _Channels, channel: str | None, recipient: str | None, text: str) -> bool:

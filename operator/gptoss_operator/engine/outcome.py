@@ -1,17 +1,24 @@
 """What a finished generation means for its InferenceJob: phase, reason, message, texts.
 
 Pure functions: the worker reports what the engine returned and what the parser made of
-it; this module decides. Two rules hold throughout: output that did not parse is kept
-(``rawOutput``) whatever the finish reason, and the message names the real cause of a cut
-(maxTokens, or the model's context window), never one for the other.
+it; this module decides. Rules that hold throughout: output that did not parse is kept
+(``rawOutput``) whatever the finish reason, unless the request keeps no analysis (the raw
+text holds it); the message names the real cause of a cut (maxTokens, or the model's
+context window), never one for the other; tool calls are returned as the model wrote
+them, arguments that are not JSON included; an answer asked for as JSON is checked
+before the job succeeds, and kept whatever the check says.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from gptoss_operator.api.job import Phase
-from gptoss_operator.engine.harmony import ParsedOutput
+from gptoss_operator.engine.harmony import ParsedOutput, ToolCall
+from gptoss_operator.engine.structured import answer_problem
 
 
 @dataclass(frozen=True)
@@ -24,6 +31,10 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
     max_model_len: int | None  # the engine's context window, when known
+    # The JSON schema the answer must match (json_object: any object), or None.
+    answer_schema: Mapping[str, Any] | None = None
+    keep_analysis: bool = True
+    call_id_prefix: str = "call"  # tool call ids are PREFIX_N
 
 
 @dataclass(frozen=True)
@@ -31,8 +42,11 @@ class Outcome:
     phase: Phase
     reason: str
     message: str
-    finish_reason: str  # for status.finishReason: stop, length or error
+    finish_reason: str  # for status.finishReason: stop, length, tool_calls or error
     texts: dict[str, str]  # response, analysis, commentary and, when kept, rawOutput
+    tool_calls: tuple[ToolCall, ...] = ()
+    # The answer parsed, when it had to be JSON and is: (value,) (a JSON null is a value).
+    answer_json: tuple[Any, ...] = field(default=())
 
 
 def _cut_by_context(g: Generation) -> bool:
@@ -54,20 +68,85 @@ def _cut_cause(g: Generation) -> tuple[str, str, str]:
     return "TokenLimit", f"maxTokens ({g.max_tokens})", "raise maxTokens"
 
 
-def _texts(parsed: ParsedOutput) -> dict[str, str]:
+def _texts(parsed: ParsedOutput, keep_analysis: bool) -> dict[str, str]:
     texts = {
         "response": parsed.response,
-        "analysis": parsed.analysis,
+        "analysis": parsed.analysis if keep_analysis else "",
         "commentary": parsed.commentary,
     }
-    if parsed.raw_text is not None:
+    if parsed.raw_text is not None and keep_analysis:
         texts["rawOutput"] = parsed.raw_text
     return texts
 
 
 def generation_outcome(g: Generation) -> Outcome:
+    """The outcome of the text (``_text_outcome``), then of the calls or the JSON."""
+    outcome = _text_outcome(g)
+    calls = tuple(
+        ToolCall(f"{g.call_id_prefix}_{index}", name, arguments)
+        for index, (name, arguments) in enumerate(g.parsed.tool_calls)
+    )
+    if calls and outcome.finish_reason == "stop":
+        return _called(outcome, calls)
+    if calls:
+        return _replace(outcome, tool_calls=calls)
+    if g.answer_schema is not None and outcome.phase is Phase.SUCCEEDED:
+        return _checked(outcome, g)
+    return outcome
+
+
+def _replace(outcome: Outcome, **changes: Any) -> Outcome:
+    return Outcome(**{**outcome.__dict__, **changes})
+
+
+def _called(outcome: Outcome, calls: tuple[ToolCall, ...]) -> Outcome:
+    listed = ", ".join(f"{call.name}({call.arguments[:80]})" for call in calls)
+    unreadable = [call for call in calls if not _is_json(call.arguments)]
+    if unreadable:
+        which = ", ".join(f"{call.id} ({call.name})" for call in unreadable)
+        return _replace(
+            outcome,
+            reason="InvalidToolArguments",
+            message=f"the model called {listed}; the arguments of {which} are not valid "
+            "JSON, kept as written in status.toolCalls",
+            finish_reason="tool_calls",
+            tool_calls=calls,
+        )
+    return _replace(
+        outcome,
+        reason="ToolCalls",
+        message=f"the model called {listed}: run the calls in status.toolCalls and send "
+        "their results (role tool, toolCallId) in a new job",
+        finish_reason="tool_calls",
+        tool_calls=calls,
+    )
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _checked(outcome: Outcome, g: Generation) -> Outcome:
+    """An answer that must be JSON (matching a schema): its value, or why it fails."""
+    assert g.answer_schema is not None
+    value, problem = answer_problem(g.parsed.response, g.answer_schema)
+    if problem is None:
+        return _replace(outcome, answer_json=(value,))
+    if outcome.finish_reason == "length":
+        reason, message = outcome.reason, f"{outcome.message}; the JSON answer is incomplete"
+    else:
+        reason = "ResponseMismatch"
+        message = f"{problem}; the answer is in status.response"
+    return _replace(outcome, phase=Phase.FAILED, reason=reason, message=message)
+
+
+def _text_outcome(g: Generation) -> Outcome:
     parsed = g.parsed
-    texts = _texts(parsed)
+    texts = _texts(parsed, g.keep_analysis)
     cut = g.finish_reason == "length"
     reason, where, advice = _cut_cause(g) if cut else ("Completed", "", "")
     stopped = f"; generation stopped at {where}" if cut else ""
@@ -75,8 +154,7 @@ def generation_outcome(g: Generation) -> Outcome:
         return Outcome(
             Phase.FAILED,
             "MalformedOutput",
-            f"the model output is not valid harmony ({parsed.error}){stopped}; the raw text "
-            "is in status.rawOutput",
+            f"the model output is not valid harmony ({parsed.error}){stopped}; " + _raw_kept(g),
             "error",
             texts,
         )
@@ -85,7 +163,7 @@ def generation_outcome(g: Generation) -> Outcome:
             Phase.SUCCEEDED,
             "RecoveredMalformedOutput",
             f"the output broke the harmony format ({parsed.error}){stopped}; recovered what "
-            "could be parsed, the raw text is in status.rawOutput",
+            f"could be parsed, {_raw_kept(g)}",
             "length" if cut else "stop",
             texts,
         )
@@ -95,7 +173,7 @@ def generation_outcome(g: Generation) -> Outcome:
         elif parsed.cut_in_header and not parsed.has_text:
             message = (
                 f"stopped at {where} inside a message header, before any text: {advice}; "
-                "the raw output is in status.rawOutput"
+                + _raw_kept(g)
             )
         else:
             message = (
@@ -103,11 +181,13 @@ def generation_outcome(g: Generation) -> Outcome:
                 f"empty; {advice}"
             )
         return Outcome(Phase.SUCCEEDED, reason, message, "length", texts)
-    if not parsed.reached_final and parsed.commentary:
-        message = "the model ended with a tool call (in status.commentary), not a final answer"
-    else:
-        message = "the model answered"
-    return Outcome(Phase.SUCCEEDED, "Completed", message, "stop", texts)
+    return Outcome(Phase.SUCCEEDED, "Completed", "the model answered", "stop", texts)
+
+
+def _raw_kept(g: Generation) -> str:
+    if g.keep_analysis:
+        return "the raw text is in status.rawOutput"
+    return "the raw text is not kept (it holds the analysis, and spec.analysis is drop)"
 
 
 def rejection_reason(

@@ -115,6 +115,8 @@ def decide(
         requeued.pop("lease", None)
         return Action("status", "WorkerLost", requeued, remove=("lease",))
     # Pending.
+    if facts.spec_problem is not None:
+        return _fail(facts, status, "InvalidSpec", facts.spec_problem)
     if deadline_passed(facts.created, facts.active_deadline_seconds, now):
         return _fail(
             facts,

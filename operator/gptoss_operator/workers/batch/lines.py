@@ -2,8 +2,9 @@
 
 Pure functions. An input line is ``{"custom_id", "method": "POST", "url":
 "/v1/chat/completions", "body": {...}}``; the body is a chat completion request, of which
-``messages``, ``max_completion_tokens`` (or ``max_tokens``), ``temperature``, ``top_p``
-and ``reasoning_effort`` are used and the batch's defaults fill what it leaves out.
+``messages`` (tool calls and tool results included), ``tools``, ``tool_choice``,
+``response_format``, ``max_completion_tokens`` (or ``max_tokens``), ``temperature``,
+``top_p`` and ``reasoning_effort`` are used and the batch's defaults fill what it leaves out.
 
 A line that cannot be run (not JSON, a missing field, another model, an unsupported
 feature) becomes a ``LineError`` naming what is wrong: it goes to the error file under its
@@ -14,20 +15,31 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
 from gptoss_operator.api.batch import RequestDefaults
 from gptoss_operator.api.job import MAX_TOKENS_LIMIT
-from gptoss_operator.engine.harmony import ChatMessage, ReasoningLevel
+from gptoss_operator.api.json_schema import schema_problem
+from gptoss_operator.engine.harmony import (
+    ChatMessage,
+    FunctionTool,
+    ReasoningLevel,
+    ResponseFormat,
+    ToolCall,
+)
+from gptoss_operator.engine.request import ChatRequest
 
 CHAT_COMPLETIONS_URL = "/v1/chat/completions"
-ROLES = ("system", "developer", "user", "assistant")
+ROLES = ("system", "developer", "user", "assistant", "tool")
 LEVELS: tuple[ReasoningLevel, ...] = ("low", "medium", "high")
+TOOL_CHOICES = ("auto", "none", "required")
+FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 # Body fields that change what is asked for and that this engine path does not do: an
 # answer without them would look right and be wrong, so such a line is refused.
-UNSUPPORTED = ("tools", "functions", "tool_choice", "response_format", "logprobs", "stream")
+UNSUPPORTED = ("functions", "function_call", "logprobs", "stream")
 # Far above any request that fits gpt-oss's 131,072-token window, even JSON-escaped; a
 # longer line is an error line, and the reader never holds more than this of it.
 MAX_LINE_BYTES = 4 * 2**20
@@ -44,11 +56,7 @@ class OversizedLine:
 class LineRequest:
     line: int  # 1-based number of the line in the input file
     custom_id: str
-    messages: tuple[ChatMessage, ...]
-    max_tokens: int
-    temperature: float
-    top_p: float | None
-    reasoning_level: ReasoningLevel
+    chat: ChatRequest
 
 
 @dataclass(frozen=True)
@@ -153,15 +161,110 @@ def _request(
             f"body.reasoning_effort must be low, medium or high, not {level!r}",
             "body.reasoning_effort",
         )
-    return LineRequest(
-        line=number,
-        custom_id=custom_id,
+    tools = _tools(body.get("tools"))
+    chat = ChatRequest(
         messages=_messages(body.get("messages")),
+        reasoning_level=level,
         max_tokens=int(max_tokens),
         temperature=float(temperature),
         top_p=None if top_p is None else float(top_p),
-        reasoning_level=level,
+        tools=tools,
+        tool_choice=_tool_choice(body.get("tool_choice"), tools),
+        response_format=_response_format(body.get("response_format")),
+        keep_analysis=defaults.analysis == "keep",
     )
+    return LineRequest(line=number, custom_id=custom_id, chat=chat)
+
+
+def _tools(value: Any) -> tuple[FunctionTool, ...]:
+    if value in (None, []):
+        return ()
+    if not isinstance(value, list):
+        raise _Invalid("invalid_value", "body.tools must be a list", "body.tools")
+    tools = []
+    for i, item in enumerate(value):
+        where = f"body.tools[{i}]"
+        if not isinstance(item, dict) or item.get("type") != "function":
+            raise _Invalid("unsupported", f"{where}: only function tools are supported", where)
+        function = item.get("function")
+        if not isinstance(function, dict):
+            raise _Invalid("invalid_value", f"{where}.function must be an object", where)
+        name = _function_name(function.get("name"), f"{where}.function.name")
+        description = function.get("description") or ""
+        if not isinstance(description, str):
+            raise _Invalid("invalid_value", f"{where}.function.description must be a string", where)
+        parameters = function.get("parameters")
+        if parameters is not None and (problem := schema_problem(parameters)):
+            raise _Invalid("invalid_value", f"{where}.function.parameters {problem}", where)
+        tools.append(FunctionTool(name, description, parameters))
+    names = [tool.name for tool in tools]
+    if len(set(names)) != len(names):
+        raise _Invalid("invalid_value", "body.tools names a function twice", "body.tools")
+    return tuple(tools)
+
+
+def _function_name(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not FUNCTION_NAME.match(value):
+        raise _Invalid(
+            "invalid_value", f"{where} must be 1 to 64 letters, digits, '_' or '-'", where
+        )
+    return value
+
+
+def _tool_choice(value: Any, tools: tuple[FunctionTool, ...]) -> str:
+    if value is None:
+        return "auto"
+    if isinstance(value, dict) and value.get("type") == "function":
+        function = value.get("function")
+        name = function.get("name") if isinstance(function, dict) else None
+        if name not in {tool.name for tool in tools}:
+            raise _Invalid(
+                "invalid_value",
+                f"body.tool_choice names {name!r}, which is not in body.tools",
+                "body.tool_choice",
+            )
+        return str(name)
+    if value not in TOOL_CHOICES:
+        raise _Invalid(
+            "invalid_value",
+            "body.tool_choice must be auto, none, required or a function",
+            "body.tool_choice",
+        )
+    if value == "required" and not tools:
+        raise _Invalid(
+            "invalid_value", "body.tool_choice is required but body.tools is empty", "body.tools"
+        )
+    return str(value)
+
+
+def _response_format(value: Any) -> ResponseFormat | None:
+    if value is None:
+        return None
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind in ("text", "json_object"):
+        return ResponseFormat(kind)
+    if kind != "json_schema":
+        raise _Invalid(
+            "invalid_value",
+            "body.response_format.type must be text, json_object or json_schema",
+            "body.response_format",
+        )
+    spec = value.get("json_schema")
+    if not isinstance(spec, dict):
+        raise _Invalid(
+            "invalid_value",
+            "body.response_format.json_schema must be an object",
+            "body.response_format.json_schema",
+        )
+    where = "body.response_format.json_schema"
+    name = _function_name(spec.get("name"), f"{where}.name")
+    schema = spec.get("schema")
+    if problem := schema_problem(schema):
+        raise _Invalid("invalid_value", f"{where}.schema {problem}", f"{where}.schema")
+    description = spec.get("description")
+    if description is not None and not isinstance(description, str):
+        raise _Invalid("invalid_value", f"{where}.description must be a string", where)
+    return ResponseFormat("json_schema", name, description, schema)
 
 
 def _number(value: Any, name: str, kind: type, low: float, high: float) -> float:
@@ -188,19 +291,69 @@ def _messages(value: Any) -> tuple[ChatMessage, ...]:
         if role not in ROLES:
             raise _Invalid(
                 "invalid_messages",
-                f"{where}.role must be system, developer, user or assistant, not {role!r}",
+                f"{where}.role must be system, developer, user, assistant or tool, not {role!r}",
                 f"{where}.role",
             )
-        messages.append(ChatMessage(role, _text(item.get("content"), f"{where}.content")))
-    if messages[-1].role != "user":
+        messages.append(_message(role, item, where))
+    if messages[-1].role not in ("user", "tool"):
         raise _Invalid(
-            "invalid_messages", "the last message must have role 'user'", "body.messages"
+            "invalid_messages",
+            "the last message must have role 'user' or 'tool'",
+            "body.messages",
         )
+    calls = {call.id for message in messages for call in message.tool_calls}
+    for i, message in enumerate(messages):
+        if message.role == "tool" and message.tool_call_id not in calls:
+            raise _Invalid(
+                "invalid_messages",
+                f"body.messages[{i}].tool_call_id {message.tool_call_id!r} answers no "
+                "tool call of an earlier assistant message",
+                f"body.messages[{i}].tool_call_id",
+            )
     return tuple(messages)
 
 
-def _text(content: Any, where: str) -> str:
-    """A message's text: a string, or a list of text parts joined."""
+def _message(role: Any, item: dict[str, Any], where: str) -> ChatMessage:
+    if role == "tool":
+        call_id = item.get("tool_call_id")
+        if not isinstance(call_id, str) or not call_id:
+            raise _Invalid(
+                "invalid_messages",
+                f"{where}.tool_call_id must name the call this message answers",
+                f"{where}.tool_call_id",
+            )
+        content = _text(item.get("content"), f"{where}.content", empty=True)
+        return ChatMessage("tool", content, tool_call_id=call_id)
+    if role != "assistant":
+        return ChatMessage(role, _text(item.get("content"), f"{where}.content"))
+    reasoning = item.get("reasoning")
+    if reasoning is not None and not isinstance(reasoning, str):
+        raise _Invalid("invalid_messages", f"{where}.reasoning must be a string", where)
+    if not item.get("tool_calls"):
+        text = _text(item.get("content"), f"{where}.content")
+        return ChatMessage("assistant", text, analysis=reasoning or None)
+    calls = item["tool_calls"]
+    if not isinstance(calls, list):
+        raise _Invalid("invalid_messages", f"{where}.tool_calls must be a list", where)
+    parsed = []
+    for j, call in enumerate(calls):
+        at = f"{where}.tool_calls[{j}]"
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(call.get("id"), str):
+            raise _Invalid("invalid_messages", f"{at} must have an id and a function", at)
+        arguments = function.get("arguments", "")
+        if not isinstance(arguments, str):
+            raise _Invalid("invalid_messages", f"{at}.function.arguments must be a string", at)
+        name = _function_name(function.get("name"), f"{at}.function.name")
+        parsed.append(ToolCall(call["id"], name, arguments))
+    preamble = item.get("content")
+    text = "" if preamble in (None, "") else _text(preamble, f"{where}.content")
+    return ChatMessage("assistant", text, tool_calls=tuple(parsed), analysis=reasoning or None)
+
+
+def _text(content: Any, where: str, *, empty: bool = False) -> str:
+    """A message's text: a string, or a list of text parts joined (not empty, unless
+    ``empty``)."""
     if isinstance(content, str):
         text = content
     elif isinstance(content, list):
@@ -214,7 +367,7 @@ def _text(content: Any, where: str) -> str:
         text = "".join(parts)
     else:
         raise _Invalid("invalid_messages", f"{where} must be a string or a list of parts", where)
-    if not text:
+    if not text and not empty:
         raise _Invalid("invalid_messages", f"{where} is empty", where)
     return text
 
@@ -232,9 +385,10 @@ class Answer:
     content: str
     reasoning: str
     commentary: str
-    finish_reason: str  # stop or length
+    finish_reason: str  # stop, length or tool_calls
     prompt_tokens: int
     completion_tokens: int
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 def answer_record(
@@ -245,11 +399,20 @@ def answer_record(
     rid = request_id(batch_uid, request.line)
     message: dict[str, Any] = {
         "role": "assistant",
-        "content": answer.content,
+        "content": answer.content or (None if answer.tool_calls else ""),
         "reasoning": answer.reasoning or None,
     }
     if answer.commentary:
         message["commentary"] = answer.commentary
+    if answer.tool_calls:
+        message["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }
+            for call in answer.tool_calls
+        ]
     usage = {
         "prompt_tokens": answer.prompt_tokens,
         "completion_tokens": answer.completion_tokens,

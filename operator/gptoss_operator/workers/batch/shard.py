@@ -24,11 +24,7 @@ from gptoss_operator.api.batch import ShardProgress
 from gptoss_operator.api.batch_plan import BatchPlan
 from gptoss_operator.api.job import Phase
 from gptoss_operator.engine.attempts import Verdict, decide
-from gptoss_operator.engine.client import (
-    EngineClient,
-    EngineError,
-    SamplingParams,
-)
+from gptoss_operator.engine.client import EngineClient, EngineError
 from gptoss_operator.engine.generation import EngineGate, generate
 from gptoss_operator.engine.harmony import Harmony
 from gptoss_operator.engine.render import PromptRenderer
@@ -41,6 +37,7 @@ from gptoss_operator.workers.batch.lines import (
     failure_record,
     invalid_line_record,
     parse_line,
+    request_id,
 )
 from gptoss_operator.workers.batch.parts import (
     LineSet,
@@ -204,16 +201,11 @@ class ShardRunner:
 
     async def _answer_line(self, request: LineRequest) -> None:
         try:
-            prompt = await self.renderer.render(list(request.messages), request.reasoning_level)
+            prompt = await self.renderer.render(request.chat)
         except ValueError as error:
             self._fail(request, 400, "invalid_input", f"messages cannot be rendered: {error}")
             return
-        params = SamplingParams(
-            max_tokens=request.max_tokens,
-            temperature=request.temperature,
-            top_p=request.top_p,
-            stop_token_ids=self.harmony.stop_token_ids,
-        )
+        params = request.chat.sampling(self.harmony.stop_token_ids)
         failures = platform_retries = 0
         while True:
             await self.gate.ready.wait()
@@ -250,7 +242,8 @@ class ShardRunner:
                 await asyncio.sleep(min(30.0, 2.0 ** (failures - 1)))
             finally:
                 self.in_flight -= 1
-        outcome = result.outcome(request.max_tokens, self.gate.max_model_len)
+        call_ids = f"call_{request_id(self.plan.uid, request.line).removeprefix('batch_req_')}"
+        outcome = result.outcome(request.chat, self.gate.max_model_len, call_ids)
         if outcome.phase == Phase.FAILED:
             self._fail(
                 request,
@@ -268,6 +261,7 @@ class ShardRunner:
             finish_reason=outcome.finish_reason,
             prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens,
+            tool_calls=outcome.tool_calls,
         )
         record = answer_record(
             request,

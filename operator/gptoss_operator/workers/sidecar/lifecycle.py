@@ -238,6 +238,15 @@ def answered(
         }
         where = f"ConfigMap {saved[0]}" if len(saved) == 1 else f"ConfigMaps {', '.join(saved)}"
         message += f"; the full text is in {where}"
+    if outcome.tool_calls:
+        changes["toolCalls"] = [
+            {"id": call.id, "name": call.name, "arguments": call.arguments}
+            for call in outcome.tool_calls
+        ]
+    if outcome.answer_json and "response" not in output.keys:
+        changes["responseJSON"] = outcome.answer_json[0]
+    elif outcome.answer_json:
+        message += "; status.responseJSON is left out, as the answer does not fit in status"
     total = result.prompt_tokens + result.completion_tokens
     generation_seconds = result.finished - (result.first_token or result.started)
     start = parse_time(held.status.get("startTime")) or now

@@ -35,6 +35,7 @@ from lightkube.types import OnErrorAction, OnErrorResult
 from gptoss_operator.api.conditions import parse_time, timestamp
 from gptoss_operator.api.job import FINISHED_PHASES, InferenceJobSpec, Phase
 from gptoss_operator.api.job_output import layout
+from gptoss_operator.api.json_schema import spec_problem
 from gptoss_operator.api.resources import InferenceJobResource
 from gptoss_operator.engine.attempts import Verdict, decide
 from gptoss_operator.engine.client import (
@@ -44,8 +45,9 @@ from gptoss_operator.engine.client import (
     SamplingParams,
 )
 from gptoss_operator.engine.generation import EngineGate, Progress, RunResult, generate
-from gptoss_operator.engine.harmony import ChatMessage, Harmony
+from gptoss_operator.engine.harmony import Harmony
 from gptoss_operator.engine.render import PromptRenderer
+from gptoss_operator.engine.request import ChatRequest, from_job_spec
 from gptoss_operator.workers.sidecar import lifecycle
 from gptoss_operator.workers.sidecar.lifecycle import Held
 from gptoss_operator.workers.sidecar.store import JobStore, LostJob, claim_facts
@@ -511,28 +513,29 @@ class Sidecar:
     # ------------------------------------------------------------------ one job
     async def run_job(self, job: dict[str, Any]) -> None:
         name = job["metadata"]["name"]
+        if problem := spec_problem(job["spec"]):
+            held = self.held[name]
+            await self._write(
+                job, held, lifecycle.failed(held, "InvalidSpec", problem, timestamp())
+            )
+            return
         spec = InferenceJobSpec.model_validate(job["spec"])
         deadline = self._deadline(job, spec)
-        messages = [ChatMessage(m.role, m.content) for m in spec.messages]
-        params = SamplingParams(
-            max_tokens=spec.maxTokens,
-            temperature=spec.temperature,
-            top_p=spec.topP,
-            stop_token_ids=self.harmony.stop_token_ids,
-        )
+        request = from_job_spec(spec)
+        params = request.sampling(self.harmony.stop_token_ids)
         progress = Progress(prompt_tokens=0)
         # The lease is renewed from the claim until the job is released: while the prompt
         # renders, during retry backoffs and while the result is written.
         heartbeat = asyncio.create_task(self._heartbeat(name, progress))
         try:
             try:
-                prompt = await self.renderer.render(messages, spec.reasoningLevel)
+                prompt = await self.renderer.render(request)
             except ValueError as error:  # text harmony cannot encode (e.g. a lone surrogate)
                 held = self.held[name]
                 await self._write(job, held, lifecycle.unrenderable(held, str(error), timestamp()))
                 return
             progress.prompt_tokens = len(prompt)
-            await self._attempts(job, spec, prompt, params, deadline, progress)
+            await self._attempts(job, spec, request, prompt, params, deadline, progress)
         finally:
             heartbeat.cancel()
 
@@ -540,6 +543,7 @@ class Sidecar:
         self,
         job: dict[str, Any],
         spec: InferenceJobSpec,
+        request: ChatRequest,
         prompt: list[int],
         params: SamplingParams,
         deadline: float | None,
@@ -600,7 +604,7 @@ class Sidecar:
                 self.held[name] = step.next
                 await asyncio.sleep(step.delay)
         self.finishing.add(name)  # the answer exists: from here on it is only written
-        await self._finish_generated(job, spec, result)
+        await self._finish_generated(job, spec, request, result)
 
     async def _write(self, job: dict[str, Any], held: Held, write: lifecycle.Write) -> None:
         """Write what the lifecycle decided for ``held``'s attempt, then its Event."""
@@ -642,10 +646,13 @@ class Sidecar:
 
     # ------------------------------------------------------------------ results
     async def _finish_generated(
-        self, job: dict[str, Any], spec: InferenceJobSpec, result: RunResult
+        self, job: dict[str, Any], spec: InferenceJobSpec, request: ChatRequest, result: RunResult
     ) -> None:
         held = self.held[job["metadata"]["name"]]
-        outcome = result.outcome(spec.maxTokens, self.gate.max_model_len)
+        uid = str(job["metadata"].get("uid", "")).replace("-", "")[:12]
+        outcome = result.outcome(
+            request, self.gate.max_model_len, call_id_prefix=f"call_{uid}_{held.attempt}"
+        )
         output = layout(outcome.texts)
         saved: list[str] = []
         if output.config_maps:
