@@ -125,7 +125,7 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
     ),
     ("tool-named-like-a-choice", _job(tools=[{"name": "auto"}]), ["spec.tools[0].name"]),
     ("tool-name-with-a-space", _job(tools=[{"name": "get time"}]), ["spec.tools[0].name"]),
-    ("tool-twice", _job(tools=[{"name": "f"}, {"name": "f"}]), ["spec.tools", "once"]),
+    ("tool-twice", _job(tools=[{"name": "f"}, {"name": "f"}]), ["spec.tools[1]", "Duplicate"]),
     (
         "schema-format-without-a-schema",
         _job(responseFormat={"type": "json_schema"}),

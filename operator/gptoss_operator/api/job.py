@@ -59,7 +59,9 @@ class ToolCall(ApiModel):
         max_length=MAX_ID_LENGTH,
         description="The call's id: the tool message with the result names it.",
     )
-    name: str = Field(pattern=FUNCTION_NAME_PATTERN, description="The function called.")
+    name: str = Field(
+        max_length=64, pattern=FUNCTION_NAME_PATTERN, description="The function called."
+    )
     arguments: str = Field(
         max_length=MAX_CONTENT_LENGTH,
         description="The arguments as JSON text, as the model wrote them.",
@@ -136,6 +138,7 @@ class Message(ApiModel):
     )
     name: str | None = Field(
         default=None,
+        max_length=64,
         pattern=FUNCTION_NAME_PATTERN,
         description="tool: the function's name (found from the call when left out).",
     )
@@ -179,7 +182,9 @@ _FUNCTION_RULES: list[JsonValue] = [
 class FunctionTool(ApiModel):
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _FUNCTION_RULES})
 
-    name: str = Field(pattern=FUNCTION_NAME_PATTERN, description="The function's name.")
+    name: str = Field(
+        max_length=64, pattern=FUNCTION_NAME_PATTERN, description="The function's name."
+    )
     description: str | None = Field(
         default=None, max_length=MAX_CONTENT_LENGTH, description="What it does, for the model."
     )
@@ -197,7 +202,9 @@ class FunctionTool(ApiModel):
 
 
 class JsonSchemaFormat(ApiModel):
-    name: str = Field(pattern=FUNCTION_NAME_PATTERN, description="The format's name.")
+    name: str = Field(
+        max_length=64, pattern=FUNCTION_NAME_PATTERN, description="The format's name."
+    )
     description: str | None = Field(
         default=None,
         max_length=MAX_CONTENT_LENGTH,
@@ -253,6 +260,8 @@ class InferenceJobSpec(ApiModel):
     tools: list[FunctionTool] | None = Field(
         default=None,
         max_length=MAX_TOOLS,
+        # Keyed by name: the apiserver refuses a name given twice.
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
         description="Functions the model may call: a call ends the job with "
         "finishReason tool_calls and status.toolCalls.",
     )
@@ -421,12 +430,6 @@ SPEC_RULES = [
         "function in tools",
         "fieldPath": ".toolChoice",
         "reason": "FieldValueInvalid",
-    },
-    {
-        "rule": "!has(self.tools) || self.tools.all(t, self.tools.exists_one(u, u.name == t.name))",
-        "message": "tools: each function name may appear once",
-        "fieldPath": ".tools",
-        "reason": "FieldValueDuplicate",
     },
 ]
 
