@@ -3,7 +3,7 @@
 The checkpoint has gpt-oss's architecture, config keys, tokenizer and special tokens, at a
 size that builds in seconds: 2 layers (sliding then full attention, yarn rope as in the
 real config), hidden size 64, 4 experts (top 2), 4 query and 2 key/value heads of 64,
-bf16 weights, the full o200k_harmony vocabulary (201088 ids). Two variants:
+bf16 weights, the full o200k_harmony vocabulary (201088 ids). Three variants:
 
 * ``random``: the weights transformers initializes from a fixed seed; the output is
   garbage, for tests of malformed output.
@@ -19,6 +19,10 @@ bf16 weights, the full o200k_harmony vocabulary (201088 ids). Two variants:
   dimension into the residual. The successor of those two tokens depends on the flag.
   So a prompt that already holds the marker token gets the final message only (still
   valid harmony). ``scripted_reply.json`` in the folder records the reply.
+* ``tools``: scripted the same way, as one step of a tool loop. Asked anything, it calls
+  ``TOOL_NAME`` with ``TOOL_ARGUMENTS`` (``TOOL_CALL_REPLY``, ending in ``<|call|>``); once
+  the context holds a call (``<|call|>``, the marker: a conversation that carries the
+  call and its result), it answers ``TOOL_ANSWER`` in the final channel.
 
 Runs under the engine venv (torch, transformers, tokenizers, tiktoken), by file path:
 ``python tiny_gptoss.py --out DIR --variant scripted --vocab o200k_base.tiktoken``. Only
@@ -35,7 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-VARIANTS = ("scripted", "random")
+VARIANTS = ("scripted", "random", "tools")
 SEED = 20250805
 SCRIPTED_ANALYSIS = "Scripted reasoning: greet briefly"
 SCRIPTED_ANSWER = "Hello from the tiny gpt-oss model!"
@@ -51,6 +55,16 @@ def harmony_reply(analysis: str, answer: str) -> str:
 
 SCRIPTED_REPLY = harmony_reply(SCRIPTED_ANALYSIS, SCRIPTED_ANSWER)
 REPLY_FILE = "scripted_reply.json"
+
+TOOL_NAME = "get_weather"
+TOOL_ARGUMENTS = '{"city": "Paris"}'
+TOOL_ANSWER = "It is sunny in Paris today."
+# A call as the harmony guide writes one: the recipient after the channel.
+TOOL_CALL_REPLY = (
+    f"<|channel|>commentary to=functions.{TOOL_NAME} <|constrain|>json"
+    f"<|message|>{TOOL_ARGUMENTS}<|call|>"
+)
+TOOL_ANSWER_REPLY = f"<|channel|>final<|message|>{TOOL_ANSWER}<|return|>"
 
 VOCAB_SIZE = 201088
 FIRST_SPECIAL_ID = 199998
@@ -162,38 +176,59 @@ def build_tokenizer(vocab: Path) -> Any:
 
 
 class Script:
-    """The scripted reply as a two-state machine: (token, flag) -> next token."""
+    """A reply as a two-state machine: (token, flag) -> next token.
 
-    def __init__(self, reply_ids: Sequence[int], assistant: int, marker: int) -> None:
-        self.reply_ids = list(reply_ids)
+    ``before`` (a chain of tokens from the prompt's last one) is followed while the context
+    lacks the marker, ``after`` once it holds it; the flag is on from the marker's own
+    position (attention includes the current one).
+    """
+
+    def __init__(self, before: Sequence[int], after: Sequence[int], marker: int) -> None:
         self.marker = marker
-        # The token before the reply is the prompt's "assistant"; the flag turns on at the
-        # marker (attention includes the current position).
-        chain = [assistant, *self.reply_ids]
-        flag_from = chain.index(marker)
         self.by_flag: dict[tuple[int, bool], int] = {}
-        for position, (token, successor) in enumerate(itertools.pairwise(chain)):
-            key = (token, position >= flag_from)
-            if self.by_flag.setdefault(key, successor) != successor:
-                raise ValueError(f"token {token} needs two successors in one part of the reply")
+        for flag, chain in ((False, before), (True, after)):
+            for token, successor in itertools.pairwise(chain):
+                if self.by_flag.setdefault((token, flag), successor) != successor:
+                    raise ValueError(f"token {token} needs two successors in one part of the reply")
         # Tokens whose successor depends on the flag.
         self.conditional = {
             token
             for (token, flag), successor in self.by_flag.items()
             if flag and self.by_flag.get((token, False), successor) != successor
         }
-        self.dims = {token: dim for dim, token in enumerate(sorted({t for t, _ in self.by_flag}))}
+        tokens = sorted({*before, *after, marker})
+        self.dims = {token: dim for dim, token in enumerate(tokens)}
         self.flag_dim = len(self.dims)
         if self.flag_dim >= HIDDEN:
             raise ValueError(f"the reply needs {self.flag_dim + 1} dimensions; there are {HIDDEN}")
 
+    @classmethod
+    def split_at_marker(cls, chain: Sequence[int], marker: int) -> Script:
+        """One chain whose flag turns on at its first ``marker``."""
+        at = list(chain).index(marker)
+        return cls(chain[: at + 1], chain[at:], marker)
 
-def scripted_reply(tokenizer: Any, analysis: str, answer: str) -> tuple[str, Script]:
-    """The reply text and its state machine; the chain starts at the prompt's assistant."""
-    reply = harmony_reply(analysis, answer)
-    reply_ids = tokenizer.encode(reply, add_special_tokens=False).ids
-    marker = tokenizer.encode(analysis, add_special_tokens=False).ids[0]
-    return reply, Script(reply_ids, tokenizer.token_to_id("assistant"), marker)
+
+def _ids(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer.encode(text, add_special_tokens=False).ids)
+
+
+def scripted_reply(tokenizer: Any, analysis: str, answer: str) -> tuple[list[int], Script]:
+    """The reply's ids and its machine; the chain starts at the prompt's assistant."""
+    reply_ids = _ids(tokenizer, harmony_reply(analysis, answer))
+    marker = _ids(tokenizer, analysis)[0]
+    chain = [tokenizer.token_to_id("assistant"), *reply_ids]
+    return reply_ids, Script.split_at_marker(chain, marker)
+
+
+def tool_script(tokenizer: Any) -> tuple[list[int], list[int], Script]:
+    """(the call's ids, the answer's ids, the machine): the call until the context holds
+    one, then the answer."""
+    assistant = tokenizer.token_to_id("assistant")
+    call_ids = _ids(tokenizer, TOOL_CALL_REPLY)
+    answer_ids = _ids(tokenizer, TOOL_ANSWER_REPLY)
+    script = Script([assistant, *call_ids], [assistant, *answer_ids], call_ids[-1])
+    return call_ids, answer_ids, script
 
 
 def set_scripted_weights(model: Any, script: Script) -> None:
@@ -227,19 +262,32 @@ def set_scripted_weights(model: Any, script: Script) -> None:
                 head[successor, script.flag_dim] -= _STEP
 
 
-def check_scripted(model: Any, tokenizer: Any, script: Script) -> None:
-    """Greedy decoding with transformers must give exactly the reply."""
+def check_scripted(model: Any, tokenizer: Any, prompt: str, expected: Sequence[int]) -> None:
+    """Greedy decoding of ``prompt`` with transformers must give exactly ``expected``."""
     import torch
 
-    prompt = "<|start|>user<|message|>Say hello.<|end|><|start|>assistant"
-    ids = tokenizer.encode(prompt, add_special_tokens=False).ids
+    ids = _ids(tokenizer, prompt)
     generated: list[int] = []
     with torch.no_grad():
-        while len(generated) < len(script.reply_ids):
+        while len(generated) < len(expected):
             logits = model(torch.tensor([ids + generated])).logits[0, -1]
             generated.append(int(logits.argmax()))
-            if generated[-1] != script.reply_ids[len(generated) - 1]:
-                raise RuntimeError(f"the scripted model said {generated}, not {script.reply_ids}")
+            if generated[-1] != expected[len(generated) - 1]:
+                raise RuntimeError(f"the scripted model said {generated}, not {expected}")
+
+
+ASK = "<|start|>user<|message|>Say hello.<|end|><|start|>assistant"
+# The conversation after the call: the call as the renderer writes it, and its result.
+AFTER_CALL = (
+    "<|start|>user<|message|>What is the weather in Paris?<|end|>"
+    f"<|start|>assistant to=functions.{TOOL_NAME}<|channel|>commentary json<|message|>"
+    f"{TOOL_ARGUMENTS}<|call|><|start|>functions.{TOOL_NAME} to=assistant<|channel|>commentary"
+    '<|message|>{"sky": "clear"}<|end|><|start|>assistant'
+)
+
+
+def _decoded(tokenizer: Any, ids: Sequence[int]) -> list[str]:
+    return [tokenizer.decode([i], skip_special_tokens=False) for i in ids]
 
 
 def build(out: Path, variant: str, vocab: Path, analysis: str, answer: str) -> None:
@@ -253,18 +301,31 @@ def build(out: Path, variant: str, vocab: Path, analysis: str, answer: str) -> N
     torch.manual_seed(SEED)
     config = GptOssConfig(**CONFIG)
     model = GptOssForCausalLM(config).to(torch.bfloat16).eval()
+    record: dict[str, Any] | None = None
     if variant == "scripted":
-        reply, script = scripted_reply(tokenizer, analysis, answer)
+        reply_ids, script = scripted_reply(tokenizer, analysis, answer)
         set_scripted_weights(model, script)
-        check_scripted(model, tokenizer, script)
-        out.mkdir(parents=True, exist_ok=True)
+        check_scripted(model, tokenizer, ASK, reply_ids)
         record = {
             "analysis": analysis,
             "answer": answer,
-            "reply": reply,
-            "token_ids": script.reply_ids,
-            "tokens": [tokenizer.decode([i], skip_special_tokens=False) for i in script.reply_ids],
+            "reply": harmony_reply(analysis, answer),
+            "token_ids": reply_ids,
+            "tokens": _decoded(tokenizer, reply_ids),
         }
+    elif variant == "tools":
+        call_ids, answer_ids, script = tool_script(tokenizer)
+        set_scripted_weights(model, script)
+        check_scripted(model, tokenizer, ASK, call_ids)
+        check_scripted(model, tokenizer, AFTER_CALL, answer_ids)
+        record = {
+            "call": TOOL_CALL_REPLY,
+            "call_ids": call_ids,
+            "answer": TOOL_ANSWER_REPLY,
+            "answer_ids": answer_ids,
+        }
+    if record is not None:
+        out.mkdir(parents=True, exist_ok=True)
         (out / REPLY_FILE).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     model.save_pretrained(out)  # creates ``out`` if needed
     tokenizer.save(str(out / "tokenizer.json"))

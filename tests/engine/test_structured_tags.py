@@ -1,9 +1,15 @@
-"""The grammars we send with a request are the ones vLLM's chat path builds for gpt-oss.
+"""The grammars we send with a request accept what vLLM's chat path accepts for gpt-oss,
+and refuse what would not parse as harmony.
 
 We call vLLM's completions endpoint, where vLLM adds no harmony-aware grammar of its own;
 so the structural tags (analysis free, then the constrained message) are ours to build.
-Each one here must equal what the pinned vLLM builds for the same chat request
-(``gptoss_sandbox/vllm_structural_tag.py``), up to xgrammar's defaults.
+For each case, the pinned vLLM builds its own tag for the same chat request
+(``gptoss_sandbox/vllm_structural_tag.py``), and xgrammar, vLLM's grammar backend, says
+token by token which outputs each tag lets the engine generate
+(``gptoss_sandbox/xgrammar_accepts.py``). Every well-formed output is accepted by both;
+the ill-formed ones that vLLM's tag lets through are refused by ours: harmony's tokens
+spelled out as text (which a random model wrote, and which no parser reads as a header),
+a run of blank space inside the JSON, an <|end|> between the answer and its stop.
 """
 
 from __future__ import annotations
@@ -14,9 +20,18 @@ from typing import Any
 import pytest
 
 from gptoss_operator.engine import structured
-from gptoss_operator.engine.harmony import FunctionTool, ResponseFormat
-from gptoss_sandbox import vllm_structural_tag
+from gptoss_operator.engine.harmony import (
+    CALL_TOKEN,
+    END_OF_TEXT_TOKEN,
+    RETURN_TOKEN,
+    FunctionTool,
+    Harmony,
+    ResponseFormat,
+)
+from gptoss_operator.engine.vocab import VOCAB_FILE
+from gptoss_sandbox import vllm_structural_tag, xgrammar_accepts
 from gptoss_sandbox.engine_venv import EngineVenv
+from gptoss_sandbox.real_engine import vocab_folder
 
 pytestmark = pytest.mark.engine
 
@@ -40,6 +55,7 @@ TOOLS = [
     },
     {"type": "function", "function": {"name": "get_time"}},
 ]
+MAX_TOKENS = 4096
 # name: (what vLLM is given, what we build)
 CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "json_schema": (
@@ -49,64 +65,150 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
                 "json_schema": {"name": "r", "schema": ANSWER},
             }
         },
-        structured.final_answer_tag(ResponseFormat("json_schema", "r", None, ANSWER)),
+        structured.final_answer_tag(ResponseFormat("json_schema", "r", None, ANSWER), MAX_TOKENS),
     ),
     "json_object": (
         {"response_format": {"type": "json_object"}},
-        structured.final_answer_tag(ResponseFormat("json_object")),
+        structured.final_answer_tag(ResponseFormat("json_object"), MAX_TOKENS),
     ),
     "tool_choice required": (
         {"tools": TOOLS, "tool_choice": "required"},
         structured.tool_call_tag(
-            [FunctionTool("get_weather", "d", WEATHER), FunctionTool("get_time")]
+            [FunctionTool("get_weather", "d", WEATHER), FunctionTool("get_time")], MAX_TOKENS
         ),
     ),
     "a named function": (
         {"tools": TOOLS[1:], "tool_choice": "forced"},
-        structured.tool_call_tag([FunctionTool("get_time")]),
+        structured.tool_call_tag([FunctionTool("get_time")], MAX_TOKENS),
     ),
 }
-# xgrammar's defaults, which vLLM's dump spells out and ours leaves implicit.
-DEFAULTS: dict[str, Any] = {
-    "excludes": [],
-    "max_tokens": None,
-    "max_chars": None,
-    "style": "json",
-    "any_order": False,
-    "max_whitespace_cnt": None,
+REASONED = "<|channel|>analysis<|message|>Check the rules.<|end|><|start|>assistant"
+FINAL = "<|channel|>final <|constrain|>json<|message|>"
+CALL = "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>"
+# output: (its text, harmony's tokens spelled out as text, its stop token)
+OUTPUTS: dict[str, tuple[str, bool, int]] = {
+    "answer": (FINAL + '{"ok": true}', False, RETURN_TOKEN),
+    "reasoned answer": (
+        REASONED + '<|channel|>final json<|message|>{"ok": false, "items": ["a"]}',
+        False,
+        END_OF_TEXT_TOKEN,
+    ),
+    "answer off the schema": (FINAL + '{"ok": "yes"}', False, RETURN_TOKEN),
+    "answer, header spelled out": (FINAL + '{"ok": true}', True, RETURN_TOKEN),
+    "answer in blank space": (FINAL + '{"ok":' + "\n" * 40 + "true}", False, RETURN_TOKEN),
+    "answer, then <|end|>": (FINAL + '{"ok": true}<|end|>', False, RETURN_TOKEN),
+    "analysis holding a header": (
+        "<|channel|>analysis<|message|>Think<|start|>assistant<|end|><|start|>assistant"
+        + FINAL
+        + '{"ok": true}',
+        False,
+        RETURN_TOKEN,
+    ),
+    "call": (CALL + '{"city": "Paris"}', False, CALL_TOKEN),
+    "call, recipient in the role": (
+        ' to=functions.get_weather<|channel|>commentary json<|message|>{"city": "Oslo"}',
+        False,
+        CALL_TOKEN,
+    ),
+    "preamble, then call": (
+        REASONED + "<|channel|>commentary<|message|>Checking.<|end|><|start|>assistant"
+        '<|channel|>commentary to=functions.get_weather json<|message|>{"city": "Oslo"}',
+        False,
+        CALL_TOKEN,
+    ),
+    "call off the schema": (CALL + '{"city": 3}', False, CALL_TOKEN),
+    "call, header spelled out": (CALL + '{"city": "Paris"}', True, CALL_TOKEN),
+    "call of get_time": (
+        "<|channel|>commentary to=functions.get_time <|constrain|>json<|message|>{}",
+        False,
+        CALL_TOKEN,
+    ),
+}
+BOTH, NEITHER, ONLY_VLLM = (True, True), (False, False), (True, False)
+# case: {output: (vLLM's tag accepts it, ours does)}; outputs not named: neither.
+EXPECTED: dict[str, dict[str, tuple[bool, bool]]] = {
+    "json_schema": {
+        "answer": BOTH,
+        "reasoned answer": BOTH,
+        "answer, header spelled out": ONLY_VLLM,
+        "answer in blank space": ONLY_VLLM,
+        "answer, then <|end|>": ONLY_VLLM,
+        "analysis holding a header": ONLY_VLLM,
+    },
+    "json_object": {
+        "answer": BOTH,
+        "reasoned answer": BOTH,
+        "answer off the schema": BOTH,  # any object will do
+        "answer, header spelled out": ONLY_VLLM,
+        "answer in blank space": ONLY_VLLM,
+        "answer, then <|end|>": ONLY_VLLM,
+        "analysis holding a header": ONLY_VLLM,
+    },
+    "tool_choice required": {
+        "call": BOTH,
+        "call, recipient in the role": BOTH,
+        "preamble, then call": BOTH,
+        "call of get_time": BOTH,
+        "call, header spelled out": ONLY_VLLM,
+    },
+    "a named function": {"call of get_time": BOTH},
 }
 
 
-def _explicit(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {
-            key: _explicit(item)
-            for key, item in value.items()
-            if not (key in DEFAULTS and item == DEFAULTS[key])
-        }
-    if isinstance(value, list):
-        return [_explicit(item) for item in value]
-    return value
+def _ids(harmony: Harmony, text: str, spelled_out: bool, stop: int) -> list[int]:
+    if spelled_out:
+        return [*harmony.encoding.encode(text, disallowed_special=()), stop]
+    return [*harmony.encoding.encode(text, allowed_special="all"), stop]
 
 
 @pytest.fixture(scope="module")
-def vllm_tags(engine_venv: EngineVenv) -> dict[str, Any]:
-    cases = {name: case for name, (case, _) in CASES.items()}
-    return dict(engine_venv.run_json(vllm_structural_tag.__file__, cases))
+def accepted(engine_venv: EngineVenv) -> dict[str, Any]:
+    """{case: {output: (accepted by vLLM's tag, accepted by ours)}}."""
+    theirs = engine_venv.run_json(
+        vllm_structural_tag.__file__, {name: case for name, (case, _) in CASES.items()}
+    )
+    harmony = Harmony()
+    tags: dict[str, Any] = {}
+    for name, (_, ours) in CASES.items():
+        assert "error" not in theirs[name], theirs[name]
+        tags[f"vllm {name}"] = theirs[name]
+        tags[f"ours {name}"] = ours
+    request = {
+        "vocab": str(vocab_folder() / VOCAB_FILE),
+        "stop": sorted({RETURN_TOKEN, CALL_TOKEN, END_OF_TEXT_TOKEN}),
+        "tags": tags,
+        "outputs": {name: _ids(harmony, *output) for name, output in OUTPUTS.items()},
+    }
+    answers = engine_venv.run_json(xgrammar_accepts.__file__, request)
+    return {
+        name: {out: (answers[f"vllm {name}"][out], answers[f"ours {name}"][out]) for out in OUTPUTS}
+        for name in CASES
+    }
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_our_tag_is_the_one_vllm_builds(vllm_tags: dict[str, Any], name: str) -> None:
-    theirs = vllm_tags[name]
-    assert "error" not in theirs, theirs
-    assert _explicit(CASES[name][1]) == _explicit(theirs)
+def test_our_tag_accepts_what_vllms_accepts_and_refuses_what_would_not_parse(
+    accepted: dict[str, Any], name: str
+) -> None:
+    expected = {output: EXPECTED[name].get(output, NEITHER) for output in OUTPUTS}
+    assert accepted[name] == expected
+
+
+def test_the_free_messages_leave_a_reserve_for_the_answer() -> None:
+    assert structured.free_budget(400) == 300
+    assert structured.free_budget(4096) == 3072
+    assert structured.free_budget(32768) == 32768 - structured.ANSWER_RESERVE
+    tag = structured.final_answer_tag(ResponseFormat("json_object"), 400)
+    analysis = tag["format"]["elements"][0]["content"]["elements"][2]
+    assert analysis["type"] == "any_tokens"
+    assert analysis["max_tokens"] == 300
 
 
 def test_a_request_sends_its_tag_as_vllm_reads_it() -> None:
     tools = (FunctionTool("get_time"),)
-    sent = structured.structured_outputs(tools, "get_time", None)
+    sent = structured.structured_outputs(tools, "get_time", None, 100)
     assert sent is not None
     assert set(sent) == {"structural_tag"}
-    assert json.loads(sent["structural_tag"]) == structured.tool_call_tag(tools)
-    assert structured.structured_outputs((), "auto", None) is None
-    assert structured.structured_outputs((), "auto", ResponseFormat("text")) is None
+    assert json.loads(sent["structural_tag"]) == structured.tool_call_tag(tools, 100)
+    assert structured.structured_outputs((), "auto", None, 100) is None
+    assert structured.structured_outputs((), "auto", ResponseFormat("text"), 100) is None

@@ -6,7 +6,13 @@ import datetime
 
 import pytest
 
-from gptoss_operator.engine.harmony import CALL_TOKEN, RETURN_TOKEN, ChatMessage, Harmony
+from gptoss_operator.engine.harmony import (
+    CALL_TOKEN,
+    RETURN_TOKEN,
+    SPECIAL_TOKENS,
+    ChatMessage,
+    Harmony,
+)
 
 DAY = datetime.date(2026, 1, 2)
 
@@ -165,3 +171,9 @@ def test_user_content_never_changes_the_prompt_structure(harmony: Harmony, conte
 
     assert structure(hostile) == structure(plain)
     assert content in harmony.decode(hostile), "the text reaches the model unchanged"
+
+
+def test_the_special_token_ids_are_the_encodings(harmony: Harmony) -> None:
+    """The grammars name harmony's tokens by id; each is the id o200k_harmony gives it."""
+    for text, token in SPECIAL_TOKENS.items():
+        assert harmony.encoding.encode(text, allowed_special="all") == [token], text

@@ -52,6 +52,18 @@ MESSAGE_TOKEN = 200008  # <|message|>
 END_OF_TEXT_TOKEN = 199999  # <|endoftext|>: a stop id vLLM adds for gpt-oss; not harmony
 RETURN_TOKEN = 200002  # <|return|>: the final answer is complete
 CALL_TOKEN = 200012  # <|call|>: the model calls a tool
+# Every named special token of o200k_harmony, by its text.
+SPECIAL_TOKENS = {
+    "<|startoftext|>": 199998,
+    "<|endoftext|>": END_OF_TEXT_TOKEN,
+    "<|return|>": RETURN_TOKEN,
+    "<|constrain|>": 200003,
+    "<|channel|>": 200005,
+    "<|start|>": START_TOKEN,
+    "<|end|>": END_TOKEN,
+    "<|message|>": MESSAGE_TOKEN,
+    "<|call|>": CALL_TOKEN,
+}
 # A message header (role, channel, recipient, content type) is a handful of tokens; output
 # that stays in a header far longer than this is not harmony.
 MAX_HEADER_TOKENS = 64

@@ -51,7 +51,9 @@ class ChatRequest:
             temperature=self.temperature,
             top_p=self.top_p,
             stop_token_ids=list(stop_token_ids),
-            structured_outputs=structured_outputs(self.tools, self.tool_choice, constrained),
+            structured_outputs=structured_outputs(
+                self.tools, self.tool_choice, constrained, self.max_tokens
+            ),
         )
 
 

@@ -2,10 +2,20 @@
 
 The engine's grammar must leave harmony alone: the analysis stays free text, and only
 the message that matters is constrained (the final answer to a ``json_schema``, the
-arguments of a required tool call to the function's parameters). ``structural_tag``
-builds that grammar for vLLM's structured outputs (xgrammar's structural tag, sent as
-JSON on the completions request); it mirrors the tag vLLM's chat path builds for
-gpt-oss, so the completions endpoint constrains as the chat endpoint would.
+arguments of a required tool call to the function's parameters). ``structured_outputs``
+builds that grammar for vLLM's structured outputs (an xgrammar structural tag, sent as
+JSON on the completions request). It accepts the messages vLLM's chat path accepts for
+gpt-oss (the same channels, headers and content types, in the same order), and is
+stricter in three ways, so that a constrained answer is reached, parses and ends:
+
+* harmony's own tokens (``<|channel|>``, ``<|message|>``, ...) are required as those
+  tokens, not as text that spells them: a header spelled out in text is no header, and
+  the message would not parse; free text holds none of them;
+* the free messages before the constrained one may take all of ``maxTokens`` but a
+  reserve (``free_budget``); a model still reasoning then must close its analysis and
+  answer, instead of running out of tokens with no answer;
+* whitespace between JSON tokens is bounded (``JSON_WHITESPACE``), so a model cannot
+  spend its tokens on blank space inside the value.
 """
 
 from __future__ import annotations
@@ -16,21 +26,19 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from gptoss_operator.engine.harmony import FunctionTool, ResponseFormat
+from gptoss_operator.engine.harmony import SPECIAL_TOKENS, FunctionTool, ResponseFormat
 
-# Each way the model may open the message that holds a JSON value: "<|constrain|>json" or
-# a bare "json" content type (gpt-oss writes both).
-_JSON_TYPES = (" json", " <|constrain|>json")
-# A constrained message ends at <|end|>, or at a stop token (<|return|>, <|call|>): xgrammar
-# cannot name stop tokens, and "" lets the grammar end where one may come.
-_END = ["<|end|>", ""]
-_CHANNELS = ("<|channel|>commentary", "<|channel|>analysis", "<|channel|>final")
-# A call names its recipient in the role part of the header, or after the channel.
-_CALL_BEGINS = (
-    " to=functions.{name}{channel}{kind}<|message|>",
-    "{channel} to=functions.{name}{kind}<|message|>",
-)
-_ANY_TEXT: dict[str, Any] = {"type": "any_text"}
+# Consecutive whitespace characters allowed between JSON tokens: a document pretty-printed
+# with two spaces, nested 7 deep, needs a newline and 14 spaces.
+JSON_WHITESPACE = 16
+# What the free messages leave of maxTokens for the constrained one: a quarter, at most this.
+ANSWER_RESERVE = 1024
+_CHANNELS = ("commentary", "analysis", "final")
+
+
+def free_budget(max_tokens: int) -> int:
+    """The tokens each free message (the analysis, a preamble) may take of ``max_tokens``."""
+    return max_tokens - min(max_tokens // 4, ANSWER_RESERVE)
 
 
 def answer_problem(text: str, schema: Mapping[str, Any]) -> tuple[Any, str | None]:
@@ -48,71 +56,105 @@ def answer_problem(text: str, schema: Mapping[str, Any]) -> tuple[Any, str | Non
     return value, None
 
 
-def _tag(begin: str, content: Mapping[str, Any]) -> dict[str, Any]:
-    return {"type": "tag", "begin": begin, "content": dict(content), "end": _END}
+def _token(name: str) -> dict[str, Any]:
+    """One of harmony's special tokens, by id (vLLM checks a tag without the vocab)."""
+    return {"type": "token", "token": SPECIAL_TOKENS[name]}
 
 
-def _json_schema(schema: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Content that is JSON matching ``schema`` (None: any JSON value)."""
-    return {"type": "json_schema", "json_schema": dict(schema) if schema is not None else True}
+def _text(value: str) -> dict[str, Any]:
+    return {"type": "const_string", "value": value}
 
 
-def _optional_message(channel: str) -> dict[str, Any]:
-    """An optional free-text message on ``channel``, then the next message's start."""
-    return {
-        "type": "optional",
-        "content": {
-            "type": "sequence",
-            "elements": [
-                {
-                    "type": "tag",
-                    "begin": f"<|channel|>{channel}<|message|>",
-                    "content": _ANY_TEXT,
-                    "end": "<|end|>",
-                },
-                {"type": "const_string", "value": "<|start|>assistant"},
-            ],
-        },
+def _sequence(*elements: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "sequence", "elements": list(elements)}
+
+
+def _one_of(elements: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    return elements[0] if len(elements) == 1 else {"type": "or", "elements": list(elements)}
+
+
+def _channel(name: str) -> dict[str, Any]:
+    return _sequence(_token("<|channel|>"), _text(name))
+
+
+# Each way the model may say that a message holds JSON: "<|constrain|>json" or a bare
+# "json" content type (gpt-oss writes both).
+_JSON_TYPE = _one_of(
+    [_text(" json"), _sequence(_text(" "), _token("<|constrain|>"), _text("json"))]
+)
+
+
+def _json_message(header: dict[str, Any], schema: Mapping[str, Any] | bool) -> dict[str, Any]:
+    """A message whose text is JSON matching ``schema``. It ends where the grammar does,
+    at the stop token vLLM then allows (<|return|> after an answer, <|call|> after a call,
+    as harmony ends them); an <|end|> there would leave the output without its stop."""
+    value = {
+        "type": "json_schema",
+        "json_schema": dict(schema) if isinstance(schema, Mapping) else schema,
+        "max_whitespace_cnt": JSON_WHITESPACE,
     }
+    return _sequence(header, _JSON_TYPE, _token("<|message|>"), value)
 
 
-def _structural_tag(elements: list[dict[str, Any]], *, commentary: bool) -> dict[str, Any]:
-    messages = [_optional_message("analysis")]
+def _free_message(channel: str, budget: int) -> dict[str, Any]:
+    """An optional message of free text on ``channel``, then the next message's start."""
+    # Free text holds none of harmony's named tokens.
+    text = {
+        "type": "any_tokens",
+        "exclude_tokens": sorted(SPECIAL_TOKENS.values()),
+        "max_tokens": budget,
+    }
+    message = _sequence(
+        _channel(channel),
+        _token("<|message|>"),
+        text,
+        _token("<|end|>"),
+        _token("<|start|>"),
+        _text("assistant"),
+    )
+    return {"type": "optional", "content": message}
+
+
+def _structural_tag(
+    constrained: Sequence[dict[str, Any]], budget: int, *, commentary: bool
+) -> dict[str, Any]:
+    messages = [_free_message("analysis", budget)]
     if commentary:
-        messages.append(_optional_message("commentary"))
-    content = elements[0] if len(elements) == 1 else {"type": "or", "elements": elements}
+        messages.append(_free_message("commentary", budget))
     return {
         "type": "structural_tag",
-        "format": {"type": "sequence", "elements": [*messages, content]},
+        "format": _sequence(*messages, _one_of(constrained)),
     }
 
 
-def final_answer_tag(format_: ResponseFormat) -> dict[str, Any]:
+def final_answer_tag(format_: ResponseFormat, max_tokens: int) -> dict[str, Any]:
     """Analysis free, then a final answer that is JSON (matching the schema, if any)."""
     schema = format_.schema if format_.type == "json_schema" else {"type": "object"}
-    answers = [
-        _tag(f"<|channel|>final{kind}<|message|>", _json_schema(schema)) for kind in _JSON_TYPES
-    ]
-    return _structural_tag(answers, commentary=False)
+    answer = _json_message(_channel("final"), schema or True)
+    return _structural_tag([answer], free_budget(max_tokens), commentary=False)
 
 
-def tool_call_tag(tools: Sequence[FunctionTool]) -> dict[str, Any]:
+def tool_call_tag(tools: Sequence[FunctionTool], max_tokens: int) -> dict[str, Any]:
     """Analysis and a preamble free, then a call of one of ``tools`` with arguments that
-    match its parameters."""
+    match its parameters. A call names its recipient in the role part of the header, or
+    after the channel."""
     calls = [
-        _tag(
-            begin.format(name=tool.name, kind=kind, channel=channel), _json_schema(tool.parameters)
-        )
+        _json_message(header, tool.parameters if tool.parameters is not None else True)
         for tool in tools
-        for begin in _CALL_BEGINS
-        for kind in _JSON_TYPES
         for channel in _CHANNELS
+        for header in (
+            _sequence(_text(f" to=functions.{tool.name}"), _channel(channel)),
+            _sequence(_channel(channel), _text(f" to=functions.{tool.name}")),
+        )
     ]
-    return _structural_tag(calls, commentary=True)
+    return _structural_tag(calls, free_budget(max_tokens), commentary=True)
 
 
 def structured_outputs(
-    tools: Sequence[FunctionTool], tool_choice: str, response_format: ResponseFormat | None
+    tools: Sequence[FunctionTool],
+    tool_choice: str,
+    response_format: ResponseFormat | None,
+    max_tokens: int,
 ) -> dict[str, Any] | None:
     """vLLM's ``structured_outputs`` for a request, or None when nothing is constrained.
 
@@ -121,9 +163,9 @@ def structured_outputs(
     """
     if tools and tool_choice not in ("auto", "none"):
         chosen = [tool for tool in tools if tool.name == tool_choice] or list(tools)
-        tag = tool_call_tag(chosen)
+        tag = tool_call_tag(chosen, max_tokens)
     elif response_format is not None and response_format.type != "text":
-        tag = final_answer_tag(response_format)
+        tag = final_answer_tag(response_format, max_tokens)
     else:
         return None
     return {"structural_tag": json.dumps(tag, separators=(",", ":"))}
