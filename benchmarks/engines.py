@@ -159,3 +159,78 @@ def real_vllm(world: Plane, rounds: int = 3) -> dict[str, Any]:
             world.stop_sidecars(sidecars)
     finally:
         server.stop()
+
+
+# What the structured-output cost is measured with: a small JSON answer.
+VERDICT = {"type": "object", "properties": {"ok": {"type": "boolean"},
+                                            "level": {"enum": ["low", "high"]}},
+           "required": ["ok", "level"], "additionalProperties": False}
+
+
+async def _decode_rates(url: str, strict: bool, samples: int) -> dict[str, Any]:
+    """``samples`` requests one at a time (temperature 1.0, 256 tokens at most), each with
+    the VERDICT format, enforced or only described: seconds per output token after the
+    first, time to the first token, and how many answers matched."""
+    from gptoss_operator.engine.client import EngineClient
+    from gptoss_operator.engine.generation import generate
+    from gptoss_operator.engine.harmony import ResponseFormat
+    from gptoss_operator.engine.render import render_request
+    from gptoss_operator.engine.request import ChatRequest
+
+    harmony = Harmony()
+    client = EngineClient(url, "m")
+    per_token: list[float] = []
+    first: list[float] = []
+    valid = 0
+    try:
+        for index in range(samples):
+            request = ChatRequest((ChatMessage("user", f"Give a verdict ({index})."),), "low",
+                                  max_tokens=256, temperature=1.0, strict=strict,
+                                  response_format=ResponseFormat("json_schema", "verdict",
+                                                                 None, VERDICT))
+            result = await generate(client, harmony, render_request(harmony, request),
+                                    request.sampling(harmony.stop_token_ids),
+                                    clock=time.monotonic)
+            assert result.first_token is not None
+            first.append(result.first_token - result.started)
+            if result.completion_tokens > 1:
+                per_token.append((result.finished - result.first_token)
+                                 / (result.completion_tokens - 1))
+            valid += bool(result.outcome(request, 4096).answer_json)
+    finally:
+        await client.close()
+    return {"ms_per_token": round(1000 * statistics.median(per_token), 2),
+            "ms_to_first_token": round(1000 * statistics.median(first), 1),
+            "valid_answers": valid, "samples": samples}
+
+
+def structured_cost(samples: int = 20) -> dict[str, Any]:
+    """The cost of enforcing a response format on the real vLLM (CPU build, the random
+    checkpoint): decode time per token with the grammar and without it, alternating."""
+    from gptoss_sandbox.engine_venv import ensure_engine
+    from gptoss_sandbox.real_engine import VllmServer, build_tiny_checkpoint
+
+    engine = ensure_engine(progress=lambda line: None)
+    work = Path(tempfile.mkdtemp(prefix="gptoss-structured-"))
+    checkpoint = build_tiny_checkpoint(work / "checkpoint", "random")
+    server = VllmServer(checkpoint, served_model_name="m", max_model_len=4096,
+                        log_path=work / "vllm.log", engine=engine)
+    server.start()
+    try:
+        server.wait_healthy(900)
+        rounds: dict[str, list[dict[str, Any]]] = {"constrained": [], "free": []}
+        for _ in range(2):
+            for label, strict in (("constrained", True), ("free", False)):
+                rounds[label].append(asyncio.run(_decode_rates(server.url, strict,
+                                                               samples // 2)))
+    finally:
+        server.stop()
+    figures = {label: {"ms_per_token": statistics.mean(r["ms_per_token"] for r in runs),
+                       "ms_to_first_token": statistics.mean(r["ms_to_first_token"]
+                                                            for r in runs),
+                       "valid_answers": sum(r["valid_answers"] for r in runs),
+                       "samples": sum(r["samples"] for r in runs)}
+               for label, runs in rounds.items()}
+    figures["cost_per_token"] = round(figures["constrained"]["ms_per_token"]
+                                      / figures["free"]["ms_per_token"], 3)
+    return figures

@@ -38,7 +38,7 @@ RATES = {"10": 200, "50": 500, "200": 1000}  # offered jobs/s -> jobs sent
 SIDECARS = ("1", "2", "4")
 QUEUES = ("1000", "10000")
 FIGURES = ("harmony", "overhead", "throughput", "ceiling", "writes", "models", "standin",
-           "queue", "vllm", "batch", "batchvllm", "node")
+           "queue", "vllm", "structured", "batch", "batchvllm", "node")
 CEILING_WORKERS = ("1", "2")
 
 
@@ -186,6 +186,9 @@ def measure_on_plane(world: Plane, wanted: set[str], repeat: int, results: dict[
         results.setdefault("engine_efficiency", {})["real_vllm"] = repeated(
             1, lambda: engines.real_vllm(world, rounds=repeat),
             "engine efficiency, real vLLM")
+    if "structured" in wanted:
+        results["structured_output_cost"] = repeated(
+            1, lambda: engines.structured_cost(), "structured outputs on real vLLM")
     if "batch" in wanted:
         results["batch_scale"] = repeated(
             1, lambda: batches.standin_scale(world), "batch of 100,000 lines")

@@ -4,16 +4,21 @@ real node as any model is.
 Its output is not harmony. Whatever it says is kept in ``rawOutput`` and the job ends with
 a reason that says what happened. Greedy sampling (temperature 0) makes the output a
 function of the prompt, so the tests ask vLLM directly for the same completion and check
-the job kept exactly that text. Last, the vLLM container is stopped mid-generation (a
-``crictl stop``, as a node's runtime would) and the kubelet restarts it: no job fails.
+the job kept exactly that text. Under a ``json_schema`` response format the same garbage
+becomes a valid answer, every time, at temperature 1.0: the grammar goes to vLLM with the
+request; the control, the format described but not enforced, gets none. Last, the vLLM
+container is stopped mid-generation (a ``crictl stop``, as a node's runtime would) and the
+kubelet restarts it: no job fails.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 
 import httpx
+import jsonschema
 import pytest
 from lightkube import Client
 from lightkube.resources.core_v1 import Namespace, Pod
@@ -120,6 +125,48 @@ def test_garbage_cut_short_is_kept_and_says_where_it_stopped(kube: Client, noise
     assert condition(status, "Complete")["reason"] == "TokenLimit"
     assert "inside a message header" in status["message"]
     assert status["response"] == ""
+
+
+VERDICT = {
+    "type": "object",
+    "properties": {"ok": {"type": "boolean"}, "level": {"enum": ["low", "high"]}},
+    "required": ["ok", "level"],
+    "additionalProperties": False,
+}
+SAMPLES = 20
+
+
+def test_a_json_schema_makes_random_weights_answer_with_valid_json(
+    kube: Client, noise: str
+) -> None:
+    """#26: 20 samples at temperature 1.0, each a valid answer (the analysis free, bounded
+    to leave room for the answer); the control, with ``strict: false``, gets no valid one."""
+    names: dict[bool, list[str]] = {True: [], False: []}
+    for strict, names_ in names.items():
+        for index in range(SAMPLES):
+            name = f"j-{'s' if strict else 'f'}{index}-{uuid.uuid4().hex[:6]}"
+            format_ = {"name": "verdict", "schema": VERDICT, "strict": strict}
+            create_job(
+                kube,
+                noise,
+                name,
+                NOISE,
+                f"Give a verdict ({index}).",
+                maxTokens=256,
+                temperature=1.0,
+                responseFormat={"type": "json_schema", "jsonSchema": format_},
+            )
+            names_.append(name)
+    constrained = [wait_finished(kube, noise, name, timeout=600) for name in names[True]]
+    free = [wait_finished(kube, noise, name, timeout=600) for name in names[False]]
+    for status in constrained:
+        assert status["phase"] == "Succeeded", status.get("message")
+        assert status["finishReason"] == "stop"
+        jsonschema.validate(status["responseJSON"], VERDICT)
+        assert json.loads(status["response"]) == status["responseJSON"]
+    # Garbage: not harmony, or cut in its analysis; never an answer that parses.
+    assert not [status for status in free if "responseJSON" in status]
+    assert not [status for status in free if status.get("response")]
 
 
 # Reasons that would blame the job for what the platform did.
