@@ -12,6 +12,7 @@ Only the GPUs are fake (a device plugin advertises them); vLLM is its CPU build.
 from __future__ import annotations
 
 import base64
+import contextlib
 import subprocess
 import time
 import uuid
@@ -220,6 +221,29 @@ def served_model(
     pods = server_pods(kube)
     assert len(pods) == 1
     return ServedModel(pods[0], ready)
+
+
+@contextlib.contextmanager
+def own_model(
+    kube: Client,
+    image: ImageArchive,
+    hub_service: HubService,
+    checkpoint: Path,
+    model: str,
+    repo: str,
+) -> Iterator[str]:
+    """``checkpoint`` served as ``model`` (from ``repo`` on the hub), Ready in a namespace
+    of its own: its name. The namespace is deleted after (its vLLM takes a core)."""
+    hub_service.hub.add_repo(repo, checkpoint_files(checkpoint))
+    namespace = f"{model}-{uuid.uuid4().hex[:6]}"
+    restricted_namespace(kube, namespace)
+    spec = node.model_spec(image.reference, repo, hub_service.endpoint, 2048)
+    create_model(kube, namespace, model, **spec)
+    try:
+        wait_for_phase(kube, namespace, model, "Ready", timeout=900)
+        yield namespace
+    finally:
+        kube.delete(Namespace, namespace)
 
 
 def engine_url(kube: Client, namespace: str = SERVING, model: str = MODEL) -> str:

@@ -21,24 +21,22 @@ import httpx
 import jsonschema
 import pytest
 from lightkube import Client
-from lightkube.resources.core_v1 import Namespace, Pod
+from lightkube.resources.core_v1 import Pod
 from tests.cluster.job_helpers import condition, create_job, job_status, wait_finished
-from tests.cluster.model_helpers import create_model, wait_for_phase
 from tests.node.conftest import (
     ChartRelease,
     HubService,
     engine_api_key,
     engine_url,
-    restricted_namespace,
+    own_model,
 )
 from tests.support import wait_for
 
 from gptoss_operator.core import naming
 from gptoss_operator.engine.harmony import ChatMessage, Harmony
-from gptoss_sandbox import node
 from gptoss_sandbox.images import ImageArchive
 from gptoss_sandbox.node import RealNode
-from gptoss_sandbox.real_engine import build_tiny_checkpoint, checkpoint_files
+from gptoss_sandbox.real_engine import build_tiny_checkpoint
 
 pytestmark = [pytest.mark.cluster, pytest.mark.node]
 
@@ -55,20 +53,11 @@ def noise(
     hub_service: HubService,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[str]:
-    """The random model, Ready in a namespace of its own; deleted after the module (its
-    vLLM takes a core)."""
+    """The random model, Ready in a namespace of its own."""
     del chart_release
     checkpoint = build_tiny_checkpoint(tmp_path_factory.mktemp("noise") / "random", "random")
-    hub_service.hub.add_repo(NOISE_REPO, checkpoint_files(checkpoint))
-    namespace = f"noise-{uuid.uuid4().hex[:6]}"
-    restricted_namespace(kube, namespace)
-    spec = node.model_spec(vllm_image.reference, NOISE_REPO, hub_service.endpoint, 2048)
-    create_model(kube, namespace, NOISE, **spec)
-    try:
-        wait_for_phase(kube, namespace, NOISE, "Ready", timeout=900)
+    with own_model(kube, vllm_image, hub_service, checkpoint, NOISE, NOISE_REPO) as namespace:
         yield namespace
-    finally:
-        kube.delete(Namespace, namespace)
 
 
 def direct_output(kube: Client, namespace: str, question: str, max_tokens: int) -> tuple[str, str]:

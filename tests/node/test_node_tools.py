@@ -19,20 +19,17 @@ from typing import Any
 
 import pytest
 from lightkube import Client
-from lightkube.resources.core_v1 import Namespace
 from openai.types.chat import ChatCompletion
 from tests.cluster.job_helpers import condition, create_job, wait_finished
-from tests.cluster.model_helpers import create_model, wait_for_phase
-from tests.node.conftest import ChartRelease, HubService, claim_folder, restricted_namespace
+from tests.node.conftest import ChartRelease, HubService, claim_folder, own_model
 from tests.node.test_node_batches import (
     create_batch,
     read_jsonl,
     wait_batch_finished,
 )
 
-from gptoss_sandbox import node
 from gptoss_sandbox.images import ImageArchive
-from gptoss_sandbox.real_engine import build_tiny_checkpoint, checkpoint_files
+from gptoss_sandbox.real_engine import build_tiny_checkpoint
 from gptoss_sandbox.tiny_gptoss import TOOL_ANSWER, TOOL_ARGUMENTS, TOOL_NAME
 
 pytestmark = [pytest.mark.cluster, pytest.mark.node]
@@ -60,20 +57,11 @@ def agent(
     hub_service: HubService,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[str]:
-    """The tool-calling model, Ready in a namespace of its own; deleted after the module
-    (its vLLM takes a core)."""
+    """The tool-calling model, Ready in a namespace of its own."""
     del chart_release
     checkpoint = build_tiny_checkpoint(tmp_path_factory.mktemp("agent") / "tools", "tools")
-    hub_service.hub.add_repo(AGENT_REPO, checkpoint_files(checkpoint))
-    namespace = f"agent-{uuid.uuid4().hex[:6]}"
-    restricted_namespace(kube, namespace)
-    spec = node.model_spec(vllm_image.reference, AGENT_REPO, hub_service.endpoint, 2048)
-    create_model(kube, namespace, AGENT, **spec)
-    try:
-        wait_for_phase(kube, namespace, AGENT, "Ready", timeout=900)
+    with own_model(kube, vllm_image, hub_service, checkpoint, AGENT, AGENT_REPO) as namespace:
         yield namespace
-    finally:
-        kube.delete(Namespace, namespace)
 
 
 def _name() -> str:
