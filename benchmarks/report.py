@@ -301,7 +301,10 @@ METHODS = """\
   same claim and result writes (JSON patches with the same tests and a status of the same
   shape), and nothing else (no engine, no harmony, no lease renewals); the operator runs
   as in the throughput measurement. The box's two cores cap both; the throughput of the
-  ceiling is the sidecars' jobs/s over the bare workers' for as many processes.
+  ceiling is the sidecars' jobs/s over the bare workers' for as many processes. The two
+  measurements alternate on the plane, round by round (the order switching every
+  round), so that a plane that drifts weighs on both; `results.json` keeps each round's
+  ratio (`throughput_of_ceiling.by_round`).
 - **apiserver writes**: the apiserver's `apiserver_request_total` for write verbs, before
   and after 20 short jobs run one at a time (the user's create subtracted), and over a
   job streaming for about 30 s (scaled to a minute).

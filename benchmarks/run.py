@@ -112,19 +112,29 @@ def machine() -> dict[str, Any]:
     }
 
 
-def _drains(repeat: int, counts: tuple[str, ...], drain: Callable[[int], dict[str, Any]],
-            what: str, clean: Callable[[], None]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A queue drained by each number of processes: (jobs/s by count, CPU by count)."""
-    rates: dict[str, Any] = {}
-    cpu: dict[str, Any] = {}
+Drain = tuple[str, tuple[str, ...], Callable[[int], dict[str, Any]], str]
+
+
+def _alternating_drains(world: Plane, repeat: int,
+                        drains: list[Drain]) -> dict[str, dict[str, list[Any]]]:
+    """Queues drained by each number of processes of each kind (what, counts, drain, the
+    namespace prefix to drop): {what: {count: runs}}. For a count that several kinds
+    share, their runs alternate, the order switching every round, so that a plane that
+    drifts (etcd growing, the box slowing) weighs on every kind alike and their ratio
+    holds."""
+    runs: dict[str, dict[str, list[Any]]] = {what: {} for what, *_ in drains}
+    counts = sorted({count for _, counts, *_ in drains for count in counts}, key=int)
     for count in counts:
-        figures = repeated(repeat, lambda n=int(count): drain(n), f"{count} {what}")
-        rates[count] = figures["jobs_per_second"]
-        if "spread" in figures:
-            rates.setdefault("spread", {})[count] = figures["spread"]["jobs_per_second"]
-        cpu[count] = figures["cpu_seconds_per_1000_jobs"]
-        clean()
-    return rates, cpu
+        kinds = [drain for drain in drains if count in drain[1]]
+        for round_ in range(repeat):
+            for what, _, drain, prefix in kinds if round_ % 2 == 0 else kinds[::-1]:
+                started = time.monotonic()
+                runs[what].setdefault(count, []).append(drain(int(count)))
+                print(f"  {count} {what} run {round_ + 1}/{repeat}: "
+                      f"{time.monotonic() - started:.0f}s {json.dumps(runs[what][count][-1])}",
+                      flush=True)
+                drop(world, prefix)
+    return runs
 
 
 def measure_on_plane(world: Plane, wanted: set[str], repeat: int, results: dict[str, Any]) -> None:
@@ -136,24 +146,37 @@ def measure_on_plane(world: Plane, wanted: set[str], repeat: int, results: dict[
                 f"job overhead at {rate}/s")
             drop(world, "overhead-")
         results["job_overhead_ms"] = {"by_rate": by_rate}
+    drains: list[Drain] = []
     if "throughput" in wanted:
-        by_sidecars, cpu = _drains(repeat, SIDECARS, lambda n: jobs.throughput(world, n, 1000),
-                                   "sidecars", lambda: drop(world, "throughput-"))
-        results["jobs_per_second_max"] = {"by_sidecars": by_sidecars,
-                                          "cpu_seconds_per_1000_jobs": cpu}
+        drains.append(("sidecars", SIDECARS, lambda n: jobs.throughput(world, n, 1000),
+                       "throughput-"))
     if "ceiling" in wanted:
-        by_workers, cpu = _drains(repeat, CEILING_WORKERS,
-                                  lambda n: jobs.apiserver_ceiling(world, n, 1000),
-                                  "bare workers", lambda: drop(world, "ceiling-"))
-        results["apiserver_ceiling_jobs_per_second"] = {"by_workers": by_workers,
-                                                        "cpu_seconds_per_1000_jobs": cpu}
-    if {"throughput", "ceiling"} & wanted:
-        throughput = results.get("jobs_per_second_max", {}).get("by_sidecars", {})
-        ceiling = results.get("apiserver_ceiling_jobs_per_second", {}).get("by_workers", {})
+        drains.append(("bare workers", CEILING_WORKERS,
+                       lambda n: jobs.apiserver_ceiling(world, n, 1000), "ceiling-"))
+    runs = _alternating_drains(world, repeat, drains)
+    for what, key in (("sidecars", "jobs_per_second_max"),
+                      ("bare workers", "apiserver_ceiling_jobs_per_second")):
+        if what not in runs:
+            continue
+        figures = {count: aggregate(count_runs) for count, count_runs in runs[what].items()}
+        rates: dict[str, Any] = {count: f["jobs_per_second"] for count, f in figures.items()}
+        spread = {count: f["spread"]["jobs_per_second"]
+                  for count, f in figures.items() if "spread" in f}
+        if spread:
+            rates["spread"] = spread
+        results[key] = {f"by_{what.split()[-1]}": rates,
+                        "cpu_seconds_per_1000_jobs": {
+                            count: f["cpu_seconds_per_1000_jobs"] for count, f in figures.items()}}
+    if {"sidecars", "bare workers"} <= set(runs):
+        paired = {count: [round(a["jobs_per_second"] / b["jobs_per_second"], 3)
+                          for a, b in zip(runs["sidecars"][count], runs["bare workers"][count],
+                                          strict=True)]
+                  for count in CEILING_WORKERS}
         results["throughput_of_ceiling"] = {
-            count: round(throughput[count] / ceiling[count], 3)
-            for count in CEILING_WORKERS if count in throughput and count in ceiling
-        }
+            count: round(results["jobs_per_second_max"]["by_sidecars"][count]
+                         / results["apiserver_ceiling_jobs_per_second"]["by_workers"][count], 3)
+            for count in CEILING_WORKERS}
+        results["throughput_of_ceiling"]["by_round"] = paired
     if "writes" in wanted:
         results["apiserver_writes_per_job"] = repeated(
             repeat, lambda: jobs.apiserver_writes(world), "apiserver writes")
