@@ -32,7 +32,7 @@ from lightkube.resources.core_v1 import (
     Pod,
     Secret,
 )
-from tests.cluster.model_helpers import create_model, wait_for_phase
+from tests.cluster.model_helpers import create_model, status_of, wait_for_phase
 from tests.conftest import ClusterUnderTest
 from tests.support import wait_for
 
@@ -240,7 +240,17 @@ def own_model(
     spec = node.model_spec(image.reference, repo, hub_service.endpoint, 2048)
     create_model(kube, namespace, model, **spec)
     try:
-        wait_for_phase(kube, namespace, model, "Ready", timeout=900)
+        try:
+            # Under the tests' own timeout (600 s), so that a model that never comes up
+            # says why.
+            wait_for_phase(kube, namespace, model, "Ready", timeout=480)
+        except AssertionError as error:
+            pods = {
+                pod.metadata.name: pod.status.to_dict() if pod.status else None
+                for pod in kube.list(Pod, namespace=namespace)
+            }
+            status = status_of(kube, namespace, model)
+            raise AssertionError(f"{error}; model status {status}; pods {pods}") from error
         yield namespace
     finally:
         kube.delete(Namespace, namespace)
