@@ -194,14 +194,31 @@ def test_our_tag_accepts_what_vllms_accepts_and_refuses_what_would_not_parse(
     assert accepted[name] == expected
 
 
-def test_the_free_messages_leave_a_reserve_for_the_answer() -> None:
+def _free_texts(tag: dict[str, Any]) -> dict[str, int]:
+    """{channel: max_tokens of its free text} of a tag's free messages."""
+    texts = {}
+    for element in tag["format"]["elements"]:
+        if element["type"] == "optional":
+            channel, _, text, *_ = element["content"]["elements"]
+            assert text["type"] == "any_tokens"
+            texts[channel["elements"][1]["value"]] = text["max_tokens"]
+    return texts
+
+
+@pytest.mark.parametrize("max_tokens", [16, 256, 400, 4096, 32768])
+def test_the_free_messages_together_leave_a_reserve_for_the_answer(max_tokens: int) -> None:
     assert structured.free_budget(400) == 300
-    assert structured.free_budget(4096) == 3072
     assert structured.free_budget(32768) == 32768 - structured.ANSWER_RESERVE
-    tag = structured.final_answer_tag(ResponseFormat("json_object"), 400)
-    analysis = tag["format"]["elements"][0]["content"]["elements"][2]
-    assert analysis["type"] == "any_tokens"
-    assert analysis["max_tokens"] == 300
+    answer = _free_texts(structured.final_answer_tag(ResponseFormat("json_object"), max_tokens))
+    call = _free_texts(structured.tool_call_tag((FunctionTool("get_time"),), max_tokens))
+    assert set(answer) == {"analysis"}
+    assert set(call) == {"analysis", "commentary"}
+    for texts in (answer, call):
+        headers = structured.FREE_MESSAGE_HEADER * len(texts)
+        assert sum(texts.values()) + headers <= max(structured.free_budget(max_tokens), headers)
+    # The analysis alone takes all but its header; beside a preamble, three quarters.
+    assert answer["analysis"] == max(structured.free_budget(max_tokens) - 7, 0)
+    assert call["analysis"] >= 3 * call["commentary"]
 
 
 def test_a_request_sends_its_tag_as_vllm_reads_it() -> None:

@@ -33,6 +33,7 @@ from tests.node.conftest import (
 from tests.support import wait_for
 
 from gptoss_operator.core import naming
+from gptoss_operator.engine import structured
 from gptoss_operator.engine.harmony import ChatMessage, Harmony
 from gptoss_sandbox.images import ImageArchive
 from gptoss_sandbox.node import RealNode
@@ -123,13 +124,22 @@ VERDICT = {
     "additionalProperties": False,
 }
 SAMPLES = 20
+# Enough that the reserve (a quarter) holds the longest answer the grammar lets VERDICT
+# take: its header (6 tokens), then one token per character at worst: its longest compact
+# JSON, and whitespace in its 8 gaps (and before and after it) of JSON_WHITESPACE at most.
+VERDICT_MAX_TOKENS = 1024
+VERDICT_LONGEST = 6 + len('{"ok":false,"level":"high"}') + 10 * structured.JSON_WHITESPACE
 
 
 def test_a_json_schema_makes_random_weights_answer_with_valid_json(
     kube: Client, noise: str
 ) -> None:
     """#26: 20 samples at temperature 1.0, each a valid answer (the analysis free, bounded
-    to leave room for the answer); the control, with ``strict: false``, gets no valid one."""
+    to leave room for the answer); the control, with ``strict: false``, gets no valid one.
+    The random weights rarely end their analysis: it runs to its budget, and the answer
+    must fit what is left."""
+    reserve = VERDICT_MAX_TOKENS - structured.free_budget(VERDICT_MAX_TOKENS)
+    assert reserve >= VERDICT_LONGEST
     names: dict[bool, list[str]] = {True: [], False: []}
     for strict, names_ in names.items():
         for index in range(SAMPLES):
@@ -141,7 +151,7 @@ def test_a_json_schema_makes_random_weights_answer_with_valid_json(
                 name,
                 NOISE,
                 f"Give a verdict ({index}).",
-                maxTokens=256,
+                maxTokens=VERDICT_MAX_TOKENS,
                 temperature=1.0,
                 responseFormat={"type": "json_schema", "jsonSchema": format_},
             )

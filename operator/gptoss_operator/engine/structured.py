@@ -11,9 +11,10 @@ stricter in three ways, so that a constrained answer is reached, parses and ends
 * harmony's own tokens (``<|channel|>``, ``<|message|>``, ...) are required as those
   tokens, not as text that spells them: a header spelled out in text is no header, and
   the message would not parse; free text holds none of them;
-* the free messages before the constrained one may take all of ``maxTokens`` but a
-  reserve (``free_budget``); a model still reasoning then must close its analysis and
-  answer, instead of running out of tokens with no answer;
+* the free messages before the constrained one, together, may take all of ``maxTokens``
+  but a reserve (``free_budget``); a model still reasoning then must close its analysis
+  and answer, instead of running out of tokens with no answer. An answer that fits the
+  reserve is never cut short;
 * whitespace between JSON tokens is bounded (``JSON_WHITESPACE``), so a model cannot
   spend its tokens on blank space inside the value.
 """
@@ -33,12 +34,28 @@ from gptoss_operator.engine.harmony import SPECIAL_TOKENS, FunctionTool, Respons
 JSON_WHITESPACE = 16
 # What the free messages leave of maxTokens for the constrained one: a quarter, at most this.
 ANSWER_RESERVE = 1024
+# The tokens a free message takes besides its text: <|channel|>, the channel's name (one or
+# two tokens), <|message|>, <|end|>, <|start|>, "assistant".
+FREE_MESSAGE_HEADER = 7
 _CHANNELS = ("commentary", "analysis", "final")
 
 
 def free_budget(max_tokens: int) -> int:
-    """The tokens each free message (the analysis, a preamble) may take of ``max_tokens``."""
+    """The tokens the free messages (the analysis, a preamble) may take of ``max_tokens``,
+    together, headers included."""
     return max_tokens - min(max_tokens // 4, ANSWER_RESERVE)
+
+
+def free_text_budgets(max_tokens: int, *, preamble: bool) -> dict[str, int]:
+    """{channel: the tokens of text its free message may hold}: the free budget less the
+    messages' headers; a preamble (commentary) gets a quarter of it, the analysis the rest."""
+    channels = ("analysis", "commentary") if preamble else ("analysis",)
+    text = max(free_budget(max_tokens) - FREE_MESSAGE_HEADER * len(channels), 0)
+    commentary = text // 4 if preamble else 0
+    budgets = {"analysis": text - commentary}
+    if preamble:
+        budgets["commentary"] = commentary
+    return budgets
 
 
 def answer_problem(text: str, schema: Mapping[str, Any]) -> tuple[Any, str | None]:
@@ -116,11 +133,10 @@ def _free_message(channel: str, budget: int) -> dict[str, Any]:
 
 
 def _structural_tag(
-    constrained: Sequence[dict[str, Any]], budget: int, *, commentary: bool
+    constrained: Sequence[dict[str, Any]], max_tokens: int, *, preamble: bool
 ) -> dict[str, Any]:
-    messages = [_free_message("analysis", budget)]
-    if commentary:
-        messages.append(_free_message("commentary", budget))
+    budgets = free_text_budgets(max_tokens, preamble=preamble)
+    messages = [_free_message(channel, budget) for channel, budget in budgets.items()]
     return {
         "type": "structural_tag",
         "format": _sequence(*messages, _one_of(constrained)),
@@ -131,7 +147,7 @@ def final_answer_tag(format_: ResponseFormat, max_tokens: int) -> dict[str, Any]
     """Analysis free, then a final answer that is JSON (matching the schema, if any)."""
     schema = format_.schema if format_.type == "json_schema" else {"type": "object"}
     answer = _json_message(_channel("final"), schema or True)
-    return _structural_tag([answer], free_budget(max_tokens), commentary=False)
+    return _structural_tag([answer], max_tokens, preamble=False)
 
 
 def tool_call_tag(tools: Sequence[FunctionTool], max_tokens: int) -> dict[str, Any]:
@@ -147,7 +163,7 @@ def tool_call_tag(tools: Sequence[FunctionTool], max_tokens: int) -> dict[str, A
             _sequence(_channel(channel), _text(f" to=functions.{tool.name}")),
         )
     ]
-    return _structural_tag(calls, free_budget(max_tokens), commentary=True)
+    return _structural_tag(calls, max_tokens, preamble=True)
 
 
 def structured_outputs(
