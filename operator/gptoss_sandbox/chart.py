@@ -16,7 +16,12 @@ CHART = Path(__file__).resolve().parents[2] / "charts" / "gptoss-operator"
 KUBE_VERSION = binaries.KUBERNETES_VERSION.removeprefix("v")
 
 # With fullnameOverride=gptoss the chart names them as core.settings.Settings defaults.
-WORKER_ROLES = ("gptoss-downloader", "gptoss-sidecar", "gptoss-batch-worker")
+WORKER_ROLES = (
+    "gptoss-downloader",
+    "gptoss-sidecar",
+    "gptoss-batch-worker",
+    "gptoss-sidecar-tenant",
+)
 
 
 def helm(
@@ -44,7 +49,8 @@ def render(*values: str, show_only: str | None = None) -> list[dict[str, Any]]:
 
 
 def worker_cluster_roles() -> list[dict[str, Any]]:
-    """The downloader's, the sidecar's and the batch worker's ClusterRoles, in that order."""
+    """The downloader's, the sidecar's, the batch worker's and the sidecar's tenant
+    ClusterRoles, in that order."""
     rendered = render("fullnameOverride=gptoss", show_only="templates/rbac.yaml")
     by_name = {doc["metadata"]["name"]: doc for doc in rendered if doc["kind"] == "ClusterRole"}
     return [by_name[name] for name in WORKER_ROLES]

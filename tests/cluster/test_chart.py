@@ -81,8 +81,9 @@ def test_rendered_objects_carry_recommended_labels_and_restricted_security() -> 
             "ClusterRole",
             "ClusterRole",
             "ClusterRole",
+            "ClusterRole",
             "Deployment",
-            *["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] * 5,
+            *["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] * 6,
             "Service",
             "NetworkPolicy",
         ]
@@ -95,6 +96,7 @@ def test_rendered_objects_carry_recommended_labels_and_restricted_security() -> 
         for name in (
             "batch-author-scope",
             "model-author-scope",
+            "model-use",
             "operator-bindings",
             "operator-scope",
             "worker-scope",
@@ -134,6 +136,7 @@ def test_namespaced_mode_grants_roles_only_in_listed_namespaces() -> None:
         "gptoss-gptoss-operator-crds",
         "gptoss-gptoss-operator-downloader",
         "gptoss-gptoss-operator-sidecar",
+        "gptoss-gptoss-operator-sidecar-tenant",
     ]
     assert not [
         d
@@ -162,12 +165,16 @@ def test_each_worker_holds_only_its_own_rules() -> None:
     downloader = _grants(by_name["gptoss-gptoss-operator-downloader"]["rules"])
     sidecar = _grants(by_name["gptoss-gptoss-operator-sidecar"]["rules"])
     batch = _grants(by_name["gptoss-gptoss-operator-batch-worker"]["rules"])
+    tenant = _grants(by_name["gptoss-gptoss-operator-sidecar-tenant"]["rules"])
     assert downloader == {
         ("gptoss.ai", "gptossmodels", "get"),
         ("gptoss.ai", "gptossmodels/status", "get"),
         ("gptoss.ai", "gptossmodels/status", "patch"),
     }
+    models = {("gptoss.ai", "gptossmodels", verb) for verb in ("get", "list", "watch")}
+    assert tenant == sidecar - models, "in a tenant's namespace, the sidecar reads no model"
     assert sidecar == {
+        *models,
         ("gptoss.ai", "inferencejobs", "get"),
         ("gptoss.ai", "inferencejobs", "list"),
         ("gptoss.ai", "inferencejobs", "watch"),
@@ -180,7 +187,7 @@ def test_each_worker_holds_only_its_own_rules() -> None:
         ("", "events", "patch"),
         ("events.k8s.io", "events", "create"),
         ("events.k8s.io", "events", "patch"),
-    }, "the sidecar never reads a ConfigMap, a Secret or a model"
+    }, "the sidecar never reads a ConfigMap or a Secret, nor writes a model"
     assert batch == {
         ("gptoss.ai", "inferencebatches", "get"),
         ("gptoss.ai", "inferencebatches/status", "get"),
@@ -195,6 +202,7 @@ def test_the_sandbox_installs_the_charts_worker_roles_under_the_operators_defaul
         settings.downloader_cluster_role,
         settings.sidecar_cluster_role,
         settings.batch_worker_cluster_role,
+        settings.sidecar_tenant_cluster_role,
     ]
     by_name = {d["metadata"]["name"]: d for d in render() if d["kind"] == "ClusterRole"}
     for role, chart_name in zip(
@@ -203,6 +211,7 @@ def test_the_sandbox_installs_the_charts_worker_roles_under_the_operators_defaul
             "gptoss-gptoss-operator-downloader",
             "gptoss-gptoss-operator-sidecar",
             "gptoss-gptoss-operator-batch-worker",
+            "gptoss-gptoss-operator-sidecar-tenant",
         ],
         strict=True,
     ):
@@ -221,6 +230,9 @@ def test_only_the_workers_cluster_roles_may_be_bound() -> None:
         assert env["GPTOSS_DOWNLOADER_CLUSTER_ROLE"] == "gptoss-gptoss-operator-downloader"
         assert env["GPTOSS_SIDECAR_CLUSTER_ROLE"] == "gptoss-gptoss-operator-sidecar"
         assert env["GPTOSS_BATCH_WORKER_CLUSTER_ROLE"] == "gptoss-gptoss-operator-batch-worker"
+        assert (
+            env["GPTOSS_SIDECAR_TENANT_CLUSTER_ROLE"] == "gptoss-gptoss-operator-sidecar-tenant"
+        )
         operator_rules = [
             rule
             for d in documents
@@ -237,6 +249,7 @@ def test_only_the_workers_cluster_roles_may_be_bound() -> None:
                 "resourceNames": [
                     "gptoss-gptoss-operator-downloader",
                     "gptoss-gptoss-operator-sidecar",
+                    "gptoss-gptoss-operator-sidecar-tenant",
                     "gptoss-gptoss-operator-batch-worker",
                 ],
             }
@@ -348,6 +361,7 @@ def test_install_runs_the_operator_with_only_the_charts_rbac(
                 "GPTOSS_DOWNLOADER_CLUSTER_ROLE": f"{deployment_name}-downloader",
                 "GPTOSS_SIDECAR_CLUSTER_ROLE": f"{deployment_name}-sidecar",
                 "GPTOSS_BATCH_WORKER_CLUSTER_ROLE": f"{deployment_name}-batch-worker",
+                "GPTOSS_SIDECAR_TENANT_CLUSTER_ROLE": f"{deployment_name}-sidecar-tenant",
                 "GPTOSS_NETWORK_POLICY": "true",
                 "GPTOSS_NETWORK_POLICY_FROM": json.dumps(
                     [{"namespaceSelector": {"matchLabels": {"gateway": "true"}}}]

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from gptoss_operator.controllers.facts import JobFacts, ModelFacts, queue_counts
+from gptoss_operator.controllers.facts import JobFacts, ModelFacts, queue_counts, tenant_counts
 from gptoss_operator.controllers.job.janitor import JobJanitor, LeaseClock, decide, status_patch
 
 NOW = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.UTC)
@@ -333,7 +333,12 @@ def test_a_pass_over_a_deep_queue_for_a_serving_model_writes_only_the_count() ->
     janitor = _janitor(client, {("ns", "m"): waiting}, clock)
     asyncio.run(janitor.step())
     assert [name for name, _ in client.patches] == ["m"]
-    assert client.patches[0][1] == {"status": {"queue": {"pending": 10_000, "running": 0}}}
+    assert client.patches[0][1] == {
+        "status": {
+            "queue": {"pending": 10_000, "running": 0},
+            "tenants": [{"namespace": "ns", "pending": 10_000, "running": 0}],
+        }
+    }
 
 
 def test_a_deep_queue_is_counted_before_its_jobs_are_marked() -> None:
@@ -357,9 +362,9 @@ def test_a_deep_queue_is_counted_before_its_jobs_are_marked() -> None:
     asyncio.run(janitor.step())
     names = [name for name, _ in client.patches]
     assert names[0] == "m"
-    assert client.patches[0][1] == {"status": {"queue": {"pending": 400, "running": 0}}}
-    recounts = [body for name, body in client.patches[1:] if name == "m"]
-    assert {"status": {"queue": {"pending": 350, "running": 0}}} in recounts
+    assert client.patches[0][1]["status"]["queue"] == {"pending": 400, "running": 0}
+    recounts = [body["status"]["queue"] for name, body in client.patches[1:] if name == "m"]
+    assert {"pending": 350, "running": 0} in recounts
     assert len(recounts) <= 5, "recounted about once a second, not after every mark"
     assert sorted(n for n in names if n != "m") == sorted(f"j{i}" for i in range(400))
 
@@ -391,3 +396,83 @@ def test_a_queued_job_whose_schema_is_not_one_fails_naming_the_field() -> None:
     assert "spec.responseFormat.jsonSchema.schema is not a JSON schema" in refused.status["message"]
     good = _facts(tools=[{"name": "f", "parameters": {"type": "object"}}])
     assert decide(good, "Ready", NOW) is None
+
+
+def _tenant_job(namespace: str, phase: str = "Pending", model_namespace: str = "p") -> JobFacts:
+    facts = _facts({"phase": phase}, modelRef={"name": "m", "namespace": model_namespace})
+    return replace(facts, namespace=namespace, name=f"j-{namespace}-{phase}")
+
+
+def test_a_job_names_a_model_of_another_namespace() -> None:
+    facts = _tenant_job("team-a")
+    assert facts.model_key == ("p", "m")
+    assert _facts().model_key == ("ns", "m"), "no namespace: the job's own"
+    missing = decide(facts, None, NOW)
+    assert missing is not None
+    assert missing.status is not None
+    assert "does not exist in namespace p" in missing.status["message"]
+    assert queue_counts([facts]) == {("p", "m"): {"pending": 1, "running": 0}}
+
+
+def test_a_job_the_models_access_leaves_out_waits_saying_so() -> None:
+    denied = decide(_tenant_job("team-b"), "Ready", NOW, access_denied=True)
+    assert denied is not None
+    assert denied.reason == "AccessDenied"
+    assert denied.status is not None
+    assert denied.status["phase"] == "Pending", "it waits: access may be granted later"
+    assert denied.status["message"].startswith(
+        "spec.modelRef: GptOssModel p/m does not serve namespace team-b"
+    )
+    assert ModelFacts("Ready", access=("team-a",)).serves("p", "p"), "its own, always"
+    assert ModelFacts("Ready", access=("team-a",)).serves("team-a", "p")
+    assert not ModelFacts("Ready", access=("team-a",)).serves("team-b", "p")
+    assert ModelFacts("Ready").serves("team-b", "p"), "no access list: RBAC alone decides"
+
+
+class _RecordingTenants:
+    """Records, among the client's writes, what the janitor asks to bind and unbind."""
+
+    def __init__(self, client: _RecordingClient) -> None:
+        self.client = client
+
+    async def bind(self, wanted: dict[tuple[str, str], set[str]]) -> None:
+        self.client.patches.append(("<bind>", wanted))
+
+    async def unbind(self, wanted: dict[tuple[str, str], set[str]]) -> None:
+        self.client.patches.append(("<unbind>", wanted))
+
+
+def test_a_models_tenants_are_the_namespaces_it_serves_with_unfinished_jobs() -> None:
+    jobs = [
+        _tenant_job("p"),
+        _tenant_job("team-a"),
+        _tenant_job("team-a", "Running"),
+        _tenant_job("team-b"),  # left out by spec.access
+        _tenant_job("team-c", "Succeeded"),  # nothing unfinished
+    ]
+    assert tenant_counts(jobs)[("p", "m")] == {
+        "p": {"pending": 1, "running": 0},
+        "team-a": {"pending": 1, "running": 1},
+        "team-b": {"pending": 1, "running": 0},
+    }
+    client = _RecordingClient()
+    tenants = _RecordingTenants(client)
+    janitor = JobJanitor(
+        client,  # type: ignore[arg-type]
+        {("p", "m"): jobs},
+        {("p", "m"): [ModelFacts("Ready", 1, access=("team-a",))]},
+        clock=_Clock(),
+        wall_clock=lambda: NOW,
+        tenants=tenants,  # type: ignore[arg-type]
+    )
+    asyncio.run(janitor.step())
+    model_patch = next(body for name, body in client.patches if name == "m")
+    assert model_patch["status"]["tenants"] == [
+        {"namespace": "p", "pending": 1, "running": 0},
+        {"namespace": "team-a", "pending": 1, "running": 1},
+    ]
+    wanted = {("p", "m"): {"p", "team-a"}}
+    assert client.patches[:3] == [("<bind>", wanted), ("m", model_patch), ("<unbind>", wanted)]
+    assert {str(body) for name, body in client.patches if name.startswith("<")} == {str(wanted)}
+    marked = [name for name, _ in client.patches if name not in ("m", "<bind>", "<unbind>")]
+    assert marked == ["j-team-b-Pending"], "the namespace left out is told why it waits"

@@ -133,14 +133,16 @@ def test_every_package_is_a_known_layer() -> None:
 
 # Each kind's controller and each worker is a package that keeps to itself. Besides its
 # own modules, a kind's package may use the controllers' shared modules (``facts``: what
-# the indexes hold of each object); the model's reconcile asks the autoscaler how many
+# the indexes hold of each object; ``tenancy``: the bindings of a model's tenants, which
+# the job housekeeping keeps as it counts them); the model's reconcile asks the autoscaler how many
 # replicas to run. Only the wiring (``operator``, ``indexes``) brings the kinds together.
 SIBLINGS: dict[str, set[str]] = {
     "controllers.model": {"controllers.facts", "controllers.autoscale"},
-    "controllers.job": {"controllers.facts"},
+    "controllers.job": {"controllers.facts", "controllers.tenancy"},
     "controllers.batch": {"controllers.facts"},
     "controllers.autoscale": {"controllers.facts"},
     "controllers.facts": set(),
+    "controllers.tenancy": set(),
     "workers.download": set(),
     "workers.sidecar": set(),
     "workers.batch": set(),

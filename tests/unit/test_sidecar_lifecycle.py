@@ -35,7 +35,9 @@ def _claim(status: dict[str, Any], reasoning_level: str = "high") -> dict[str, A
 def _claimed(status: dict[str, Any] | None = None) -> Held:
     claimed = _claim(status or {})
     assert claimed is not None
-    return Held.claimed({"metadata": {"name": "j", "generation": 2}, "status": claimed})
+    return Held.claimed(
+        {"metadata": {"name": "j", "namespace": "ns", "generation": 2}, "status": claimed}
+    )
 
 
 def _step(held: Held, error: EngineError, engine_healthy: bool = True) -> Write | Retry:

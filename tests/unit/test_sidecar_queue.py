@@ -16,8 +16,10 @@ def _job(index: int, phase: str = "Pending") -> dict[str, Any]:
     return {
         "metadata": {
             "name": f"j{index:03d}",
+            "namespace": "ns",
             "creationTimestamp": f"2026-01-01T00:{index // 60:02d}:{index % 60:02d}Z",
         },
+        "spec": {"modelRef": {"name": "m"}},
         "status": {"phase": phase},
     }
 
@@ -96,8 +98,9 @@ def _race(
                 running = {"phase": "Running", "worker": workers[me], "lease": _lease()}
                 for other, peer in enumerate(sidecars):
                     if other != me:
-                        peer._observe("MODIFIED", {**_job(0), "metadata": {"name": taken},
-                                                   "status": running})  # fmt: skip
+                        seen = {**_job(0), "status": running}
+                        seen["metadata"] = {"name": taken, "namespace": "ns"}
+                        peer._observe("MODIFIED", seen)
     rounds = now[0] / 0.01
     return clashes / picks, rounds / (jobs / sum(speeds))
 
@@ -128,10 +131,30 @@ def test_jobs_taken_elsewhere_or_requeued_while_running_are_kept_straight() -> N
     now[0] = 11.0
     claimed = sidecar._next_pending()
     assert claimed is not None
-    sidecar.running["j005"] = None  # type: ignore[assignment]  # its task, as dispatch makes it
+    sidecar.running["ns/j005"] = None  # type: ignore[assignment]  # its task, as dispatch makes it
     sidecar._observe("MODIFIED", _job(5))  # requeued (its lease lapsed) while it runs here
     assert sidecar._next_pending() is None, "running here: not claimable until it ends"
-    assert "j005" in sidecar._requeued
+    assert "ns/j005" in sidecar._requeued
+
+
+def test_a_sidecar_serves_the_jobs_that_name_its_model_in_any_namespace() -> None:
+    """A job names the model by name and namespace (none: the job's own). A job in a
+    tenant's namespace for a model of that namespace with the same name is not ours."""
+    sidecar = _sidecar("pod-a", 0)
+    ours_here = _job(1)
+    ours_there = {**_job(2), "spec": {"modelRef": {"name": "m", "namespace": "ns"}}}
+    ours_there["metadata"] = {**ours_there["metadata"], "namespace": "team-a"}
+    theirs = {**_job(3), "spec": {"modelRef": {"name": "m"}}}
+    theirs["metadata"] = {**theirs["metadata"], "namespace": "team-a"}
+    other_model = {**_job(4), "spec": {"modelRef": {"name": "m2", "namespace": "ns"}}}
+    for job in (ours_here, ours_there, theirs, other_model):
+        sidecar._observe("ADDED", job)
+    assert sorted(sidecar.pending) == ["ns/j001", "team-a/j002"]
+    assert sidecar._fields("ns") == {"spec.modelRef.name": "m"}
+    assert sidecar._fields("team-a") == {
+        "spec.modelRef.name": "m",
+        "spec.modelRef.namespace": "ns",
+    }
 
 
 def test_a_waiting_job_is_held_as_the_facts_a_claim_needs_not_its_body() -> None:
@@ -150,11 +173,12 @@ def test_a_waiting_job_is_held_as_the_facts_a_claim_needs_not_its_body() -> None
     }
     for event in ("ADDED", "MODIFIED"):
         sidecar._observe(event, job)
-        held = sidecar.pending["j001"]
+        held = sidecar.pending["ns/j001"]
         assert len(repr(held)) < 1024, held
         assert held == {
             "metadata": {
                 "name": "j001",
+                "namespace": "ns",
                 "creationTimestamp": "2026-01-01T00:00:01Z",
                 "resourceVersion": "42",
                 "generation": 1,
@@ -162,9 +186,9 @@ def test_a_waiting_job_is_held_as_the_facts_a_claim_needs_not_its_body() -> None
             "spec": {"reasoningLevel": "high"},
             "status": {"phase": "Pending"},
         }
-    sidecar.running["j001"] = None  # type: ignore[assignment]
+    sidecar.running["ns/j001"] = None  # type: ignore[assignment]
     sidecar._observe("MODIFIED", job)  # requeued while it runs here
-    assert len(repr(sidecar._requeued["j001"])) < 1024
+    assert len(repr(sidecar._requeued["ns/j001"])) < 1024
 
 
 def test_a_silent_workers_share_is_taken_and_then_forgotten() -> None:

@@ -50,6 +50,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "gptoss-operator.sidecarRole" -}}
 {{ include "gptoss-operator.fullname" . }}-sidecar
 {{- end -}}
+{{- define "gptoss-operator.sidecarTenantRole" -}}
+{{ include "gptoss-operator.fullname" . }}-sidecar-tenant
+{{- end -}}
 {{- define "gptoss-operator.batchWorkerRole" -}}
 {{ include "gptoss-operator.fullname" . }}-batch-worker
 {{- end -}}
@@ -102,6 +105,7 @@ bind any other role.
   resourceNames:
     - {{ include "gptoss-operator.downloaderRole" . }}
     - {{ include "gptoss-operator.sidecarRole" . }}
+    - {{ include "gptoss-operator.sidecarTenantRole" . }}
     - {{ include "gptoss-operator.batchWorkerRole" . }}
 {{- end -}}
 

@@ -77,6 +77,28 @@ class LocalObjectReference(ApiModel):
     name: str = Field(min_length=1, max_length=253, description="Name of the object.")
 
 
+# A namespace's name: a DNS-1123 label.
+NAMESPACE_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class ModelReference(ApiModel):
+    name: str = Field(min_length=1, max_length=253, description="Name of the GptOssModel.")
+    namespace: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=63,
+        pattern=NAMESPACE_PATTERN,
+        description="Its namespace; absent: this object's own. A model in another namespace "
+        "serves whoever RBAC lets `use` it (the verb use on gptossmodels, there) from the "
+        "namespaces its spec.access allows.",
+    )
+
+
+def model_namespace(reference: ModelReference | None, own: str) -> str:
+    """The namespace of the model a reference names, from an object in ``own``."""
+    return (reference.namespace if reference is not None else None) or own
+
+
 class SecretKeyRef(ApiModel):
     name: str = Field(min_length=1, max_length=253, description="Name of the Secret.")
     key: str = Field(

@@ -12,7 +12,7 @@ from pydantic.config import JsonDict
 from gptoss_operator.api.common import (
     ApiModel,
     Condition,
-    LocalObjectReference,
+    ModelReference,
     conditions_field,
 )
 
@@ -249,8 +249,9 @@ class ResponseFormat(ApiModel):
 
 
 class InferenceJobSpec(ApiModel):
-    modelRef: LocalObjectReference = Field(
-        description="The GptOssModel, in this namespace, that answers the request."
+    modelRef: ModelReference = Field(
+        description="The GptOssModel that answers the request: in this namespace, or in "
+        "the one named."
     )
     messages: list[Message] = Field(
         min_length=1,
@@ -442,7 +443,7 @@ ROOT_RULES = [
 ]
 
 # Server-side filters: each sidecar watches only its model's jobs.
-SELECTABLE_FIELDS = [".spec.modelRef.name", ".status.phase"]
+SELECTABLE_FIELDS = [".spec.modelRef.name", ".spec.modelRef.namespace", ".status.phase"]
 
 PRINTER_COLUMNS = [
     {"name": "Model", "type": "string", "jsonPath": ".spec.modelRef.name"},

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import datetime
 import re
+from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, JsonValue, model_validator
 from pydantic.config import JsonDict
 
 from gptoss_operator.api.common import (
+    NAMESPACE_PATTERN,
     ApiModel,
     Condition,
     SecretKeyRef,
@@ -423,6 +425,21 @@ _STORAGE_RULES: list[JsonValue] = [
 ]
 
 
+Namespace = Annotated[str, Field(min_length=1, max_length=63, pattern=NAMESPACE_PATTERN)]
+MAX_ACCESS_NAMESPACES = 256
+
+
+class Access(ApiModel):
+    namespaces: list[Namespace] | None = Field(
+        default=None,
+        max_length=MAX_ACCESS_NAMESPACES,
+        description="The namespaces, besides the model's own, whose InferenceJobs it "
+        "serves; absent: any namespace. Their requesters need RBAC's `use` on the model "
+        "as well.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+
+
 class GptOssModelSpec(ApiModel):
     source: Source = Field(
         default_factory=Source,
@@ -447,6 +464,11 @@ class GptOssModelSpec(ApiModel):
     sidecar: Sidecar = Field(
         default_factory=Sidecar,
         description="The InferenceJob sidecar.",
+        json_schema_extra={"default": {}},
+    )
+    access: Access = Field(
+        default_factory=Access,
+        description="Who besides the model's namespace may use it.",
         json_schema_extra={"default": {}},
     )
 
@@ -483,6 +505,12 @@ class DownloadStatus(ApiModel):
 class QueueStatus(ApiModel):
     pending: int = Field(default=0, ge=0, description="InferenceJobs waiting for a worker.")
     running: int = Field(default=0, ge=0, description="InferenceJobs running now.")
+
+
+class TenantStatus(ApiModel):
+    namespace: str = Field(description="A namespace whose InferenceJobs use the model.")
+    pending: int = Field(default=0, ge=0, description="Its jobs waiting for a worker.")
+    running: int = Field(default=0, ge=0, description="Its jobs running now.")
 
 
 class AutoscalingStatus(ApiModel):
@@ -525,6 +553,15 @@ class GptOssModelStatus(ApiModel):
         default=None, description="Label selector of the vLLM pods (for the scale subresource)."
     )
     queue: QueueStatus | None = None
+    tenants: list[TenantStatus] | None = Field(
+        default=None,
+        description="The namespaces with unfinished InferenceJobs for the model (its own "
+        "among them); the workers serve these.",
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["namespace"],
+        },
+    )
     autoscaling: AutoscalingStatus | None = None
     kopf: dict[str, Any] | None = Field(
         default=None,
@@ -578,3 +615,14 @@ PRINTER_COLUMNS = [
     },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
+
+
+def tenant_namespaces(body: Mapping[str, Any]) -> list[str]:
+    """The namespaces a live model's status lists as its tenants (entries it cannot read
+    are skipped)."""
+    tenants = (body.get("status") or {}).get("tenants") or []
+    return [
+        str(tenant["namespace"])
+        for tenant in tenants
+        if isinstance(tenant, Mapping) and tenant.get("namespace")
+    ]

@@ -63,3 +63,37 @@ def worker_identities(ctx: ModelContext) -> list[dict[str, Any]]:
         _role_binding(ctx, sidecar, ctx.settings.sidecar_cluster_role),
         _role_binding(ctx, batch, ctx.settings.batch_worker_cluster_role),
     ]
+
+
+def tenant_binding_name(model_namespace: str, model: str) -> str:
+    """The RoleBinding of a model's sidecar in a tenant's namespace (namespaces hold no
+    dots, so two models' names never meet)."""
+    return f"{model_namespace}.{model}-sidecar"
+
+
+def tenant_binding(
+    model: str, model_namespace: str, tenant: str, sidecar_role: str
+) -> dict[str, Any]:
+    """Binds the sidecar's ClusterRole in ``tenant`` to the sidecar of ``model``."""
+    labels = {**naming.labels(model), naming.MODEL_NAMESPACE_LABEL: model_namespace}
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {
+            "name": tenant_binding_name(model_namespace, model),
+            "namespace": tenant,
+            "labels": labels,
+        },
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": sidecar_role,
+        },
+        "subjects": [
+            {
+                "kind": "ServiceAccount",
+                "name": naming.sidecar_account_name(model),
+                "namespace": model_namespace,
+            }
+        ],
+    }

@@ -48,6 +48,13 @@ class JobFacts:
     has_status: bool
     # Why the spec cannot run, beyond what the apiserver checks (None: it can).
     spec_problem: str | None = None
+    # The model's namespace (modelRef.namespace; this job's own when it names none).
+    model_namespace: str = ""
+
+    @property
+    def model_key(self) -> tuple[str, str]:
+        """(namespace, name) of the job's model."""
+        return (self.model_namespace or self.namespace, self.model)
 
     @property
     def lease_token(self) -> tuple[Any, ...]:
@@ -61,10 +68,13 @@ class JobFacts:
         scheduled = next(
             (c for c in status.get("conditions") or [] if c.get("type") == "Scheduled"), None
         )
+        reference = spec.get("modelRef") or {}
+        namespace = str(metadata.get("namespace", ""))
         return cls(
-            namespace=str(metadata.get("namespace", "")),
+            namespace=namespace,
             name=str(metadata.get("name", "")),
-            model=str((spec.get("modelRef") or {}).get("name", "")),
+            model=str(reference.get("name", "")),
+            model_namespace=str(reference.get("namespace") or namespace),
             resource_version=str(metadata.get("resourceVersion", "")),
             generation=metadata.get("generation"),
             phase=str(status.get("phase") or Phase.PENDING.value),
@@ -110,6 +120,14 @@ def _autoscaling(value: Any) -> Autoscaling | None:
         return None
 
 
+def _access(value: Any) -> tuple[str, ...] | None:
+    """spec.access.namespaces, or None when it lists none (or cannot be read)."""
+    namespaces = value.get("namespaces") if isinstance(value, Mapping) else None
+    if not isinstance(namespaces, list):
+        return None
+    return tuple(str(namespace) for namespace in namespaces)
+
+
 # What a job sees of a model at zero pods that its autoscaler will wake for the queue.
 WAKING = "Waking"
 
@@ -125,6 +143,12 @@ class ModelFacts:
     autoscaling: Autoscaling | None = None
     concurrency: int = 64
     serving_reason: str | None = None
+    # spec.access.namespaces: the other namespaces it serves (None: any).
+    access: tuple[str, ...] | None = None
+
+    def serves(self, namespace: str, own: str) -> bool:
+        """Whether its spec.access lets jobs of ``namespace`` use it (``own``: its own)."""
+        return namespace == own or self.access is None or namespace in self.access
 
     @classmethod
     def from_status(cls, status: Mapping[str, Any]) -> ModelFacts:
@@ -149,6 +173,7 @@ class ModelFacts:
             uid=str((body.get("metadata") or {}).get("uid", "")),
             autoscaling=_autoscaling(serving.get("autoscaling")),
             concurrency=int((spec.get("sidecar") or {}).get("concurrency", 64)),
+            access=_access(spec.get("access")),
         )
 
     @property
@@ -168,10 +193,24 @@ class ModelFacts:
         return self.phase
 
 
+def tenant_counts(
+    jobs: Iterable[JobFacts],
+) -> dict[tuple[str, str], dict[str, dict[str, int]]]:
+    """{model: {namespace: {"pending": n, "running": n}}} of the unfinished jobs."""
+    counts: dict[tuple[str, str], dict[str, dict[str, int]]] = {}
+    for job in jobs:
+        if job.phase in (Phase.PENDING.value, Phase.RUNNING.value):
+            tenant = counts.setdefault(job.model_key, {}).setdefault(
+                job.namespace, {"pending": 0, "running": 0}
+            )
+            tenant[job.phase.lower()] += 1
+    return counts
+
+
 def queue_counts(jobs: Iterable[JobFacts]) -> dict[tuple[str, str], dict[str, int]]:
     counts: dict[tuple[str, str], Counter[str]] = {}
     for job in jobs:
-        counts.setdefault((job.namespace, job.model), Counter())[job.phase] += 1
+        counts.setdefault(job.model_key, Counter())[job.phase] += 1
     return {
         key: {"pending": counter[Phase.PENDING.value], "running": counter[Phase.RUNNING.value]}
         for key, counter in counts.items()

@@ -22,9 +22,10 @@ SERVER_PODS = {**naming.MANAGED, "app.kubernetes.io/component": naming.COMPONENT
 
 @kopf.index(GROUP, VERSION, job_api.PLURAL)
 async def inference_jobs(body: kopf.Body, **_: Any) -> dict[tuple[str, str], JobFacts]:
-    """(namespace, model) -> facts of each InferenceJob for that model."""
+    """(namespace, name) of a model -> facts of each InferenceJob for it (in any
+    namespace)."""
     facts = JobFacts.from_body(body)
-    return {(facts.namespace, facts.model): facts}
+    return {facts.model_key: facts}
 
 
 @kopf.index(GROUP, VERSION, model_api.PLURAL)
@@ -46,6 +47,23 @@ async def server_pods(
     """(namespace, model) -> IP of each ready vLLM pod (a pod that stops being ready
     leaves the index: it no longer matches the filter)."""
     return {(namespace or "", labels.get(naming.MODEL_LABEL, "")): ready_pod(body) or ""}
+
+
+@kopf.index(
+    "rbac.authorization.k8s.io",
+    "v1",
+    "rolebindings",
+    labels={
+        naming.MANAGED_BY_LABEL: naming.MANAGED_BY,
+        naming.MODEL_NAMESPACE_LABEL: kopf.PRESENT,
+    },
+)
+async def tenant_bindings(
+    namespace: str | None, labels: kopf.Labels, **_: Any
+) -> dict[tuple[str, str], str]:
+    """(model namespace, model) -> each namespace where its sidecar is bound as a tenant's."""
+    model = (labels[naming.MODEL_NAMESPACE_LABEL], labels.get(naming.MODEL_LABEL, ""))
+    return {model: namespace or ""}
 
 
 # The models and their children, as the model's reconcile reads them (see

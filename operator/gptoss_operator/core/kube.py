@@ -80,14 +80,17 @@ def controlled_by(obj: Mapping[str, Any], uid: str) -> bool:
 def is_ours(manifest: Mapping[str, Any], existing: Mapping[str, Any]) -> bool:
     """Whether ``existing`` is the object ``manifest`` describes, made by the operator for
     the same owner: its controller is the manifest's; for a manifest without an owner (a
-    claim kept after its model), the manifest's model and managed-by labels."""
+    claim kept after its model, a tenant's binding), the manifest's model, model namespace
+    and managed-by labels."""
     owners = manifest["metadata"].get("ownerReferences") or []
     controller = next((r["uid"] for r in owners if r.get("controller")), None)
     if controller is not None:
         return controlled_by(existing, controller)
     labels = (existing.get("metadata") or {}).get("labels") or {}
-    keys = (naming.MODEL_LABEL, naming.MANAGED_BY_LABEL)
     wanted_labels = manifest["metadata"].get("labels") or {}
+    keys = [naming.MODEL_LABEL, naming.MANAGED_BY_LABEL]
+    if naming.MODEL_NAMESPACE_LABEL in wanted_labels:  # a model's, in another namespace
+        keys.append(naming.MODEL_NAMESPACE_LABEL)
     return all(k in wanted_labels and labels.get(k) == wanted_labels[k] for k in keys)
 
 

@@ -12,6 +12,8 @@ from gptoss_operator.api.model import GptOssModelSpec
 
 MANAGED_BY = "gptoss-operator"
 MODEL_LABEL = "gptoss.ai/model"
+# The model's namespace, on what a model's workers make in a tenant's namespace.
+MODEL_NAMESPACE_LABEL = "gptoss.ai/model-namespace"
 # On the serving pods: the uid of the model whose Deployment made them.
 MODEL_UID_LABEL = "gptoss.ai/model-uid"
 # On a Job's pods, set by the Job controller.

@@ -48,6 +48,8 @@ class Settings:
     downloader_cluster_role: str = "gptoss-downloader"
     sidecar_cluster_role: str = "gptoss-sidecar"
     batch_worker_cluster_role: str = "gptoss-batch-worker"
+    # The sidecar's ClusterRole in its model's tenants' namespaces.
+    sidecar_tenant_cluster_role: str = "gptoss-sidecar-tenant"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -72,6 +74,9 @@ class Settings:
                 "GPTOSS_DOWNLOADER_CLUSTER_ROLE", "gptoss-downloader"
             ),
             sidecar_cluster_role=os.environ.get("GPTOSS_SIDECAR_CLUSTER_ROLE", "gptoss-sidecar"),
+            sidecar_tenant_cluster_role=os.environ.get(
+                "GPTOSS_SIDECAR_TENANT_CLUSTER_ROLE", "gptoss-sidecar-tenant"
+            ),
             batch_worker_cluster_role=os.environ.get(
                 "GPTOSS_BATCH_WORKER_CLUSTER_ROLE", "gptoss-batch-worker"
             ),

@@ -43,7 +43,9 @@ from gptoss_operator.controllers.facts import (
     ModelFacts,
     lease_token,
     queue_counts,
+    tenant_counts,
 )
+from gptoss_operator.controllers.tenancy import TenantBindings
 from gptoss_operator.core import metrics
 from gptoss_operator.core.kube import is_status
 from gptoss_operator.core.retry import is_transient
@@ -70,11 +72,14 @@ def decide(
     model_phase: str | None,
     now: datetime.datetime,
     lease_age: float | None = None,
+    *,
+    access_denied: bool = False,
 ) -> Action | None:
     """What, if anything, to do with a job now.
 
     ``lease_age``: seconds the operator has seen a Running job's lease unchanged (None:
-    not observed yet, so not lapsed).
+    not observed yet, so not lapsed). ``access_denied``: the model's spec.access leaves
+    the job's namespace out.
     """
     status = dict(facts.status)
     finished = facts.phase in FINISHED_PHASES
@@ -125,12 +130,22 @@ def decide(
             f"activeDeadlineSeconds ({facts.active_deadline_seconds}) passed while the "
             "job was queued",
         )
+    model_namespace, _ = facts.model_key
     if model_phase is None:
         reason, message = (
             "ModelNotFound",
             (
-                f"GptOssModel {facts.model!r} does not exist in namespace {facts.namespace}; "
+                f"GptOssModel {facts.model!r} does not exist in namespace {model_namespace}; "
                 "the job waits for it"
+            ),
+        )
+    elif access_denied:
+        reason, message = (
+            "AccessDenied",
+            (
+                f"spec.modelRef: GptOssModel {model_namespace}/{facts.model} does not serve "
+                f"namespace {facts.namespace} (its spec.access.namespaces); the job waits "
+                "until it does"
             ),
         )
     elif model_phase == WAKING:
@@ -218,6 +233,7 @@ class JobJanitor:
         interval: float = 1.0,
         indexed: asyncio.Event | None = None,
         full_pass_seconds: float = 30.0,
+        tenants: TenantBindings | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC),
     ) -> None:
@@ -233,7 +249,9 @@ class JobJanitor:
         self.wall_clock = wall_clock  # compared with the apiserver's timestamps
         self.leases = LeaseClock(clock)
         self._unreachable = False  # the last live read failed for the apiserver's sake
-        self._queues: dict[tuple[str, str], dict[str, int]] = {}
+        # What each model's status was last given: {"queue": ..., "tenants": [...]}.
+        self._queues: dict[tuple[str, str], dict[str, Any]] = {}
+        self.tenants = tenants
         self._changed = True
         self._next_due = 0.0  # on self.clock
         self._last_pass = -math.inf
@@ -270,9 +288,18 @@ class JobJanitor:
                 self._changed = True  # not done: the next step tries again
                 raise
 
-    def _model_phase(self, namespace: str, model: str) -> str | None:
-        facts = list(self.models.get((namespace, model), []))
-        return facts[0].queue_phase if facts else None
+    def _model(self, key: tuple[str, str]) -> ModelFacts | None:
+        facts = list(self.models.get(key, []))
+        return facts[0] if facts else None
+
+    def _model_phase(self, key: tuple[str, str]) -> str | None:
+        model = self._model(key)
+        return model.queue_phase if model is not None else None
+
+    def _serves(self, job: JobFacts) -> bool:
+        """Whether the job's model (when known) serves the job's namespace."""
+        model = self._model(job.model_key)
+        return model is None or model.serves(job.namespace, job.model_key[0])
 
     async def tick(self) -> None:
         """Count the queues first (one write per model), then act on each job, counting
@@ -287,7 +314,8 @@ class JobJanitor:
         for job in everything:
             age = self.leases.age(job) if job.phase == Phase.RUNNING.value else None
             next_due = min(next_due, self._due_in(job, now, age))
-            action = decide(job, self._model_phase(job.namespace, job.model), now, age)
+            phase = self._model_phase(job.model_key)
+            action = decide(job, phase, now, age, access_denied=not self._serves(job))
             if action is None:
                 continue
             if job.phase == Phase.RUNNING.value and not await self._lease_still_lapsed(job):
@@ -361,27 +389,55 @@ class JobJanitor:
             # The job changed since we saw it (a sidecar claimed it): look again next pass.
 
     async def _publish_queues(self, jobs: list[JobFacts]) -> None:
-        counts = queue_counts(jobs)
-        for key in set(self._queues) - set(counts):
-            counts[key] = {"pending": 0, "running": 0}
-        for (namespace, model), queue in counts.items():
-            if self._queues.get((namespace, model)) == queue:
+        """Each model's queue and tenants, in its status: the tenants' RoleBindings are
+        made before a tenant is listed (the sidecars then watch its namespace), and go
+        once it is not."""
+        usage = self._usage(jobs)
+        for key in set(self._queues) - set(usage):
+            usage[key] = {"queue": {"pending": 0, "running": 0}, "tenants": []}
+        wanted = {
+            key: {tenant["namespace"] for tenant in entry["tenants"]}
+            for key, entry in usage.items()
+            if self._model(key) is not None
+        }
+        if self.tenants is not None:
+            await self.tenants.bind(wanted)
+        for (namespace, model), entry in usage.items():
+            if self._queues.get((namespace, model)) == entry:
                 continue
-            if self._model_phase(namespace, model) is None:
-                self._queues[(namespace, model)] = queue
+            if self._model((namespace, model)) is None:
+                self._queues[(namespace, model)] = entry
                 continue
             try:
                 await self.client.patch(
                     GptOssModelResource.Status,
                     model,
-                    {"status": {"queue": queue}},
+                    {"status": entry},
                     namespace=namespace,
                     patch_type=PatchType.MERGE,
                 )
-                self._queues[(namespace, model)] = queue
+                self._queues[(namespace, model)] = entry
             except ApiError as error:
                 if error.status.code != 404:
                     raise
+        if self.tenants is not None:
+            await self.tenants.unbind(wanted)
+
+    def _usage(self, jobs: list[JobFacts]) -> dict[tuple[str, str], dict[str, Any]]:
+        """{model: {"queue": counts, "tenants": [{namespace, pending, running}]}}: the
+        namespaces with unfinished jobs the model serves."""
+        queues = queue_counts(jobs)
+        tenants = tenant_counts([job for job in jobs if self._serves(job)])
+        return {
+            key: {
+                "queue": queue,
+                "tenants": [
+                    {"namespace": namespace, **counts}
+                    for namespace, counts in sorted(tenants.get(key, {}).items())
+                ],
+            }
+            for key, queue in queues.items()
+        }
 
 
 def status_patch(job: JobFacts, action: Action) -> list[dict[str, Any]]:

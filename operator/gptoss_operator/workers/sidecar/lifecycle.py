@@ -26,6 +26,7 @@ from gptoss_operator.api.job_status import phase_fields, queued, with_conditions
 from gptoss_operator.engine.attempts import Decision, Verdict
 from gptoss_operator.engine.generation import Progress, RunResult
 from gptoss_operator.engine.outcome import Outcome
+from gptoss_operator.workers.sidecar.keys import job_key
 
 Event = tuple[str, str, str]  # (Normal|Warning, reason, message)
 
@@ -34,7 +35,7 @@ Event = tuple[str, str, str]  # (Normal|Warning, reason, message)
 class Held:
     """A job this worker claimed: its status as claimed and where its attempts stand."""
 
-    name: str
+    key: str  # namespace/name
     generation: int | None
     status: Mapping[str, Any]
     attempt: int  # the attempt running now (status.attempts)
@@ -45,7 +46,7 @@ class Held:
     def claimed(cls, job: Mapping[str, Any]) -> Held:
         status = job["status"]
         return cls(
-            name=job["metadata"]["name"],
+            key=job_key(job),
             generation=job["metadata"].get("generation"),
             status=dict(status),
             attempt=int(status["attempts"]),

@@ -31,6 +31,7 @@ from gptoss_operator.core import naming
 from gptoss_operator.core.events import post_event
 from gptoss_operator.core.retry import is_transient, retry_transient
 from gptoss_operator.workers.sidecar import lifecycle
+from gptoss_operator.workers.sidecar.keys import job_key, split_key
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def claim_facts(job: dict[str, Any]) -> dict[str, Any]:
     """What JobStore.claim reads of a waiting job, without its body (the messages may be
     a MiB or more): a sidecar holds every waiting job of its model."""
     metadata = job["metadata"]
-    kept = ("name", "creationTimestamp", "resourceVersion", "generation")
+    kept = ("name", "namespace", "creationTimestamp", "resourceVersion", "generation")
     return {
         "metadata": {key: metadata[key] for key in kept if key in metadata},
         "spec": {
@@ -64,37 +65,48 @@ def claim_facts(job: dict[str, Any]) -> dict[str, Any]:
 
 
 class JobStore:
+    """Jobs are named by ``job_key`` (namespace/name): a sidecar serves its model's
+    namespace and those of its tenants."""
+
     def __init__(
-        self, client: AsyncClient, namespace: str, worker: str, lease_seconds: int = 30
+        self,
+        client: AsyncClient,
+        model: str,
+        model_namespace: str,
+        worker: str,
+        lease_seconds: int = 30,
     ) -> None:
         self.client = client
-        self.namespace = namespace
+        self.model = model
+        self.model_namespace = model_namespace
         self.worker = worker
         self.lease_seconds = lease_seconds
 
-    async def _json_patch(self, name: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
+    async def _json_patch(self, key: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
+        namespace, name = split_key(key)
         result = await self.client.patch(
             InferenceJobResource.Status,
             name,
             ops,
-            namespace=self.namespace,
+            namespace=namespace,
             patch_type=PatchType.JSON,
         )
         return dict(result.to_dict())
 
-    async def get(self, name: str) -> dict[str, Any] | None:
+    async def get(self, key: str) -> dict[str, Any] | None:
         """The job as stored now (None when deleted), retrying transient errors."""
+        namespace, name = split_key(key)
 
         async def read() -> dict[str, Any] | None:
             try:
-                job = await self.client.get(InferenceJobResource, name, namespace=self.namespace)
+                job = await self.client.get(InferenceJobResource, name, namespace=namespace)
             except ApiError as error:
                 if error.status.code == 404:
                     return None
                 raise
             return dict(job.to_dict())
 
-        return await retry_transient(read, f"reading {name}")
+        return await retry_transient(read, f"reading {key}")
 
     async def claim(self, job: dict[str, Any]) -> dict[str, Any] | None:
         """Take a Pending job for this worker. None when someone else changed it first."""
@@ -119,8 +131,9 @@ class JobStore:
             },
             {"op": "add", "path": "/status", "value": claimed},
         ]
+        key = job_key(job)
         try:
-            return await self._json_patch(metadata["name"], ops)
+            return await self._json_patch(key, ops)
         except ApiError as error:
             if error.status.code in _CHANGED:
                 return None
@@ -130,15 +143,15 @@ class JobStore:
             if not is_transient(error):
                 raise
         # The claim may have been applied with its answer lost: the job says whose it is.
-        stored = await self.get(metadata["name"])
+        stored = await self.get(key)
         if stored is not None and _claimed_by(stored, self.worker, attempt, now):
-            log.info("claim of %s was applied although its answer was lost", metadata["name"])
+            log.info("claim of %s was applied although its answer was lost", key)
             return stored
         return None
 
     async def update(
         self,
-        name: str,
+        key: str,
         attempt: int,
         changes: dict[str, Any],
         remove: tuple[str, ...] = (),
@@ -156,23 +169,23 @@ class JobStore:
 
         async def patch() -> dict[str, Any]:
             try:
-                return await self._json_patch(name, ops)
+                return await self._json_patch(key, ops)
             except ApiError as error:
                 if error.status.code in _CHANGED:
-                    raise LostJob(f"{name}: {error.status.message}") from error
+                    raise LostJob(f"{key}: {error.status.message}") from error
                 raise
 
         if not retry:
             return await patch()
-        return await retry_transient(patch, f"updating {name}")
+        return await retry_transient(patch, f"updating {key}")
 
-    async def renew(self, name: str, attempt: int, progress: dict[str, Any]) -> None:
+    async def renew(self, key: str, attempt: int, progress: dict[str, Any]) -> None:
         """One lease renewal, not retried: the next heartbeat is the retry."""
         changes = {"lease/renewTime": timestamp(), **progress}
-        await self.update(name, attempt, changes, retry=False)
+        await self.update(key, attempt, changes, retry=False)
 
     async def finish(
-        self, name: str, attempt: int, final: dict[str, Any], remove: tuple[str, ...]
+        self, key: str, attempt: int, final: dict[str, Any], remove: tuple[str, ...]
     ) -> dict[str, Any]:
         """Write a finished attempt's result.
 
@@ -183,14 +196,14 @@ class JobStore:
         is deleted or already finished.
         """
         try:
-            return await self.update(name, attempt, final, remove=remove)
+            return await self.update(key, attempt, final, remove=remove)
         except LostJob:
             pass
         while True:
-            stored = await self.get(name)
+            stored = await self.get(key)
             status = dict((stored or {}).get("status") or {})
             if stored is None or status.get("phase") in FINISHED_PHASES:
-                raise LostJob(f"{name} was deleted or finished before attempt {attempt} ended")
+                raise LostJob(f"{key} was deleted or finished before attempt {attempt} ended")
             ops = [
                 {
                     "op": "test",
@@ -201,13 +214,13 @@ class JobStore:
             ]
             try:
                 result = await retry_transient(
-                    functools.partial(self._json_patch, name, ops), f"finishing {name}"
+                    functools.partial(self._json_patch, key, ops), f"finishing {key}"
                 )
             except ApiError as error:
                 if error.status.code in _CHANGED:
                     continue  # changed again since read: look again
                 raise
-            log.info("%s: attempt %d's result kept although its lease had lapsed", name, attempt)
+            log.info("%s: attempt %d's result kept although its lease had lapsed", key, attempt)
             return result
 
     async def save_output(
@@ -230,10 +243,11 @@ class JobStore:
             "kind": "ConfigMap",
             "metadata": {
                 "name": name,
-                "namespace": self.namespace,
+                "namespace": metadata["namespace"],
                 "labels": {
                     "gptoss.ai/inference-job": metadata["name"][:63],
-                    naming.MODEL_LABEL: job["spec"]["modelRef"]["name"],
+                    naming.MODEL_LABEL: self.model,
+                    naming.MODEL_NAMESPACE_LABEL: self.model_namespace,
                 },
                 "annotations": {"gptoss.ai/attempt": str(attempt), "gptoss.ai/worker": self.worker},
                 "ownerReferences": [
@@ -259,11 +273,11 @@ class JobStore:
 
         await retry_transient(write, f"saving the output of {metadata['name']} in {name}")
 
-    async def delete_output(self, names: list[str]) -> None:
+    async def delete_output(self, namespace: str, names: list[str]) -> None:
         """Remove output ConfigMaps whose attempt did not get to write its status."""
         for name in names:
             try:
-                await self.client.delete(ConfigMap, name, namespace=self.namespace)
+                await self.client.delete(ConfigMap, name, namespace=namespace)
             except Exception as error:
                 log.warning("could not delete %s (the job's deletion will): %s", name, error)
 

@@ -36,7 +36,8 @@ from gptoss_operator.api.conditions import parse_time, timestamp
 from gptoss_operator.api.job import FINISHED_PHASES, InferenceJobSpec, Phase
 from gptoss_operator.api.job_output import layout
 from gptoss_operator.api.json_schema import spec_problem
-from gptoss_operator.api.resources import InferenceJobResource
+from gptoss_operator.api.model import tenant_namespaces
+from gptoss_operator.api.resources import GptOssModelResource, InferenceJobResource
 from gptoss_operator.engine.attempts import Verdict, decide
 from gptoss_operator.engine.client import (
     QUIET_SECONDS,
@@ -49,6 +50,7 @@ from gptoss_operator.engine.harmony import Harmony
 from gptoss_operator.engine.render import PromptRenderer
 from gptoss_operator.engine.request import ChatRequest, from_job_spec
 from gptoss_operator.workers.sidecar import lifecycle
+from gptoss_operator.workers.sidecar.keys import job_key, split_key
 from gptoss_operator.workers.sidecar.lifecycle import Held
 from gptoss_operator.workers.sidecar.store import JobStore, LostJob, claim_facts
 
@@ -131,10 +133,12 @@ class Sidecar:
             quiet_seconds=config.engine_quiet_seconds,
             api_key=config.engine_api_key,
         )
-        self.store = JobStore(client, config.namespace, config.worker, config.lease_seconds)
+        self.store = JobStore(
+            client, config.model, config.namespace, config.worker, config.lease_seconds
+        )
         self.clock = clock
         self.pending: dict[str, dict[str, Any]] = {}
-        # (creationTimestamp, name) of pending jobs, oldest first; entries of jobs no
+        # (creationTimestamp, key) of pending jobs, oldest first; entries of jobs no
         # longer pending are skipped when they come up.
         self._order: list[tuple[str, str]] = []
         # When each pending job was first seen pending, when each other worker was last
@@ -162,7 +166,8 @@ class Sidecar:
         self.finishing: set[str] = set()
         # Open while the engine answers its health check: no job is claimed otherwise.
         self.gate = EngineGate(self.engine)
-        self._watcher: asyncio.Task[None] | None = None
+        # One watch of InferenceJobs per namespace served (see serve_namespaces).
+        self._watchers: dict[str, asyncio.Task[None]] = {}
         # Claims in flight (several at once: a burst of jobs starts within one round
         # trip, not one round trip per job), and jobs claimed as the pod began to stop.
         self._claims: set[asyncio.Task[None]] = set()
@@ -181,32 +186,69 @@ class Sidecar:
         log.info("waiting for the engine at %s", self.config.engine_url)
         await self.gate.open()
         log.info(
-            "taking InferenceJobs for model %s in %s as %s",
-            self.config.model,
+            "taking InferenceJobs for model %s/%s as %s",
             self.config.namespace,
+            self.config.model,
             self.config.worker,
         )
-        self._watcher = asyncio.create_task(self._watch(), name="watch")
+        self.serve_namespaces([self.config.namespace])
+        tenants = asyncio.create_task(self._follow_tenants(), name="tenants")
         resync = asyncio.create_task(self._resync_forever(), name="resync")
         try:
             await self._dispatch()
         finally:
             resync.cancel()
-            self._watcher.cancel()
+            tenants.cancel()
+            for watcher in self._watchers.values():
+                watcher.cancel()
             self.gate.close()
             for task in list(self.running.values()):
                 task.cancel()
             self.renderer.close()
             await self.engine.close()
 
-    async def _watch(self) -> None:
-        fields = {"spec.modelRef.name": self.config.model}
+    def serve_namespaces(self, namespaces: Iterable[str]) -> None:
+        """Watch the jobs of these namespaces (the model's own always among them); forget
+        the waiting jobs of a namespace no longer served (its running jobs finish)."""
+        wanted = {self.config.namespace, *namespaces}
+        for namespace in sorted(wanted - set(self._watchers)):
+            log.info("serving the InferenceJobs of namespace %s", namespace)
+            self._start_watch(namespace)
+        for namespace in sorted(set(self._watchers) - wanted):
+            log.info("no longer serving namespace %s", namespace)
+            self._watchers.pop(namespace).cancel()
+            for key in [key for key in self.pending if split_key(key)[0] == namespace]:
+                self._drop_pending(key)
+
+    def _start_watch(self, namespace: str) -> None:
+        self._watchers[namespace] = asyncio.create_task(
+            self._watch(namespace), name=f"watch-{namespace}"
+        )
+
+    def _fields(self, namespace: str) -> dict[str, Any]:
+        """The field selector of this model's jobs in ``namespace``. In the model's own,
+        a job may leave modelRef.namespace out (``serves`` checks it)."""
+        fields: dict[str, Any] = {"spec.modelRef.name": self.config.model}
+        if namespace != self.config.namespace:
+            fields["spec.modelRef.namespace"] = self.config.namespace
+        return fields
+
+    def serves(self, job: dict[str, Any]) -> bool:
+        """Whether ``job`` names this sidecar's model."""
+        reference = (job.get("spec") or {}).get("modelRef") or {}
+        namespace = job["metadata"].get("namespace")
+        return (
+            reference.get("name") == self.config.model
+            and (reference.get("namespace") or namespace) == self.config.namespace
+        )
+
+    async def _watch(self, namespace: str) -> None:
         while True:
             try:
                 async for event_type, obj in self.client.watch(
                     InferenceJobResource,
-                    namespace=self.config.namespace,
-                    fields=dict[str, Any](fields),
+                    namespace=namespace,
+                    fields=self._fields(namespace),
                     server_timeout=self.config.watch_timeout_seconds,
                     on_error=_retry_watch,
                 ):
@@ -214,7 +256,28 @@ class Sidecar:
             except asyncio.CancelledError:
                 raise
             except Exception as error:
-                log.warning("watch of InferenceJobs ended: %s", error)
+                log.warning("watch of InferenceJobs in %s ended: %s", namespace, error)
+                await asyncio.sleep(1.0)
+
+    async def _follow_tenants(self) -> None:
+        """Serve the namespaces the model's status lists as its tenants (the operator
+        binds this sidecar's role there before it lists them)."""
+        fields: dict[str, Any] = {"metadata.name": self.config.model}
+        while True:
+            try:
+                async for event_type, obj in self.client.watch(
+                    GptOssModelResource,
+                    namespace=self.config.namespace,
+                    fields=fields,
+                    server_timeout=self.config.watch_timeout_seconds,
+                    on_error=_retry_watch,
+                ):
+                    if event_type != "DELETED":
+                        self.serve_namespaces(tenant_namespaces(obj.to_dict()))
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("watch of GptOssModel %s ended: %s", self.config.model, error)
                 await asyncio.sleep(1.0)
 
     async def _resync_forever(self) -> None:
@@ -228,40 +291,47 @@ class Sidecar:
                 log.warning("listing InferenceJobs failed (%s); the watch carries on", error)
 
     async def resync(self) -> int:
-        """List the model's unfinished jobs; restart the watch if it missed Pending ones.
-        Returns how many it missed."""
+        """List the model's unfinished jobs in each namespace served; restart a watch that
+        missed Pending ones. Returns how many were missed."""
+        missed = 0
+        for namespace in sorted(self._watchers):
+            missed += await self._resync(namespace)
+        self.last_sync = self.clock()
+        return missed
+
+    async def _resync(self, namespace: str) -> int:
         fields = {
-            "spec.modelRef.name": self.config.model,
+            **self._fields(namespace),
             "status.phase": not_in([Phase.RUNNING.value, *FINISHED_PHASES]),
         }
         missed = []
-        async for obj in self.client.list(
-            InferenceJobResource, namespace=self.config.namespace, fields=dict[str, Any](fields)
-        ):
+        async for obj in self.client.list(InferenceJobResource, namespace=namespace, fields=fields):
             job = obj.to_dict()
-            name = job["metadata"]["name"]
-            if name not in self.pending and name not in self.running:
-                missed.append(name)
+            key = job_key(job)
+            if self.serves(job) and key not in self.pending and key not in self.running:
+                missed.append(key)
             self._observe("MODIFIED", job)
-        self.last_sync = self.clock()
-        if missed and self._watcher is not None:
+        if missed and namespace in self._watchers:
             log.warning(
-                "the watch missed %d Pending job(s) (%s); restarting it",
+                "the watch of %s missed %d Pending job(s) (%s); restarting it",
+                namespace,
                 len(missed),
                 ", ".join(sorted(missed)[:5]),
             )
             self.watch_restarts += 1
-            self._watcher.cancel()
-            self._watcher = asyncio.create_task(self._watch(), name="watch")
+            self._watchers[namespace].cancel()
+            self._start_watch(namespace)
         return len(missed)
 
     def _observe(self, event_type: str, job: dict[str, Any]) -> None:
-        name = job["metadata"]["name"]
+        if not self.serves(job):
+            return  # another namespace's model of the same name
+        key = job_key(job)
         status = job.get("status") or {}
         phase = status.get("phase") or Phase.PENDING.value
         if event_type == "DELETED" or job["metadata"].get("deletionTimestamp"):
-            self._drop_pending(name)
-            task = self.running.get(name)
+            self._drop_pending(key)
+            task = self.running.get(key)
             if task is not None:
                 task.cancel()
             return
@@ -269,15 +339,15 @@ class Sidecar:
         if phase == Phase.RUNNING.value and holder and holder != self.config.worker:
             self.peers[holder] = self.clock()
             self._saw_claim(holder, status)
-        if phase == Phase.PENDING.value and name in self.running:
-            self._requeued[name] = claim_facts(job)
+        if phase == Phase.PENDING.value and key in self.running:
+            self._requeued[key] = claim_facts(job)
         elif phase == Phase.PENDING.value:
             self._add_pending(job)
         else:
-            self._drop_pending(name)
-            self._requeued.pop(name, None)
-            task = self.running.get(name)
-            if task is None or name in self.finishing:
+            self._drop_pending(key)
+            self._requeued.pop(key, None)
+            task = self.running.get(key)
+            if task is None or key in self.finishing:
                 return
             taken = phase == Phase.RUNNING.value and status.get("worker") != self.config.worker
             if taken or phase in FINISHED_PHASES:
@@ -292,28 +362,28 @@ class Sidecar:
         self.gate.ready.set()  # let the dispatch loop see that it is stopping
         unstarted = await self._claims_in_flight()
         running = dict(self.running)
-        for name, task in running.items():
-            if name not in self.finishing:
+        for key, task in running.items():
+            if key not in self.finishing:
                 task.cancel()
         # Answers already complete are written, not thrown away, within the grace period.
-        finishing = [running[name] for name in self.finishing if name in running]
+        finishing = [running[key] for key in self.finishing if key in running]
         if finishing:
             await asyncio.wait(finishing, timeout=self.config.finish_grace_seconds)
         for task in running.values():
             task.cancel()
         await asyncio.gather(*running.values(), return_exceptions=True)
         cut_short = [
-            (self.jobs[name], self.held[name])
-            for name in running
-            if name in self.interrupted and name in self.jobs and name in self.held
+            (self.jobs[key], self.held[key])
+            for key in running
+            if key in self.interrupted and key in self.jobs and key in self.held
         ]
         cut_short += [(job, Held.claimed(job)) for job in unstarted]
         for job, held in cut_short:
             try:
                 await self._write(job, held, lifecycle.worker_shutdown(held, self.config.worker))
-                log.info("requeued %s", held.name)
+                log.info("requeued %s", held.key)
             except Exception as error:
-                log.warning("could not requeue %s: %s", held.name, error)
+                log.warning("could not requeue %s: %s", held.key, error)
 
     async def _claims_in_flight(self) -> list[dict[str, Any]]:
         """Let the claims the dispatch loop is making finish: jobs claimed as the pod goes
@@ -358,22 +428,22 @@ class Sidecar:
                 self._claimed_unstarted.append(claimed)  # the drain hands it back
             self._slots.release()
             return
-        name = claimed["metadata"]["name"]
-        task = asyncio.create_task(self._run_and_release(claimed), name=f"job-{name}")
-        self.running[name] = task
+        key = job_key(claimed)
+        task = asyncio.create_task(self._run_and_release(claimed), name=f"job-{key}")
+        self.running[key] = task
 
     def _add_pending(self, job: dict[str, Any]) -> None:
-        name = job["metadata"]["name"]
-        if name not in self.pending:
+        key = job_key(job)
+        if key not in self.pending:
             created = str(job["metadata"].get("creationTimestamp", ""))
-            heapq.heappush(self._order, (created, name))
-            self._since[name] = self.clock()
-        self.pending[name] = claim_facts(job)
+            heapq.heappush(self._order, (created, key))
+            self._since[key] = self.clock()
+        self.pending[key] = claim_facts(job)
         self._wake.set()
 
-    def _drop_pending(self, name: str) -> dict[str, Any] | None:
-        self._since.pop(name, None)
-        return self.pending.pop(name, None)
+    def _drop_pending(self, key: str) -> dict[str, Any] | None:
+        self._since.pop(key, None)
+        return self.pending.pop(key, None)
 
     def _saw_claim(self, worker: str, status: dict[str, Any]) -> None:
         """Remember when ``worker`` last claimed a job (a renewal is not a claim)."""
@@ -413,9 +483,11 @@ class Sidecar:
             names = list(candidates)  # popped oldest first
             choices = self._helpable(names, peers)[-CLAIM_CHOICES:] if peers else names
             if choices:
-                chosen = min(choices[:CLAIM_CHOICES], key=lambda name: claim_rank(me, name))
-        for name, entry in candidates.items():
-            if name != chosen:
+                chosen = min(
+                    choices[:CLAIM_CHOICES], key=lambda job: claim_rank(me, split_key(job)[1])
+                )
+        for key, entry in candidates.items():
+            if key != chosen:
                 heapq.heappush(self._order, entry)
         return None if chosen is None else self._drop_pending(chosen)
 
@@ -425,30 +497,29 @@ class Sidecar:
         HELP_AFTER_SECONDS and the owner claimed nothing meanwhile (its slots are full,
         or it is gone). An owner with room takes its own at once: helping it then only
         races it for them."""
-        owners = {name: self._owner(name, peers) for name in names}
+        owners = {key: self._owner(key, peers) for key in names}
         backlog = Counter(owners.values())
         now = self.clock()
         due = {
-            name: max(self._since.get(name, now), self._claimed_at.get(owners[name], -math.inf))
+            key: max(self._since.get(key, now), self._claimed_at.get(owners[key], -math.inf))
             + HELP_AFTER_SECONDS
-            for name in names
+            for key in names
         }
-        helpable = [
-            name for name in names if backlog[owners[name]] > HELP_BACKLOG or due[name] <= now
-        ]
+        helpable = [key for key in names if backlog[owners[key]] > HELP_BACKLOG or due[key] <= now]
         if not helpable:
             self._help_at = min(due.values())
         return helpable
 
-    def _owner(self, name: str, peers: list[str]) -> str:
+    def _owner(self, key: str, peers: list[str]) -> str:
         """``owner`` among this worker and ``peers``, remembered while they stay the
         same (the jobs in reach are looked at again on every pick)."""
         workers = (self.config.worker, *sorted(peers))
         if workers != self._owners_among or len(self._owner_of) > 2 * len(self.pending) + 1024:
             self._owners_among, self._owner_of = workers, {}
-        found = self._owner_of.get(name)
+        found = self._owner_of.get(key)
         if found is None:
-            found = self._owner_of[name] = owner(workers, name)
+            # By name: jobs of one name in two namespaces fall to one worker, which is harmless.
+            found = self._owner_of[key] = owner(workers, split_key(key)[1])
         return found
 
     def _live_peers(self) -> list[str]:
@@ -461,60 +532,61 @@ class Sidecar:
         return list(self.peers)
 
     async def _claim(self, job: dict[str, Any]) -> dict[str, Any] | None:
-        name = job["metadata"]["name"]
+        key = job_key(job)
         # A claim refused because the job changed (None) needs no second look: the watch
         # brings the newer version, Pending again or taken by another worker.
         try:
             return await self.store.claim(job)
         except Exception as error:
-            log.warning("claiming %s failed: %s", name, error)
+            log.warning("claiming %s failed: %s", key, error)
             await asyncio.sleep(self.config.retry_base_seconds)
             # Nothing changed the job, so no watch event will bring it back: look.
-            await self._recheck(name)
+            await self._recheck(key)
             return None
 
     async def _run_and_release(self, job: dict[str, Any]) -> None:
-        name = job["metadata"]["name"]
-        self.jobs[name] = job
-        self.held[name] = Held.claimed(job)
+        key = job_key(job)
+        self.jobs[key] = job
+        self.held[key] = Held.claimed(job)
         try:
             await self.run_job(job)
         except asyncio.CancelledError:
-            self.interrupted.add(name)
-            log.info("job %s cancelled (deleted, taken over or shutting down)", name)
+            self.interrupted.add(key)
+            log.info("job %s cancelled (deleted, taken over or shutting down)", key)
         except LostJob as error:
-            log.info("lost job %s: %s", name, error)
+            log.info("lost job %s: %s", key, error)
         except Exception:
-            log.exception("job %s failed unexpectedly", name)
+            log.exception("job %s failed unexpectedly", key)
             await self._fail_quietly(
                 job, "SidecarError", "the sidecar failed while running this job; see its logs"
             )
         finally:
-            self.running.pop(name, None)
-            self.finishing.discard(name)
+            self.running.pop(key, None)
+            self.finishing.discard(key)
             self._slots.release()
             self.completed += 1
             if not self.stopping:
-                self.jobs.pop(name, None)
-                self.held.pop(name, None)
-                self.interrupted.discard(name)
-        requeued = self._requeued.pop(name, None)
+                self.jobs.pop(key, None)
+                self.held.pop(key, None)
+                self.interrupted.discard(key)
+        requeued = self._requeued.pop(key, None)
         if requeued is not None and not self.stopping:
             self._add_pending(requeued)
 
-    async def _recheck(self, name: str) -> None:
+    async def _recheck(self, key: str) -> None:
         """Look at a job again (a claim failed without the job changing)."""
+        namespace, name = split_key(key)
         try:
-            job = await self.client.get(InferenceJobResource, name, namespace=self.config.namespace)
+            job = await self.client.get(InferenceJobResource, name, namespace=namespace)
         except Exception:
             return
         self._observe("MODIFIED", job.to_dict())
 
     # ------------------------------------------------------------------ one job
     async def run_job(self, job: dict[str, Any]) -> None:
-        name = job["metadata"]["name"]
+        key = job_key(job)
         if problem := spec_problem(job["spec"]):
-            held = self.held[name]
+            held = self.held[key]
             await self._write(
                 job, held, lifecycle.failed(held, "InvalidSpec", problem, timestamp())
             )
@@ -526,12 +598,12 @@ class Sidecar:
         progress = Progress(prompt_tokens=0)
         # The lease is renewed from the claim until the job is released: while the prompt
         # renders, during retry backoffs and while the result is written.
-        heartbeat = asyncio.create_task(self._heartbeat(name, progress))
+        heartbeat = asyncio.create_task(self._heartbeat(key, progress))
         try:
             try:
                 prompt = await self.renderer.render(request)
             except ValueError as error:  # text harmony cannot encode (e.g. a lone surrogate)
-                held = self.held[name]
+                held = self.held[key]
                 await self._write(job, held, lifecycle.unrenderable(held, str(error), timestamp()))
                 return
             progress.prompt_tokens = len(prompt)
@@ -550,9 +622,9 @@ class Sidecar:
         progress: Progress,
     ) -> None:
         """Call the engine until it answers or the lifecycle says the attempt is over."""
-        name = job["metadata"]["name"]
+        key = job_key(job)
         while True:
-            held = self.held[name]
+            held = self.held[key]
             try:
                 result = await generate(
                     self.engine,
@@ -595,26 +667,26 @@ class Sidecar:
                     return
                 log.warning(
                     "job %s attempt %d failed (%s); retrying in %.1fs",
-                    name,
+                    key,
                     held.attempt,
                     error.message,
                     step.delay,
                 )
-                await self.store.update(name, held.attempt, step.write.changes)
-                self.held[name] = step.next
+                await self.store.update(key, held.attempt, step.write.changes)
+                self.held[key] = step.next
                 await asyncio.sleep(step.delay)
-        self.finishing.add(name)  # the answer exists: from here on it is only written
+        self.finishing.add(key)  # the answer exists: from here on it is only written
         await self._finish_generated(job, spec, request, result)
 
     async def _write(self, job: dict[str, Any], held: Held, write: lifecycle.Write) -> None:
         """Write what the lifecycle decided for ``held``'s attempt, then its Event."""
         await self.store.update(
-            held.name, held.attempt, write.changes, remove=write.remove, current=held.status
+            held.key, held.attempt, write.changes, remove=write.remove, current=held.status
         )
         if write.event is not None:
             await self.store.event(job, *write.event)
         if write.event is not None or write.finishes:
-            log.warning("job %s: %s", held.name, write.changes.get("message"))
+            log.warning("job %s: %s", held.key, write.changes.get("message"))
 
     def _deadline(self, job: dict[str, Any], spec: InferenceJobSpec) -> float | None:
         if spec.activeDeadlineSeconds is None:
@@ -629,26 +701,26 @@ class Sidecar:
         ).total_seconds()
         return self.clock() + remaining
 
-    async def _heartbeat(self, name: str, progress: Progress) -> None:
+    async def _heartbeat(self, key: str, progress: Progress) -> None:
         interval = min(self.config.heartbeat_seconds, self.config.lease_seconds / 3)
         while True:
             await asyncio.sleep(interval)
-            attempt = self.held[name].attempt
+            attempt = self.held[key].attempt
             try:
-                await self.store.renew(name, attempt, lifecycle.heartbeat(progress))
+                await self.store.renew(key, attempt, lifecycle.heartbeat(progress))
             except LostJob:
-                if self.held[name].attempt != attempt:
+                if self.held[key].attempt != attempt:
                     continue  # the job moved on to its next attempt meanwhile
                 return  # requeued or deleted: the job's own writes will find out
             except Exception as error:
                 # A busy or restarting apiserver: the lease outlasts a few missed beats.
-                log.warning("renewing the lease of %s failed (%s); trying again", name, error)
+                log.warning("renewing the lease of %s failed (%s); trying again", key, error)
 
     # ------------------------------------------------------------------ results
     async def _finish_generated(
         self, job: dict[str, Any], spec: InferenceJobSpec, request: ChatRequest, result: RunResult
     ) -> None:
-        held = self.held[job["metadata"]["name"]]
+        held = self.held[job_key(job)]
         uid = str(job["metadata"].get("uid", "")).replace("-", "")[:12]
         outcome = result.outcome(
             request, self.gate.max_model_len, call_id_prefix=f"call_{uid}_{held.attempt}"
@@ -667,19 +739,19 @@ class Sidecar:
             now=datetime.datetime.now(datetime.UTC),
         )
         try:
-            await self.store.finish(held.name, held.attempt, write.changes, write.remove)
+            await self.store.finish(held.key, held.attempt, write.changes, write.remove)
         except LostJob:
-            await self.store.delete_output(saved)
+            await self.store.delete_output(split_key(held.key)[0], saved)
             raise
         # An answer is in the job's status; only a job that went wrong gets an Event too
         # (one per success would be a write per job, and bulk work floods the Events).
         if write.event is not None:
             await self.store.event(job, *write.event)
-        log.info("job %s: %s (%d tokens)", held.name, outcome.reason, result.completion_tokens)
+        log.info("job %s: %s (%d tokens)", held.key, outcome.reason, result.completion_tokens)
 
     async def _fail_quietly(self, job: dict[str, Any], reason: str, message: str) -> None:
-        held = self.held.get(job["metadata"]["name"]) or Held.claimed(job)
+        held = self.held.get(job_key(job)) or Held.claimed(job)
         try:
             await self._write(job, held, lifecycle.failed(held, reason, message, timestamp()))
         except Exception as error:
-            log.warning("could not mark %s failed: %s", held.name, error)
+            log.warning("could not mark %s failed: %s", held.key, error)
