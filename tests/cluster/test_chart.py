@@ -230,9 +230,7 @@ def test_only_the_workers_cluster_roles_may_be_bound() -> None:
         assert env["GPTOSS_DOWNLOADER_CLUSTER_ROLE"] == "gptoss-gptoss-operator-downloader"
         assert env["GPTOSS_SIDECAR_CLUSTER_ROLE"] == "gptoss-gptoss-operator-sidecar"
         assert env["GPTOSS_BATCH_WORKER_CLUSTER_ROLE"] == "gptoss-gptoss-operator-batch-worker"
-        assert (
-            env["GPTOSS_SIDECAR_TENANT_CLUSTER_ROLE"] == "gptoss-gptoss-operator-sidecar-tenant"
-        )
+        assert env["GPTOSS_SIDECAR_TENANT_CLUSTER_ROLE"] == "gptoss-gptoss-operator-sidecar-tenant"
         operator_rules = [
             rule
             for d in documents

@@ -435,8 +435,9 @@ class _RecordingTenants:
     def __init__(self, client: _RecordingClient) -> None:
         self.client = client
 
-    async def bind(self, wanted: dict[tuple[str, str], set[str]]) -> None:
+    async def bind(self, wanted: dict[tuple[str, str], set[str]]) -> set[tuple[Any, str]]:
         self.client.patches.append(("<bind>", wanted))
+        return set()
 
     async def unbind(self, wanted: dict[tuple[str, str], set[str]]) -> None:
         self.client.patches.append(("<unbind>", wanted))

@@ -4,6 +4,7 @@ command line.
     gptoss ask --model gpt-oss-120b "Explain quantum computing"
     gptoss ask --model gpt-oss-120b --reasoning high --max-tokens 2048 --show-reasoning "..."
     gptoss ask --model gpt-oss-120b --messages '[{"role": "user", "content": "hi"}]' --json
+    gptoss ask --model platform/gpt-oss-120b "..."        (a model another namespace shares)
 
 Each call creates an InferenceJob, shows its progress on stderr while it waits, and prints
 the answer (or, with --json, the runner-style result: response, analysis, commentary,
@@ -46,7 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     ask = sub.add_parser("ask", help="run one chat request as an InferenceJob")
     ask.add_argument("question", nargs="?", help="the user message")
-    ask.add_argument("--model", "-m", required=True, help="GptOssModel name")
+    ask.add_argument(
+        "--model",
+        "-m",
+        required=True,
+        help="GptOssModel name, or NAMESPACE/NAME for a model of another namespace",
+    )
     ask.add_argument("--namespace", "-n", help="namespace (default: the kubeconfig's)")
     ask.add_argument(
         "--messages",
@@ -104,8 +110,9 @@ def job_manifest(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("give a QUESTION or --messages")
     if args.system:
         messages = [{"role": "system", "content": args.system}, *messages]
+    model_namespace, _, model = args.model.rpartition("/")
     spec: dict[str, Any] = {
-        "modelRef": {"name": args.model},
+        "modelRef": {"name": model, **({"namespace": model_namespace} if model_namespace else {})},
         "messages": messages,
         "maxTokens": args.max_tokens,
         "temperature": args.temperature,

@@ -27,7 +27,9 @@ ModelKey = tuple[str, str]  # (namespace, name)
 
 class TenantBindings:
     """Keeps the tenants' RoleBindings as wanted. ``existing`` is the operator's index of
-    them: (model namespace, model) -> the namespaces holding one."""
+    them: (model namespace, model) -> the namespaces holding one. A binding missing from
+    it is applied (again, until the index shows it: applying is idempotent); one it
+    holds that is not wanted is deleted."""
 
     def __init__(
         self,
@@ -38,39 +40,54 @@ class TenantBindings:
         self.client = client
         self.sidecar_role = sidecar_role
         self.existing = existing
-        # What this process made and removed, ahead of the index.
-        self._made: set[tuple[ModelKey, str]] = set()
 
     def _held(self, key: ModelKey) -> set[str]:
         return set(self.existing.get(key, ()))
 
-    async def bind(self, wanted: Mapping[ModelKey, set[str]]) -> None:
-        """Make the bindings of each model's tenants that do not exist yet."""
+    async def bind(self, wanted: Mapping[ModelKey, set[str]]) -> set[tuple[ModelKey, str]]:
+        """Make the bindings of each model's tenants that the index does not show; the
+        (model, namespace) pairs that could not be bound."""
+        failed = set()
         for key, namespaces in wanted.items():
             model_namespace, model = key
             for namespace in sorted(namespaces - {model_namespace} - self._held(key)):
-                if (key, namespace) in self._made:
-                    continue
                 manifest = rbac.tenant_binding(model, model_namespace, namespace, self.sidecar_role)
-                await kube.apply(self.client, manifest)
-                self._made.add((key, namespace))
+                try:
+                    await kube.apply(self.client, manifest)
+                except (ApiError, kube.NotOurs) as error:
+                    # One tenant's trouble (a namespace going away, a binding of that
+                    # name someone else made) holds up no other: tried again next pass.
+                    log.warning(
+                        "could not bind %s/%s's sidecar in namespace %s: %s",
+                        model_namespace,
+                        model,
+                        namespace,
+                        error,
+                    )
+                    failed.add((key, namespace))
+                    continue
                 log.info("bound %s/%s's sidecar in namespace %s", model_namespace, model, namespace)
+        return failed
 
     async def unbind(self, wanted: Mapping[ModelKey, set[str]]) -> None:
         """Remove the bindings of namespaces that are no longer a model's tenants (all of
         them, for a model that is gone)."""
-        keys = {key for key, _ in self._made} | set(self.existing.keys())
-        for key in keys:
+        for key in list(self.existing.keys()):
             model_namespace, model = key
-            held = self._held(key) | {ns for made, ns in self._made if made == key}
-            for namespace in sorted(held - wanted.get(key, set())):
+            for namespace in sorted(self._held(key) - wanted.get(key, set())):
                 name = rbac.tenant_binding_name(model_namespace, model)
                 try:
                     await self.client.delete(RoleBinding, name, namespace=namespace)
                 except ApiError as error:
                     if error.status.code != 404:
-                        raise
-                self._made.discard((key, namespace))
+                        log.warning(
+                            "could not unbind %s/%s's sidecar in namespace %s: %s",
+                            model_namespace,
+                            model,
+                            namespace,
+                            error.status.message,
+                        )
+                    continue
                 log.info(
                     "unbound %s/%s's sidecar in namespace %s", model_namespace, model, namespace
                 )

@@ -401,7 +401,10 @@ class JobJanitor:
             if self._model(key) is not None
         }
         if self.tenants is not None:
-            await self.tenants.bind(wanted)
+            # A namespace the sidecars could not act in is not listed to them.
+            for key, namespace in await self.tenants.bind(wanted):
+                tenants = usage[key]["tenants"]
+                usage[key]["tenants"] = [t for t in tenants if t["namespace"] != namespace]
         for (namespace, model), entry in usage.items():
             if self._queues.get((namespace, model)) == entry:
                 continue

@@ -1,0 +1,385 @@
+"""One model, many teams (#27): a job names a model of another namespace; RBAC's verb
+`use` on the model decides who may (the chart's model-use policy, checked by the
+apiserver); the model's spec.access narrows which namespaces it serves; its sidecar,
+running with its own ServiceAccount's token, serves the tenants' jobs through the
+RoleBindings the operator makes while a tenant has jobs and removes once it has none.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lightkube import Client, KubeConfig, codecs
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Namespace, ServiceAccount
+from lightkube.resources.rbac_authorization_v1 import Role, RoleBinding
+from lightkube.types import PatchType
+
+from gptoss_operator.api.resources import GptOssModelResource, InferenceJobResource
+from gptoss_operator.builders import rbac
+from gptoss_sandbox.chart import helm
+from gptoss_sandbox.standin_engine import StandinEngine
+from tests.cluster.chart_helpers import (
+    apiserver_refusal,
+    dry_run_refusal,
+    install,
+    token_kubeconfig,
+)
+from tests.cluster.job_helpers import (
+    SidecarProcess,
+    condition,
+    job_manifest,
+    job_status,
+    ready_model_namespace,
+    wait_finished,
+)
+from tests.cluster.model_helpers import status_of
+from tests.conftest import ClusterUnderTest, OperatorProcess
+from tests.support import wait_for
+
+pytestmark = pytest.mark.cluster
+
+MODEL = "shared"
+
+
+@dataclass
+class Platform:
+    """A model in the platform's namespace, three teams' namespaces, the chart's
+    policies installed, and the model's sidecar running as its ServiceAccount."""
+
+    kube: Client
+    cluster: ClusterUnderTest
+    platform: str
+    teams: tuple[str, str, str]
+    fullname: str  # the chart's operator: its ServiceAccount and roles are named so
+    system: str
+    engine: StandinEngine
+    sidecar: SidecarProcess
+    sidecar_client: Client
+    configs: Path
+
+
+@pytest.fixture(scope="module")
+def platform(
+    kube: Client,
+    cluster: ClusterUnderTest,
+    operator: OperatorProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Platform]:
+    del operator
+    suffix = uuid.uuid4().hex[:6]
+    system = f"t-tsys-{suffix}"
+    teams = (f"t-team-a-{suffix}", f"t-team-b-{suffix}", f"t-team-c-{suffix}")
+    for name in (system, *teams):
+        kube.create(Namespace(metadata=ObjectMeta(name=name)))
+    release = f"ten{suffix}"
+    fullname = install(cluster, release, system)
+    platform = ready_model_namespace(kube, "t-plat", MODEL)
+    configs = tmp_path_factory.mktemp("tenancy")
+    account = f"{MODEL}-sidecar"
+    wait_for(
+        lambda: kube.get(ServiceAccount, account, namespace=platform),
+        timeout=30,
+        message="the sidecar's ServiceAccount",
+    )
+    config = token_kubeconfig(cluster, kube, platform, account, configs / "sidecar.kubeconfig")
+    engine = StandinEngine(model=MODEL)
+    url = engine.start_in_thread()
+    sidecar = SidecarProcess(config, platform, MODEL, "shared-pod", url, configs).start()
+    sidecar_client = Client(KubeConfig.from_file(str(config)), field_manager="tenancy-test")
+    try:
+        yield Platform(
+            kube,
+            cluster,
+            platform,
+            teams,
+            fullname,
+            system,
+            engine,
+            sidecar,
+            sidecar_client,
+            configs,
+        )
+    finally:
+        sidecar.stop()
+        engine.stop_in_thread()
+        helm("uninstall", release, "--namespace", system, kubeconfig=cluster.kubeconfig)
+        for name in (system, platform, *teams):
+            kube.delete(Namespace, name)
+        print(f"sidecar log: {sidecar.log_path}")
+
+
+def shared_job(name: str, **spec: Any) -> InferenceJobResource:
+    manifest = job_manifest(name, MODEL, "What is recursion?", **spec)
+    return InferenceJobResource.from_dict(manifest)
+
+
+def the_shared_model(platform: Platform) -> dict[str, str]:
+    return {"name": MODEL, "namespace": platform.platform}
+
+
+def account_client(platform: Platform, namespace: str, account: str) -> Client:
+    kube = platform.kube
+    kube.create(ServiceAccount(metadata=ObjectMeta(name=account, namespace=namespace)))
+    path = platform.configs / f"{namespace}-{account}.kubeconfig"
+    config = token_kubeconfig(platform.cluster, kube, namespace, account, path)
+    return Client(KubeConfig.from_file(str(config)), field_manager="tenancy-test")
+
+
+def grant(kube: Client, namespace: str, name: str, rules: list[dict[str, Any]], who: str) -> None:
+    """A Role of ``rules`` in ``namespace``, bound to the ServiceAccount ``who``
+    (namespace/name)."""
+    kube.create(
+        Role.from_dict({"metadata": {"name": name, "namespace": namespace}, "rules": rules})
+    )
+    account_namespace, account = who.split("/")
+    kube.create(
+        RoleBinding.from_dict(
+            {
+                "metadata": {"name": name, "namespace": namespace},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+                "subjects": [
+                    {"kind": "ServiceAccount", "name": account, "namespace": account_namespace}
+                ],
+            }
+        )
+    )
+
+
+def tenant_binding(platform: Platform, namespace: str) -> RoleBinding | None:
+    name = rbac.tenant_binding_name(platform.platform, MODEL)
+    found = [
+        b for b in platform.kube.list(RoleBinding, namespace=namespace) if b.metadata.name == name
+    ]
+    return found[0] if found else None
+
+
+def tenants(platform: Platform) -> list[str]:
+    listed = status_of(platform.kube, platform.platform, MODEL).get("tenants") or []
+    return [tenant["namespace"] for tenant in listed]
+
+
+def set_access(platform: Platform, namespaces: list[str] | None) -> None:
+    platform.kube.patch(
+        GptOssModelResource,
+        MODEL,
+        {"spec": {"access": {"namespaces": namespaces}}},
+        namespace=platform.platform,
+        patch_type=PatchType.MERGE,
+    )
+
+
+def test_using_another_namespaces_model_takes_the_verb_use_on_it(platform: Platform) -> None:
+    """A team member who may create InferenceJobs in the team's namespace, but holds no
+    `use` on the platform's model, is refused with the field and the permission named;
+    one granted `use` on that model (resourceNames) is admitted, for that model only."""
+    kube, team = platform.kube, platform.teams[0]
+    author = [{"apiGroups": ["gptoss.ai"], "resources": ["inferencejobs"], "verbs": ["create"]}]
+    alice = account_client(platform, team, "alice")
+    bob = account_client(platform, team, "bob")
+    for who in ("alice", "bob"):
+        grant(kube, team, f"{who}-author", author, f"{team}/{who}")
+    use = [
+        {
+            "apiGroups": ["gptoss.ai"],
+            "resources": ["gptossmodels"],
+            "verbs": ["use"],
+            "resourceNames": [MODEL],
+        }
+    ]
+    grant(kube, platform.platform, "bob-uses-shared", use, f"{team}/bob")
+
+    def refusal(client: Client, model: dict[str, str]) -> str | None:
+        return dry_run_refusal(client, shared_job("j", modelRef=model), namespace=team)
+
+    shared = the_shared_model(platform)
+    refused = wait_for(
+        lambda: refusal(alice, shared), timeout=30, message="the model-use policy in effect"
+    )
+    assert refused.startswith("403 "), refused
+    assert (
+        f"spec.modelRef: system:serviceaccount:{team}:alice may not use GptOssModel "
+        f'{platform.platform}/{MODEL}: it needs the verb "use" on gptossmodels '
+        f"(resourceNames: {MODEL}) in namespace {platform.platform}"
+    ) in refused
+    assert refusal(bob, shared) is None
+    other = refusal(bob, {"name": "other", "namespace": platform.platform})
+    assert other is not None, "resourceNames hold"
+    assert "may not use GptOssModel" in other
+    # Within its own namespace, the right to create jobs is the right to use its models.
+    assert refusal(alice, {"name": MODEL}) is None
+    assert refusal(alice, {"name": MODEL, "namespace": team}) is None
+
+
+def test_a_teams_jobs_run_on_the_shared_model_through_a_binding_that_comes_and_goes(
+    platform: Platform,
+) -> None:
+    kube = platform.kube
+    team_a, team_b = platform.teams[0], platform.teams[1]
+    platform.sidecar.stop()  # the jobs wait while the binding and status are checked
+    try:
+        for team in (team_a, team_b):
+            for index in range(3):
+                job = shared_job(f"j{index}", modelRef=the_shared_model(platform))
+                kube.create(job, namespace=team)
+        wait_for(
+            lambda: tenant_binding(platform, team_a) and tenant_binding(platform, team_b),
+            timeout=30,
+            message="the sidecar bound in both teams' namespaces",
+        )
+        binding = tenant_binding(platform, team_a)
+        assert binding is not None
+        assert binding.roleRef.name == "gptoss-sidecar-tenant"
+        assert [(s.kind, s.namespace, s.name) for s in binding.subjects or []] == [
+            ("ServiceAccount", platform.platform, f"{MODEL}-sidecar")
+        ]
+        wait_for(
+            lambda: tenants(platform) == sorted([team_a, team_b]),
+            timeout=30,
+            message="the teams listed as the model's tenants",
+        )
+        listed = status_of(kube, platform.platform, MODEL)["tenants"]
+        assert {t["namespace"]: t["pending"] for t in listed} == {team_a: 3, team_b: 3}
+        assert tenant_binding(platform, platform.teams[2]) is None, "no jobs, no binding"
+    finally:
+        platform.sidecar.start()
+    for team in (team_a, team_b):
+        for index in range(3):
+            status = wait_finished(kube, team, f"j{index}", timeout=60)
+            assert status["phase"] == "Succeeded", status.get("message")
+            assert status["response"], status
+            assert status["worker"] == "shared-pod"
+    wait_for(
+        lambda: (
+            tenant_binding(platform, team_a) is None and tenant_binding(platform, team_b) is None
+        ),
+        timeout=30,
+        message="the bindings removed once the teams have no unfinished jobs",
+    )
+    assert wait_for(lambda: tenants(platform) == [] or None, timeout=30) is True
+
+
+def test_spec_access_leaves_a_namespace_waiting_until_it_is_listed(platform: Platform) -> None:
+    kube = platform.kube
+    team_a, team_c = platform.teams[0], platform.teams[2]
+    set_access(platform, [team_a])
+    try:
+        kube.create(shared_job("late", modelRef=the_shared_model(platform)), namespace=team_c)
+
+        def told() -> dict[str, Any] | None:
+            status = job_status(kube, team_c, "late")
+            return (
+                status if condition(status, "Scheduled").get("reason") == "AccessDenied" else None
+            )
+
+        status = wait_for(told, timeout=30, message="the job told why it waits")
+        assert status["phase"] == "Pending"
+        assert status["message"] == (
+            f"spec.modelRef: GptOssModel {platform.platform}/{MODEL} does not serve namespace "
+            f"{team_c} (its spec.access.namespaces); the job waits until it does"
+        )
+        assert tenant_binding(platform, team_c) is None
+        assert team_c not in tenants(platform)
+        set_access(platform, [team_a, team_c])
+        done = wait_finished(kube, team_c, "late", timeout=60)
+        assert done["phase"] == "Succeeded", done.get("message")
+    finally:
+        set_access(platform, None)
+
+
+def test_the_sidecar_writes_in_a_tenants_namespace_only_what_names_its_model(
+    platform: Platform,
+) -> None:
+    """The worker-scope policy in a tenant's namespace: the sidecar bound there may write
+    the status of jobs that name its model (with its namespace) and their output
+    ConfigMaps labelled with both, not a job of a local model of the same name."""
+    kube, team = platform.kube, platform.teams[1]
+    platform.sidecar.stop()
+    try:
+        kube.create(shared_job("held", modelRef=the_shared_model(platform)), namespace=team)
+        kube.create(shared_job("local", modelRef={"name": MODEL}), namespace=team)
+        wait_for(lambda: tenant_binding(platform, team), timeout=30, message="the binding")
+        as_sidecar = platform.sidecar_client
+
+        def patch_status(name: str) -> str | None:
+            return apiserver_refusal(
+                lambda: as_sidecar.patch(
+                    InferenceJobResource.Status,
+                    name,
+                    {"status": {"message": "x"}},
+                    namespace=team,
+                    patch_type=PatchType.MERGE,
+                    dry_run=True,
+                )
+            )
+
+        assert wait_for(lambda: patch_status("held") is None or None, timeout=30) is True
+        local = patch_status("local")
+        assert local is not None
+        assert local.startswith("403 "), local
+        assert f"is a worker of GptOssModel {MODEL}" in local
+
+        def output(labels: dict[str, str]) -> str | None:
+            job = kube.get(InferenceJobResource, "held", namespace=team)
+            manifest = {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {
+                    "name": "held-output-a1",
+                    "namespace": team,
+                    "labels": labels,
+                    "ownerReferences": [
+                        {
+                            "apiVersion": "gptoss.ai/v1alpha1",
+                            "kind": "InferenceJob",
+                            "name": "held",
+                            "uid": job.metadata.uid,
+                        }
+                    ],
+                },
+                "data": {"response": "x"},
+            }
+            return dry_run_refusal(as_sidecar, codecs.from_dict(manifest))
+
+        both = {"gptoss.ai/model": MODEL, "gptoss.ai/model-namespace": platform.platform}
+        assert output(both) is None
+        assert output({"gptoss.ai/model": MODEL}) is not None, "a local model's, by its labels"
+        kube.delete(InferenceJobResource, "local", namespace=team)
+    finally:
+        platform.sidecar.start()
+    assert wait_finished(kube, team, "held", timeout=60)["phase"] == "Succeeded"
+
+
+def test_the_operators_token_binds_in_a_tenants_namespace_only_the_tenant_role(
+    platform: Platform,
+) -> None:
+    """The operator-bindings policy for the chart's operator: a tenant's binding carries
+    no owner (none can be of another namespace), so its labels are checked instead: the
+    tenant role, to the sidecar of the model the labels name, and nothing else."""
+    kube, team = platform.kube, platform.teams[2]
+    account = platform.fullname
+    path = platform.configs / "operator.kubeconfig"
+    config = token_kubeconfig(platform.cluster, kube, platform.system, account, path)
+    as_operator = Client(KubeConfig.from_file(str(config)), field_manager="tenancy-test")
+    tenant_role = f"{platform.fullname}-sidecar-tenant"
+    wanted = rbac.tenant_binding(MODEL, platform.platform, team, tenant_role)
+
+    def refusal(change: dict[str, Any]) -> str | None:
+        manifest = {**wanted, **change}
+        return dry_run_refusal(as_operator, codecs.from_dict(manifest))
+
+    assert wait_for(lambda: refusal({}) is None or None, timeout=30) is True
+    someone_else = refusal(
+        {"subjects": [{"kind": "ServiceAccount", "name": "alice", "namespace": team}]}
+    )
+    assert someone_else is not None
+    assert "binds only " + tenant_role in someone_else
+    sidecar_role = {**wanted["roleRef"], "name": f"{platform.fullname}-sidecar"}
+    broader = refusal({"roleRef": sidecar_role})
+    assert broader is not None
+    assert "binds only " + tenant_role in broader
