@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import statistics
 import tempfile
 import time
@@ -233,4 +234,101 @@ def structured_cost(samples: int = 20) -> dict[str, Any]:
                for label, runs in rounds.items()}
     figures["cost_per_token"] = round(figures["constrained"]["ms_per_token"]
                                       / figures["free"]["ms_per_token"], 3)
+    return figures
+
+
+PRIORITY_SEQS = 8  # vLLM --max-num-seqs: how many requests it runs at once
+PRIORITY_BATCH_IN_FLIGHT = 32  # batch requests kept in flight: 24 wait in vLLM's queue
+PRIORITY_BATCH_TOKENS = 256
+PRIORITY_JOB_TOKENS = 32
+
+
+async def _interactive_latencies(url: str, jobs: int, priority: int | None,
+                                 batch_priority: int | None, saturate: bool) -> list[float]:
+    """Seconds each of ``jobs`` interactive requests (one at a time, PRIORITY_JOB_TOKENS
+    each) takes from sent to answered, while batch lines keep PRIORITY_BATCH_IN_FLIGHT
+    requests in the engine (``saturate``). Priorities are the API's (None: not sent, as
+    for an engine that does not schedule by priority)."""
+    from gptoss_operator.engine.client import EngineClient
+    from gptoss_operator.engine.generation import generate
+    from gptoss_operator.engine.render import render_request
+    from gptoss_operator.engine.request import ChatRequest
+
+    harmony = Harmony()
+    client = EngineClient(url, "m", max_connections=PRIORITY_BATCH_IN_FLIGHT + 4)
+    stop = asyncio.Event()
+
+    def request(text: str, tokens: int) -> ChatRequest:
+        return ChatRequest((ChatMessage("user", text),), "low", max_tokens=tokens,
+                           temperature=1.0)
+
+    async def batch_line(index: int) -> None:
+        line = request(f"Batch line {index}.", PRIORITY_BATCH_TOKENS)
+        prompt = render_request(harmony, line)
+        params = line.sampling(harmony.stop_token_ids, batch_priority)
+        while not stop.is_set():
+            await generate(client, harmony, prompt, params, clock=time.monotonic)
+
+    lines = [asyncio.create_task(batch_line(i)) for i in range(PRIORITY_BATCH_IN_FLIGHT)] \
+        if saturate else []
+    latencies = []
+    try:
+        if saturate:
+            await asyncio.sleep(20)  # the engine full and its queue long
+        for index in range(jobs):
+            job = request(f"An interactive question ({index}).", PRIORITY_JOB_TOKENS)
+            prompt = render_request(harmony, job)
+            started = time.monotonic()
+            await generate(client, harmony, prompt,
+                           job.sampling(harmony.stop_token_ids, priority),
+                           clock=time.monotonic)
+            latencies.append(time.monotonic() - started)
+    finally:
+        stop.set()
+        for task in lines:
+            task.cancel()
+        await asyncio.gather(*lines, return_exceptions=True)
+        await client.close()
+    return latencies
+
+
+def priority_latency(jobs: int = 20) -> dict[str, Any]:
+    """An interactive job's latency on the real vLLM (CPU build, random checkpoint) while
+    batch lines saturate it: vLLM started with --scheduling-policy priority and the
+    requests carrying their priorities (a job 0, a batch line -10, what the product sends),
+    against vLLM in arrival order (fcfs, no priorities sent), and against an idle engine."""
+    from gptoss_operator.api.job import BATCH_PRIORITY
+    from gptoss_sandbox.engine_venv import ensure_engine
+    from gptoss_sandbox.real_engine import VllmServer, build_tiny_checkpoint
+
+    engine = ensure_engine(progress=lambda line: None)
+    work = Path(tempfile.mkdtemp(prefix="gptoss-priority-"))
+    checkpoint = build_tiny_checkpoint(work / "checkpoint", "random")
+    figures: dict[str, Any] = {}
+    for policy in ("priority", "fcfs"):
+        server = VllmServer(checkpoint, served_model_name="m", max_model_len=4096,
+                            log_path=work / f"vllm-{policy}.log", engine=engine,
+                            extra_args=("--scheduling-policy", policy,
+                                        "--max-num-seqs", str(PRIORITY_SEQS)))
+        server.start()
+        try:
+            server.wait_healthy(900)
+            scenarios = {"priority": ("saturated_with_priority", 0, BATCH_PRIORITY, True),
+                         "fcfs": ("saturated_without_priority", None, None, True)}
+            runs = [scenarios[policy]] + ([("idle", None, None, False)]
+                                          if policy == "fcfs" else [])
+            for label, priority, batch_priority, saturate in runs:
+                latencies = asyncio.run(_interactive_latencies(
+                    server.url, jobs, priority, batch_priority, saturate))
+                ordered = sorted(latencies)
+                figures[label] = {
+                    "p50_seconds": round(statistics.median(ordered), 3),
+                    "p99_seconds": round(ordered[min(len(ordered) - 1,
+                                                     math.ceil(0.99 * len(ordered)) - 1)], 3),
+                    "jobs": len(ordered)}
+        finally:
+            server.stop()
+    figures["setup"] = {"max_num_seqs": PRIORITY_SEQS,
+                        "batch_in_flight": PRIORITY_BATCH_IN_FLIGHT,
+                        "batch_tokens": PRIORITY_BATCH_TOKENS, "job_tokens": PRIORITY_JOB_TOKENS}
     return figures

@@ -38,7 +38,7 @@ RATES = {"10": 200, "50": 500, "200": 1000}  # offered jobs/s -> jobs sent
 SIDECARS = ("1", "2", "4")
 QUEUES = ("1000", "10000")
 FIGURES = ("harmony", "overhead", "throughput", "ceiling", "writes", "models", "standin",
-           "queue", "vllm", "structured", "batch", "batchvllm", "node")
+           "queue", "vllm", "structured", "priority", "batch", "batchvllm", "node")
 CEILING_WORKERS = ("1", "2")
 
 
@@ -212,6 +212,9 @@ def measure_on_plane(world: Plane, wanted: set[str], repeat: int, results: dict[
     if "structured" in wanted:
         results["structured_output_cost"] = repeated(
             1, lambda: engines.structured_cost(), "structured outputs on real vLLM")
+    if "priority" in wanted:
+        results["priority_latency"] = repeated(
+            1, lambda: engines.priority_latency(), "interactive latency under a batch, real vLLM")
     if "batch" in wanted:
         results["batch_scale"] = repeated(
             1, lambda: batches.standin_scale(world), "batch of 100,000 lines")

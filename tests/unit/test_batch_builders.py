@@ -314,3 +314,14 @@ def test_a_batch_asks_the_engine_for_its_shards_requests_or_what_is_left() -> No
     assert batch_demand({"shards": 3}, {"phase": "Pending"}) == 96  # the defaults
     assert batch_demand(spec, {"phase": "Merging"}) == 0
     assert batch_demand(spec, {"phase": "Succeeded"}) == 0
+
+
+def test_a_batchs_lines_run_below_interactive_jobs_on_an_engine_that_schedules_so() -> None:
+    def plan(model_spec: dict[str, Any] | None = None, **spec: Any) -> BatchPlan:
+        env = env_of(shards_job(context(model_spec, **spec)))
+        return BatchPlan.model_validate_json(env["GPTOSS_BATCH_PLAN"])
+
+    assert (plan().priority, plan().priorityScheduling) == (-10, True)
+    assert plan(priority=5).priority == 5
+    fcfs = plan({"serving": {"schedulingPolicy": "fcfs"}})
+    assert fcfs.priorityScheduling is False

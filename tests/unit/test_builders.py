@@ -367,3 +367,20 @@ def test_every_probe_names_a_port_of_its_own_container() -> None:
                 probed += 1
                 assert port in names, f"{container['name']}.{kind} names port {port!r}"
     assert probed == 4, "the engine's three probes and the sidecar's liveness probe"
+
+
+def test_vllm_schedules_by_priority_unless_told_fcfs_and_the_sidecar_knows_which() -> None:
+    def policy(**serving: Any) -> tuple[str, str]:
+        ctx = _ctx(serving=serving)
+        options = _options(engine_config.vllm_args("m", ctx.spec, "h1"))
+        containers = serving_containers(ctx)
+        env = {e["name"]: e.get("value") for e in containers["sidecar"]["env"]}
+        return options["--scheduling-policy"], env["GPTOSS_ENGINE_PRIORITY_SCHEDULING"]
+
+    assert policy() == ("priority", "true")
+    assert policy(schedulingPolicy="fcfs") == ("fcfs", "false")
+
+
+def serving_containers(ctx: ModelContext) -> dict[str, dict[str, Any]]:
+    pod = serving.deployment(ctx, "h1", 1)["spec"]["template"]["spec"]
+    return {container["name"]: container for container in pod["containers"]}

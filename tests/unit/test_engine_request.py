@@ -147,3 +147,21 @@ def test_what_a_job_asks_of_the_answer() -> None:
     assert sent is not None
     assert "to=functions.g" in sent["structural_tag"]
     assert "to=functions.f" not in sent["structural_tag"]
+
+
+def test_a_priority_goes_to_vllm_reversed_and_only_to_an_engine_that_schedules_by_it() -> None:
+    from gptoss_operator.engine.client import EngineClient
+
+    spec = InferenceJobSpec.model_validate(
+        {"modelRef": {"name": "m"}, "messages": [{"role": "user", "content": "hi"}], "priority": 5}
+    )
+    assert spec.priority == 5
+    request = from_job_spec(spec)
+    client = EngineClient("http://127.0.0.1:1", "m")
+    urgent = client.request_body([1, 2], request.sampling([3], spec.priority))
+    assert urgent["priority"] == -5, "vLLM runs lower values first"
+    assert "priority" not in client.request_body([1, 2], request.sampling([3]))
+    default = InferenceJobSpec.model_validate(
+        {"modelRef": {"name": "m"}, "messages": [{"role": "user", "content": "hi"}]}
+    )
+    assert default.priority == 0

@@ -16,7 +16,14 @@ from gptoss_operator.api.common import (
     LocalObjectReference,
     conditions_field,
 )
-from gptoss_operator.api.job import MAX_TOKENS_LIMIT, AnalysisVisibility, ReasoningLevel
+from gptoss_operator.api.job import (
+    BATCH_PRIORITY,
+    MAX_PRIORITY,
+    MAX_TOKENS_LIMIT,
+    MIN_PRIORITY,
+    AnalysisVisibility,
+    ReasoningLevel,
+)
 from gptoss_operator.api.model import DNS_SUBDOMAIN_PATTERN, URL_PATTERN
 
 KIND = "InferenceBatch"
@@ -230,6 +237,14 @@ class InferenceBatchSpec(ApiModel):
         default_factory=RequestDefaults,
         description="Request fields a line's body leaves out.",
         json_schema_extra={"default": {}},
+    )
+    priority: int = Field(
+        default=BATCH_PRIORITY,
+        ge=MIN_PRIORITY,
+        le=MAX_PRIORITY,
+        description="Of every line's request; higher runs first (see InferenceJob's "
+        "spec.priority). The default is below interactive jobs' 0, so a batch takes the "
+        "capacity they leave.",
     )
     shards: int = Field(
         default=4,

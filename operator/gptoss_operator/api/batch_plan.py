@@ -36,6 +36,10 @@ class BatchPlan(ApiModel):
     requestsPerShard: int = Field(ge=1)
     maxLineAttempts: int = Field(ge=1)
     defaults: RequestDefaults
+    priority: int = Field(default=0, description="Of every line (spec.priority).")
+    priorityScheduling: bool = Field(
+        default=False, description="Whether the engine runs requests by priority."
+    )
     engineUrl: str
     servedModelName: str
     modelNames: list[str] = Field(description="What a line's body.model may say.")

@@ -248,6 +248,12 @@ class ResponseFormat(ApiModel):
         return self
 
 
+# spec.priority's range, and a batch's default: interactive work (0) goes first.
+MIN_PRIORITY = -1000
+MAX_PRIORITY = 1000
+BATCH_PRIORITY = -10
+
+
 class InferenceJobSpec(ApiModel):
     modelRef: ModelReference = Field(
         description="The GptOssModel that answers the request: in this namespace, or in "
@@ -293,6 +299,15 @@ class InferenceJobSpec(ApiModel):
     topP: float | None = Field(default=None, gt=0, le=1, description="Nucleus sampling mass.")
     reasoningLevel: ReasoningLevel = Field(
         default="medium", description="Reasoning effort: low, medium or high."
+    )
+    priority: int = Field(
+        default=0,
+        ge=MIN_PRIORITY,
+        le=MAX_PRIORITY,
+        description="Higher runs first: vLLM takes a higher priority's requests ahead of "
+        "lower ones and preempts lower ones for them (the model's "
+        "serving.schedulingPolicy: priority). InferenceBatches default to "
+        f"{BATCH_PRIORITY}, below interactive jobs.",
     )
     activeDeadlineSeconds: int | None = Field(
         default=None,

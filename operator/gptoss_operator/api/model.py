@@ -318,6 +318,12 @@ class Serving(ApiModel):
         description="vLLM --max-model-len: the context window, prompt and output together. "
         "Unset: 131072, gpt-oss's native window.",
     )
+    schedulingPolicy: Literal["priority", "fcfs"] = Field(
+        default="priority",
+        description="vLLM --scheduling-policy. priority: requests run by their job's or "
+        "batch's spec.priority (batches below interactive jobs), first come first served "
+        "within one; fcfs: in arrival order, priorities ignored.",
+    )
     extraArgs: list[str] = Field(
         default_factory=list,
         max_length=64,

@@ -135,6 +135,8 @@ def plan(ctx: BatchContext) -> BatchPlan:
         requestsPerShard=batch_requests_per_shard(ctx.model.spec, spec),
         maxLineAttempts=spec.maxLineAttempts,
         defaults=spec.defaults,
+        priority=spec.priority,
+        priorityScheduling=ctx.model.spec.serving.schedulingPolicy == "priority",
         engineUrl=f"http://{naming.service_name(ctx.model.name)}.{ctx.namespace}.svc:"
         f"{naming.ENGINE_PORT}",
         servedModelName=ctx.model.name,

@@ -158,6 +158,8 @@ def vllm_args(name: str, spec: GptOssModelSpec, digest: str) -> list[str]:
         str(config.max_num_seqs),
         "--enable-prefix-caching",
         "--async-scheduling",
+        "--scheduling-policy",
+        spec.serving.schedulingPolicy,
     ]
     if config.data_parallel > 1:
         args += ["--data-parallel-size", str(config.data_parallel)]

@@ -135,6 +135,10 @@ def _sidecar_container(ctx: ModelContext) -> dict[str, Any]:
             {"name": "GPTOSS_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "GPTOSS_ENGINE_URL", "value": f"http://127.0.0.1:{naming.ENGINE_PORT}"},
             {"name": "GPTOSS_CONCURRENCY", "value": str(sidecar_in_flight(ctx.spec))},
+            {
+                "name": "GPTOSS_ENGINE_PRIORITY_SCHEDULING",
+                "value": str(ctx.spec.serving.schedulingPolicy == "priority").lower(),
+            },
             {"name": "GPTOSS_HEALTH_PORT", "value": str(naming.SIDECAR_HEALTH_PORT)},
             api_key.env("GPTOSS_ENGINE_API_KEY", ctx),
         ],

@@ -6,7 +6,9 @@ GPTOSS_CONCURRENCY (default 64), GPTOSS_LEASE_SECONDS (default 30),
 GPTOSS_HEARTBEAT_SECONDS (default 5), GPTOSS_ENGINE_QUIET_SECONDS (default 30: silence
 after which the engine is asked whether it still holds the request),
 GPTOSS_RESYNC_SECONDS (default 60), GPTOSS_HEALTH_PORT (default 0: no /healthz),
-GPTOSS_ENGINE_API_KEY (the engine's API key, from the model's Secret).
+GPTOSS_ENGINE_API_KEY (the engine's API key, from the model's Secret),
+GPTOSS_ENGINE_PRIORITY_SCHEDULING (true when vLLM runs requests by priority: the jobs'
+spec.priority is sent).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def config_from_env(env: dict[str, str]) -> SidecarConfig:
         engine_url=env.get("GPTOSS_ENGINE_URL", "http://127.0.0.1:8000"),
         engine_api_key=env.get("GPTOSS_ENGINE_API_KEY") or None,
         concurrency=int(env.get("GPTOSS_CONCURRENCY", "64")),
+        priority_scheduling=env.get("GPTOSS_ENGINE_PRIORITY_SCHEDULING") == "true",
         lease_seconds=int(env.get("GPTOSS_LEASE_SECONDS", "30")),
         heartbeat_seconds=float(env.get("GPTOSS_HEARTBEAT_SECONDS", "5")),
         engine_quiet_seconds=float(env.get("GPTOSS_ENGINE_QUIET_SECONDS", QUIET_SECONDS)),

@@ -95,6 +95,9 @@ class SamplingParams:
     stop_token_ids: list[int]
     # vLLM's structured outputs (engine.structured), None when the output is free.
     structured_outputs: dict[str, Any] | None = None
+    # vLLM's request priority (lower runs first), None for an engine that does not
+    # schedule by priority (it refuses one).
+    priority: int | None = None
 
 
 class EngineClient:
@@ -240,6 +243,8 @@ class EngineClient:
             body["top_p"] = params.top_p
         if params.structured_outputs is not None:
             body["structured_outputs"] = params.structured_outputs
+        if params.priority is not None:
+            body["priority"] = params.priority
         return body
 
     async def stream(

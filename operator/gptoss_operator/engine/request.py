@@ -44,7 +44,11 @@ class ChatRequest:
             return None
         return format_.schema if format_.type == "json_schema" and format_.schema else ANY_OBJECT
 
-    def sampling(self, stop_token_ids: Sequence[int]) -> SamplingParams:
+    def sampling(
+        self, stop_token_ids: Sequence[int], priority: int | None = None
+    ) -> SamplingParams:
+        """``priority``: the job's or batch's spec.priority, for an engine that schedules
+        by priority (None: one that does not)."""
         constrained = self.response_format if self.strict else None
         return SamplingParams(
             max_tokens=self.max_tokens,
@@ -54,7 +58,14 @@ class ChatRequest:
             structured_outputs=structured_outputs(
                 self.tools, self.tool_choice, constrained, self.max_tokens
             ),
+            priority=None if priority is None else engine_priority(priority),
         )
+
+
+def engine_priority(priority: int) -> int:
+    """vLLM's priority for an API priority: vLLM runs lower values first, the API (as
+    Kubernetes' PriorityClasses) higher ones."""
+    return -priority
 
 
 def from_job_spec(spec: InferenceJobSpec) -> ChatRequest:

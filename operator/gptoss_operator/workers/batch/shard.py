@@ -205,7 +205,8 @@ class ShardRunner:
         except ValueError as error:
             self._fail(request, 400, "invalid_input", f"messages cannot be rendered: {error}")
             return
-        params = request.chat.sampling(self.harmony.stop_token_ids)
+        priority = self.plan.priority if self.plan.priorityScheduling else None
+        params = request.chat.sampling(self.harmony.stop_token_ids, priority)
         failures = platform_retries = 0
         while True:
             await self.gate.ready.wait()

@@ -97,6 +97,8 @@ class SidecarConfig:
     # The API key the engine requires on /v1; kept out of repr (and so out of logs).
     engine_api_key: str | None = field(default=None, repr=False)
     concurrency: int = 64
+    # Whether the engine runs requests by priority (else it refuses one).
+    priority_scheduling: bool = False
     lease_seconds: int = 30
     heartbeat_seconds: float = 5.0
     engine_quiet_seconds: float = QUIET_SECONDS
@@ -594,7 +596,8 @@ class Sidecar:
         spec = InferenceJobSpec.model_validate(job["spec"])
         deadline = self._deadline(job, spec)
         request = from_job_spec(spec)
-        params = request.sampling(self.harmony.stop_token_ids)
+        priority = spec.priority if self.config.priority_scheduling else None
+        params = request.sampling(self.harmony.stop_token_ids, priority)
         progress = Progress(prompt_tokens=0)
         # The lease is renewed from the claim until the job is released: while the prompt
         # renders, during retry backoffs and while the result is written.
