@@ -157,6 +157,18 @@ def test_a_sidecar_serves_the_jobs_that_name_its_model_in_any_namespace() -> Non
     }
 
 
+def test_a_higher_priority_is_claimed_first_and_the_oldest_within_one() -> None:
+    sidecar = _sidecar("pod-a", 20)
+    urgent = {**_job(30), "spec": {"modelRef": {"name": "m"}, "priority": 5}}
+    later = {**_job(31), "spec": {"modelRef": {"name": "m"}, "priority": 5}}
+    sidecar._observe("ADDED", later)
+    sidecar._observe("ADDED", urgent)
+    taken = _drain(sidecar)
+    assert sorted(taken[:2]) == ["j030", "j031"], "the two urgent ones, though the youngest"
+    assert sorted(taken[2:]) == [f"j{i:03d}" for i in range(20)]
+    assert taken[2] in [f"j{i:03d}" for i in range(CLAIM_CHOICES)], "then among the oldest"
+
+
 def test_a_waiting_job_is_held_as_the_facts_a_claim_needs_not_its_body() -> None:
     """A thousand waiting jobs of 1 MiB prompts cost kilobytes, not a gigabyte: what a
     claim writes is built from the name, version, generation, status and reasoning level;

@@ -462,11 +462,18 @@ SELECTABLE_FIELDS = [".spec.modelRef.name", ".spec.modelRef.namespace", ".status
 
 PRINTER_COLUMNS = [
     {"name": "Model", "type": "string", "jsonPath": ".spec.modelRef.name"},
+    {
+        "name": "Model Namespace",
+        "type": "string",
+        "jsonPath": ".spec.modelRef.namespace",
+        "priority": 1,
+    },
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Reasoning", "type": "string", "jsonPath": ".spec.reasoningLevel"},
     {"name": "Tokens", "type": "integer", "jsonPath": ".status.usage.totalTokens"},
     {"name": "Duration", "type": "string", "jsonPath": ".status.duration"},
     {"name": "Finish", "type": "string", "jsonPath": ".status.finishReason", "priority": 1},
     {"name": "Worker", "type": "string", "jsonPath": ".status.worker", "priority": 1},
+    {"name": "Priority", "type": "integer", "jsonPath": ".spec.priority", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]

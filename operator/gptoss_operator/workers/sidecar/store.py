@@ -58,7 +58,9 @@ def claim_facts(job: dict[str, Any]) -> dict[str, Any]:
     return {
         "metadata": {key: metadata[key] for key in kept if key in metadata},
         "spec": {
-            key: value for key, value in (job.get("spec") or {}).items() if key == "reasoningLevel"
+            key: value
+            for key, value in (job.get("spec") or {}).items()
+            if key in ("reasoningLevel", "priority")
         },
         "status": job.get("status") or {},
     }

@@ -140,9 +140,10 @@ class Sidecar:
         )
         self.clock = clock
         self.pending: dict[str, dict[str, Any]] = {}
-        # (creationTimestamp, key) of pending jobs, oldest first; entries of jobs no
-        # longer pending are skipped when they come up.
-        self._order: list[tuple[str, str]] = []
+        # (-spec.priority, creationTimestamp, key) of pending jobs: the highest priority
+        # first, the oldest first within one; entries of jobs no longer pending are
+        # skipped when they come up.
+        self._order: list[tuple[int, str, str]] = []
         # When each pending job was first seen pending, when each other worker was last
         # seen claiming a job (self.clock), and when a job waiting here will be due for
         # help (see _helpable).
@@ -438,7 +439,8 @@ class Sidecar:
         key = job_key(job)
         if key not in self.pending:
             created = str(job["metadata"].get("creationTimestamp", ""))
-            heapq.heappush(self._order, (created, key))
+            priority = int((job.get("spec") or {}).get("priority") or 0)
+            heapq.heappush(self._order, (-priority, created, key))
             self._since[key] = self.clock()
         self.pending[key] = claim_facts(job)
         self._wake.set()
@@ -457,7 +459,9 @@ class Sidecar:
         self._claimed_at[worker] = max(self._claimed_at.get(worker, at), at)
 
     def _next_pending(self) -> dict[str, Any] | None:
-        """One of the oldest pending jobs. Once this worker has seen other workers of the
+        """One of the oldest pending jobs of the highest priority waiting (the engine runs
+        requests by priority too, but a job must be claimed to reach it). Once this
+        worker has seen other workers of the
         model claim jobs, it takes the oldest job that hashes to it among them (looking
         as far as CLAIM_REACH). When none is in reach, it helps a worker that is busy or
         quiet (see _helpable), with one of its youngest jobs in reach, which the owner
@@ -469,20 +473,23 @@ class Sidecar:
         peers = self._live_peers()
         self._help_at = None
         reach = CLAIM_REACH if peers else CLAIM_CHOICES
-        candidates: dict[str, tuple[str, str]] = {}
+        candidates: dict[str, tuple[int, str, str]] = {}
         chosen: str | None = None
         while self._order and len(candidates) < reach:
             entry = heapq.heappop(self._order)
-            if entry[1] in self.pending and entry[1] not in candidates:
-                candidates[entry[1]] = entry
-                if peers and self._owner(entry[1], peers) == me:
-                    chosen = entry[1]  # the oldest of this worker's share
+            key = entry[2]
+            if key in self.pending and key not in candidates:
+                candidates[key] = entry
+                if peers and self._owner(key, peers) == me:
+                    chosen = key  # the oldest of this worker's share
                     break
         if not candidates:
             self._order.clear()
             return None
         if chosen is None:
-            names = list(candidates)  # popped oldest first
+            top = next(iter(candidates.values()))[0]
+            # Popped in order; without peers, only the highest priority's.
+            names = [key for key, entry in candidates.items() if peers or entry[0] == top]
             choices = self._helpable(names, peers)[-CLAIM_CHOICES:] if peers else names
             if choices:
                 chosen = min(
