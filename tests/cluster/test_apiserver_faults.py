@@ -155,7 +155,7 @@ def test_a_watch_gone_silent_is_noticed_and_restarted(faulty: Faulty) -> None:
     create_job(faulty.kube, faulty.namespace, name, "m")
     # The sidecar lists every 2 s (GPTOSS_RESYNC_SECONDS): it finds the job anyway.
     _ran_once_and_succeeded(faulty, name)
-    assert "the watch missed 1 Pending job" in faulty.sidecar.log_tail(200)
+    assert f"the watch of {faulty.namespace} missed 1 Pending job" in faulty.sidecar.log_tail(200)
     # The liveness endpoint answers (the loop turns) and reports what happened.
     with urllib.request.urlopen(f"{faulty.health_url}/healthz", timeout=5) as response:
         report = json.loads(response.read())
