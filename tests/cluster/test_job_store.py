@@ -74,9 +74,10 @@ def _final(job: dict[str, Any], answer: str) -> dict[str, Any]:
 
 
 async def test_a_requeued_attempt_can_no_longer_write(client: AsyncClient, namespace: str) -> None:
-    a = JobStore(client, namespace, "worker-a")
+    a = JobStore(client, "m", namespace, "worker-a")
     job = await _job(client, namespace)
     name = job["metadata"]["name"]
+    key = f"{namespace}/{name}"
     claimed = await a.claim(job)
     assert claimed is not None
     assert claimed["status"]["attempts"] == 1
@@ -85,16 +86,17 @@ async def test_a_requeued_attempt_can_no_longer_write(client: AsyncClient, names
     assert requeued["status"]["phase"] == "Pending"
     assert requeued["status"]["worker"] == "worker-a"
     with pytest.raises(LostJob):
-        await a.update(name, 1, {"message": "a stale progress report"})
+        await a.update(key, 1, {"message": "a stale progress report"})
     after = await _get(client, namespace, name)
     assert after["status"]["message"] != "a stale progress report"
 
 
 async def test_a_finished_answer_is_kept_over_a_rerun(client: AsyncClient, namespace: str) -> None:
-    a = JobStore(client, namespace, "worker-a")
-    b = JobStore(client, namespace, "worker-b")
+    a = JobStore(client, "m", namespace, "worker-a")
+    b = JobStore(client, "m", namespace, "worker-b")
     job = await _job(client, namespace)
     name = job["metadata"]["name"]
+    key = f"{namespace}/{name}"
     claimed_a = await a.claim(job)
     assert claimed_a is not None
     requeued = await _lease_lapses(client, namespace, name)
@@ -102,7 +104,7 @@ async def test_a_finished_answer_is_kept_over_a_rerun(client: AsyncClient, names
     assert claimed_b is not None
     assert claimed_b["status"]["attempts"] == 2
     # Attempt 1 ends while attempt 2 runs: its answer is the job's result.
-    await a.finish(name, 1, _final(claimed_a, "answer of attempt 1"), ("lease",))
+    await a.finish(key, 1, _final(claimed_a, "answer of attempt 1"), ("lease",))
     done = await _get(client, namespace, name)
     assert done["status"]["phase"] == "Succeeded"
     assert done["status"]["response"] == "answer of attempt 1"
@@ -110,15 +112,15 @@ async def test_a_finished_answer_is_kept_over_a_rerun(client: AsyncClient, names
     assert "lease" not in done["status"]
     # Attempt 2 learns on its next write, and cannot replace the result when it ends.
     with pytest.raises(LostJob):
-        await b.renew(name, 2, {})
+        await b.renew(key, 2, {})
     with pytest.raises(LostJob):
-        await b.finish(name, 2, _final(claimed_b, "answer of attempt 2"), ("lease",))
+        await b.finish(key, 2, _final(claimed_b, "answer of attempt 2"), ("lease",))
     assert (await _get(client, namespace, name))["status"]["response"] == "answer of attempt 1"
 
 
 async def test_each_attempt_writes_its_own_output(client: AsyncClient, namespace: str) -> None:
-    a = JobStore(client, namespace, "worker-a")
-    b = JobStore(client, namespace, "worker-b")
+    a = JobStore(client, "m", namespace, "worker-a")
+    b = JobStore(client, "m", namespace, "worker-b")
     job = await _job(client, namespace)
     names_a = await a.save_output(job, 1, [{"response": "one"}, {"response": " more"}])
     names_b = await b.save_output(job, 2, [{"response": "two"}])
@@ -133,7 +135,9 @@ async def test_each_attempt_writes_its_own_output(client: AsyncClient, namespace
     assert stored[names_b[0]] == {"response": "two"}
     config_map = await client.get(ConfigMap, names_b[0], namespace=namespace)
     assert config_map.metadata.ownerReferences[0].uid == job["metadata"]["uid"]
-    await a.delete_output(names_a)
+    assert config_map.metadata.labels["gptoss.ai/model"] == "m"
+    assert config_map.metadata.labels["gptoss.ai/model-namespace"] == namespace
+    await a.delete_output(namespace, names_a)
     remaining = [cm.metadata.name async for cm in client.list(ConfigMap, namespace=namespace)]
     assert not set(names_a) & set(remaining)
     assert names_b[0] in remaining
