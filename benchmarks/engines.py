@@ -313,6 +313,12 @@ def priority_latency(jobs: int = 20) -> dict[str, Any]:
         server.start()
         try:
             server.wait_healthy(900)
+            if policy == "fcfs":
+                # What an engine in arrival order makes of a priority it was sent.
+                answer = httpx.post(f"{server.url}/v1/completions", timeout=120, json={
+                    "model": "m", "prompt": "hi", "max_tokens": 1, "priority": 5})
+                figures["fcfs_engine_sent_a_priority"] = {
+                    "status": answer.status_code, "body": answer.text[:300]}
             scenarios = {"priority": ("saturated_with_priority", 0, BATCH_PRIORITY, True),
                          "fcfs": ("saturated_without_priority", None, None, True)}
             runs = [scenarios[policy]] + ([("idle", None, None, False)]
