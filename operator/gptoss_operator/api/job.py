@@ -304,8 +304,9 @@ class InferenceJobSpec(ApiModel):
         default=0,
         ge=MIN_PRIORITY,
         le=MAX_PRIORITY,
-        description="Higher runs first: vLLM takes a higher priority's requests ahead of "
-        "lower ones and preempts lower ones for them (the model's "
+        description="Higher runs first: the sidecars claim higher priorities first, and "
+        "vLLM starts a higher priority's requests ahead of waiting lower ones, and preempts "
+        "lower ones first when its KV cache runs short (the model's "
         "serving.schedulingPolicy: priority). InferenceBatches default to "
         f"{BATCH_PRIORITY}, below interactive jobs.",
     )
