@@ -15,3 +15,10 @@ def test_a_model_of_another_namespace_is_named_namespace_slash_name() -> None:
         "name": "gpt-oss-120b",
         "namespace": "platform",
     }
+
+
+def test_a_priority_is_passed_on() -> None:
+    parsed = build_parser().parse_args(["ask", "--model", "m", "--priority", "7", "hi"])
+    assert job_manifest(parsed)["spec"]["priority"] == 7
+    default = build_parser().parse_args(["ask", "--model", "m", "hi"])
+    assert job_manifest(default)["spec"]["priority"] == 0

@@ -96,3 +96,11 @@ def test_the_progress_line_shows_a_bar_counts_rate_and_time_left() -> None:
     assert progress_line({"phase": "Pending", "message": "GptOssModel m does not exist"}) == (
         "Pending: GptOssModel m does not exist"
     )
+
+
+def test_a_batch_priority_is_passed_on_and_left_to_the_default_otherwise() -> None:
+    location = {"configMap": {"name": "in"}}
+    given = args("in.jsonl", "--model", "m", "--output", "pvc://out/run", "--priority", "3")
+    assert batch_spec(given, location)["priority"] == 3
+    unset = args("in.jsonl", "--model", "m", "--output", "pvc://out/run")
+    assert "priority" not in batch_spec(unset, location)

@@ -48,6 +48,9 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     submit.add_argument("--requests-per-shard", type=int, default=32)
     submit.add_argument("--max-tokens", type=int, help="default for lines that set none")
     submit.add_argument("--reasoning", choices=("low", "medium", "high"))
+    submit.add_argument(
+        "--priority", type=int, help="higher runs first (default -10: below interactive jobs)"
+    )
     submit.add_argument("--s3-endpoint", help="URL of an S3-compatible service")
     submit.add_argument("--s3-region", default="us-east-1")
     credentials = submit.add_mutually_exclusive_group()
@@ -115,6 +118,8 @@ def batch_spec(args: argparse.Namespace, input_location: dict[str, Any]) -> dict
     }
     if args.overwrite:
         spec["output"]["overwrite"] = True
+    if args.priority is not None:
+        spec["priority"] = args.priority
     defaults = {}
     if args.max_tokens is not None:
         defaults["maxTokens"] = args.max_tokens

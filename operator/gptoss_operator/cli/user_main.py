@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a JSON schema file: the answer must be JSON that matches it (printed parsed)",
     )
     ask.add_argument("--reasoning", choices=("low", "medium", "high"), default="medium")
+    ask.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
     ask.add_argument("--max-tokens", type=int, default=256)
     ask.add_argument("--temperature", type=float, default=0.7)
     ask.add_argument("--top-p", type=float)
@@ -117,6 +118,7 @@ def job_manifest(args: argparse.Namespace) -> dict[str, Any]:
         "maxTokens": args.max_tokens,
         "temperature": args.temperature,
         "reasoningLevel": args.reasoning,
+        "priority": args.priority,
     }
     if args.top_p is not None:
         spec["topP"] = args.top_p
