@@ -94,11 +94,6 @@ class ModelReference(ApiModel):
     )
 
 
-def model_namespace(reference: ModelReference | None, own: str) -> str:
-    """The namespace of the model a reference names, from an object in ``own``."""
-    return (reference.namespace if reference is not None else None) or own
-
-
 class SecretKeyRef(ApiModel):
     name: str = Field(min_length=1, max_length=253, description="Name of the Secret.")
     key: str = Field(

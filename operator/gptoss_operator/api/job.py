@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -457,6 +458,15 @@ ROOT_RULES = [
         "reason": "FieldValueInvalid",
     },
 ]
+
+
+def model_key_of(body: Mapping[str, Any]) -> tuple[str, str]:
+    """(namespace, name) of the GptOssModel a live InferenceJob names: its modelRef's
+    namespace, or the job's own when it names none."""
+    reference = (body.get("spec") or {}).get("modelRef") or {}
+    own = (body.get("metadata") or {}).get("namespace") or ""
+    return str(reference.get("namespace") or own), str(reference.get("name") or "")
+
 
 # Server-side filters: each sidecar watches only its model's jobs.
 SELECTABLE_FIELDS = [".spec.modelRef.name", ".spec.modelRef.namespace", ".status.phase"]

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gptoss_operator.api.job import Phase
+from gptoss_operator.api.job import Phase, model_key_of
 from gptoss_operator.api.job_status import charged_attempts
 from gptoss_operator.api.json_schema import spec_problem
 from gptoss_operator.api.model import Autoscaling
@@ -54,7 +54,7 @@ class JobFacts:
     @property
     def model_key(self) -> tuple[str, str]:
         """(namespace, name) of the job's model."""
-        return (self.model_namespace or self.namespace, self.model)
+        return (self.model_namespace, self.model)
 
     @property
     def lease_token(self) -> tuple[Any, ...]:
@@ -68,13 +68,12 @@ class JobFacts:
         scheduled = next(
             (c for c in status.get("conditions") or [] if c.get("type") == "Scheduled"), None
         )
-        reference = spec.get("modelRef") or {}
-        namespace = str(metadata.get("namespace", ""))
+        model_namespace, model = model_key_of(body)
         return cls(
-            namespace=namespace,
+            namespace=str(metadata.get("namespace", "")),
             name=str(metadata.get("name", "")),
-            model=str(reference.get("name", "")),
-            model_namespace=str(reference.get("namespace") or namespace),
+            model=model,
+            model_namespace=model_namespace,
             resource_version=str(metadata.get("resourceVersion", "")),
             generation=metadata.get("generation"),
             phase=str(status.get("phase") or Phase.PENDING.value),

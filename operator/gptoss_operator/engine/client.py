@@ -96,7 +96,7 @@ class SamplingParams:
     # vLLM's structured outputs (engine.structured), None when the output is free.
     structured_outputs: dict[str, Any] | None = None
     # vLLM's request priority (lower runs first), None for an engine that does not
-    # schedule by priority (it refuses one).
+    # schedule by priority (vLLM 0.32 ignores one there; nothing is sent).
     priority: int | None = None
 
 

@@ -33,7 +33,7 @@ from lightkube.operators import not_in
 from lightkube.types import OnErrorAction, OnErrorResult
 
 from gptoss_operator.api.conditions import parse_time, timestamp
-from gptoss_operator.api.job import FINISHED_PHASES, InferenceJobSpec, Phase
+from gptoss_operator.api.job import FINISHED_PHASES, InferenceJobSpec, Phase, model_key_of
 from gptoss_operator.api.job_output import layout
 from gptoss_operator.api.json_schema import spec_problem
 from gptoss_operator.api.model import tenant_namespaces
@@ -97,7 +97,8 @@ class SidecarConfig:
     # The API key the engine requires on /v1; kept out of repr (and so out of logs).
     engine_api_key: str | None = field(default=None, repr=False)
     concurrency: int = 64
-    # Whether the engine runs requests by priority (else it refuses one).
+    # Whether the engine runs requests by priority (else no priority is sent: it would
+    # mean nothing there).
     priority_scheduling: bool = False
     lease_seconds: int = 30
     heartbeat_seconds: float = 5.0
@@ -238,12 +239,7 @@ class Sidecar:
 
     def serves(self, job: dict[str, Any]) -> bool:
         """Whether ``job`` names this sidecar's model."""
-        reference = (job.get("spec") or {}).get("modelRef") or {}
-        namespace = job["metadata"].get("namespace")
-        return (
-            reference.get("name") == self.config.model
-            and (reference.get("namespace") or namespace) == self.config.namespace
-        )
+        return model_key_of(job) == (self.config.namespace, self.config.model)
 
     async def _watch(self, namespace: str) -> None:
         while True:
@@ -493,7 +489,8 @@ class Sidecar:
             choices = self._helpable(names, peers)[-CLAIM_CHOICES:] if peers else names
             if choices:
                 chosen = min(
-                    choices[:CLAIM_CHOICES], key=lambda job: claim_rank(me, split_key(job)[1])
+                    choices[:CLAIM_CHOICES],
+                    key=lambda candidate: claim_rank(me, split_key(candidate)[1]),
                 )
         for key, entry in candidates.items():
             if key != chosen:
