@@ -186,7 +186,11 @@ def test_a_batch_waits_for_its_model_then_plans_an_indexed_job_of_its_shards(
         message="ModelNotFound",
     )
     assert condition(waiting, "Ready").get("status") == "False"
-    assert "ModelNotFound" in batch_events(kube, namespace, "b1")
+    wait_for(  # the Event follows the status that prompts it
+        lambda: "ModelNotFound" in batch_events(kube, namespace, "b1"),
+        timeout=30,
+        message="ModelNotFound Event",
+    )
 
     create_model(kube, namespace, "m")
     job = wait_for(lambda: _shards_job(kube, namespace, "b1"), timeout=60, message="shards Job")
@@ -236,7 +240,11 @@ def test_a_batch_starts_only_once_its_model_serves_and_says_why_it_waits(
     assert waiting["phase"] == "Pending"
     assert "not serving" in waiting["message"]
     assert _shards_job(kube, namespace, "early") is None, "no shard started against no engine"
-    assert "WaitingForEngine" in batch_events(kube, namespace, "early")
+    wait_for(  # the Event follows the status that prompts it
+        lambda: "WaitingForEngine" in batch_events(kube, namespace, "early"),
+        timeout=30,
+        message="WaitingForEngine Event",
+    )
 
     running_pod(kube, namespace, server)
     job = wait_for(lambda: _shards_job(kube, namespace, "early"), timeout=60, message="shards")
