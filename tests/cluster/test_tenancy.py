@@ -7,6 +7,9 @@ RoleBindings the operator makes while a tenant has jobs and removes once it has 
 
 from __future__ import annotations
 
+import datetime
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -383,3 +386,161 @@ def test_the_operators_token_binds_in_a_tenants_namespace_only_the_tenant_role(
     broader = refusal({"roleRef": sidecar_role})
     assert broader is not None
     assert "binds only " + tenant_role in broader
+
+
+class RunningWatch:
+    """The most jobs of ``namespace`` seen Running at once, from a watch (every change in
+    the order the apiserver made it), in a thread of its own."""
+
+    def __init__(self, kube: Client, namespace: str) -> None:
+        self.kube, self.namespace = kube, namespace
+        self.running: set[str] = set()
+        self.most = 0
+        self.reasons: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+
+    def _follow(self) -> None:
+        for event, job in self.kube.watch(InferenceJobResource, namespace=self.namespace):
+            body = job.to_dict()
+            name, status = body["metadata"]["name"], body.get("status") or {}
+            if event != "DELETED" and status.get("phase") == "Running":
+                self.running.add(name)
+            else:
+                self.running.discard(name)
+            self.most = max(self.most, len(self.running))
+            self.reasons.add(str(condition(status, "Scheduled").get("reason")))
+            if self._stop.is_set():
+                return
+
+    def __enter__(self) -> RunningWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+
+def submit(kube: Client, namespace: str, model: dict[str, str], count: int, prefix: str) -> None:
+    for index in range(count):
+        kube.create(
+            shared_job(f"{prefix}-{index:04d}", modelRef=model, maxTokens=64),
+            namespace=namespace,
+        )
+
+
+def tokens_between(kube: Client, namespace: str, start: float, end: float) -> int:
+    total = 0
+    for job in kube.list(InferenceJobResource, namespace=namespace):
+        status = job.to_dict().get("status") or {}
+        done = status.get("completionTime")
+        if status.get("phase") == "Succeeded" and done:
+            at = datetime.datetime.fromisoformat(done.replace("Z", "+00:00")).timestamp()
+            if start <= at < end:
+                total += int(status["usage"]["totalTokens"])
+    return total
+
+
+def phases(kube: Client, namespace: str) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for job in kube.list(InferenceJobResource, namespace=namespace):
+        phase = (job.to_dict().get("status") or {}).get("phase") or "Pending"
+        found[phase] = found.get(phase, 0) + 1
+    return found
+
+
+def test_tenants_share_the_model_by_weight_and_one_at_its_limit_waits(platform: Platform) -> None:
+    """Two tenants of weights 1 and 3 flood the model (a sidecar of 4 slots): over a
+    minute of contention each one's share of the tokens is within 10% of its weight's.
+    A third tenant limited to 2 jobs in flight never has more, none of its jobs fails,
+    and its waiting jobs say why. A fourth namespace's single job, sent in the middle,
+    waits no longer than one fair turn."""
+    kube, model = platform.kube, the_shared_model(platform)
+    light, heavy, capped = platform.teams
+    platform.kube.patch(
+        GptOssModelResource,
+        MODEL,
+        {
+            "spec": {
+                "access": {
+                    "namespaces": None,
+                    "tenants": [
+                        {"name": "light", "namespaces": [light], "weight": 1},
+                        {"name": "heavy", "namespaces": [heavy], "weight": 3},
+                        {"name": "capped", "namespaces": [capped], "maxJobsInFlight": 2},
+                    ],
+                }
+            }
+        },
+        namespace=platform.platform,
+        patch_type=PatchType.MERGE,
+    )
+    # Four slots, each job about a second at the engine.
+    platform.sidecar.stop()
+    slots = SidecarProcess(
+        platform.configs / "sidecar.kubeconfig",
+        platform.platform,
+        MODEL,
+        "shared-pod-4",
+        platform.engine.url,
+        platform.configs,
+        GPTOSS_CONCURRENCY="4",
+    )
+    platform.engine.token_delay = 0.05
+    try:
+        with RunningWatch(kube, capped) as watch:
+            submit(kube, light, model, 150, "l")
+            submit(kube, heavy, model, 300, "h")
+            submit(kube, capped, model, 12, "c")
+            slots.start()
+            wait_for(
+                lambda: phases(kube, heavy).get("Succeeded", 0) >= 4,
+                timeout=60,
+                message="the flood under way",
+            )
+            start = time.time() + 10  # the shares settle
+            while time.time() < start + 20:
+                time.sleep(1)
+            lone = job_manifest("lone", MODEL, "What is recursion?", modelRef=model)
+            kube.create(InferenceJobResource.from_dict(lone), namespace=platform.platform)
+            while time.time() < start + 60:
+                time.sleep(1)
+            end = time.time()
+            # Contention throughout: both still had work waiting at the minute's end.
+            assert phases(kube, light).get("Pending", 0) > 0
+            assert phases(kube, heavy).get("Pending", 0) > 0
+            a = tokens_between(kube, light, start, end)
+            b = tokens_between(kube, heavy, start, end)
+            print(f"tokens in a minute: light {a}, heavy {b}, light's share {a / (a + b):.3f}")
+            assert abs(a / (a + b) - 0.25) <= 0.025, (a, b)
+
+            lone_status = wait_finished(kube, platform.platform, "lone", timeout=60)
+            assert lone_status["phase"] == "Succeeded"
+            lone_body = kube.get(InferenceJobResource, "lone", namespace=platform.platform)
+            created = lone_body.metadata.creationTimestamp.timestamp()
+            started = datetime.datetime.fromisoformat(
+                lone_status["startTime"].replace("Z", "+00:00")
+            ).timestamp()
+            # One fair turn: the next slot to free (a job runs about a second) and the
+            # claim; timestamps are to the second.
+            assert started - created <= 3, started - created
+
+            for index in range(12):
+                status = wait_finished(kube, capped, f"c-{index:04d}", timeout=120)
+                assert status["phase"] == "Succeeded", status.get("message")
+            assert watch.most == 2, watch.most
+            assert "QuotaExceeded" in watch.reasons, watch.reasons
+    finally:
+        slots.stop()
+        platform.engine.token_delay = 0.0
+        for namespace in (light, heavy, capped):
+            kube.deletecollection(InferenceJobResource, namespace=namespace)
+        platform.kube.patch(
+            GptOssModelResource,
+            MODEL,
+            {"spec": {"access": {"tenants": None}}},
+            namespace=platform.platform,
+            patch_type=PatchType.MERGE,
+        )
+        platform.sidecar.start()
+        print(f"sidecar log: {slots.log_path}")

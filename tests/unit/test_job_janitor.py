@@ -8,8 +8,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from gptoss_operator.api.model import Access
 from gptoss_operator.controllers.facts import JobFacts, ModelFacts, queue_counts, tenant_counts
 from gptoss_operator.controllers.job.janitor import JobJanitor, LeaseClock, decide, status_patch
+from gptoss_operator.controllers.job.quota import quota_exceeded
 
 NOW = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.UTC)
 
@@ -336,7 +338,7 @@ def test_a_pass_over_a_deep_queue_for_a_serving_model_writes_only_the_count() ->
     assert client.patches[0][1] == {
         "status": {
             "queue": {"pending": 10_000, "running": 0},
-            "tenants": [{"namespace": "ns", "pending": 10_000, "running": 0}],
+            "tenants": [{"namespace": "ns", "tenant": "ns", "pending": 10_000, "running": 0}],
         }
     }
 
@@ -469,11 +471,55 @@ def test_a_models_tenants_are_the_namespaces_it_serves_with_unfinished_jobs() ->
     asyncio.run(janitor.step())
     model_patch = next(body for name, body in client.patches if name == "m")
     assert model_patch["status"]["tenants"] == [
-        {"namespace": "p", "pending": 1, "running": 0},
-        {"namespace": "team-a", "pending": 1, "running": 1},
+        {"namespace": "p", "tenant": "p", "pending": 1, "running": 0},
+        {"namespace": "team-a", "tenant": "team-a", "pending": 1, "running": 1},
     ]
     wanted = {("p", "m"): {"p", "team-a"}}
     assert client.patches[:3] == [("<bind>", wanted), ("m", model_patch), ("<unbind>", wanted)]
     assert {str(body) for name, body in client.patches if name.startswith("<")} == {str(wanted)}
     marked = [name for name, _ in client.patches if name not in ("m", "<bind>", "<unbind>")]
     assert marked == ["j-team-b-Pending"], "the namespace left out is told why it waits"
+
+
+def _finished(namespace: str, index: int, tokens: int, seconds_ago: float) -> JobFacts:
+    done = NOW - datetime.timedelta(seconds=seconds_ago)
+    facts = replace(_tenant_job(namespace, "Succeeded"), name=f"done-{index}")
+    return replace(facts, total_tokens=tokens, completion_time=done.strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+
+def test_the_jobs_of_a_tenant_at_a_limit_wait_saying_which_and_are_not_rewritten() -> None:
+    policy = Access.model_validate(
+        {
+            "tenants": [
+                {"name": "search", "namespaces": ["team-a", "team-a2"], "maxJobsInFlight": 2},
+                {"name": "ads", "namespaces": ["team-b"], "tokensPerMinute": 1000},
+            ]
+        }
+    )
+    model = ModelFacts("Ready", 1, policy=policy)
+    jobs = [
+        _tenant_job("team-a", "Running"),
+        replace(_tenant_job("team-a2", "Running"), name="other"),
+        _tenant_job("team-a"),
+        _finished("team-b", 1, 600, seconds_ago=10),
+        _finished("team-b", 2, 600, seconds_ago=30),
+        _finished("team-b", 3, 5000, seconds_ago=61),  # out of the minute
+        _tenant_job("team-b"),
+        _tenant_job("team-c"),  # no tenant group: no limit
+    ]
+    reasons = quota_exceeded(jobs, lambda key: model, NOW)
+    assert reasons == {
+        (("p", "m"), "search"): "tenant search has 2 jobs in flight, its limit (maxJobsInFlight 2)",
+        (("p", "m"), "ads"): "tenant ads used 1200 tokens in the last minute, its limit "
+        "(tokensPerMinute 1000)",
+    }
+    held = decide(jobs[2], "Ready", NOW, over_quota=reasons[(("p", "m"), "search")])
+    assert held is not None
+    assert held.status is not None
+    assert held.reason == "QuotaExceeded"
+    assert held.status["phase"] == "Pending", "it waits, never fails"
+    assert held.status["message"].endswith("(maxJobsInFlight 2); the job waits for its turn")
+    # Under the limit again for a moment (a job ended): no write until a worker claims it.
+    marked = replace(jobs[2], scheduled_reason="QuotaExceeded")
+    assert decide(marked, "Ready", NOW) is None
+    assert quota_exceeded(jobs[3:], lambda key: model, NOW + datetime.timedelta(seconds=31)) == {}

@@ -435,6 +435,62 @@ Namespace = Annotated[str, Field(min_length=1, max_length=63, pattern=NAMESPACE_
 MAX_ACCESS_NAMESPACES = 256
 
 
+MAX_TENANTS = 32
+MAX_TENANT_NAMESPACES = 32
+MAX_WEIGHT = 1000
+TENANT_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class Tenant(ApiModel):
+    """A team: one or more namespaces that share one fair share and one set of limits."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=TENANT_NAME_PATTERN,
+        description="The tenant's name, as usage and metrics report it.",
+    )
+    namespaces: list[Namespace] = Field(
+        min_length=1,
+        max_length=MAX_TENANT_NAMESPACES,
+        description="Its namespaces. A namespace in no tenant is a tenant of its own, of "
+        "weight 1 and without limits.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    weight: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_WEIGHT,
+        description="Its share of the model under contention, in tokens, relative to the "
+        "other tenants' weights.",
+    )
+    maxJobsInFlight: int | None = Field(
+        default=None,
+        ge=1,
+        le=10000,
+        description="At most this many of its InferenceJobs run at once, across all "
+        "replicas; the others wait (reason QuotaExceeded). Absent: no limit.",
+    )
+    tokensPerMinute: int | None = Field(
+        default=None,
+        ge=1,
+        description="Its InferenceJobs start no new job while the jobs it finished in the "
+        "last minute used this many tokens (prompt and completion); they wait (reason "
+        "QuotaExceeded). Absent: no limit.",
+    )
+
+
+_ACCESS_RULES: list[JsonValue] = [
+    {
+        "rule": "!has(self.tenants) || self.tenants.all(a, self.tenants.all(b, "
+        "a.name == b.name || !a.namespaces.exists(n, n in b.namespaces)))",
+        "message": "a namespace may belong to one tenant only",
+        "fieldPath": ".tenants",
+        "reason": "FieldValueDuplicate",
+    }
+]
+
+
 class Access(ApiModel):
     namespaces: list[Namespace] | None = Field(
         default=None,
@@ -444,6 +500,33 @@ class Access(ApiModel):
         "as well.",
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
+    tenants: list[Tenant] | None = Field(
+        default=None,
+        max_length=MAX_TENANTS,
+        description="Teams of namespaces with a weight and limits each. The model's "
+        "capacity is shared among the tenants with work waiting, by weight, in tokens.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
+    @model_validator(mode="after")
+    def _one_tenant_per_namespace(self) -> Access:
+        seen: dict[str, str] = {}
+        for tenant in self.tenants or []:
+            for namespace in tenant.namespaces:
+                if seen.setdefault(namespace, tenant.name) != tenant.name:
+                    raise ValueError(
+                        f"access.tenants: namespace {namespace} is in tenants "
+                        f"{seen[namespace]} and {tenant.name}; a namespace may belong to "
+                        "one tenant only"
+                    )
+        return self
+
+    def tenant_of(self, namespace: str) -> Tenant:
+        """The tenant a namespace's jobs count against: its group's, else its own."""
+        for tenant in self.tenants or []:
+            if namespace in tenant.namespaces:
+                return tenant
+        return Tenant(name=namespace, namespaces=[namespace])
 
 
 class GptOssModelSpec(ApiModel):
@@ -474,8 +557,9 @@ class GptOssModelSpec(ApiModel):
     )
     access: Access = Field(
         default_factory=Access,
-        description="Who besides the model's namespace may use it.",
-        json_schema_extra={"default": {}},
+        description="Who besides the model's namespace may use it, and the tenants' "
+        "shares and limits.",
+        json_schema_extra={"default": {}, "x-kubernetes-validations": _ACCESS_RULES},
     )
 
     @model_validator(mode="after")
@@ -515,6 +599,9 @@ class QueueStatus(ApiModel):
 
 class TenantStatus(ApiModel):
     namespace: str = Field(description="A namespace whose InferenceJobs use the model.")
+    tenant: str | None = Field(
+        default=None, description="The tenant it counts against (spec.access.tenants)."
+    )
     pending: int = Field(default=0, ge=0, description="Its jobs waiting for a worker.")
     running: int = Field(default=0, ge=0, description="Its jobs running now.")
 

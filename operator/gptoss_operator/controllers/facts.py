@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from gptoss_operator.api.job import Phase, model_key_of
 from gptoss_operator.api.job_status import charged_attempts
 from gptoss_operator.api.json_schema import spec_problem
-from gptoss_operator.api.model import Autoscaling
+from gptoss_operator.api.model import Access, Autoscaling
 from gptoss_operator.api.model import Phase as ModelPhase
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,9 @@ class JobFacts:
     spec_problem: str | None = None
     # The model's namespace (modelRef.namespace; this job's own when it names none).
     model_namespace: str = ""
+    # Tokens a finished job used (prompt and completion).
+    total_tokens: int = 0
+    max_tokens: int = 256
 
     @property
     def model_key(self) -> tuple[str, str]:
@@ -93,6 +96,8 @@ class JobFacts:
             },
             has_status=bool(body.get("status")),
             spec_problem=spec_problem(spec) if not status.get("phase") else None,
+            total_tokens=int((status.get("usage") or {}).get("totalTokens") or 0),
+            max_tokens=int(spec.get("maxTokens") or 256),
         )
 
 
@@ -117,6 +122,16 @@ def _autoscaling(value: Any) -> Autoscaling | None:
     except ValidationError:
         log.warning("ignoring an unreadable spec.serving.autoscaling: %s", value)
         return None
+
+
+def _policy(value: Any) -> Access:
+    """spec.access as a whole (its tenants, weights and limits); all alike when it cannot
+    be read."""
+    try:
+        return Access.model_validate(value or {})
+    except ValidationError:
+        log.warning("ignoring an unreadable spec.access: %s", value)
+        return Access()
 
 
 def _access(value: Any) -> tuple[str, ...] | None:
@@ -144,6 +159,8 @@ class ModelFacts:
     serving_reason: str | None = None
     # spec.access.namespaces: the other namespaces it serves (None: any).
     access: tuple[str, ...] | None = None
+    # spec.access: its tenants, their weights and limits.
+    policy: Access = field(default_factory=Access)
 
     def serves(self, namespace: str, own: str) -> bool:
         """Whether its spec.access lets jobs of ``namespace`` use it (``own``: its own)."""
@@ -173,6 +190,7 @@ class ModelFacts:
             autoscaling=_autoscaling(serving.get("autoscaling")),
             concurrency=int((spec.get("sidecar") or {}).get("concurrency", 64)),
             access=_access(spec.get("access")),
+            policy=_policy(spec.get("access")),
         )
 
     @property

@@ -45,6 +45,7 @@ from gptoss_operator.controllers.facts import (
     queue_counts,
     tenant_counts,
 )
+from gptoss_operator.controllers.job.quota import quota_exceeded, tenant_of
 from gptoss_operator.controllers.tenancy import TenantBindings
 from gptoss_operator.core import metrics
 from gptoss_operator.core.kube import is_status
@@ -74,12 +75,13 @@ def decide(
     lease_age: float | None = None,
     *,
     access_denied: bool = False,
+    over_quota: str | None = None,
 ) -> Action | None:
     """What, if anything, to do with a job now.
 
     ``lease_age``: seconds the operator has seen a Running job's lease unchanged (None:
     not observed yet, so not lapsed). ``access_denied``: the model's spec.access leaves
-    the job's namespace out.
+    the job's namespace out. ``over_quota``: why the job's tenant is at a limit.
     """
     status = dict(facts.status)
     finished = facts.phase in FINISHED_PHASES
@@ -161,11 +163,15 @@ def decide(
             "WaitingForModel",
             (f"GptOssModel {facts.model!r} is {model_phase}; the job runs once it is Ready"),
         )
+    elif over_quota is not None:
+        reason, message = "QuotaExceeded", f"{over_quota}; the job waits for its turn"
     else:
         # Waiting for a worker of a serving model says nothing new: no write (the model's
         # status.queue counts the job). Only a job that said something else (the model
-        # was missing or not ready) is told it is queued now.
-        if facts.scheduled_reason in (None, "Queued", *REQUEUE_REASONS):
+        # was missing or not ready) is told it is queued now. One held back by its
+        # tenant's limit keeps saying so until a worker claims it: a tenant at its limit
+        # drops under it for a moment whenever one of its jobs ends.
+        if facts.scheduled_reason in (None, "Queued", "QuotaExceeded", *REQUEUE_REASONS):
             return None
         reason, message = "Queued", f"waiting for a worker of GptOssModel {facts.model!r}"
     if facts.scheduled_reason == reason:
@@ -311,11 +317,20 @@ class JobJanitor:
         running = [job for job in everything if job.phase == Phase.RUNNING.value]
         self.leases.keep_only(running)
         next_due = math.inf
+        over_quota = quota_exceeded(everything, self._model, now)
         for job in everything:
             age = self.leases.age(job) if job.phase == Phase.RUNNING.value else None
             next_due = min(next_due, self._due_in(job, now, age))
             phase = self._model_phase(job.model_key)
-            action = decide(job, phase, now, age, access_denied=not self._serves(job))
+            tenant = tenant_of(self._model(job.model_key), job.namespace)
+            action = decide(
+                job,
+                phase,
+                now,
+                age,
+                access_denied=not self._serves(job),
+                over_quota=over_quota.get((job.model_key, tenant)),
+            )
             if action is None:
                 continue
             if job.phase == Phase.RUNNING.value and not await self._lease_still_lapsed(job):
@@ -427,15 +442,19 @@ class JobJanitor:
             await self.tenants.unbind(wanted)
 
     def _usage(self, jobs: list[JobFacts]) -> dict[tuple[str, str], dict[str, Any]]:
-        """{model: {"queue": counts, "tenants": [{namespace, pending, running}]}}: the
-        namespaces with unfinished jobs the model serves."""
+        """{model: {"queue": counts, "tenants": [{namespace, tenant, pending, running}]}}:
+        the namespaces with unfinished jobs the model serves, and their tenants."""
         queues = queue_counts(jobs)
         tenants = tenant_counts([job for job in jobs if self._serves(job)])
         return {
             key: {
                 "queue": queue,
                 "tenants": [
-                    {"namespace": namespace, **counts}
+                    {
+                        "namespace": namespace,
+                        "tenant": tenant_of(self._model(key), namespace),
+                        **counts,
+                    }
                     for namespace, counts in sorted(tenants.get(key, {}).items())
                 ],
             }

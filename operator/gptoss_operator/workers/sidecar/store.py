@@ -60,7 +60,7 @@ def claim_facts(job: dict[str, Any]) -> dict[str, Any]:
         "spec": {
             key: value
             for key, value in (job.get("spec") or {}).items()
-            if key in ("reasoningLevel", "priority")
+            if key in ("reasoningLevel", "priority", "maxTokens")
         },
         "status": job.get("status") or {},
     }

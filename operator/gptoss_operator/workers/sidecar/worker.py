@@ -31,13 +31,21 @@ from typing import Any
 from lightkube import AsyncClient
 from lightkube.operators import not_in
 from lightkube.types import OnErrorAction, OnErrorResult
+from pydantic import ValidationError
 
 from gptoss_operator.api.conditions import parse_time, timestamp
 from gptoss_operator.api.job import FINISHED_PHASES, InferenceJobSpec, Phase, model_key_of
 from gptoss_operator.api.job_output import layout
 from gptoss_operator.api.json_schema import spec_problem
-from gptoss_operator.api.model import tenant_namespaces
+from gptoss_operator.api.model import Access, tenant_namespaces
 from gptoss_operator.api.resources import GptOssModelResource, InferenceJobResource
+from gptoss_operator.core.fair_share import (
+    ShareLedger,
+    TenantLimits,
+    estimate,
+    fair_order,
+    over_limit,
+)
 from gptoss_operator.engine.attempts import Verdict, decide
 from gptoss_operator.engine.client import (
     QUIET_SECONDS,
@@ -111,6 +119,16 @@ class SidecarConfig:
     watch_timeout_seconds: int = 240
 
 
+def access_of(model: dict[str, Any]) -> Access:
+    """A live model's spec.access (its unknown fields ignored); all namespaces alike, of
+    weight 1 and without limits, if it cannot be read."""
+    try:
+        return Access.model_validate((model.get("spec") or {}).get("access") or {})
+    except ValidationError as error:
+        log.warning("cannot read the model's spec.access (%s); tenants share alike", error)
+        return Access()
+
+
 def _retry_watch(error: Exception, count: int) -> OnErrorResult:
     log.warning("watch failed (%s); retrying", error)
     return OnErrorResult(OnErrorAction.RETRY, sleep=min(10.0, 0.5 * count))
@@ -124,6 +142,7 @@ class Sidecar:
         harmony: Harmony | None = None,
         engine: EngineClient | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.client = client
@@ -140,11 +159,19 @@ class Sidecar:
             client, config.model, config.namespace, config.worker, config.lease_seconds
         )
         self.clock = clock
+        self.wall = wall
         self.pending: dict[str, dict[str, Any]] = {}
-        # (-spec.priority, creationTimestamp, key) of pending jobs: the highest priority
-        # first, the oldest first within one; entries of jobs no longer pending are
-        # skipped when they come up.
-        self._order: list[tuple[int, str, str]] = []
+        # The model's tenants (its spec.access), what each used and runs (see
+        # core.fair_share), and why each tenant at a limit waits.
+        self.access = Access()
+        self.ledger = ShareLedger()
+        self.over_limit: dict[str, str] = {}
+        # Per tenant, (-spec.priority, creationTimestamp, key) of its pending jobs: the
+        # highest priority first, the oldest first within one; entries of jobs no longer
+        # pending are skipped when they come up.
+        self._order: dict[str, list[tuple[int, str, str]]] = {}
+        # When a tenant held back by its tokensPerMinute may start a job again.
+        self._rate_at: float | None = None
         # When each pending job was first seen pending, when each other worker was last
         # seen claiming a job (self.clock), and when a job waiting here will be due for
         # help (see _helpable).
@@ -272,12 +299,51 @@ class Sidecar:
                     on_error=_retry_watch,
                 ):
                     if event_type != "DELETED":
-                        self.serve_namespaces(tenant_namespaces(obj.to_dict()))
+                        model = obj.to_dict()
+                        self.serve_namespaces(tenant_namespaces(model))
+                        self.set_access(access_of(model))
             except asyncio.CancelledError:
                 raise
             except Exception as error:
                 log.warning("watch of GptOssModel %s ended: %s", self.config.model, error)
                 await asyncio.sleep(1.0)
+
+    def set_access(self, access: Access) -> None:
+        """Take the model's tenants, weights and limits (its spec.access); the waiting
+        jobs are sorted into their tenants again."""
+        if access == self.access:
+            return
+        self.access = access
+        self._order = {}
+        for key, job in self.pending.items():
+            self._push(key, job)
+        self._wake.set()
+
+    def tenant_of(self, namespace: str) -> str:
+        return self.access.tenant_of(namespace).name
+
+    def limits(self, tenant: str) -> TenantLimits:
+        group = next((t for t in self.access.tenants or [] if t.name == tenant), None)
+        if group is None:
+            return TenantLimits()
+        return TenantLimits(group.weight, group.maxJobsInFlight, group.tokensPerMinute)
+
+    def _account(self, key: str, job: dict[str, Any], phase: str, deleted: bool) -> None:
+        """Tell the ledger what a job event means for its tenant's use."""
+        tenant = self.tenant_of(split_key(key)[0])
+        status = job.get("status") or {}
+        if phase in FINISHED_PHASES:
+            finished = parse_time(status.get("completionTime"))
+            tokens = int((status.get("usage") or {}).get("totalTokens") or 0)
+            now = self.wall()
+            at = finished.timestamp() if finished is not None else now
+            self.ledger.finished(key, tenant, tokens, at, now)
+            self._wake.set()  # a slot of its tenant's may be free
+        elif phase == Phase.RUNNING.value and not deleted:
+            max_tokens = int((job.get("spec") or {}).get("maxTokens") or 256)
+            self.ledger.running(key, tenant, estimate(self.ledger, tenant, max_tokens))
+        elif self.ledger.stopped(key):
+            self._wake.set()
 
     async def _resync_forever(self) -> None:
         while True:
@@ -328,7 +394,9 @@ class Sidecar:
         key = job_key(job)
         status = job.get("status") or {}
         phase = status.get("phase") or Phase.PENDING.value
-        if event_type == "DELETED" or job["metadata"].get("deletionTimestamp"):
+        deleted = event_type == "DELETED" or bool(job["metadata"].get("deletionTimestamp"))
+        self._account(key, job, phase, deleted)
+        if deleted:
             self._drop_pending(key)
             task = self.running.get(key)
             if task is not None:
@@ -405,12 +473,16 @@ class Sidecar:
             if job is None:
                 self._claim_slots.release()
                 self._slots.release()
-                if self.pending and self._help_at is not None and not self.stopping:
-                    # Every job waiting is another worker's, not yet due for help.
+                if self.pending and not self.stopping:
+                    # Every job waiting is another worker's, not yet due for help, or its
+                    # tenant's at a limit: wait for a change, or until either is due.
+                    due = [at for at in (self._help_at, self._rate_at) if at is not None]
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(
-                            self._wake.wait(), max(0.01, self._help_at - self.clock())
+                            self._wake.wait(),
+                            # A change the watch missed shows once it is resynced.
+                            max(0.01, min(due) - self.clock()) if due else 5.0,
                         )
                 continue
             task = asyncio.create_task(self._claim_and_start(job))
@@ -418,28 +490,38 @@ class Sidecar:
             task.add_done_callback(self._claims.discard)
 
     async def _claim_and_start(self, job: dict[str, Any]) -> None:
+        key = job_key(job)
+        # Counted as its tenant's at once: the next pick must not see the slot free.
+        tenant = self.tenant_of(split_key(key)[0])
+        max_tokens = int((job.get("spec") or {}).get("maxTokens") or 256)
+        self.ledger.running(key, tenant, estimate(self.ledger, tenant, max_tokens))
         try:
             claimed = await self._claim(job)
         finally:
             self._claim_slots.release()
+        if claimed is None:
+            self.ledger.stopped(key)  # the watch says who runs it, if anyone
         if claimed is None or self.stopping:
             if claimed is not None:
                 self._claimed_unstarted.append(claimed)  # the drain hands it back
             self._slots.release()
             return
-        key = job_key(claimed)
         task = asyncio.create_task(self._run_and_release(claimed), name=f"job-{key}")
         self.running[key] = task
 
     def _add_pending(self, job: dict[str, Any]) -> None:
         key = job_key(job)
         if key not in self.pending:
-            created = str(job["metadata"].get("creationTimestamp", ""))
-            priority = int((job.get("spec") or {}).get("priority") or 0)
-            heapq.heappush(self._order, (-priority, created, key))
+            self._push(key, job)
             self._since[key] = self.clock()
         self.pending[key] = claim_facts(job)
         self._wake.set()
+
+    def _push(self, key: str, job: dict[str, Any]) -> None:
+        created = str(job["metadata"].get("creationTimestamp", ""))
+        priority = int((job.get("spec") or {}).get("priority") or 0)
+        tenant = self.tenant_of(split_key(key)[0])
+        heapq.heappush(self._order.setdefault(tenant, []), (-priority, created, key))
 
     def _drop_pending(self, key: str) -> dict[str, Any] | None:
         self._since.pop(key, None)
@@ -455,24 +537,50 @@ class Sidecar:
         self._claimed_at[worker] = max(self._claimed_at.get(worker, at), at)
 
     def _next_pending(self) -> dict[str, Any] | None:
-        """One of the oldest pending jobs of the highest priority waiting (the engine runs
-        requests by priority too, but a job must be claimed to reach it). Once this
-        worker has seen other workers of the
-        model claim jobs, it takes the oldest job that hashes to it among them (looking
-        as far as CLAIM_REACH). When none is in reach, it helps a worker that is busy or
-        quiet (see _helpable), with one of its youngest jobs in reach, which the owner
-        comes to last; None when no worker needs help. Before it has seen other workers,
-        the one it ranks first among the oldest CLAIM_CHOICES. Workers that have seen
-        each other split the queue, so they seldom race for one job (a lost race costs
-        a write refused by the apiserver)."""
+        """The job this worker claims next, or None. The tenants with jobs waiting are
+        served in the order they are owed (fair_share.fair_order), except those at a limit
+        (fair_share.over_limit); within a tenant, see _pick."""
+        self._help_at = None
+        self._rate_at = None
+        now = self.wall()
+        weights = {tenant.name: tenant.weight for tenant in self.access.tenants or []}
+        waiting = [tenant for tenant, order in self._order.items() if order]
+        self.over_limit = {}
+        for tenant in fair_order(self.ledger, waiting, weights, now):
+            limits = self.limits(tenant)
+            if why := over_limit(self.ledger, tenant, limits, now):
+                self.over_limit[tenant] = why
+                if limits.tokens_per_minute is not None:
+                    frees = self.ledger.rate_frees_at(tenant, limits.tokens_per_minute, now)
+                    if frees is not None:
+                        due = self.clock() + max(0.0, frees - now)
+                        self._rate_at = due if self._rate_at is None else min(self._rate_at, due)
+                continue
+            key = self._pick(self._order[tenant])
+            if key is not None:
+                return self._drop_pending(key)
+        for tenant in [tenant for tenant, order in self._order.items() if not order]:
+            del self._order[tenant]
+        return None
+
+    def _pick(self, order: list[tuple[int, str, str]]) -> str | None:
+        """One of the oldest pending jobs of the highest priority in one tenant's
+        ``order`` (the engine runs requests by priority too, but a job must be claimed
+        to reach it). Once this worker has seen other workers of the model claim jobs,
+        it takes the oldest job that hashes to it among them (looking as far as
+        CLAIM_REACH). When none is in reach, it helps a worker that is busy or quiet (see
+        _helpable), with one of its youngest jobs in reach, which the owner comes to
+        last; None when no worker needs help. Before it has seen other workers, the one
+        it ranks first among the oldest CLAIM_CHOICES. Workers that have seen each other
+        split the queue, so they seldom race for one job (a lost race costs a write
+        refused by the apiserver)."""
         me = self.config.worker
         peers = self._live_peers()
-        self._help_at = None
         reach = CLAIM_REACH if peers else CLAIM_CHOICES
         candidates: dict[str, tuple[int, str, str]] = {}
         chosen: str | None = None
-        while self._order and len(candidates) < reach:
-            entry = heapq.heappop(self._order)
+        while order and len(candidates) < reach:
+            entry = heapq.heappop(order)
             key = entry[2]
             if key in self.pending and key not in candidates:
                 candidates[key] = entry
@@ -480,7 +588,7 @@ class Sidecar:
                     chosen = key  # the oldest of this worker's share
                     break
         if not candidates:
-            self._order.clear()
+            order.clear()
             return None
         if chosen is None:
             top = next(iter(candidates.values()))[0]
@@ -494,8 +602,8 @@ class Sidecar:
                 )
         for key, entry in candidates.items():
             if key != chosen:
-                heapq.heappush(self._order, entry)
-        return None if chosen is None else self._drop_pending(chosen)
+                heapq.heappush(order, entry)
+        return chosen
 
     def _helpable(self, names: list[str], peers: list[str]) -> list[str]:
         """The jobs among ``names`` (none of them this worker's) that their owner leaves
@@ -513,7 +621,8 @@ class Sidecar:
         }
         helpable = [key for key in names if backlog[owners[key]] > HELP_BACKLOG or due[key] <= now]
         if not helpable:
-            self._help_at = min(due.values())
+            soonest = min(due.values())
+            self._help_at = soonest if self._help_at is None else min(self._help_at, soonest)
         return helpable
 
     def _owner(self, key: str, peers: list[str]) -> str:
