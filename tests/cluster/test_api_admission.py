@@ -209,6 +209,28 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
         ["spec.storage.existingClaim", "cannot be combined"],
     ),
     ("concurrency-zero", _model(sidecar={"concurrency": 0}), ["spec.sidecar.concurrency"]),
+    (
+        "namespace-in-two-tenants",
+        _model(
+            access={
+                "tenants": [
+                    {"name": "x", "namespaces": ["team-a"]},
+                    {"name": "y", "namespaces": ["team-b", "team-a"]},
+                ]
+            }
+        ),
+        ["spec.access.tenants", "one tenant only"],
+    ),
+    (
+        "tenant-weight-zero",
+        _model(access={"tenants": [{"name": "x", "namespaces": ["a"], "weight": 0}]}),
+        ["spec.access.tenants[0].weight"],
+    ),
+    (
+        "tenant-without-namespaces",
+        _model(access={"tenants": [{"name": "x", "namespaces": []}]}),
+        ["spec.access.tenants[0].namespaces"],
+    ),
     ("model-name-too-long", _named(_model(), "m" * 51), ["metadata.name", "at most 50 characters"]),
     ("model-name-not-dns-1035", _named(_model(), "1model"), ["metadata.name", "DNS-1035"]),
 ]

@@ -3,6 +3,7 @@ running with exactly the RBAC the chart grants."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 import subprocess
@@ -411,15 +412,30 @@ def test_install_runs_the_operator_with_only_the_charts_rbac(
 
 
 def _exported_metric_names() -> set[str]:
-    """The series names the operator's /metrics serves for one model with jobs."""
+    """The series names the operator's /metrics serves for one model with jobs, one of
+    them finished while it ran."""
     from gptoss_operator.controllers.facts import JobFacts, ModelFacts
+    from gptoss_operator.controllers.job.usage import UsageMeter
     from gptoss_operator.core import metrics
 
     model = ModelFacts.from_status({"phase": "Ready", "readyReplicas": 1, "replicas": 1})
     job = JobFacts.from_body(
         {"metadata": {"namespace": "ns", "name": "j"}, "spec": {"modelRef": {"name": "m"}}}
     )
-    text = metrics.render({("ns", "m"): [model]}, {("ns", "m"): [job]})
+    done = JobFacts.from_body(
+        {
+            "metadata": {"namespace": "ns", "name": "done"},
+            "spec": {"modelRef": {"name": "m"}},
+            "status": {
+                "phase": "Succeeded",
+                "completionTime": "2026-06-01T00:00:00Z",
+                "usage": {"promptTokens": 5, "completionTokens": 7, "totalTokens": 12},
+            },
+        }
+    )
+    started = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    assert UsageMeter(started).observe([done], lambda job: job.namespace) == 1
+    text = metrics.render({("ns", "m"): [model]}, {("ns", "m"): [job, done]})
     return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line[:1] != "#"}
 
 

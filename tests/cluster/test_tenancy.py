@@ -8,6 +8,8 @@ RoleBindings the operator makes while a tenant has jobs and removes once it has 
 from __future__ import annotations
 
 import datetime
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -530,6 +532,30 @@ def test_tenants_share_the_model_by_weight_and_one_at_its_limit_waits(platform: 
                 assert status["phase"] == "Succeeded", status.get("message")
             assert watch.most == 2, watch.most
             assert "QuotaExceeded" in watch.reasons, watch.reasons
+
+            # What each team used, as `gptoss usage` prints it from the jobs.
+            printed = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "gptoss_operator.cli.user_main",
+                    "usage",
+                    "--model",
+                    f"{platform.platform}/{MODEL}",
+                    "--since",
+                    "1h",
+                    "-A",
+                    "--kubeconfig",
+                    str(platform.cluster.kubeconfig),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            rows = {line.split()[1]: line.split() for line in printed.splitlines()[1:]}
+            assert rows[capped][:4] == ["capped", capped, "12", "0"], printed
+            assert rows[light][0] == "light"
+            assert int(rows[heavy][2]) > int(rows[light][2]), printed
     finally:
         slots.stop()
         platform.engine.token_delay = 0.0

@@ -523,3 +523,41 @@ def test_the_jobs_of_a_tenant_at_a_limit_wait_saying_which_and_are_not_rewritten
     marked = replace(jobs[2], scheduled_reason="QuotaExceeded")
     assert decide(marked, "Ready", NOW) is None
     assert quota_exceeded(jobs[3:], lambda key: model, NOW + datetime.timedelta(seconds=31)) == {}
+
+
+def test_each_job_that_finishes_is_counted_once_by_tenant_and_model() -> None:
+    from gptoss_operator.controllers.job.usage import UsageMeter
+    from gptoss_operator.core import metrics
+
+    def done(name: str, seconds_ago: float, phase: str = "Succeeded") -> JobFacts:
+        at = (NOW - datetime.timedelta(seconds=seconds_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return replace(
+            _tenant_job("team-a", phase),
+            name=name,
+            completion_time=at,
+            prompt_tokens=10,
+            completion_tokens=30,
+            total_tokens=40,
+        )
+
+    meter = UsageMeter(NOW - datetime.timedelta(seconds=60))
+    jobs = [done("before-start", 120), done("a", 30), done("b", 10, "Failed"), _tenant_job("x")]
+    labels = {"namespace": "p", "model": "m", "tenant": "search", "job_namespace": "team-a"}
+
+    def counter(name: str, **more: str) -> int:
+        return metrics.COUNTERS[(name, tuple(sorted({**labels, **more}.items())))]
+
+    tokens = counter("tenant_tokens", kind="completion")
+    succeeded = counter("tenant_jobs", phase="Succeeded")
+    assert meter.observe(jobs, lambda job: "search") == 2
+    assert meter.observe(jobs, lambda job: "search") == 0, "each once"
+    assert counter("tenant_tokens", kind="completion") - tokens == 60
+    assert counter("tenant_jobs", phase="Succeeded") - succeeded == 1
+    text = metrics.render({}, {})
+    assert (
+        'gptoss_tenant_tokens_total{job_namespace="team-a",kind="prompt",model="m",'
+        'namespace="p",tenant="search"}' in text
+    )
+    # A job deleted and created again under its name, finishing later, is a new one.
+    assert meter.observe([], lambda job: "search") == 0
+    assert meter.observe([done("a", 5)], lambda job: "search") == 1

@@ -15,11 +15,16 @@ reasoning_level, plus usage and timings).
     gptoss batch results NAME
 
 runs a JSONL file in OpenAI's batch format as an InferenceBatch (see `gptoss batch -h`).
+
+    gptoss usage --model platform/gpt-oss-120b --since 24h -A
+
+prints the tokens and jobs each team used of a model (see `gptoss usage -h`).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import re
 import sys
@@ -36,7 +41,7 @@ from gptoss_operator.api.job import FINISHED_PHASES, InferenceJobSpec
 from gptoss_operator.api.job_output import join
 from gptoss_operator.api.json_schema import schema_problem
 from gptoss_operator.api.resources import InferenceJobResource
-from gptoss_operator.cli import batch_cli
+from gptoss_operator.cli import batch_cli, usage_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--namespace", "-n", help="namespace (default: the kubeconfig's)")
     common.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube)")
     batch_cli.add_parser(sub, common)
+    usage_cli.add_parser(sub, common)
     return parser
 
 
@@ -267,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "batch":
         client = new_client(args)
         return batch_cli.run(args, client, args.namespace or client.namespace)
+    if args.command == "usage":
+        return usage_cli.run(args, new_client(args), datetime.datetime.now(datetime.UTC))
     return 2
 
 

@@ -50,7 +50,9 @@ class JobFacts:
     spec_problem: str | None = None
     # The model's namespace (modelRef.namespace; this job's own when it names none).
     model_namespace: str = ""
-    # Tokens a finished job used (prompt and completion).
+    # Tokens a finished job used.
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
     total_tokens: int = 0
     max_tokens: int = 256
 
@@ -72,6 +74,7 @@ class JobFacts:
             (c for c in status.get("conditions") or [] if c.get("type") == "Scheduled"), None
         )
         model_namespace, model = model_key_of(body)
+        usage = status.get("usage") or {}
         return cls(
             namespace=str(metadata.get("namespace", "")),
             name=str(metadata.get("name", "")),
@@ -96,7 +99,9 @@ class JobFacts:
             },
             has_status=bool(body.get("status")),
             spec_problem=spec_problem(spec) if not status.get("phase") else None,
-            total_tokens=int((status.get("usage") or {}).get("totalTokens") or 0),
+            prompt_tokens=int(usage.get("promptTokens") or 0),
+            completion_tokens=int(usage.get("completionTokens") or 0),
+            total_tokens=int(usage.get("totalTokens") or 0),
             max_tokens=int(spec.get("maxTokens") or 256),
         )
 

@@ -15,9 +15,9 @@ COUNTERS: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
 GAUGES: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
 
 
-def count(name: str, **labels: str) -> None:
-    """Increment a counter (``name`` without the ``_total`` suffix)."""
-    COUNTERS[(name, tuple(sorted(labels.items())))] += 1
+def count(name: str, amount: int = 1, **labels: str) -> None:
+    """Add to a counter (``name`` without the ``_total`` suffix)."""
+    COUNTERS[(name, tuple(sorted(labels.items())))] += amount
 
 
 def set_gauge(name: str, value: float | None, **labels: str) -> None:

@@ -46,6 +46,7 @@ from gptoss_operator.controllers.facts import (
     tenant_counts,
 )
 from gptoss_operator.controllers.job.quota import quota_exceeded, tenant_of
+from gptoss_operator.controllers.job.usage import UsageMeter
 from gptoss_operator.controllers.tenancy import TenantBindings
 from gptoss_operator.core import metrics
 from gptoss_operator.core.kube import is_status
@@ -258,6 +259,7 @@ class JobJanitor:
         # What each model's status was last given: {"queue": ..., "tenants": [...]}.
         self._queues: dict[tuple[str, str], dict[str, Any]] = {}
         self.tenants = tenants
+        self.usage = UsageMeter(wall_clock())
         self._changed = True
         self._next_due = 0.0  # on self.clock
         self._last_pass = -math.inf
@@ -312,6 +314,9 @@ class JobJanitor:
         again now and then: a pass over thousands of newly due jobs takes a while."""
         now = self.wall_clock()
         everything = self._all_jobs()
+        self.usage.observe(
+            everything, lambda job: tenant_of(self._model(job.model_key), job.namespace)
+        )
         await self._publish_queues(everything)
         counted = self.clock()
         running = [job for job in everything if job.phase == Phase.RUNNING.value]
