@@ -215,3 +215,36 @@ def test_min_above_max_is_refused() -> None:
         GptOssModelSpec.model_validate(
             {"serving": {"autoscaling": {"minReplicas": 3, "maxReplicas": 2}}}
         )
+
+
+def test_a_tenant_at_its_limit_adds_no_demand_the_others_do() -> None:
+    """The load sums every tenant's jobs, except the queued jobs of a tenant at one of its
+    limits: more replicas would not run them."""
+    from dataclasses import replace
+
+    from gptoss_operator.api.model import Access
+    from gptoss_operator.controllers.autoscale.scaler import Autoscaler
+    from gptoss_operator.controllers.facts import JobFacts, ModelFacts
+
+    def job(namespace: str, index: int, phase: str = "Pending") -> JobFacts:
+        body = {
+            "metadata": {"namespace": namespace, "name": f"j{index}"},
+            "spec": {"modelRef": {"name": "m", "namespace": "p"}},
+            "status": {"phase": phase},
+        }
+        return JobFacts.from_body(body)
+
+    capped = [job("team-a", 0, "Running"), *(job("team-a", i) for i in range(1, 6))]
+    free = [job("team-b", 0, "Running"), *(job("team-b", i) for i in range(1, 4))]
+    policy = Access.model_validate(
+        {"tenants": [{"name": "a", "namespaces": ["team-a"], "maxJobsInFlight": 1}]}
+    )
+    models = {("p", "m"): [replace(ModelFacts("Ready", 1), policy=policy)]}
+
+    async def emit(*_: object) -> None:
+        return None
+
+    scaler = Autoscaler({("p", "m"): capped + free}, models, 1.0, emit)
+    assert scaler.load("p", "m") == Load(pending=3, running=2, engine=None, batch=0)
+    models[("p", "m")] = [ModelFacts("Ready", 1)]  # no limits: everyone's queue counts
+    assert scaler.load("p", "m") == Load(pending=8, running=2, engine=None, batch=0)

@@ -11,7 +11,7 @@ from typing import Any
 from gptoss_operator.api.model import Access
 from gptoss_operator.controllers.facts import JobFacts, ModelFacts, queue_counts, tenant_counts
 from gptoss_operator.controllers.job.janitor import JobJanitor, LeaseClock, decide, status_patch
-from gptoss_operator.controllers.job.quota import quota_exceeded
+from gptoss_operator.controllers.quota import quota_exceeded
 
 NOW = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.UTC)
 

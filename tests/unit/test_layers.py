@@ -134,14 +134,17 @@ def test_every_package_is_a_known_layer() -> None:
 # Each kind's controller and each worker is a package that keeps to itself. Besides its
 # own modules, a kind's package may use the controllers' shared modules (``facts``: what
 # the indexes hold of each object; ``tenancy``: the bindings of a model's tenants, which
-# the job housekeeping keeps as it counts them); the model's reconcile asks the autoscaler how many
-# replicas to run. Only the wiring (``operator``, ``indexes``) brings the kinds together.
+# the job housekeeping keeps as it counts them; ``quota``: which tenants are at a limit,
+# whose waiting jobs are told so and add no demand for replicas); the model's reconcile
+# asks the autoscaler how many replicas to run. Only the wiring (``operator``,
+# ``indexes``) brings the kinds together.
 SIBLINGS: dict[str, set[str]] = {
     "controllers.model": {"controllers.facts", "controllers.autoscale"},
-    "controllers.job": {"controllers.facts", "controllers.tenancy"},
+    "controllers.job": {"controllers.facts", "controllers.tenancy", "controllers.quota"},
     "controllers.batch": {"controllers.facts"},
-    "controllers.autoscale": {"controllers.facts"},
+    "controllers.autoscale": {"controllers.facts", "controllers.quota"},
     "controllers.facts": set(),
+    "controllers.quota": {"controllers.facts"},
     "controllers.tenancy": set(),
     "workers.download": set(),
     "workers.sidecar": set(),

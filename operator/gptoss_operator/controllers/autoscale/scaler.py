@@ -21,6 +21,7 @@ from typing import Any
 
 from gptoss_operator.api.common import API_VERSION
 from gptoss_operator.api.conditions import now as wall_clock
+from gptoss_operator.api.job import Phase
 from gptoss_operator.api.model import KIND, Autoscaling, AutoscalingStatus
 from gptoss_operator.controllers.autoscale.decision import (
     WOKEN,
@@ -32,6 +33,7 @@ from gptoss_operator.controllers.autoscale.decision import (
     record,
 )
 from gptoss_operator.controllers.facts import JobFacts, ModelFacts, queue_counts
+from gptoss_operator.controllers.quota import quota_exceeded, tenant_of
 from gptoss_operator.core import metrics
 from gptoss_operator.core.events import EventSink
 
@@ -81,8 +83,20 @@ class Autoscaler:
         self._poked.set()
 
     def load(self, namespace: str, model: str) -> Load:
+        """The model's work in flight, summed across its tenants; the queued jobs of a
+        tenant at one of its limits are left out (more replicas would not run them)."""
         key = (namespace, model)
-        queue = queue_counts(list(self.jobs.get(key, []))).get(key, {})
+        jobs = list(self.jobs.get(key, []))
+        facts = next(iter(list(self.models.get(key, []))), None)
+        held = quota_exceeded(jobs, lambda _: facts, wall_clock()) if facts is not None else {}
+        if held:
+            jobs = [
+                job
+                for job in jobs
+                if job.phase != Phase.PENDING.value
+                or (key, tenant_of(facts, job.namespace)) not in held
+            ]
+        queue = queue_counts(jobs).get(key, {})
         engine = self.engine_loads(namespace, model) if self.engine_loads else None
         batch = sum(demand for _, demand in list(self.batches.get(key, [])))
         return Load(queue.get("pending", 0), queue.get("running", 0), engine, batch)

@@ -45,8 +45,8 @@ from gptoss_operator.controllers.facts import (
     queue_counts,
     tenant_counts,
 )
-from gptoss_operator.controllers.job.quota import quota_exceeded, tenant_of
 from gptoss_operator.controllers.job.usage import UsageMeter
+from gptoss_operator.controllers.quota import quota_exceeded, tenant_of
 from gptoss_operator.controllers.tenancy import TenantBindings
 from gptoss_operator.core import metrics
 from gptoss_operator.core.kube import is_status
