@@ -11,7 +11,7 @@ from typing import Any
 from gptoss_operator.api.model import Access
 from gptoss_operator.controllers.facts import JobFacts, ModelFacts, queue_counts, tenant_counts
 from gptoss_operator.controllers.job.janitor import JobJanitor, LeaseClock, decide, status_patch
-from gptoss_operator.controllers.quota import quota_exceeded
+from gptoss_operator.controllers.quota import plan_quota
 
 NOW = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.UTC)
 
@@ -507,7 +507,9 @@ def test_the_jobs_of_a_tenant_at_a_limit_wait_saying_which_and_are_not_rewritten
         _tenant_job("team-b"),
         _tenant_job("team-c"),  # no tenant group: no limit
     ]
-    reasons = quota_exceeded(jobs, lambda key: model, NOW)
+    plan = plan_quota(jobs, lambda key: model, NOW)
+    assert plan.reserve == set()
+    reasons = plan.held
     assert reasons == {
         (("p", "m"), "search"): "tenant search has 2 jobs in flight, its limit (maxJobsInFlight 2)",
         (("p", "m"), "ads"): "tenant ads used 1200 tokens in the last minute, its limit "
@@ -522,7 +524,47 @@ def test_the_jobs_of_a_tenant_at_a_limit_wait_saying_which_and_are_not_rewritten
     # Under the limit again for a moment (a job ended): no write until a worker claims it.
     marked = replace(jobs[2], scheduled_reason="QuotaExceeded")
     assert decide(marked, "Ready", NOW) is None
-    assert quota_exceeded(jobs[3:], lambda key: model, NOW + datetime.timedelta(seconds=31)) == {}
+    later = NOW + datetime.timedelta(seconds=31)
+    assert plan_quota(jobs[3:], lambda key: model, later).held == {}
+
+
+def test_the_operator_reserves_a_limited_tenants_slots_highest_priority_and_oldest_first() -> None:
+    """maxJobsInFlight across every sidecar: a job of the tenant is claimable once the
+    operator (one writer) reserved it a slot; no more than the limit run or hold one."""
+    policy = Access.model_validate(
+        {"tenants": [{"name": "search", "namespaces": ["team-a"], "maxJobsInFlight": 3}]}
+    )
+    model = ModelFacts("Ready", 1, policy=policy)
+
+    def waiting(name: str, created: str, priority: int = 0) -> JobFacts:
+        job = replace(_tenant_job("team-a"), name=name, created=created, priority=priority)
+        return job
+
+    jobs = [
+        replace(_tenant_job("team-a", "Running"), name="running"),
+        waiting("old", "2026-01-01T10:00:00Z"),
+        waiting("new", "2026-01-01T11:00:00Z"),
+        waiting("urgent", "2026-01-01T11:30:00Z", priority=5),
+        waiting("newest", "2026-01-01T11:45:00Z"),
+    ]
+    plan = plan_quota(jobs, lambda key: model, NOW)
+    assert plan.reserve == {("team-a", "urgent"), ("team-a", "old")}
+    assert plan.waits(jobs[2], model) == (
+        "tenant search has 3 jobs in flight, its limit (maxJobsInFlight 3)"
+    )
+    reserved = decide(jobs[3], "Ready", NOW, reserve=True)
+    assert reserved is not None
+    assert reserved.status is not None
+    assert reserved.reason == "QuotaReserved"
+    (scheduled,) = [c for c in reserved.status["conditions"] if c["type"] == "Scheduled"]
+    assert scheduled["status"] == "True", "nothing holds it back"
+    # Once written (or while the write is not in the index yet) a reservation holds its
+    # slot: the next pass reserves nothing more.
+    shown = [*jobs[:3], replace(jobs[3], scheduled_reason="QuotaReserved"), jobs[4]]
+    again = plan_quota(shown, lambda key: model, NOW, reserving={("team-a", "old")})
+    assert again.reserve == set()
+    held = replace(jobs[1], scheduled_reason="QuotaReserved")
+    assert decide(held, "Ready", NOW, over_quota="full") is None, "its slot stays its own"
 
 
 def test_each_job_that_finishes_is_counted_once_by_tenant_and_model() -> None:

@@ -13,6 +13,8 @@ import pydantic
 import pytest
 
 from gptoss_operator.api.model import Access
+from gptoss_operator.controllers.facts import JobFacts, ModelFacts
+from gptoss_operator.controllers.quota import plan_quota
 from gptoss_operator.core.fair_share import (
     HALF_LIFE_SECONDS,
     ShareLedger,
@@ -43,7 +45,8 @@ def _job(namespace: str, index: int, max_tokens: int, created: float = 0.0) -> d
 
 class Simulation:
     """One sidecar with ``slots`` slots over an engine that makes ``rate`` tokens a
-    second per job."""
+    second per job, and the operator's pass that reserves the slots of tenants with a
+    maxJobsInFlight before each pick."""
 
     def __init__(self, access: dict[str, Any], slots: int = 4, rate: float = 100.0) -> None:
         self.now = 0.0
@@ -54,7 +57,8 @@ class Simulation:
             clock=lambda: self.now,
             wall=lambda: EPOCH.timestamp() + self.now,
         )
-        self.sidecar.set_access(Access.model_validate(access))
+        self.access = Access.model_validate(access)
+        self.sidecar.set_access(self.access)
         self.slots, self.rate = slots, rate
         self.running: list[tuple[float, str, dict[str, Any]]] = []  # (ends at, key, job)
         self.done: list[tuple[float, str, int]] = []  # (at, namespace, tokens)
@@ -72,8 +76,23 @@ class Simulation:
             names.append(job["metadata"]["name"])
         return names
 
+    def operator_pass(self) -> None:
+        """The operator's reservations (controllers.quota), sent as the watch would."""
+        facts = [JobFacts.from_body(job) for job in self.jobs.values()]
+        model = ModelFacts("Ready", 1, policy=self.access)
+        wall = EPOCH + datetime.timedelta(seconds=self.now)
+        for namespace, name in plan_quota(facts, lambda key: model, wall).reserve:
+            key = f"{namespace}/{name}"
+            scheduled = {"type": "Scheduled", "status": "True", "reason": "QuotaReserved"}
+            self.jobs[key] = {
+                **self.jobs[key],
+                "status": {"phase": "Pending", "conditions": [scheduled]},
+            }
+            self.sidecar._observe("MODIFIED", self.jobs[key])
+
     def fill(self) -> None:
         while len(self.running) < self.slots:
+            self.operator_pass()
             picked = self.sidecar._next_pending()
             if picked is None:
                 return
@@ -82,6 +101,7 @@ class Simulation:
             job = self.jobs[key]
             tokens = int(job["spec"]["maxTokens"])
             running = {**job, "status": {"phase": "Running", "worker": "pod-a"}}
+            self.jobs[key] = running
             self.sidecar._observe("MODIFIED", running)
             heapq.heappush(self.running, (self.now + tokens / self.rate, key, running))
             tenant = self.sidecar.tenant_of(namespace)
@@ -115,6 +135,7 @@ class Simulation:
                     "usage": {"totalTokens": tokens},
                 },
             }
+            self.jobs[f"{job['metadata']['namespace']}/{job['metadata']['name']}"] = finished
             self.sidecar._observe("MODIFIED", finished)
             self.done.append((self.now, job["metadata"]["namespace"], tokens))
             self.fill()
@@ -249,3 +270,23 @@ def test_a_namespace_in_two_tenants_is_refused_naming_both() -> None:
     access = Access.model_validate({"tenants": [{"name": "x", "namespaces": ["a", "b"]}]})
     assert access.tenant_of("b").name == "x"
     assert access.tenant_of("c").name == "c"
+
+
+def test_a_limited_tenants_job_is_claimed_only_once_the_operator_reserved_it_a_slot() -> None:
+    """The in-flight limit holds across replicas because no sidecar takes such a job on
+    its own count: the operator, one writer, hands out the slots."""
+    sim = Simulation(
+        {"tenants": [{"name": "capped", "namespaces": ["team-a"], "maxJobsInFlight": 5}]}
+    )
+    sim.submit("team-a", 3, tokens=100)
+    assert sim.sidecar._next_pending() is None, "nothing reserved yet"
+    key = "team-a/j00002"
+    scheduled = {"type": "Scheduled", "status": "True", "reason": "QuotaReserved"}
+    sim.sidecar._observe(
+        "MODIFIED", {**sim.jobs[key], "status": {"phase": "Pending", "conditions": [scheduled]}}
+    )
+    picked = sim.sidecar._next_pending()
+    assert picked is not None
+    assert picked["metadata"]["name"] == "j00002"
+    assert sim.sidecar._next_pending() is None
+    assert len(sim.sidecar.pending) == 2, "the others still wait their reservation"

@@ -67,7 +67,7 @@ def queued(
 ) -> dict[str, Any]:
     """A job waiting for a worker: Pending, with why in the Scheduled condition."""
     updated = with_conditions(status, Phase.PENDING, reason, message, generation)
-    ready = reason == "Queued"
+    ready = reason in ("Queued", "QuotaReserved")  # nothing holds it back
     updated["conditions"] = set_condition(
         updated["conditions"], "Scheduled", ready, reason, message, generation
     )

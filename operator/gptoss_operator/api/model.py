@@ -469,7 +469,8 @@ class Tenant(ApiModel):
         ge=1,
         le=10000,
         description="At most this many of its InferenceJobs run at once, across all "
-        "replicas; the others wait (reason QuotaExceeded). Absent: no limit.",
+        "replicas: the operator reserves a slot for each before a worker may take it "
+        "(reason QuotaReserved); the others wait (reason QuotaExceeded). Absent: no limit.",
     )
     tokensPerMinute: int | None = Field(
         default=None,
@@ -486,7 +487,7 @@ _ACCESS_RULES: list[JsonValue] = [
         "a.name == b.name || !a.namespaces.exists(n, n in b.namespaces)))",
         "message": "a namespace may belong to one tenant only",
         "fieldPath": ".tenants",
-        "reason": "FieldValueDuplicate",
+        "reason": "FieldValueInvalid",
     }
 ]
 

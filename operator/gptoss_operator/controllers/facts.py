@@ -55,6 +55,7 @@ class JobFacts:
     completion_tokens: int = 0
     total_tokens: int = 0
     max_tokens: int = 256
+    priority: int = 0
 
     @property
     def model_key(self) -> tuple[str, str]:
@@ -103,6 +104,7 @@ class JobFacts:
             completion_tokens=int(usage.get("completionTokens") or 0),
             total_tokens=int(usage.get("totalTokens") or 0),
             max_tokens=int(spec.get("maxTokens") or 256),
+            priority=int(spec.get("priority") or 0),
         )
 
 

@@ -33,7 +33,7 @@ from gptoss_operator.controllers.autoscale.decision import (
     record,
 )
 from gptoss_operator.controllers.facts import JobFacts, ModelFacts, queue_counts
-from gptoss_operator.controllers.quota import quota_exceeded, tenant_of
+from gptoss_operator.controllers.quota import RESERVED, plan_quota
 from gptoss_operator.core import metrics
 from gptoss_operator.core.events import EventSink
 
@@ -88,13 +88,15 @@ class Autoscaler:
         key = (namespace, model)
         jobs = list(self.jobs.get(key, []))
         facts = next(iter(list(self.models.get(key, []))), None)
-        held = quota_exceeded(jobs, lambda _: facts, wall_clock()) if facts is not None else {}
-        if held:
+        if facts is not None and facts.policy.tenants:
+            plan = plan_quota(jobs, lambda _: facts, wall_clock())
             jobs = [
                 job
                 for job in jobs
                 if job.phase != Phase.PENDING.value
-                or (key, tenant_of(facts, job.namespace)) not in held
+                or job.scheduled_reason == RESERVED
+                or (job.namespace, job.name) in plan.reserve
+                or plan.waits(job, facts) is None
             ]
         queue = queue_counts(jobs).get(key, {})
         engine = self.engine_loads(namespace, model) if self.engine_loads else None

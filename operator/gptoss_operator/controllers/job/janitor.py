@@ -46,7 +46,7 @@ from gptoss_operator.controllers.facts import (
     tenant_counts,
 )
 from gptoss_operator.controllers.job.usage import UsageMeter
-from gptoss_operator.controllers.quota import quota_exceeded, tenant_of
+from gptoss_operator.controllers.quota import RESERVED, QuotaPlan, plan_quota, tenant_of
 from gptoss_operator.controllers.tenancy import TenantBindings
 from gptoss_operator.core import metrics
 from gptoss_operator.core.kube import is_status
@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 
 # Reasons a Running job went back to Pending; they say more than "Queued" does.
 REQUEUE_REASONS = ("WorkerLost", "WorkerShutdown", "EngineUnavailable")
+# A reservation written counts this long at most before the index shows it.
+RESERVING_SECONDS = 30.0
 # While a pass writes many jobs, the models' queues are counted again this often.
 RECOUNT_SECONDS = 1.0
 
@@ -77,12 +79,14 @@ def decide(
     *,
     access_denied: bool = False,
     over_quota: str | None = None,
+    reserve: bool = False,
 ) -> Action | None:
     """What, if anything, to do with a job now.
 
     ``lease_age``: seconds the operator has seen a Running job's lease unchanged (None:
     not observed yet, so not lapsed). ``access_denied``: the model's spec.access leaves
-    the job's namespace out. ``over_quota``: why the job's tenant is at a limit.
+    the job's namespace out. ``over_quota``: why the job's tenant is at a limit;
+    ``reserve``: a slot of its tenant's maxJobsInFlight is the job's now.
     """
     status = dict(facts.status)
     finished = facts.phase in FINISHED_PHASES
@@ -164,6 +168,14 @@ def decide(
             "WaitingForModel",
             (f"GptOssModel {facts.model!r} is {model_phase}; the job runs once it is Ready"),
         )
+    elif reserve:
+        reason, message = (
+            RESERVED,
+            "a slot of its tenant's maxJobsInFlight is reserved for it; a worker of "
+            f"GptOssModel {facts.model!r} takes it next",
+        )
+    elif facts.scheduled_reason == RESERVED:
+        return None  # its slot stays its own until a worker takes it
     elif over_quota is not None:
         reason, message = "QuotaExceeded", f"{over_quota}; the job waits for its turn"
     else:
@@ -260,6 +272,8 @@ class JobJanitor:
         self._queues: dict[tuple[str, str], dict[str, Any]] = {}
         self.tenants = tenants
         self.usage = UsageMeter(wall_clock())
+        # Jobs this operator reserved a quota slot for, by when (self.clock).
+        self._reserving: dict[tuple[str, str], float] = {}
         self._changed = True
         self._next_due = 0.0  # on self.clock
         self._last_pass = -math.inf
@@ -322,25 +336,27 @@ class JobJanitor:
         running = [job for job in everything if job.phase == Phase.RUNNING.value]
         self.leases.keep_only(running)
         next_due = math.inf
-        over_quota = quota_exceeded(everything, self._model, now)
+        quota = self._plan_quota(everything, now)
         for job in everything:
             age = self.leases.age(job) if job.phase == Phase.RUNNING.value else None
             next_due = min(next_due, self._due_in(job, now, age))
             phase = self._model_phase(job.model_key)
-            tenant = tenant_of(self._model(job.model_key), job.namespace)
             action = decide(
                 job,
                 phase,
                 now,
                 age,
                 access_denied=not self._serves(job),
-                over_quota=over_quota.get((job.model_key, tenant)),
+                over_quota=quota.waits(job, self._model(job.model_key)),
+                reserve=(job.namespace, job.name) in quota.reserve,
             )
             if action is None:
                 continue
             if job.phase == Phase.RUNNING.value and not await self._lease_still_lapsed(job):
                 continue
-            await self._apply(job, action)
+            applied = await self._apply(job, action)
+            if applied and action.reason == RESERVED:
+                self._reserving[(job.namespace, job.name)] = self.clock()
             if self.clock() - counted >= RECOUNT_SECONDS:
                 await self._publish_queues(self._all_jobs())
                 counted = self.clock()
@@ -386,13 +402,32 @@ class JobJanitor:
             return False
         return lease_token(dict(live.to_dict().get("status") or {})) == job.lease_token
 
-    async def _apply(self, job: JobFacts, action: Action) -> None:
+    def _plan_quota(self, jobs: list[JobFacts], now: datetime.datetime) -> QuotaPlan:
+        """The tenants' reservations and holds; a reservation this operator wrote counts
+        until its index shows it (or RESERVING_SECONDS pass)."""
+        shown = {
+            (job.namespace, job.name)
+            for job in jobs
+            if job.phase != Phase.PENDING.value or job.scheduled_reason == RESERVED
+        }
+        present = {(job.namespace, job.name) for job in jobs}
+        horizon = self.clock() - RESERVING_SECONDS
+        self._reserving = {
+            key: at
+            for key, at in self._reserving.items()
+            if key in present and key not in shown and at > horizon
+        }
+        return plan_quota(jobs, self._model, now, set(self._reserving))
+
+    async def _apply(self, job: JobFacts, action: Action) -> bool:
+        """Carry out ``action``; whether it was (a job that changed meanwhile is looked
+        at again on the next pass)."""
         try:
             if action.kind == "delete":
                 await self.client.delete(InferenceJobResource, job.name, namespace=job.namespace)
                 log.info("deleted %s/%s: ttlSecondsAfterFinished passed", job.namespace, job.name)
                 metrics.count("job_actions", reason=action.reason)
-                return
+                return True
             ops = status_patch(job, action)
             await self.client.patch(
                 InferenceJobResource.Status,
@@ -403,10 +438,12 @@ class JobJanitor:
             )
             log.info("%s/%s: %s", job.namespace, job.name, action.reason)
             metrics.count("job_actions", reason=action.reason)
+            return True
         except ApiError as error:
             if error.status.code not in (404, 409, 422):
                 raise
             # The job changed since we saw it (a sidecar claimed it): look again next pass.
+            return False
 
     async def _publish_queues(self, jobs: list[JobFacts]) -> None:
         """Each model's queue and tenants, in its status: the tenants' RoleBindings are

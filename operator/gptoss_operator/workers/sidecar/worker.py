@@ -129,6 +129,14 @@ def access_of(model: dict[str, Any]) -> Access:
         return Access()
 
 
+def reserved(job: dict[str, Any]) -> bool:
+    """Whether the operator reserved a slot of the job's tenant for it."""
+    conditions = (job.get("status") or {}).get("conditions") or []
+    return any(
+        c.get("type") == "Scheduled" and c.get("reason") == "QuotaReserved" for c in conditions
+    )
+
+
 def _retry_watch(error: Exception, count: int) -> OnErrorResult:
     log.warning("watch failed (%s); retrying", error)
     return OnErrorResult(OnErrorAction.RETRY, sleep=min(10.0, 0.5 * count))
@@ -556,14 +564,14 @@ class Sidecar:
                         due = self.clock() + max(0.0, frees - now)
                         self._rate_at = due if self._rate_at is None else min(self._rate_at, due)
                 continue
-            key = self._pick(self._order[tenant])
+            key = self._pick(self._order[tenant], limits.max_jobs_in_flight is not None)
             if key is not None:
                 return self._drop_pending(key)
         for tenant in [tenant for tenant, order in self._order.items() if not order]:
             del self._order[tenant]
         return None
 
-    def _pick(self, order: list[tuple[int, str, str]]) -> str | None:
+    def _pick(self, order: list[tuple[int, str, str]], reserved_only: bool) -> str | None:
         """One of the oldest pending jobs of the highest priority in one tenant's
         ``order`` (the engine runs requests by priority too, but a job must be claimed
         to reach it). Once this worker has seen other workers of the model claim jobs,
@@ -573,22 +581,31 @@ class Sidecar:
         last; None when no worker needs help. Before it has seen other workers, the one
         it ranks first among the oldest CLAIM_CHOICES. Workers that have seen each other
         split the queue, so they seldom race for one job (a lost race costs a write
-        refused by the apiserver)."""
+        refused by the apiserver). ``reserved_only``: the tenant has a maxJobsInFlight,
+        and only the jobs the operator reserved a slot for may be claimed."""
         me = self.config.worker
         peers = self._live_peers()
         reach = CLAIM_REACH if peers else CLAIM_CHOICES
         candidates: dict[str, tuple[int, str, str]] = {}
+        unreserved: list[tuple[int, str, str]] = []
         chosen: str | None = None
-        while order and len(candidates) < reach:
+        while order and len(candidates) < reach and len(unreserved) < CLAIM_REACH:
             entry = heapq.heappop(order)
             key = entry[2]
-            if key in self.pending and key not in candidates:
-                candidates[key] = entry
-                if peers and self._owner(key, peers) == me:
-                    chosen = key  # the oldest of this worker's share
-                    break
+            if key not in self.pending or key in candidates:
+                continue
+            if reserved_only and not reserved(self.pending[key]):
+                unreserved.append(entry)
+                continue
+            candidates[key] = entry
+            if peers and self._owner(key, peers) == me:
+                chosen = key  # the oldest of this worker's share
+                break
+        for entry in unreserved:
+            heapq.heappush(order, entry)
         if not candidates:
-            order.clear()
+            if not unreserved:
+                order.clear()
             return None
         if chosen is None:
             top = next(iter(candidates.values()))[0]
