@@ -415,7 +415,7 @@ def _exported_metric_names() -> set[str]:
     """The series names the operator's /metrics serves for one model with jobs, one of
     them finished while it ran."""
     from gptoss_operator.controllers.facts import JobFacts, ModelFacts
-    from gptoss_operator.controllers.job.usage import UsageMeter
+    from gptoss_operator.controllers.usage import UsageMeter
     from gptoss_operator.core import metrics
 
     model = ModelFacts.from_status({"phase": "Ready", "readyReplicas": 1, "replicas": 1})

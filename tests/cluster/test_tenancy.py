@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -443,6 +444,17 @@ def tokens_between(kube: Client, namespace: str, start: float, end: float) -> in
     return total
 
 
+def operator_metrics(operator: OperatorProcess) -> dict[str, float]:
+    port = operator.env["GPTOSS_METRICS_PORT"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+
+
 def run_seconds(kube: Client, namespace: str) -> float:
     """The longest a succeeded job of ``namespace`` ran (to the second)."""
     longest = 0.0
@@ -465,7 +477,9 @@ def phases(kube: Client, namespace: str) -> dict[str, int]:
     return found
 
 
-def test_tenants_share_the_model_by_weight_and_one_at_its_limit_waits(platform: Platform) -> None:
+def test_tenants_share_the_model_by_weight_and_one_at_its_limit_waits(
+    platform: Platform, operator: OperatorProcess
+) -> None:
     """Two tenants of weights 1 and 3 flood the model (two sidecars of 2 slots each):
     over a minute of contention each one's share of the tokens is within 10% of its
     weight's. A third tenant limited to 2 jobs in flight never has more across both
@@ -581,6 +595,26 @@ def test_tenants_share_the_model_by_weight_and_one_at_its_limit_waits(platform: 
                 expected = [tenant, namespace, str(counts["Succeeded"]), "0"]
                 assert rows[namespace][:4] == expected, printed
             assert int(rows[heavy][2]) > int(rows[light][2]), printed
+
+            # The operator's /metrics counted the same, by tenant and model.
+            series = operator_metrics(operator)
+            labels = f'job_namespace="{capped}",model="{MODEL}",namespace="{platform.platform}"'
+            done = [  # this test's (the module's earlier jobs counted under the namespace)
+                (job.to_dict().get("status") or {})
+                for job in kube.list(InferenceJobResource, namespace=capped)
+                if job.metadata.name.startswith("c-")
+            ]
+            assert series[
+                f'gptoss_tenant_jobs_total{{{labels},phase="Succeeded",tenant="capped"}}'
+            ] == len(done)
+            completion = sum(int(s["usage"]["completionTokens"]) for s in done)
+            assert (
+                series[
+                    f'gptoss_tenant_tokens_total{{{labels},kind="completion",source="job",'
+                    'tenant="capped"}'
+                ]
+                == completion
+            )
     finally:
         for replica in replicas:
             replica.stop()

@@ -568,7 +568,7 @@ def test_the_operator_reserves_a_limited_tenants_slots_highest_priority_and_olde
 
 
 def test_each_job_that_finishes_is_counted_once_by_tenant_and_model() -> None:
-    from gptoss_operator.controllers.job.usage import UsageMeter
+    from gptoss_operator.controllers.usage import UsageMeter
     from gptoss_operator.core import metrics
 
     def done(name: str, seconds_ago: float, phase: str = "Succeeded") -> JobFacts:
@@ -589,17 +589,41 @@ def test_each_job_that_finishes_is_counted_once_by_tenant_and_model() -> None:
     def counter(name: str, **more: str) -> int:
         return metrics.COUNTERS[(name, tuple(sorted({**labels, **more}.items())))]
 
-    tokens = counter("tenant_tokens", kind="completion")
+    tokens = counter("tenant_tokens", kind="completion", source="job")
     succeeded = counter("tenant_jobs", phase="Succeeded")
     assert meter.observe(jobs, lambda job: "search") == 2
     assert meter.observe(jobs, lambda job: "search") == 0, "each once"
-    assert counter("tenant_tokens", kind="completion") - tokens == 60
+    assert counter("tenant_tokens", kind="completion", source="job") - tokens == 60
     assert counter("tenant_jobs", phase="Succeeded") - succeeded == 1
     text = metrics.render({}, {})
     assert (
         'gptoss_tenant_tokens_total{job_namespace="team-a",kind="prompt",model="m",'
-        'namespace="p",tenant="search"}' in text
+        'namespace="p",source="job",tenant="search"}' in text
     )
     # A job deleted and created again under its name, finishing later, is a new one.
     assert meter.observe([], lambda job: "search") == 0
     assert meter.observe([done("a", 5)], lambda job: "search") == 1
+
+
+def test_a_finished_batch_counts_its_tokens_under_its_tenant() -> None:
+    from gptoss_operator.controllers.usage import count_batch
+    from gptoss_operator.core import metrics
+
+    key = (
+        "tenant_tokens",
+        tuple(
+            sorted(
+                {
+                    "namespace": "p",
+                    "model": "m",
+                    "tenant": "search",
+                    "job_namespace": "p",
+                    "kind": "completion",
+                    "source": "batch",
+                }.items()
+            )
+        ),
+    )
+    before = metrics.COUNTERS[key]
+    count_batch(("p", "m"), "search", "p", {"promptTokens": 5, "completionTokens": 1234})
+    assert metrics.COUNTERS[key] - before == 1234

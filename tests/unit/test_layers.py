@@ -135,16 +135,23 @@ def test_every_package_is_a_known_layer() -> None:
 # own modules, a kind's package may use the controllers' shared modules (``facts``: what
 # the indexes hold of each object; ``tenancy``: the bindings of a model's tenants, which
 # the job housekeeping keeps as it counts them; ``quota``: which tenants are at a limit,
-# whose waiting jobs are told so and add no demand for replicas); the model's reconcile
+# whose waiting jobs are told so and add no demand for replicas; ``usage``: what each
+# tenant used, counted as its jobs and batches finish); the model's reconcile
 # asks the autoscaler how many replicas to run. Only the wiring (``operator``,
 # ``indexes``) brings the kinds together.
 SIBLINGS: dict[str, set[str]] = {
     "controllers.model": {"controllers.facts", "controllers.autoscale"},
-    "controllers.job": {"controllers.facts", "controllers.tenancy", "controllers.quota"},
-    "controllers.batch": {"controllers.facts"},
+    "controllers.job": {
+        "controllers.facts",
+        "controllers.tenancy",
+        "controllers.quota",
+        "controllers.usage",
+    },
+    "controllers.batch": {"controllers.facts", "controllers.quota", "controllers.usage"},
     "controllers.autoscale": {"controllers.facts", "controllers.quota"},
     "controllers.facts": set(),
     "controllers.quota": {"controllers.facts"},
+    "controllers.usage": {"controllers.facts"},
     "controllers.tenancy": set(),
     "workers.download": set(),
     "workers.sidecar": set(),

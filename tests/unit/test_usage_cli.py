@@ -49,27 +49,24 @@ def test_rows_count_the_jobs_of_the_model_finished_in_the_period_per_namespace()
         {**_job("team-b", 1), "status": {"phase": "Running"}},
         _job("platform", 1, model={"name": "big"}),  # the model's own namespace
     ]
-    rows = usage_rows(jobs, ("platform", "big"), access, NOW - datetime.timedelta(hours=24))
-    assert [(r.tenant, r.namespace, r.succeeded, r.failed, r.total) for r in rows] == [
-        ("platform", "platform", 1, 0, 30),
-        ("search", "team-a", 1, 1, 40),
-        ("search", "team-a2", 1, 0, 30),
-        ("team-b", "team-b", 1, 0, 30),
+    batch = {**_job("platform", 2, prompt=1000, completion=4000), "kind": "InferenceBatch"}
+    batch["spec"] = {"modelRef": {"name": "big"}}  # a batch names a model of its namespace
+    since = NOW - datetime.timedelta(hours=24)
+    rows = usage_rows(jobs, ("platform", "big"), access, since, batches=[batch])
+    assert [(r.tenant, r.namespace, r.succeeded, r.failed, r.batches, r.total) for r in rows] == [
+        ("platform", "platform", 1, 0, 1, 5030),
+        ("search", "team-a", 1, 1, 0, 40),
+        ("search", "team-a2", 1, 0, 0, 30),
+        ("team-b", "team-b", 1, 0, 0, 30),
     ]
     out = io.StringIO()
     render(rows, out)
     lines = [line.split() for line in out.getvalue().splitlines()]
     assert lines[0] == [
-        "TENANT",
-        "NAMESPACE",
-        "SUCCEEDED",
-        "FAILED",
-        "PROMPT",
-        "COMPLETION",
-        "TOTAL",
-    ]
-    assert ["search", "(all)", "2", "1", "30", "40", "70"] in lines
-    assert lines[-1] == ["(all)", "(all)", "4", "1", "50", "80", "130"]
+        "TENANT", "NAMESPACE", "SUCCEEDED", "FAILED", "BATCHES", "PROMPT", "COMPLETION", "TOTAL"
+    ]  # fmt: skip
+    assert ["search", "(all)", "2", "1", "0", "30", "40", "70"] in lines
+    assert lines[-1] == ["(all)", "(all)", "4", "1", "1", "1050", "4080", "5130"]
 
 
 def test_the_period_is_minutes_hours_or_days_and_anything_else_is_refused() -> None:

@@ -4,8 +4,8 @@
     gptoss usage --model gpt-oss-20b --since 7d -n team-a -n team-b
 
 One row per namespace, with its tenant (the model's spec.access groups namespaces into
-teams), the jobs that finished in the period and the tokens they used, and one total row
-per tenant. It counts the jobs that still exist: a job deleted by its
+teams), the jobs and batches that finished in the period and the tokens they used, and
+one total row per tenant. It counts what still exists: a job or batch deleted by its
 ttlSecondsAfterFinished is gone from it (Prometheus keeps what the operator's counters
 saw: ``gptoss_tenant_tokens_total``).
 """
@@ -26,7 +26,11 @@ from pydantic import ValidationError
 from gptoss_operator.api.conditions import parse_time
 from gptoss_operator.api.job import model_key_of
 from gptoss_operator.api.model import Access
-from gptoss_operator.api.resources import GptOssModelResource, InferenceJobResource
+from gptoss_operator.api.resources import (
+    GptOssModelResource,
+    InferenceBatchResource,
+    InferenceJobResource,
+)
 
 PERIOD = re.compile(r"^(\d+)([mhd])$")
 UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400}
@@ -66,6 +70,7 @@ class Row:
     namespace: str
     succeeded: int = 0
     failed: int = 0
+    batches: int = 0
     prompt: int = 0
     completion: int = 0
 
@@ -79,34 +84,43 @@ def usage_rows(
     model: tuple[str, str],
     access: Access,
     since: datetime.datetime,
+    batches: Iterable[Mapping[str, Any]] = (),
 ) -> list[Row]:
-    """One row per namespace whose jobs of ``model`` finished after ``since``, sorted by
-    tenant and namespace."""
+    """One row per namespace whose jobs or batches of ``model`` finished after
+    ``since``, sorted by tenant and namespace."""
     rows: dict[str, Row] = {}
-    for job in jobs:
-        if model_key_of(job) != model:
-            continue
-        status = job.get("status") or {}
-        finished = parse_time(status.get("completionTime"))
-        phase = status.get("phase")
-        if finished is None or finished < since or phase not in ("Succeeded", "Failed"):
-            continue
-        namespace = str(job["metadata"]["namespace"])
-        row = rows.setdefault(namespace, Row(access.tenant_of(namespace).name, namespace))
-        if phase == "Succeeded":
-            row.succeeded += 1
-        else:
-            row.failed += 1
-        usage = status.get("usage") or {}
-        row.prompt += int(usage.get("promptTokens") or 0)
-        row.completion += int(usage.get("completionTokens") or 0)
+    for kind, found in (("job", jobs), ("batch", batches)):
+        for item in found:
+            status = item.get("status") or {}
+            finished = parse_time(status.get("completionTime"))
+            phase = str(status.get("phase"))
+            if model_key_of(item) != model or finished is None or finished < since:
+                continue
+            if phase not in ("Succeeded", "Failed"):
+                continue
+            namespace = str(item["metadata"]["namespace"])
+            row = rows.setdefault(namespace, Row(access.tenant_of(namespace).name, namespace))
+            _add(row, kind, phase, status.get("usage") or {})
     return sorted(rows.values(), key=lambda row: (row.tenant, row.namespace))
+
+
+def _add(row: Row, kind: str, phase: str, usage: Mapping[str, Any]) -> None:
+    if kind == "batch":
+        row.batches += 1
+    elif phase == "Succeeded":
+        row.succeeded += 1
+    else:
+        row.failed += 1
+    row.prompt += int(usage.get("promptTokens") or 0)
+    row.completion += int(usage.get("completionTokens") or 0)
 
 
 def render(rows: list[Row], out: TextIO) -> None:
     """The rows, each tenant's total after its namespaces when it has several, and the
     total of all."""
-    header = ("TENANT", "NAMESPACE", "SUCCEEDED", "FAILED", "PROMPT", "COMPLETION", "TOTAL")
+    header = (
+        "TENANT", "NAMESPACE", "SUCCEEDED", "FAILED", "BATCHES", "PROMPT", "COMPLETION", "TOTAL"
+    )  # fmt: skip
     table: list[tuple[str, ...]] = [header]
 
     def line(tenant: str, namespace: str, group: list[Row]) -> tuple[str, ...]:
@@ -115,6 +129,7 @@ def render(rows: list[Row], out: TextIO) -> None:
             namespace,
             str(sum(r.succeeded for r in group)),
             str(sum(r.failed for r in group)),
+            str(sum(r.batches for r in group)),
             str(sum(r.prompt for r in group)),
             str(sum(r.completion for r in group)),
             str(sum(r.total for r in group)),
@@ -143,16 +158,14 @@ def run(args: argparse.Namespace, client: Client, now: datetime.datetime) -> int
     model_namespace = model_namespace or client.namespace
     access = _access(client, model_namespace, name)
     fields = {"spec.modelRef.name": name}
-    if args.all_namespaces:
-        jobs = [
-            j.to_dict() for j in client.list(InferenceJobResource, namespace="*", fields=fields)
-        ]
-    else:
-        jobs = []
-        for namespace in args.namespace or [client.namespace]:
-            listed = client.list(InferenceJobResource, namespace=namespace, fields=fields)
-            jobs += [job.to_dict() for job in listed]
-    render(usage_rows(jobs, (model_namespace, name), access, since), sys.stdout)
+    namespaces = ["*"] if args.all_namespaces else (args.namespace or [client.namespace])
+    jobs: list[dict[str, Any]] = []
+    batches: list[dict[str, Any]] = []
+    for namespace in namespaces:
+        listed = client.list(InferenceJobResource, namespace=namespace, fields=fields)
+        jobs += [job.to_dict() for job in listed]
+        batches += [b.to_dict() for b in client.list(InferenceBatchResource, namespace=namespace)]
+    render(usage_rows(jobs, (model_namespace, name), access, since, batches), sys.stdout)
     return 0
 
 

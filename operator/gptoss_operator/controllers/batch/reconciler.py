@@ -33,6 +33,9 @@ from gptoss_operator.controllers.batch.status import (
     status_changed,
     termination_message,
 )
+from gptoss_operator.controllers.facts import ModelFacts
+from gptoss_operator.controllers.quota import tenant_of
+from gptoss_operator.controllers.usage import count_batch
 from gptoss_operator.core import kube, naming
 from gptoss_operator.core.events import EventSink
 from gptoss_operator.core.serializer import KeyedSerializer
@@ -100,6 +103,7 @@ class BatchReconciler:
         await self._announce(batch, status, fields)
         if fields["phase"] in FINISHED_PHASES:
             batch["status"] = {**status, **fields}
+            await self._count_usage(batch, spec)
             await self._expire(batch)
 
     async def _observe(self, batch: dict[str, Any], spec: InferenceBatchSpec) -> Observed:
@@ -235,6 +239,25 @@ class BatchReconciler:
         if after.get("phase") == "Failed":
             kind = "Warning"
         await self.emit(batch, kind, new or "Unknown", after.get("message") or "")
+
+    async def _count_usage(self, batch: dict[str, Any], spec: InferenceBatchSpec) -> None:
+        """A finished batch's tokens, under its tenant (once: only the write that
+        finished it gets here)."""
+        namespace = batch["metadata"]["namespace"]
+        try:
+            model = await kube.get_or_none(
+                self.client, GptOssModelResource, spec.modelRef.name, namespace
+            )
+        except Exception as error:  # the counter misses it; the batch's status has it
+            log.warning("reading the model of finished batch %s failed: %s", namespace, error)
+            return
+        facts = ModelFacts.from_body(kube.to_dict(model)) if model is not None else None
+        count_batch(
+            (namespace, spec.modelRef.name),
+            tenant_of(facts, namespace),
+            namespace,
+            (batch.get("status") or {}).get("usage") or {},
+        )
 
     async def _expire(self, batch: dict[str, Any]) -> None:
         """Delete a finished batch once its ttlSecondsAfterFinished has passed."""

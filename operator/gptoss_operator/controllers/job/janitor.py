@@ -45,9 +45,9 @@ from gptoss_operator.controllers.facts import (
     queue_counts,
     tenant_counts,
 )
-from gptoss_operator.controllers.job.usage import UsageMeter
 from gptoss_operator.controllers.quota import RESERVED, QuotaPlan, plan_quota, tenant_of
 from gptoss_operator.controllers.tenancy import TenantBindings
+from gptoss_operator.controllers.usage import UsageMeter
 from gptoss_operator.core import metrics
 from gptoss_operator.core.kube import is_status
 from gptoss_operator.core.retry import is_transient

@@ -1,11 +1,13 @@
 """What each tenant of each model used, as Prometheus counters: the tokens and jobs of
 the InferenceJobs that finish while the operator runs (each counted once; the jobs that
-had finished before it started are not, as a counter starts at zero)."""
+had finished before it started are not, as a counter starts at zero), and the tokens of
+the InferenceBatches it sees finish."""
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from gptoss_operator.api.conditions import parse_time
 from gptoss_operator.api.job import FINISHED_PHASES
@@ -41,7 +43,21 @@ class UsageMeter:
                 "job_namespace": job.namespace,
             }
             metrics.count("tenant_jobs", 1, phase=job.phase, **labels)
-            metrics.count("tenant_tokens", job.prompt_tokens, kind="prompt", **labels)
-            metrics.count("tenant_tokens", job.completion_tokens, kind="completion", **labels)
+            count_tokens(labels, "job", job.prompt_tokens, job.completion_tokens)
         self._counted &= seen  # forget the jobs that are gone
         return counted
+
+
+def count_tokens(labels: Mapping[str, str], source: str, prompt: int, completion: int) -> None:
+    metrics.count("tenant_tokens", prompt, kind="prompt", source=source, **labels)
+    metrics.count("tenant_tokens", completion, kind="completion", source=source, **labels)
+
+
+def count_batch(
+    model: tuple[str, str], tenant: str, namespace: str, usage: Mapping[str, Any]
+) -> None:
+    """The tokens of a batch that finished (its lines', as its status sums them)."""
+    labels = {"namespace": model[0], "model": model[1], "tenant": tenant}
+    labels["job_namespace"] = namespace
+    prompt = int(usage.get("promptTokens") or 0)
+    count_tokens(labels, "batch", prompt, int(usage.get("completionTokens") or 0))
