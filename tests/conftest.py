@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -155,6 +156,17 @@ class OperatorProcess:
             stdin=subprocess.DEVNULL,
         )
         log.close()
+
+    def metrics(self) -> dict[str, float]:
+        """Its /metrics, series (name and labels) to value."""
+        port = self.env["GPTOSS_METRICS_PORT"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+        return {
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line and not line.startswith("#")
+        }
 
     def stop(self, *, kill: bool = False) -> None:
         if self.process is None:

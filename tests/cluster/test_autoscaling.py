@@ -10,7 +10,6 @@ the engine is the stand-in, slow enough that jobs are still running when pods go
 
 from __future__ import annotations
 
-import urllib.request
 import uuid
 
 import pytest
@@ -54,17 +53,6 @@ def _deployment_replicas(kube: Client, namespace: str) -> int:
 
 def _reasons(kube: Client, namespace: str) -> list[str]:
     return [str(e.get("reason")) for e in events_for(kube, namespace, "m")]
-
-
-def _operator_metrics(operator: OperatorProcess) -> dict[str, float]:
-    port = operator.env["GPTOSS_METRICS_PORT"]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-        text = reply.read().decode()
-    return {
-        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line and not line.startswith("#")
-    }
 
 
 def _scheduled_reason(kube: Client, namespace: str, name: str) -> str | None:
@@ -173,7 +161,7 @@ def test_replicas_follow_the_queue_from_zero_to_max_and_back(
         reasons = _reasons(kube, namespace)
         assert {"Woken", "ScaledDown", "ScaledToZero"} <= set(reasons), reasons
         # The operator's /metrics tell the same story.
-        series = _operator_metrics(operator)
+        series = operator.metrics()
         labels = f'model="m",namespace="{namespace}"'
         assert series[f"gptoss_model_replicas{{{labels}}}"] == 0
         assert series[f"gptoss_model_desired_replicas{{{labels}}}"] == 0

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -444,17 +443,6 @@ def tokens_between(kube: Client, namespace: str, start: float, end: float) -> in
     return total
 
 
-def operator_metrics(operator: OperatorProcess) -> dict[str, float]:
-    port = operator.env["GPTOSS_METRICS_PORT"]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-        text = reply.read().decode()
-    return {
-        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line and not line.startswith("#")
-    }
-
-
 def run_seconds(kube: Client, namespace: str) -> float:
     """The longest a succeeded job of ``namespace`` ran (to the second)."""
     longest = 0.0
@@ -597,7 +585,7 @@ def test_tenants_share_the_model_by_weight_and_one_at_its_limit_waits(
             assert int(rows[heavy][2]) > int(rows[light][2]), printed
 
             # The operator's /metrics counted the same, by tenant and model.
-            series = operator_metrics(operator)
+            series = operator.metrics()
             labels = f'job_namespace="{capped}",model="{MODEL}",namespace="{platform.platform}"'
             done = [  # this test's (the module's earlier jobs counted under the namespace)
                 (job.to_dict().get("status") or {})
