@@ -30,10 +30,12 @@ class UsageMeter:
                 continue
             key = (job.namespace, job.name, job.completion_time)
             seen.add(key)
-            finished = parse_time(job.completion_time)
-            if key in self._counted or finished is None or finished < self.started:
+            if key in self._counted:
                 continue
-            self._counted.add(key)
+            self._counted.add(key)  # looked at once, counted or not
+            finished = parse_time(job.completion_time)
+            if finished is None or finished < self.started:
+                continue
             counted += 1
             model_namespace, model = job.model_key
             labels = {
