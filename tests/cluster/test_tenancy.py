@@ -586,7 +586,8 @@ def test_tenants_share_the_model_by_weight_and_one_at_its_limit_waits(
 
             # The operator's /metrics counted the same, by tenant and model.
             series = operator.metrics()
-            labels = f'job_namespace="{capped}",model="{MODEL}",namespace="{platform.platform}"'
+            model_labels = f'model="{MODEL}",namespace="{platform.platform}"'
+            labels = f'job_namespace="{capped}",{model_labels}'  # as sorted in the output
             done = [  # this test's (the module's earlier jobs counted under the namespace)
                 (job.to_dict().get("status") or {})
                 for job in kube.list(InferenceJobResource, namespace=capped)
@@ -598,8 +599,8 @@ def test_tenants_share_the_model_by_weight_and_one_at_its_limit_waits(
             completion = sum(int(s["usage"]["completionTokens"]) for s in done)
             assert (
                 series[
-                    f'gptoss_tenant_tokens_total{{{labels},kind="completion",source="job",'
-                    'tenant="capped"}'
+                    f'gptoss_tenant_tokens_total{{job_namespace="{capped}",kind="completion",'
+                    f'{model_labels},source="job",tenant="capped"}}'
                 ]
                 == completion
             )
