@@ -468,7 +468,7 @@ def phases(kube: Client, namespace: str) -> dict[str, int]:
 def test_tenants_share_the_model_by_weight_and_one_at_its_limit_waits(
     platform: Platform, operator: OperatorProcess
 ) -> None:
-    """Two tenants of weights 1 and 3 flood the model (two sidecars of 2 slots each):
+    """Two tenants of weights 1 and 3 flood the model (two sidecars of 4 slots each):
     over a minute of contention each one's share of the tokens is within 10% of its
     weight's. A third tenant limited to 2 jobs in flight never has more across both
     sidecars, none of its jobs fails, and its waiting jobs say why. A fourth namespace's
@@ -493,7 +493,9 @@ def test_tenants_share_the_model_by_weight_and_one_at_its_limit_waits(
         namespace=platform.platform,
         patch_type=PatchType.MERGE,
     )
-    # Two replicas' sidecars of two slots each, each job about a second at the engine.
+    # Two replicas' sidecars of four slots each, each job about a second and a half at the
+    # engine: some 300 jobs finish in the minute measured, so one job is a third of a
+    # percent of the share.
     platform.sidecar.stop()
     replicas = [
         SidecarProcess(
@@ -503,15 +505,15 @@ def test_tenants_share_the_model_by_weight_and_one_at_its_limit_waits(
             f"shared-pod-{index}",
             platform.engine.url,
             platform.configs,
-            GPTOSS_CONCURRENCY="2",
+            GPTOSS_CONCURRENCY="4",
         )
         for index in range(2)
     ]
     platform.engine.token_delay = 0.05
     try:
         with RunningWatch(kube, capped) as watch:
-            submit(kube, light, model, 150, "l")
-            submit(kube, heavy, model, 300, "h")
+            submit(kube, light, model, 250, "l")
+            submit(kube, heavy, model, 600, "h")
             submit(kube, capped, model, 12, "c")
             for replica in replicas:
                 replica.start()
