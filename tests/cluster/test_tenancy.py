@@ -170,10 +170,15 @@ def tenants(platform: Platform) -> list[str]:
 
 
 def set_access(platform: Platform, namespaces: list[str] | None) -> None:
+    patch_access(platform, {"namespaces": namespaces})
+
+
+def patch_access(platform: Platform, access: dict[str, Any]) -> None:
+    """Merge ``access`` into the shared model's spec.access (None removes a field)."""
     platform.kube.patch(
         GptOssModelResource,
         MODEL,
-        {"spec": {"access": {"namespaces": namespaces}}},
+        {"spec": {"access": access}},
         namespace=platform.platform,
         patch_type=PatchType.MERGE,
     )
@@ -475,23 +480,16 @@ def test_tenants_share_the_model_by_weight_and_one_at_its_limit_waits(
     single job, sent in the middle, waits no longer than one fair turn."""
     kube, model = platform.kube, the_shared_model(platform)
     light, heavy, capped = platform.teams
-    platform.kube.patch(
-        GptOssModelResource,
-        MODEL,
+    patch_access(
+        platform,
         {
-            "spec": {
-                "access": {
-                    "namespaces": None,
-                    "tenants": [
-                        {"name": "light", "namespaces": [light], "weight": 1},
-                        {"name": "heavy", "namespaces": [heavy], "weight": 3},
-                        {"name": "capped", "namespaces": [capped], "maxJobsInFlight": 2},
-                    ],
-                }
-            }
+            "namespaces": None,
+            "tenants": [
+                {"name": "light", "namespaces": [light], "weight": 1},
+                {"name": "heavy", "namespaces": [heavy], "weight": 3},
+                {"name": "capped", "namespaces": [capped], "maxJobsInFlight": 2},
+            ],
         },
-        namespace=platform.platform,
-        patch_type=PatchType.MERGE,
     )
     # Two replicas' sidecars of four slots each, each job about a second and a half at the
     # engine: some 300 jobs finish in the minute measured, so one job is a third of a
@@ -612,12 +610,6 @@ def test_tenants_share_the_model_by_weight_and_one_at_its_limit_waits(
         platform.engine.token_delay = 0.0
         for namespace in (light, heavy, capped):
             kube.deletecollection(InferenceJobResource, namespace=namespace)
-        platform.kube.patch(
-            GptOssModelResource,
-            MODEL,
-            {"spec": {"access": {"tenants": None}}},
-            namespace=platform.platform,
-            patch_type=PatchType.MERGE,
-        )
+        patch_access(platform, {"tenants": None})
         platform.sidecar.start()
         print("sidecar logs:", *(replica.log_path for replica in replicas))

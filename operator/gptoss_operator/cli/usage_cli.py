@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from lightkube import ApiError, Client
-from pydantic import ValidationError
 
 from gptoss_operator.api.conditions import parse_time
 from gptoss_operator.api.job import model_key_of
@@ -31,6 +30,7 @@ from gptoss_operator.api.resources import (
     InferenceBatchResource,
     InferenceJobResource,
 )
+from gptoss_operator.core.fair_share import read_access
 
 PERIOD = re.compile(r"^(\d+)([mhd])$")
 UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400}
@@ -181,7 +181,4 @@ def _access(client: Client, namespace: str, name: str) -> Access:
             file=sys.stderr,
         )
         return Access()
-    try:
-        return Access.model_validate((model.get("spec") or {}).get("access") or {})
-    except ValidationError:
-        return Access()
+    return read_access((model.get("spec") or {}).get("access"))

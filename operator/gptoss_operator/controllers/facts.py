@@ -21,6 +21,7 @@ from gptoss_operator.api.job_status import charged_attempts
 from gptoss_operator.api.json_schema import spec_problem
 from gptoss_operator.api.model import Access, Autoscaling
 from gptoss_operator.api.model import Phase as ModelPhase
+from gptoss_operator.core.fair_share import read_access
 
 log = logging.getLogger(__name__)
 
@@ -131,16 +132,6 @@ def _autoscaling(value: Any) -> Autoscaling | None:
         return None
 
 
-def _policy(value: Any) -> Access:
-    """spec.access as a whole (its tenants, weights and limits); all alike when it cannot
-    be read."""
-    try:
-        return Access.model_validate(value or {})
-    except ValidationError:
-        log.warning("ignoring an unreadable spec.access: %s", value)
-        return Access()
-
-
 def _access(value: Any) -> tuple[str, ...] | None:
     """spec.access.namespaces, or None when it lists none (or cannot be read)."""
     namespaces = value.get("namespaces") if isinstance(value, Mapping) else None
@@ -197,7 +188,7 @@ class ModelFacts:
             autoscaling=_autoscaling(serving.get("autoscaling")),
             concurrency=int((spec.get("sidecar") or {}).get("concurrency", 64)),
             access=_access(spec.get("access")),
-            policy=_policy(spec.get("access")),
+            policy=read_access(spec.get("access")),
         )
 
     @property

@@ -24,6 +24,7 @@ from gptoss_operator.core.fair_share import (
     RATE_WINDOW_SECONDS,
     ShareLedger,
     TenantLimits,
+    limits_of,
     over_limit,
 )
 
@@ -67,9 +68,7 @@ def plan_quota(
             continue
         if job.model_key not in limited:
             limited[job.model_key] = {
-                tenant.name: TenantLimits(
-                    tenant.weight, tenant.maxJobsInFlight, tenant.tokensPerMinute
-                )
+                tenant.name: limits_of(model.policy, tenant.name)
                 for tenant in model.policy.tenants
                 if tenant.maxJobsInFlight is not None or tenant.tokensPerMinute is not None
             }

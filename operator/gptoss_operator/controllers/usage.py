@@ -59,7 +59,11 @@ def count_batch(
     model: tuple[str, str], tenant: str, namespace: str, usage: Mapping[str, Any]
 ) -> None:
     """The tokens of a batch that finished (its lines', as its status sums them)."""
-    labels = {"namespace": model[0], "model": model[1], "tenant": tenant}
-    labels["job_namespace"] = namespace
-    prompt = int(usage.get("promptTokens") or 0)
-    count_tokens(labels, "batch", prompt, int(usage.get("completionTokens") or 0))
+    labels = {
+        "namespace": model[0],
+        "model": model[1],
+        "tenant": tenant,
+        "job_namespace": namespace,
+    }
+    prompt, completion = (int(usage.get(k) or 0) for k in ("promptTokens", "completionTokens"))
+    count_tokens(labels, "batch", prompt, completion)

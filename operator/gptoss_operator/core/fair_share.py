@@ -12,9 +12,17 @@ a limit why they wait (QuotaExceeded).
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from gptoss_operator.api.model import Access
+
+log = logging.getLogger(__name__)
 
 # Seconds after which a finished job counts half as much toward its tenant's use.
 HALF_LIFE_SECONDS = 60.0
@@ -31,6 +39,24 @@ class TenantLimits:
     weight: int = 1
     max_jobs_in_flight: int | None = None
     tokens_per_minute: int | None = None
+
+
+def read_access(value: Any) -> Access:
+    """A live model's spec.access (its unknown fields ignored); all namespaces alike, of
+    weight 1 and without limits, when it cannot be read."""
+    try:
+        return Access.model_validate(value or {})
+    except ValidationError as error:
+        log.warning("cannot read a model's spec.access (%s); its tenants share alike", error)
+        return Access()
+
+
+def limits_of(access: Access, tenant: str) -> TenantLimits:
+    """``tenant``'s weight and limits; a namespace in no tenant has the defaults."""
+    group = next((t for t in access.tenants or [] if t.name == tenant), None)
+    if group is None:
+        return TenantLimits()
+    return TenantLimits(group.weight, group.maxJobsInFlight, group.tokensPerMinute)
 
 
 @dataclass

@@ -31,7 +31,6 @@ from typing import Any
 from lightkube import AsyncClient
 from lightkube.operators import not_in
 from lightkube.types import OnErrorAction, OnErrorResult
-from pydantic import ValidationError
 
 from gptoss_operator.api.conditions import parse_time, timestamp
 from gptoss_operator.api.job import FINISHED_PHASES, InferenceJobSpec, Phase, model_key_of
@@ -44,7 +43,9 @@ from gptoss_operator.core.fair_share import (
     TenantLimits,
     estimate,
     fair_order,
+    limits_of,
     over_limit,
+    read_access,
 )
 from gptoss_operator.engine.attempts import Verdict, decide
 from gptoss_operator.engine.client import (
@@ -117,16 +118,6 @@ class SidecarConfig:
     finish_grace_seconds: float = 10.0
     resync_seconds: float = 60.0
     watch_timeout_seconds: int = 240
-
-
-def access_of(model: dict[str, Any]) -> Access:
-    """A live model's spec.access (its unknown fields ignored); all namespaces alike, of
-    weight 1 and without limits, if it cannot be read."""
-    try:
-        return Access.model_validate((model.get("spec") or {}).get("access") or {})
-    except ValidationError as error:
-        log.warning("cannot read the model's spec.access (%s); tenants share alike", error)
-        return Access()
 
 
 def reserved(job: dict[str, Any]) -> bool:
@@ -309,7 +300,7 @@ class Sidecar:
                     if event_type != "DELETED":
                         model = obj.to_dict()
                         self.serve_namespaces(tenant_namespaces(model))
-                        self.set_access(access_of(model))
+                        self.set_access(read_access((model.get("spec") or {}).get("access")))
             except asyncio.CancelledError:
                 raise
             except Exception as error:
@@ -331,10 +322,12 @@ class Sidecar:
         return self.access.tenant_of(namespace).name
 
     def limits(self, tenant: str) -> TenantLimits:
-        group = next((t for t in self.access.tenants or [] if t.name == tenant), None)
-        if group is None:
-            return TenantLimits()
-        return TenantLimits(group.weight, group.maxJobsInFlight, group.tokensPerMinute)
+        return limits_of(self.access, tenant)
+
+    def _guess(self, tenant: str, job: dict[str, Any]) -> float:
+        """The tokens a job of ``tenant`` that starts now is counted for until it ends."""
+        max_tokens = int((job.get("spec") or {}).get("maxTokens") or 256)
+        return estimate(self.ledger, tenant, max_tokens)
 
     def _account(self, key: str, job: dict[str, Any], phase: str, deleted: bool) -> None:
         """Tell the ledger what a job event means for its tenant's use."""
@@ -348,8 +341,7 @@ class Sidecar:
             self.ledger.finished(key, tenant, tokens, at, now)
             self._wake.set()  # a slot of its tenant's may be free
         elif phase == Phase.RUNNING.value and not deleted:
-            max_tokens = int((job.get("spec") or {}).get("maxTokens") or 256)
-            self.ledger.running(key, tenant, estimate(self.ledger, tenant, max_tokens))
+            self.ledger.running(key, tenant, self._guess(tenant, job))
         elif self.ledger.stopped(key):
             self._wake.set()
 
@@ -501,8 +493,7 @@ class Sidecar:
         key = job_key(job)
         # Counted as its tenant's at once: the next pick must not see the slot free.
         tenant = self.tenant_of(split_key(key)[0])
-        max_tokens = int((job.get("spec") or {}).get("maxTokens") or 256)
-        self.ledger.running(key, tenant, estimate(self.ledger, tenant, max_tokens))
+        self.ledger.running(key, tenant, self._guess(tenant, job))
         try:
             claimed = await self._claim(job)
         finally:
