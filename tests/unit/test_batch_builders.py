@@ -3,6 +3,7 @@ identity, volumes and credentials; the plan its workers read; the status it lead
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
 from typing import Any
@@ -10,8 +11,14 @@ from typing import Any
 from gptoss_operator.api.batch import InferenceBatchSpec
 from gptoss_operator.api.batch_plan import BatchPlan
 from gptoss_operator.api.model import GptOssModelSpec
-from gptoss_operator.builders import ModelContext
-from gptoss_operator.builders.batch import BatchContext, merge_job, model_names, shards_job
+from gptoss_operator.builders import ModelContext, rbac
+from gptoss_operator.builders.batch import (
+    BatchContext,
+    gateway_key_secret,
+    merge_job,
+    model_names,
+    shards_job,
+)
 from gptoss_operator.controllers.batch.status import (
     Observed,
     batch_demand,
@@ -22,10 +29,12 @@ from gptoss_operator.core.settings import Settings
 from tests.support import batch_status_patch
 
 
-def context(model_spec: dict[str, Any] | None = None, **spec: Any) -> BatchContext:
+def context(
+    model_spec: dict[str, Any] | None = None, model_namespace: str = "team", **spec: Any
+) -> BatchContext:
     model = ModelContext(
         "gpt-oss-20b",
-        "team",
+        model_namespace,
         "model-uid",
         GptOssModelSpec.model_validate(
             {"source": {"repo": "openai/gpt-oss-20b"}, **(model_spec or {})}
@@ -38,7 +47,14 @@ def context(model_spec: dict[str, Any] | None = None, **spec: Any) -> BatchConte
         "output": {"volume": {"claimName": "results", "path": "out"}},
         **spec,
     }
-    return BatchContext("eval", "team", "batch-uid", InferenceBatchSpec.model_validate(body), model)
+    return BatchContext(
+        "eval",
+        "team",
+        "batch-uid",
+        InferenceBatchSpec.model_validate(body),
+        model,
+        key_secret="eval-gateway-0123456789",
+    )
 
 
 def env_of(job: dict[str, Any]) -> dict[str, Any]:
@@ -67,14 +83,44 @@ def test_the_shards_run_as_an_indexed_job_of_the_models_batch_identity() -> None
     mounts = {m["mountPath"]: m.get("readOnly", False) for m in container["volumeMounts"]}
     assert mounts["/batch/volumes/datasets"] is True  # the input is only read
     assert mounts["/batch/volumes/results"] is False
+    # The batch's own gateway key, never the engine's.
     assert env_of(job)["GPTOSS_ENGINE_API_KEY"] == {
-        "secretKeyRef": {"name": "gpt-oss-20b-api-key", "key": "token"}
+        "secretKeyRef": {"name": "eval-gateway-0123456789", "key": "key"}
     }
+    assert "GPTOSS_ENGINE_API_KEY" not in env_of(merge_job(context()))
 
 
-def test_the_plan_points_at_the_models_service_and_the_mounted_files() -> None:
+def test_a_batch_of_another_namespaces_model_runs_here_as_that_models_identity_here() -> None:
+    ctx = context(model_namespace="platform")
+    job = shards_job(ctx)
+    assert job["metadata"]["namespace"] == "team"
+    assert job["metadata"]["labels"]["gptoss.ai/model-namespace"] == "platform"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "platform.gpt-oss-20b-batch"
+    plan = BatchPlan.model_validate_json(env_of(job)["GPTOSS_BATCH_PLAN"])
+    assert plan.engineUrl == "http://gpt-oss-20b-vllm.platform.svc:8001"
+    account, binding = rbac.tenant_batch_identity(
+        "gpt-oss-20b", "platform", "team", "gptoss-batch-worker"
+    )
+    assert (account["kind"], account["metadata"]["namespace"]) == ("ServiceAccount", "team")
+    assert account["metadata"]["name"] == "platform.gpt-oss-20b-batch"
+    assert binding["roleRef"]["name"] == "gptoss-batch-worker"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "platform.gpt-oss-20b-batch", "namespace": "team"}
+    ]
+
+
+def test_the_gateway_key_secret_goes_with_the_batch_and_is_named_after_its_hash() -> None:
+    secret = gateway_key_secret(context(), "the-key", "ab" * 32)
+    assert secret["metadata"]["name"] == "eval-gateway-ababababab"
+    assert secret["metadata"]["namespace"] == "team"
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == "batch-uid"
+    assert base64.b64decode(secret["data"]["key"]) == b"the-key"
+
+
+def test_the_plan_points_at_the_models_gateway_and_the_mounted_files() -> None:
     plan = BatchPlan.model_validate_json(env_of(shards_job(context()))["GPTOSS_BATCH_PLAN"])
-    assert plan.engineUrl == "http://gpt-oss-20b-vllm.team.svc:8000"
+    assert plan.engineUrl == "http://gpt-oss-20b-vllm.team.svc:8001"
     assert plan.servedModelName == "gpt-oss-20b"
     assert plan.input.path == "/batch/volumes/datasets/in/r.jsonl"
     assert plan.input.url == "pvc://datasets/in/r.jsonl"

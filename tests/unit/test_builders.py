@@ -335,7 +335,9 @@ def test_a_named_api_key_secret_is_used_and_none_is_generated() -> None:
     } in engine["env"]
 
 
-def test_the_network_policy_admits_the_namespace_and_the_listed_peers_on_the_engine_port() -> None:
+def test_the_network_policy_admits_the_namespace_and_peers_to_the_engine_all_to_the_gateway() -> (
+    None
+):
     assert network.network_policy(_ctx()) is None, "off unless the admin turns it on"
     gateway = {"namespaceSelector": {"matchLabels": {"gateway": "true"}}}
     ctx = _ctx(settings=Settings(network_policy=True, network_policy_from=[gateway]))
@@ -344,14 +346,19 @@ def test_the_network_policy_admits_the_namespace_and_the_listed_peers_on_the_eng
     spec = policy["spec"]
     assert spec["podSelector"] == {"matchLabels": naming.server_selector("m")}
     assert spec["policyTypes"] == ["Ingress"]
+    to_gateway = {
+        "from": [{"namespaceSelector": {}}],
+        "ports": [{"protocol": "TCP", "port": naming.GATEWAY_PORT}],
+    }
     assert spec["ingress"] == [
-        {"from": [{"podSelector": {}}, gateway], "ports": [{"protocol": "TCP", "port": 8000}]}
+        {"from": [{"podSelector": {}}, gateway], "ports": [{"protocol": "TCP", "port": 8000}]},
+        to_gateway,
     ]
     closed = network.network_policy(
         _ctx(settings=Settings(network_policy=True, network_policy_same_namespace=False))
     )
     assert closed is not None
-    assert closed["spec"]["ingress"] == [], "no peers: nothing reaches the engine port"
+    assert closed["spec"]["ingress"] == [to_gateway], "no peers: nothing reaches the engine port"
 
 
 def test_every_probe_names_a_port_of_its_own_container() -> None:

@@ -9,7 +9,13 @@ from dataclasses import replace
 from typing import Any
 
 from gptoss_operator.api.model import Access
-from gptoss_operator.controllers.facts import JobFacts, ModelFacts, queue_counts, tenant_counts
+from gptoss_operator.controllers.facts import (
+    BatchFacts,
+    JobFacts,
+    ModelFacts,
+    queue_counts,
+    tenant_counts,
+)
 from gptoss_operator.controllers.job.janitor import JobJanitor, LeaseClock, decide, status_patch
 from gptoss_operator.controllers.quota import plan_quota
 
@@ -339,6 +345,7 @@ def test_a_pass_over_a_deep_queue_for_a_serving_model_writes_only_the_count() ->
         "status": {
             "queue": {"pending": 10_000, "running": 0},
             "tenants": [{"namespace": "ns", "tenant": "ns", "pending": 10_000, "running": 0}],
+            "batches": [],
         }
     }
 
@@ -627,3 +634,76 @@ def test_a_finished_batch_counts_its_tokens_under_its_tenant() -> None:
     before = metrics.COUNTERS[key]
     count_batch(("p", "m"), "search", "p", {"promptTokens": 5, "completionTokens": 1234})
     assert metrics.COUNTERS[key] - before == 1234
+
+
+class _RecordingBindings:
+    """Stands in for the tenants' bindings: records what is wanted at each pass."""
+
+    def __init__(self) -> None:
+        self.bound: list[dict[tuple[str, str], set[str]]] = []
+        self.kept: list[dict[tuple[str, str], set[str]]] = []
+
+    async def bind(self, wanted: dict[tuple[str, str], set[str]]) -> set[Any]:
+        self.bound.append(wanted)
+        return set()
+
+    async def unbind(self, wanted: dict[tuple[str, str], set[str]]) -> None:
+        self.kept.append(wanted)
+
+
+def test_the_models_status_lists_its_keyed_batches_and_their_shards_get_identities() -> None:
+    """The gateway admits the shards of the batches the model's status lists (by their
+    key's hash): a batch is listed once it has a key and leaves with its last entry; the
+    shards of a batch in another namespace get an identity there while it is unfinished."""
+    client = _RecordingClient()
+    identities = _RecordingBindings()
+    batches: dict[tuple[str, str], list[BatchFacts]] = {
+        ("ns", "m"): [
+            BatchFacts("ns", "local", demand=8, priority=-10, key_sha256="a" * 64),
+            BatchFacts("team", "eval", demand=8, priority=-5, key_sha256="b" * 64),
+            BatchFacts("other", "new", demand=8, priority=0, key_sha256=None),
+        ]
+    }
+    janitor = JobJanitor(
+        client,  # type: ignore[arg-type]
+        {},
+        {("ns", "m"): [ModelFacts("Ready", 1)]},
+        clock=_Clock(),
+        wall_clock=lambda: NOW,
+        batches=batches,
+        batch_identities=identities,  # type: ignore[arg-type]
+    )
+    asyncio.run(janitor.step())
+    assert client.patches == [
+        (
+            "m",
+            {
+                "status": {
+                    "queue": {"pending": 0, "running": 0},
+                    "tenants": [],
+                    "batches": [
+                        {
+                            "namespace": "ns",
+                            "name": "local",
+                            "keySHA256": "a" * 64,
+                            "priority": -10,
+                        },
+                        {
+                            "namespace": "team",
+                            "name": "eval",
+                            "keySHA256": "b" * 64,
+                            "priority": -5,
+                        },
+                    ],
+                }
+            },
+        )
+    ]
+    # Both unfinished batches of other namespaces have their shards' identity (the one
+    # without a key yet too: the reconciler makes it before the Jobs, this keeps it).
+    assert identities.bound[-1] == identities.kept[-1] == {("ns", "m"): {"team", "other"}}
+    batches[("ns", "m")] = []  # all finished
+    janitor.touch()
+    asyncio.run(janitor.step())
+    assert client.patches[-1][1]["status"]["batches"] == []
+    assert identities.kept[-1] == {("ns", "m"): set()}

@@ -14,6 +14,7 @@ from gptoss_operator.api.common import (
     ApiModel,
     Condition,
     LocalObjectReference,
+    ModelReference,
     conditions_field,
 )
 from gptoss_operator.api.job import (
@@ -220,8 +221,10 @@ class WorkerResources(ApiModel):
 
 
 class InferenceBatchSpec(ApiModel):
-    modelRef: LocalObjectReference = Field(
-        description="The GptOssModel, in this namespace, that answers the requests."
+    modelRef: ModelReference = Field(
+        description="The GptOssModel that answers the requests: in this namespace, or in "
+        "the one named. The shards run here and reach the model through its sidecars' "
+        "gateway, with a key of the batch's own."
     )
     input: BatchInput = Field(
         description="The requests: JSONL in OpenAI's batch input format, one "
@@ -333,6 +336,14 @@ class OutputFiles(ApiModel):
     errors: str | None = Field(default=None, description="URL of errors.jsonl.")
 
 
+class GatewayKey(ApiModel):
+    """The batch's key to the model's gateway: the operator puts it in a Secret of the
+    batch's namespace for the shards, and shows the model's sidecars only its hash."""
+
+    secret: str = Field(description="The Secret holding the key (in the batch's namespace).")
+    sha256: str = Field(pattern="^[0-9a-f]{64}$", description="SHA-256 of the key, in hex.")
+
+
 class InferenceBatchStatus(ApiModel):
     phase: Phase | None = Field(
         default=None, description="Pending, Running, Merging, Succeeded or Failed."
@@ -357,6 +368,9 @@ class InferenceBatchStatus(ApiModel):
         default=None, description="Each shard's progress, by index."
     )
     message: str | None = Field(default=None, description="Human-readable state.")
+    gatewayKey: GatewayKey | None = Field(
+        default=None, description="The key its shards present to the model's gateway."
+    )
     kopf: dict[str, Any] | None = Field(
         default=None,
         description="Bookkeeping of the operator framework.",
@@ -403,6 +417,12 @@ ROOT_RULES = [
 
 PRINTER_COLUMNS = [
     {"name": "Model", "type": "string", "jsonPath": ".spec.modelRef.name"},
+    {
+        "name": "Model Namespace",
+        "type": "string",
+        "jsonPath": ".spec.modelRef.namespace",
+        "priority": 1,
+    },
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Percent", "type": "integer", "jsonPath": ".status.percent"},
     {"name": "Succeeded", "type": "integer", "jsonPath": ".status.counts.succeeded"},

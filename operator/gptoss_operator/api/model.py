@@ -607,6 +607,16 @@ class TenantStatus(ApiModel):
     running: int = Field(default=0, ge=0, description="Its jobs running now.")
 
 
+class GatewayBatch(ApiModel):
+    """An unfinished InferenceBatch the model's gateway answers, and how it knows the
+    batch's shards: by the hash of their key."""
+
+    namespace: str = Field(description="The batch's namespace.")
+    name: str = Field(description="The batch's name.")
+    keySHA256: str = Field(description="SHA-256 of the batch's gateway key, in hex.")
+    priority: int = Field(default=0, description="The batch's spec.priority.")
+
+
 class AutoscalingStatus(ApiModel):
     desiredReplicas: int | None = Field(
         default=None, ge=0, description="vLLM pods the autoscaler wants now."
@@ -654,6 +664,15 @@ class GptOssModelStatus(ApiModel):
         json_schema_extra={
             "x-kubernetes-list-type": "map",
             "x-kubernetes-list-map-keys": ["namespace"],
+        },
+    )
+    batches: list[GatewayBatch] | None = Field(
+        default=None,
+        description="The unfinished InferenceBatches the model answers (from any namespace "
+        "its spec.access allows), whose shards its sidecars' gateway admits.",
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["namespace", "name"],
         },
     )
     autoscaling: AutoscalingStatus | None = None

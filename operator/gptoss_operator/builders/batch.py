@@ -1,15 +1,19 @@
 """The Jobs of an InferenceBatch: an Indexed Job with one index per shard, then a
 one-pod Job that merges the shards' parts into the output files.
 
-Both run ``gptoss-batch`` from the product image as the model's batch identity
-(``<model>-batch``), with the plan (``batch.plan``) in their environment. A shard's pod
-that crashes is retried for that index alone (``backoffLimitPerIndex``); evictions and
-preemptions are not counted; exit code 2 (the input cannot be read or the output
-cannot be written) fails the whole Job at once, since no retry can help.
+Both run ``gptoss-batch`` from the product image, in the batch's namespace, with the plan
+(``batch.plan``) in their environment: as the model's batch identity (``<model>-batch``)
+when the model is in the same namespace, else as the identity the operator makes there
+for the model (``<model namespace>.<model>-batch``). The shards reach the engine through
+the model's gateway (its sidecars) with the batch's own key, never the engine's. A
+shard's pod that crashes is retried for that index alone (``backoffLimitPerIndex``);
+evictions and preemptions are not counted; exit code 2 (the input cannot be read or the
+output cannot be written) fails the whole Job at once, since no retry can help.
 """
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +26,6 @@ from gptoss_operator.builders import (
     TOKEN_MOUNT,
     TOKEN_VOLUME,
     ModelContext,
-    api_key,
     token_volume,
 )
 from gptoss_operator.builders.engine_config import batch_requests_per_shard
@@ -61,6 +64,14 @@ class BatchContext:
     uid: str
     spec: InferenceBatchSpec
     model: ModelContext
+    key_secret: str = ""  # the Secret holding the batch's gateway key (shards only)
+
+    @property
+    def account(self) -> str:
+        """The ServiceAccount the batch's pods run as."""
+        if self.model.namespace == self.namespace:
+            return naming.batch_account_name(self.model.name)
+        return naming.tenant_batch_account_name(self.model.namespace, self.model.name)
 
     def owner_reference(self) -> dict[str, Any]:
         return {
@@ -73,7 +84,26 @@ class BatchContext:
         }
 
     def labels(self, component: str) -> dict[str, str]:
-        return naming.batch_labels(self.model.name, self.name, component)
+        return {
+            **naming.batch_labels(self.model.name, self.name, component),
+            naming.MODEL_NAMESPACE_LABEL: self.model.namespace,
+        }
+
+
+def gateway_key_secret(ctx: BatchContext, key: str, key_sha256: str) -> dict[str, Any]:
+    """The Secret of the batch's gateway key, owned by the batch (it goes with it)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": naming.batch_key_secret_name(ctx.name, key_sha256),
+            "namespace": ctx.namespace,
+            "labels": ctx.labels("gateway-key"),
+            "ownerReferences": [ctx.owner_reference()],
+        },
+        "data": {naming.GATEWAY_KEY_SECRET_KEY: base64.b64encode(key.encode()).decode()},
+    }
 
 
 def _volume_name(claim: str, claims: list[str]) -> str:
@@ -137,8 +167,7 @@ def plan(ctx: BatchContext) -> BatchPlan:
         defaults=spec.defaults,
         priority=spec.priority,
         priorityScheduling=ctx.model.spec.serving.schedulingPolicy == "priority",
-        engineUrl=f"http://{naming.service_name(ctx.model.name)}.{ctx.namespace}.svc:"
-        f"{naming.ENGINE_PORT}",
+        engineUrl=naming.gateway_url(ctx.model.name, ctx.model.namespace),
         servedModelName=ctx.model.name,
         modelNames=model_names(ctx.model),
         input=source,
@@ -179,7 +208,8 @@ def _pod_spec(ctx: BatchContext, command: list[str], *, engine: bool) -> dict[st
         *_credentials_env(spec.output.s3, "GPTOSS_OUTPUT_"),
     ]
     if engine:
-        env.append(api_key.env("GPTOSS_ENGINE_API_KEY", ctx.model))
+        key = {"name": ctx.key_secret, "key": naming.GATEWAY_KEY_SECRET_KEY}
+        env.append({"name": "GPTOSS_ENGINE_API_KEY", "valueFrom": {"secretKeyRef": key}})
     mounts: list[dict[str, Any]] = [
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": TOKEN_VOLUME, "mountPath": TOKEN_MOUNT, "readOnly": True},
@@ -221,7 +251,7 @@ def _pod_spec(ctx: BatchContext, command: list[str], *, engine: bool) -> dict[st
     }
     return {
         "restartPolicy": "Never",
-        "serviceAccountName": naming.batch_account_name(ctx.model.name),
+        "serviceAccountName": ctx.account,
         # The token only where the worker looks for one (its projected volume).
         "automountServiceAccountToken": False,
         "securityContext": RESTRICTED_POD_SECURITY,

@@ -1,7 +1,9 @@
 """The NetworkPolicy in front of a model's vLLM pods (when the operator is told to make
 one): the engine port admits pods of the model's own namespace and the peers the admin
-lists, nothing else. The sidecar reaches the engine over the pod's loopback, and the
-kubelet's probes come from the node, which NetworkPolicies always admit."""
+lists; the gateway port admits every namespace (batch shards of any namespace the model
+serves come there, and each request must bring a batch's key); nothing else. The sidecar
+reaches the engine over the pod's loopback, and the kubelet's probes come from the node,
+which NetworkPolicies always admit."""
 
 from __future__ import annotations
 
@@ -29,11 +31,18 @@ def network_policy(ctx: ModelContext) -> dict[str, Any] | None:
         "spec": {
             "podSelector": {"matchLabels": naming.server_selector(ctx.name)},
             "policyTypes": ["Ingress"],
-            # No peers: no ingress at all (the pods still talk to themselves over loopback).
-            "ingress": (
-                [{"from": peers, "ports": [{"protocol": "TCP", "port": naming.ENGINE_PORT}]}]
-                if peers
-                else []
-            ),
+            # No peers: the engine port admits nothing (the sidecar reaches it over
+            # loopback).
+            "ingress": [
+                *(
+                    [{"from": peers, "ports": [{"protocol": "TCP", "port": naming.ENGINE_PORT}]}]
+                    if peers
+                    else []
+                ),
+                {
+                    "from": [{"namespaceSelector": {}}],
+                    "ports": [{"protocol": "TCP", "port": naming.GATEWAY_PORT}],
+                },
+            ],
         },
     }

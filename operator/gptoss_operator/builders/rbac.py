@@ -97,3 +97,36 @@ def tenant_binding(
             }
         ],
     }
+
+
+def tenant_batch_identity(
+    model: str, model_namespace: str, tenant: str, batch_role: str
+) -> list[dict[str, Any]]:
+    """The ServiceAccount, in ``tenant``, of the shards of its InferenceBatches for
+    ``model``, and its RoleBinding of the batch workers' ClusterRole there (they report
+    their progress into their batch's status)."""
+    name = naming.tenant_batch_account_name(model_namespace, model)
+    labels = {
+        **naming.labels(model, naming.COMPONENT_TENANT_BATCH),
+        naming.MODEL_NAMESPACE_LABEL: model_namespace,
+    }
+    metadata = {"name": name, "namespace": tenant, "labels": labels}
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": metadata,
+            "automountServiceAccountToken": False,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": metadata,
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": batch_role,
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": tenant}],
+        },
+    ]

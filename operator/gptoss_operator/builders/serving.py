@@ -22,6 +22,7 @@ PROBE_PERIOD_SECONDS = 10
 # Port names are unique within a pod, and a probe resolves its port's name among its own
 # container's ports.
 SIDECAR_HEALTH_PORT = "sidecar-health"
+GATEWAY_PORT = "gateway"
 
 # The engine's root filesystem is read-only and it runs as a user the image does not
 # name: home, caches (vLLM, Triton, torch's compiler, Hugging Face) and scratch space go
@@ -140,6 +141,7 @@ def _sidecar_container(ctx: ModelContext) -> dict[str, Any]:
                 "value": str(ctx.spec.serving.schedulingPolicy == "priority").lower(),
             },
             {"name": "GPTOSS_HEALTH_PORT", "value": str(naming.SIDECAR_HEALTH_PORT)},
+            {"name": "GPTOSS_GATEWAY_PORT", "value": str(naming.GATEWAY_PORT)},
             api_key.env("GPTOSS_ENGINE_API_KEY", ctx),
         ],
         "ports": [
@@ -147,7 +149,8 @@ def _sidecar_container(ctx: ModelContext) -> dict[str, Any]:
                 "name": SIDECAR_HEALTH_PORT,
                 "containerPort": naming.SIDECAR_HEALTH_PORT,
                 "protocol": "TCP",
-            }
+            },
+            {"name": GATEWAY_PORT, "containerPort": naming.GATEWAY_PORT, "protocol": "TCP"},
         ],
         # Fails only when the sidecar's event loop stops answering: everything else it
         # recovers from without a restart, which would cut the generations in flight.
@@ -255,7 +258,13 @@ def service(ctx: ModelContext) -> dict[str, Any]:
                     "port": naming.ENGINE_PORT,
                     "targetPort": "http",
                     "protocol": "TCP",
-                }
+                },
+                {
+                    "name": GATEWAY_PORT,
+                    "port": naming.GATEWAY_PORT,
+                    "targetPort": GATEWAY_PORT,
+                    "protocol": "TCP",
+                },
             ],
         },
     }

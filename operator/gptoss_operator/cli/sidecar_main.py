@@ -8,7 +8,7 @@ after which the engine is asked whether it still holds the request),
 GPTOSS_RESYNC_SECONDS (default 60), GPTOSS_HEALTH_PORT (default 0: no /healthz),
 GPTOSS_ENGINE_API_KEY (the engine's API key, from the model's Secret),
 GPTOSS_ENGINE_PRIORITY_SCHEDULING (true when vLLM runs requests by priority: the jobs'
-spec.priority is sent).
+spec.priority is sent), GPTOSS_GATEWAY_PORT (default 0: no gateway for batch shards).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import sys
 
 from gptoss_operator.core.kube import new_client
 from gptoss_operator.engine.client import QUIET_SECONDS
+from gptoss_operator.workers.sidecar.gateway import Gateway, read_grants, start_gateway
 from gptoss_operator.workers.sidecar.health import start_health_server
 from gptoss_operator.workers.sidecar.worker import Sidecar, SidecarConfig
 
@@ -48,9 +49,19 @@ def config_from_env(env: dict[str, str]) -> SidecarConfig:
     )
 
 
-async def _serve(config: SidecarConfig, health_port: int) -> None:
+async def _serve(config: SidecarConfig, health_port: int, gateway_port: int) -> None:
     sidecar = Sidecar(config, new_client("gptoss-sidecar"))
     health = await start_health_server(sidecar, health_port) if health_port else None
+    gateway = Gateway(
+        config.engine_url,
+        config.engine_api_key,
+        priority_scheduling=config.priority_scheduling,
+        on_usage=lambda grant, prompt, completion: sidecar.line_used(
+            grant.namespace, prompt + completion
+        ),
+    )
+    sidecar.model_listeners.append(lambda model: gateway.take_grants(read_grants(model)))
+    gateway_server = await start_gateway(gateway, gateway_port) if gateway_port else None
     task = asyncio.create_task(sidecar.run())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -65,6 +76,9 @@ async def _serve(config: SidecarConfig, health_port: int) -> None:
     waiter.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    if gateway_server is not None:
+        await gateway_server.cleanup()
+    await gateway.close()
     if health is not None:
         await health.cleanup()
 
@@ -78,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     for client in ("httpx", "httpx2"):  # a line per request otherwise
         logging.getLogger(client).setLevel(logging.WARNING)
     health_port = int(os.environ.get("GPTOSS_HEALTH_PORT", "0"))
-    asyncio.run(_serve(config_from_env(dict(os.environ)), health_port))
+    gateway_port = int(os.environ.get("GPTOSS_GATEWAY_PORT", "0"))
+    asyncio.run(_serve(config_from_env(dict(os.environ)), health_port, gateway_port))
     return 0
 
 

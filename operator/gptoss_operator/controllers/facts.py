@@ -109,6 +109,46 @@ class JobFacts:
         )
 
 
+@dataclass(frozen=True)
+class BatchFacts:
+    """What the operator remembers of one unfinished InferenceBatch."""
+
+    namespace: str
+    name: str
+    demand: int  # requests it keeps at the engine (see controllers.batch.status)
+    priority: int
+    key_sha256: str | None  # of its gateway key, once it has one
+
+    @staticmethod
+    def model_key(body: Mapping[str, Any]) -> tuple[str, str]:
+        """(namespace, name) of the model a live InferenceBatch names."""
+        return model_key_of(body)
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any], demand: int) -> BatchFacts:
+        metadata = body.get("metadata") or {}
+        spec = body.get("spec") or {}
+        key = (body.get("status") or {}).get("gatewayKey") or {}
+        priority = spec.get("priority")
+        digest = key.get("sha256") if isinstance(key, Mapping) else None
+        return cls(
+            namespace=str(metadata.get("namespace") or ""),
+            name=str(metadata.get("name") or ""),
+            demand=demand,
+            priority=priority if isinstance(priority, int) else 0,
+            key_sha256=digest if isinstance(digest, str) else None,
+        )
+
+    def gateway_entry(self) -> dict[str, Any]:
+        """Its entry in the model's status.batches (once it has a key)."""
+        return {
+            "namespace": self.namespace,
+            "name": self.name,
+            "keySHA256": self.key_sha256,
+            "priority": self.priority,
+        }
+
+
 def lease_token(status: Mapping[str, Any]) -> tuple[Any, ...]:
     """What changes when a lease is renewed, claimed again or retried in place."""
     lease = status.get("lease") or {}

@@ -56,12 +56,32 @@ async def server_pods(
     labels={
         naming.MANAGED_BY_LABEL: naming.MANAGED_BY,
         naming.MODEL_NAMESPACE_LABEL: kopf.PRESENT,
+        naming.COMPONENT_LABEL: kopf.ABSENT,
     },
 )
 async def tenant_bindings(
     namespace: str | None, labels: kopf.Labels, **_: Any
 ) -> dict[tuple[str, str], str]:
     """(model namespace, model) -> each namespace where its sidecar is bound as a tenant's."""
+    model = (labels[naming.MODEL_NAMESPACE_LABEL], labels.get(naming.MODEL_LABEL, ""))
+    return {model: namespace or ""}
+
+
+@kopf.index(
+    "rbac.authorization.k8s.io",
+    "v1",
+    "rolebindings",
+    labels={
+        naming.MANAGED_BY_LABEL: naming.MANAGED_BY,
+        naming.MODEL_NAMESPACE_LABEL: kopf.PRESENT,
+        naming.COMPONENT_LABEL: naming.COMPONENT_TENANT_BATCH,
+    },
+)
+async def tenant_batch_identities(
+    namespace: str | None, labels: kopf.Labels, **_: Any
+) -> dict[tuple[str, str], str]:
+    """(model namespace, model) -> each namespace where its batches' shards have an
+    identity."""
     model = (labels[naming.MODEL_NAMESPACE_LABEL], labels.get(naming.MODEL_LABEL, ""))
     return {model: namespace or ""}
 

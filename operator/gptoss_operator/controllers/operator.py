@@ -24,7 +24,7 @@ from gptoss_operator.controllers.job.janitor import JobJanitor
 from gptoss_operator.controllers.model import handlers as model_handlers  # noqa: F401
 from gptoss_operator.controllers.model.reconciler import ModelReconciler
 from gptoss_operator.controllers.model.watched import Watched
-from gptoss_operator.controllers.tenancy import TenantBindings
+from gptoss_operator.controllers.tenancy import TenantBindings, batch_identities, sidecar_bindings
 from gptoss_operator.core.events import post_event
 from gptoss_operator.core.kube import new_client
 from gptoss_operator.core.metrics import start_server
@@ -81,7 +81,13 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any)
         memo.autoscaler.engine_loads = loads
         memo.engine_loads = asyncio.create_task(loads.run_forever())
     tenants = TenantBindings(
-        client, SETTINGS.sidecar_tenant_cluster_role, kwargs["tenant_bindings"]
+        client, sidecar_bindings(SETTINGS.sidecar_tenant_cluster_role), kwargs["tenant_bindings"]
+    )
+    shard_identities = TenantBindings(
+        client,
+        batch_identities(SETTINGS.batch_worker_cluster_role),
+        kwargs["tenant_batch_identities"],
+        what="batch shards",
     )
     memo.janitor = JobJanitor(
         new_client(),
@@ -90,6 +96,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any)
         SETTINGS.job_housekeeping_seconds,
         memo.indexed,
         tenants=tenants,
+        batches=kwargs["open_batches"],
+        batch_identities=shard_identities,
     )
     memo.job_housekeeping = asyncio.create_task(memo.janitor.run_forever())
     if SETTINGS.metrics_port:

@@ -14,6 +14,7 @@ MANAGED_BY = "gptoss-operator"
 MODEL_LABEL = "gptoss.ai/model"
 # The model's namespace, on what a model's workers make in a tenant's namespace.
 MODEL_NAMESPACE_LABEL = "gptoss.ai/model-namespace"
+COMPONENT_LABEL = "app.kubernetes.io/component"
 # On the serving pods: the uid of the model whose Deployment made them.
 MODEL_UID_LABEL = "gptoss.ai/model-uid"
 # On a Job's pods, set by the Job controller.
@@ -26,6 +27,7 @@ COMPONENT_DOWNLOAD = "download"
 COMPONENT_SERVER = "server"
 COMPONENT_BATCH_SHARDS = "batch-shards"
 COMPONENT_BATCH_MERGE = "batch-merge"
+COMPONENT_TENANT_BATCH = "tenant-batch"  # a batch identity in a tenant namespace
 BATCH_LABEL = "gptoss.ai/batch"
 
 # Paths inside the weights volume.
@@ -34,6 +36,8 @@ SERVED_DIR = f"{VOLUME_MOUNT}/served"
 VOCAB_DIR = f"{VOLUME_MOUNT}/tiktoken"
 ENGINE_PORT = 8000
 SIDECAR_HEALTH_PORT = 8081
+GATEWAY_PORT = 8001  # the sidecars' gateway: batch shards reach the engine through it
+GATEWAY_KEY_SECRET_KEY = "key"  # in a batch's gateway key Secret
 
 
 def source_hash(spec: GptOssModelSpec) -> str:
@@ -83,6 +87,22 @@ def sidecar_account_name(model: str) -> str:
 def batch_account_name(model: str) -> str:
     """ServiceAccount (and RoleBinding) of the workers of the model's InferenceBatches."""
     return f"{model}-batch"
+
+
+def tenant_batch_account_name(model_namespace: str, model: str) -> str:
+    """ServiceAccount (and RoleBinding) in another namespace of the shards of its
+    InferenceBatches for the model."""
+    return f"{model_namespace}.{model}-batch"
+
+
+def batch_key_secret_name(batch: str, key_sha256: str) -> str:
+    """The Secret holding a batch's gateway key (named after the key: a key the operator
+    lost before it recorded its hash is never mistaken for the recorded one)."""
+    return f"{batch}-gateway-{key_sha256[:10]}"
+
+
+def gateway_url(model: str, namespace: str) -> str:
+    return f"http://{service_name(model)}.{namespace}.svc:{GATEWAY_PORT}"
 
 
 def api_key_secret_name(model: str) -> str:

@@ -32,7 +32,7 @@ from gptoss_operator.controllers.autoscale.decision import (
     initial_replicas,
     record,
 )
-from gptoss_operator.controllers.facts import JobFacts, ModelFacts, queue_counts
+from gptoss_operator.controllers.facts import BatchFacts, JobFacts, ModelFacts, queue_counts
 from gptoss_operator.controllers.quota import RESERVED, plan_quota
 from gptoss_operator.core import metrics
 from gptoss_operator.core.events import EventSink
@@ -65,7 +65,7 @@ class Autoscaler:
         apply: Apply | None = None,
         engine_loads: EngineLoads | None = None,
         clock: Callable[[], float] = time.monotonic,
-        batches: Mapping[Any, Iterable[tuple[str, int]]] | None = None,
+        batches: Mapping[Any, Iterable[BatchFacts]] | None = None,
     ) -> None:
         self.jobs = jobs
         self.batches = batches or {}
@@ -100,7 +100,7 @@ class Autoscaler:
             ]
         queue = queue_counts(jobs).get(key, {})
         engine = self.engine_loads(namespace, model) if self.engine_loads else None
-        batch = sum(demand for _, demand in list(self.batches.get(key, [])))
+        batch = sum(batch.demand for batch in list(self.batches.get(key, [])))
         return Load(queue.get("pending", 0), queue.get("running", 0), engine, batch)
 
     def replicas_for(

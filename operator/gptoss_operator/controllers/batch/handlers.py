@@ -13,6 +13,7 @@ from lightkube import ApiError
 from gptoss_operator.api.batch import FINISHED_PHASES, PLURAL
 from gptoss_operator.api.common import GROUP, VERSION
 from gptoss_operator.controllers.batch.status import batch_demand
+from gptoss_operator.controllers.facts import BatchFacts
 from gptoss_operator.core import naming
 
 log = logging.getLogger(__name__)
@@ -24,17 +25,18 @@ RESYNC_SECONDS = 30.0
 @kopf.index(GROUP, VERSION, PLURAL)
 async def open_batches(
     namespace: str | None,
-    name: str,
+    body: kopf.Body,
     spec: Mapping[str, Any],
     status: Mapping[str, Any],
     **_: Any,
-) -> dict[tuple[str, str], tuple[str, int]] | None:
-    """Unfinished batches by (namespace, model): their names, for the resync (a model
-    appearing starts its batches), and what they ask of the engine, for the autoscaler."""
+) -> dict[tuple[str, str], BatchFacts] | None:
+    """Unfinished batches by (namespace, name) of their model: for the resync (a model
+    appearing starts its batches), what they ask of the engine (the autoscaler), and
+    their gateway keys (the model's status)."""
     if namespace is None or status.get("phase") in FINISHED_PHASES:
         return None
-    model = str((spec.get("modelRef") or {}).get("name") or "")
-    return {(namespace, model): (name, batch_demand(dict(spec), dict(status)))}
+    facts = BatchFacts.from_body(body, batch_demand(dict(spec), dict(status)))
+    return {BatchFacts.model_key(body): facts}
 
 
 async def _reconcile(memo: Any, namespace: str | None, name: str) -> None:
@@ -51,6 +53,14 @@ async def _reconcile(memo: Any, namespace: str | None, name: str) -> None:
 async def batch_created(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
     memo.autoscaler.poke()  # a model at zero wakes for a batch as for a job
     await _reconcile(memo, namespace, name)
+
+
+@kopf.on.field(GROUP, VERSION, PLURAL, field="status.gatewayKey")
+@kopf.on.field(GROUP, VERSION, PLURAL, field="status.phase")
+async def batch_keyed_or_finished(memo: Any, **_: Any) -> None:
+    """The model's status lists its unfinished batches' keys: the housekeeping pass
+    publishes a new key or drops a finished batch's."""
+    memo.janitor.touch()
 
 
 @kopf.on.field(GROUP, VERSION, PLURAL, field="status.shards")
@@ -74,6 +84,6 @@ async def resync_forever(memo: Any, known: Mapping[tuple[str, str], Any]) -> Non
     no child to wake it."""
     while True:
         await asyncio.sleep(RESYNC_SECONDS)
-        for (namespace, _model), batches in list(known.items()):
-            for name, _demand in list(batches):
-                memo.batches.poke(namespace, name, 0.0)
+        for batches in list(known.values()):
+            for batch in list(batches):
+                memo.batches.poke(batch.namespace, batch.name, 0.0)

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import hashlib
 import logging
+import secrets
+from dataclasses import replace
 from typing import Any
 
 from lightkube import AsyncClient
@@ -23,8 +26,13 @@ from gptoss_operator.api.batch import FINISHED_PHASES, InferenceBatchSpec, Infer
 from gptoss_operator.api.conditions import get_condition, now, parse_time
 from gptoss_operator.api.model import GptOssModelSpec
 from gptoss_operator.api.resources import GptOssModelResource, InferenceBatchResource
-from gptoss_operator.builders import ModelContext
-from gptoss_operator.builders.batch import BatchContext, merge_job, shards_job
+from gptoss_operator.builders import ModelContext, rbac
+from gptoss_operator.builders.batch import (
+    BatchContext,
+    gateway_key_secret,
+    merge_job,
+    shards_job,
+)
 from gptoss_operator.controllers.batch.status import (
     Observed,
     batch_status,
@@ -121,14 +129,26 @@ class BatchReconciler:
             )):  # fmt: skip
                 if job is not None and not kube.controlled_by(kube.to_dict(job), uid):
                     return Observed(waiting=_not_ours(kube.to_dict(job)))
+        model_namespace = _model_namespace(batch, spec)
         if shards is None:
             model = await kube.get_or_none(
-                self.client, GptOssModelResource, spec.modelRef.name, namespace
+                self.client, GptOssModelResource, spec.modelRef.name, model_namespace
             )
-            waiting = self._waiting_for(spec.modelRef.name, kube.to_dict(model) or None)
+            waiting = _waiting_for(
+                namespace, model_namespace, spec.modelRef.name, kube.to_dict(model) or None
+            )
             if waiting is not None:
                 return Observed(waiting=waiting)
             ctx = self._context(batch, spec, kube.to_dict(model))
+            ctx = replace(ctx, key_secret=await self._gateway_key(batch, ctx))
+            if model_namespace != namespace:
+                for manifest in rbac.tenant_batch_identity(
+                    ctx.model.name,
+                    model_namespace,
+                    namespace,
+                    self.settings.batch_worker_cluster_role,
+                ):
+                    await kube.apply(self.client, manifest)
             shards = await kube.create_or_read(self.client, Job, shards_job(ctx))
         shards_dict = kube.to_dict(shards)
         listed = [
@@ -143,13 +163,14 @@ class BatchReconciler:
         shards_done = job_finished(shards_dict)
         if shards_done is None:
             model = await kube.get_or_none(
-                self.client, GptOssModelResource, spec.modelRef.name, namespace
+                self.client, GptOssModelResource, spec.modelRef.name, model_namespace
             )
             if model is None:  # the shards wait for an engine that is gone
                 gone = (
                     "ModelNotFound",
-                    f"GptOssModel {spec.modelRef.name} does not exist any more; the shards "
-                    "wait for its engine (create the model again, or delete the batch)",
+                    f"GptOssModel {model_namespace}/{spec.modelRef.name} does not exist any "
+                    "more; the shards wait for its engine (create the model again, or delete "
+                    "the batch)",
                 )
                 return Observed(shards_job=shards_dict, trouble=gone)
             return observed
@@ -161,7 +182,7 @@ class BatchReconciler:
         )
         if merge is None:
             model = await kube.get_or_none(
-                self.client, GptOssModelResource, spec.modelRef.name, namespace
+                self.client, GptOssModelResource, spec.modelRef.name, model_namespace
             )
             ctx = self._context(batch, spec, kube.to_dict(model) or _absent(spec))
             merge = await kube.create_or_read(self.client, Job, merge_job(ctx))
@@ -186,27 +207,22 @@ class BatchReconciler:
             merge_failure=merge_failure,
         )
 
-    def _waiting_for(self, model: str, found: dict[str, Any] | None) -> tuple[str, str] | None:
-        """Why the shards cannot start yet: no model, or a model that does not serve (a
-        waiting batch counts as demand, so it wakes a model scaled to zero)."""
-        if found is None:
-            return (
-                "ModelNotFound",
-                f"GptOssModel {model} does not exist in this namespace; the batch starts "
-                "once it does",
-            )
-        status = found.get("status") or {}
-        if not status.get("servedModelName"):
-            return "WaitingForModel", f"GptOssModel {model} is not set up yet"
-        serving = get_condition(status.get("conditions") or [], "Serving") or {}
-        if serving.get("status") != "True":
-            why = serving.get("message") or serving.get("reason") or "no replica is ready"
-            return (
-                "WaitingForEngine",
-                f"GptOssModel {model} is not serving ({status.get('phase')}: {why}); the "
-                "batch starts once it serves",
-            )
-        return None
+    async def _gateway_key(self, batch: dict[str, Any], ctx: BatchContext) -> str:
+        """The Secret of the batch's gateway key, made now unless its status names one.
+        Its hash goes into the status before any shard can present it; the key itself
+        is never read back (the operator creates Secrets, it does not read them)."""
+        recorded = ((batch.get("status") or {}).get("gatewayKey") or {}).get("secret")
+        if recorded:
+            return str(recorded)
+        key = secrets.token_urlsafe(32)
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        manifest = gateway_key_secret(ctx, key, digest)
+        await kube.create_unread(self.client, manifest)
+        fields = {"gatewayKey": {"secret": manifest["metadata"]["name"], "sha256": digest}}
+        await kube.patch_status(
+            self.client, InferenceBatchResource, ctx.name, ctx.namespace, fields
+        )
+        return str(manifest["metadata"]["name"])
 
     def _context(
         self, batch: dict[str, Any], spec: InferenceBatchSpec, model: dict[str, Any]
@@ -214,7 +230,7 @@ class BatchReconciler:
         metadata = batch["metadata"]
         model_ctx = ModelContext(
             name=spec.modelRef.name,
-            namespace=metadata["namespace"],
+            namespace=_model_namespace(batch, spec),
             uid=str((model.get("metadata") or {}).get("uid") or ""),
             spec=GptOssModelSpec.model_validate(model.get("spec") or {}),
             settings=self.settings,
@@ -244,16 +260,17 @@ class BatchReconciler:
         """A finished batch's tokens, under its tenant (once: only the write that
         finished it gets here)."""
         namespace = batch["metadata"]["namespace"]
+        model_namespace = _model_namespace(batch, spec)
         try:
             model = await kube.get_or_none(
-                self.client, GptOssModelResource, spec.modelRef.name, namespace
+                self.client, GptOssModelResource, spec.modelRef.name, model_namespace
             )
         except Exception as error:  # the counter misses it; the batch's status has it
             log.warning("reading the model of finished batch %s failed: %s", namespace, error)
             return
         facts = ModelFacts.from_body(kube.to_dict(model)) if model is not None else None
         count_batch(
-            (namespace, spec.modelRef.name),
+            (model_namespace, spec.modelRef.name),
             tenant_of(facts, namespace),
             namespace,
             (batch.get("status") or {}).get("usage") or {},
@@ -275,6 +292,42 @@ class BatchReconciler:
             await kube.delete_if_present(self.client, InferenceBatchResource, key[1], key[0])
             return
         self.poke(*key, left + 0.5)  # look again when it is due
+
+
+def _model_namespace(batch: dict[str, Any], spec: InferenceBatchSpec) -> str:
+    return spec.modelRef.namespace or str(batch["metadata"]["namespace"])
+
+
+def _waiting_for(
+    namespace: str, model_namespace: str, model: str, found: dict[str, Any] | None
+) -> tuple[str, str] | None:
+    """Why the shards cannot start yet: no model, a model that does not serve this
+    namespace, or one that does not serve yet (a waiting batch counts as demand, so it
+    wakes a model scaled to zero)."""
+    if found is None:
+        return (
+            "ModelNotFound",
+            f"GptOssModel {model} does not exist in namespace {model_namespace}; the batch "
+            "starts once it does",
+        )
+    if not ModelFacts.from_body(found).serves(namespace, model_namespace):
+        return (
+            "AccessDenied",
+            f"spec.modelRef: GptOssModel {model_namespace}/{model} does not serve namespace "
+            f"{namespace} (its spec.access.namespaces); the batch waits until it does",
+        )
+    status = found.get("status") or {}
+    if not status.get("servedModelName"):
+        return "WaitingForModel", f"GptOssModel {model} is not set up yet"
+    serving = get_condition(status.get("conditions") or [], "Serving") or {}
+    if serving.get("status") != "True":
+        why = serving.get("message") or serving.get("reason") or "no replica is ready"
+        return (
+            "WaitingForEngine",
+            f"GptOssModel {model} is not serving ({status.get('phase')}: {why}); the "
+            "batch starts once it serves",
+        )
+    return None
 
 
 def _job_uid(pod: dict[str, Any]) -> str | None:

@@ -39,6 +39,7 @@ from gptoss_operator.api.model import Phase as ModelPhase
 from gptoss_operator.api.resources import GptOssModelResource, InferenceJobResource
 from gptoss_operator.controllers.facts import (
     WAKING,
+    BatchFacts,
     JobFacts,
     ModelFacts,
     lease_token,
@@ -253,6 +254,8 @@ class JobJanitor:
         indexed: asyncio.Event | None = None,
         full_pass_seconds: float = 30.0,
         tenants: TenantBindings | None = None,
+        batches: Mapping[Any, Iterable[BatchFacts]] | None = None,
+        batch_identities: TenantBindings | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC),
     ) -> None:
@@ -271,6 +274,10 @@ class JobJanitor:
         # What each model's status was last given: {"queue": ..., "tenants": [...]}.
         self._queues: dict[tuple[str, str], dict[str, Any]] = {}
         self.tenants = tenants
+        # The unfinished InferenceBatches by model, and the identities of their shards in
+        # namespaces other than the model's.
+        self.batches = batches or {}
+        self.batch_identities = batch_identities
         self.usage = UsageMeter(wall_clock())
         # Jobs this operator reserved a quota slot for, by when (self.clock).
         self._reserving: dict[tuple[str, str], float] = {}
@@ -446,15 +453,27 @@ class JobJanitor:
             return False
 
     async def _publish_queues(self, jobs: list[JobFacts]) -> None:
-        """Each model's queue and tenants, in its status: the tenants' RoleBindings are
-        made before a tenant is listed (the sidecars then watch its namespace), and go
-        once it is not."""
+        """Each model's queue, tenants and batches, in its status: the tenants'
+        RoleBindings are made before a tenant is listed (the sidecars then watch its
+        namespace), and go once it is not; so do the identities of batches' shards in
+        other namespaces."""
         usage = self._usage(jobs)
-        for key in set(self._queues) - set(usage):
+        batches = {key: list(found) for key, found in list(self.batches.items())}
+        for key in (set(self._queues) | set(batches)) - set(usage):
             usage[key] = {"queue": {"pending": 0, "running": 0}, "tenants": []}
+        for key, entry in usage.items():
+            entry["batches"] = sorted(
+                (b.gateway_entry() for b in batches.get(key, []) if b.key_sha256),
+                key=lambda e: (e["namespace"], e["name"]),
+            )
         wanted = {
             key: {tenant["namespace"] for tenant in entry["tenants"]}
             for key, entry in usage.items()
+            if self._model(key) is not None
+        }
+        shards = {
+            key: {b.namespace for b in batches.get(key, []) if b.namespace != key[0]}
+            for key in usage
             if self._model(key) is not None
         }
         if self.tenants is not None:
@@ -462,6 +481,8 @@ class JobJanitor:
             for key, namespace in await self.tenants.bind(wanted):
                 tenants = usage[key]["tenants"]
                 usage[key]["tenants"] = [t for t in tenants if t["namespace"] != namespace]
+        if self.batch_identities is not None:
+            await self.batch_identities.bind(shards)
         for (namespace, model), entry in usage.items():
             if self._queues.get((namespace, model)) == entry:
                 continue
@@ -482,6 +503,8 @@ class JobJanitor:
                     raise
         if self.tenants is not None:
             await self.tenants.unbind(wanted)
+        if self.batch_identities is not None:
+            await self.batch_identities.unbind(shards)
 
     def _usage(self, jobs: list[JobFacts]) -> dict[tuple[str, str], dict[str, Any]]:
         """{model: {"queue": counts, "tenants": [{namespace, tenant, pending, running}]}}:

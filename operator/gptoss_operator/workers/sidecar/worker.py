@@ -210,6 +210,9 @@ class Sidecar:
         self.peers: dict[str, float] = {}
         self.last_sync: float | None = None  # the last successful list, by self.clock
         self.watch_restarts = 0
+        # Told of each version of the model the watch sees (the gateway's batch keys).
+        self.model_listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._lines = 0  # batch lines answered through the gateway here
 
     # ------------------------------------------------------------------ main loop
     async def run(self) -> None:
@@ -301,6 +304,8 @@ class Sidecar:
                         model = obj.to_dict()
                         self.serve_namespaces(tenant_namespaces(model))
                         self.set_access(read_access((model.get("spec") or {}).get("access")))
+                        for listener in self.model_listeners:
+                            listener(model)
             except asyncio.CancelledError:
                 raise
             except Exception as error:
@@ -320,6 +325,15 @@ class Sidecar:
 
     def tenant_of(self, namespace: str) -> str:
         return self.access.tenant_of(namespace).name
+
+    def line_used(self, namespace: str, tokens: int) -> None:
+        """A batch line of ``namespace`` answered through the gateway here: its tokens
+        count in its tenant's use, as a job's do."""
+        self._lines += 1
+        now = self.wall()
+        self.ledger.finished(
+            f"{namespace}/line-{self._lines}", self.tenant_of(namespace), tokens, now, now
+        )
 
     def limits(self, tenant: str) -> TenantLimits:
         return limits_of(self.access, tenant)
