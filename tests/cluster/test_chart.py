@@ -373,12 +373,15 @@ def test_install_runs_the_operator_with_only_the_charts_rbac(
             wait_for_phase(kube, team, "scoped", "Ready", timeout=90)
             policy = kube.get(NetworkPolicy, "scoped-vllm", namespace=team)
             assert policy.spec.podSelector.matchLabels == naming.server_selector("scoped")
-            [ingress] = policy.spec.ingress
+            ingress, to_gateway = policy.spec.ingress
             assert [p.port for p in ingress.ports] == [naming.ENGINE_PORT]
             assert [peer.to_dict() for peer in ingress.from_] == [
                 {"podSelector": {}},
                 {"namespaceSelector": {"matchLabels": {"gateway": "true"}}},
             ]
+            # Batch shards of any namespace reach the gateway; each request needs a key.
+            assert [p.port for p in to_gateway.ports] == [naming.GATEWAY_PORT]
+            assert [peer.to_dict() for peer in to_gateway.from_] == [{"namespaceSelector": {}}]
             worker_config = token_kubeconfig(
                 cluster, kube, team, "scoped-sidecar", tmp_path / "sidecar.kubeconfig"
             )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -861,13 +861,19 @@ def test_everything_the_operator_renders_passes_its_own_fence(
             }
         ),
         model,
+        key_secret="b-gateway-0123456789",
     )
+    # A batch of the team's for a model of another namespace: its shards run in the
+    # team's namespace as that model's batch identity there, bound by the operator.
+    away = replace(batch, model=replace(model, namespace="platform"))
     rendered = [
         serving.deployment(model, "digest"),
         download.job(model, "digest"),
         shards_job(batch),
         merge_job(batch),
+        shards_job(away),
         *[o for o in rbac.worker_identities(model) if o["kind"] == "RoleBinding"],
+        rbac.tenant_batch_identity("m", "platform", installed.team, f"{release}-batch-worker")[1],
     ]
     wait_for(
         lambda: dry_run_refusal(as_operator, probe_deployment(installed.team, {})),

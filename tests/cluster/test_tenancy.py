@@ -25,7 +25,11 @@ from lightkube.resources.core_v1 import Namespace, ServiceAccount
 from lightkube.resources.rbac_authorization_v1 import Role, RoleBinding
 from lightkube.types import PatchType
 
-from gptoss_operator.api.resources import GptOssModelResource, InferenceJobResource
+from gptoss_operator.api.resources import (
+    GptOssModelResource,
+    InferenceBatchResource,
+    InferenceJobResource,
+)
 from gptoss_operator.builders import rbac
 from gptoss_sandbox.chart import helm
 from gptoss_sandbox.standin_engine import StandinEngine
@@ -189,7 +193,13 @@ def test_using_another_namespaces_model_takes_the_verb_use_on_it(platform: Platf
     `use` on the platform's model, is refused with the field and the permission named;
     one granted `use` on that model (resourceNames) is admitted, for that model only."""
     kube, team = platform.kube, platform.teams[0]
-    author = [{"apiGroups": ["gptoss.ai"], "resources": ["inferencejobs"], "verbs": ["create"]}]
+    author = [
+        {
+            "apiGroups": ["gptoss.ai"],
+            "resources": ["inferencejobs", "inferencebatches"],
+            "verbs": ["create"],
+        }
+    ]
     alice = account_client(platform, team, "alice")
     bob = account_client(platform, team, "bob")
     for who in ("alice", "bob"):
@@ -224,6 +234,24 @@ def test_using_another_namespaces_model_takes_the_verb_use_on_it(platform: Platf
     # Within its own namespace, the right to create jobs is the right to use its models.
     assert refusal(alice, {"name": MODEL}) is None
     assert refusal(alice, {"name": MODEL, "namespace": team}) is None
+
+    # The same for a batch.
+    def batch_refusal(client: Client, model: dict[str, str]) -> str | None:
+        batch = InferenceBatchResource(
+            metadata=ObjectMeta(name="b", namespace=team),
+            spec={
+                "modelRef": model,
+                "input": {"configMap": {"name": "lines"}},
+                "output": {"volume": {"claimName": "out", "path": "o"}},
+            },
+        )
+        return dry_run_refusal(client, batch, namespace=team)
+
+    refused_batch = batch_refusal(alice, shared)
+    assert refused_batch is not None
+    assert f"spec.modelRef: system:serviceaccount:{team}:alice may not use" in refused_batch
+    assert batch_refusal(bob, shared) is None
+    assert batch_refusal(alice, {"name": MODEL}) is None
 
 
 def test_a_teams_jobs_run_on_the_shared_model_through_a_binding_that_comes_and_goes(
@@ -393,6 +421,18 @@ def test_the_operators_token_binds_in_a_tenants_namespace_only_the_tenant_role(
     broader = refusal({"roleRef": sidecar_role})
     assert broader is not None
     assert "binds only " + tenant_role in broader
+    # The identity of the model's batch shards there: the batch workers' role, to that
+    # identity only.
+    batch_role = f"{platform.fullname}-batch-worker"
+    _account, shards = rbac.tenant_batch_identity(MODEL, platform.platform, team, batch_role)
+    assert dry_run_refusal(as_operator, codecs.from_dict(shards)) is None
+    for change in (
+        {"subjects": [{"kind": "ServiceAccount", "name": "alice", "namespace": team}]},
+        {"roleRef": {**shards["roleRef"], "name": f"{platform.fullname}-sidecar"}},
+    ):
+        other = dry_run_refusal(as_operator, codecs.from_dict({**shards, **change}))
+        assert other is not None
+        assert "batch identity there" in other
 
 
 class RunningWatch:

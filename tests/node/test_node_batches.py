@@ -9,6 +9,8 @@ Nothing here plays the kubelet: the pods get their token, volumes, env and Secre
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import subprocess
@@ -17,14 +19,16 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from lightkube import ApiError, Client
 from lightkube.models.core_v1 import PersistentVolumeClaimSpec, VolumeResourceRequirements
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import ConfigMap, Event, PersistentVolumeClaim, Pod, Secret
+from lightkube.resources.rbac_authorization_v1 import RoleBinding
 from lightkube.types import CascadeType
-from tests.cluster.model_helpers import patch_model
+from tests.cluster.model_helpers import patch_model, status_of
 from tests.conftest import ClusterUnderTest
 from tests.node.conftest import (
     MAX_MODEL_LEN,
@@ -34,7 +38,9 @@ from tests.node.conftest import (
     ChartRelease,
     ServedModel,
     claim_folder,
+    engine_api_key,
     engine_successes,
+    engine_url,
     kubectl,
     pod_ready,
     server_pods,
@@ -542,6 +548,79 @@ def test_an_input_that_cannot_be_read_fails_the_batch_with_the_reason(
         timeout=60,
         message="the finished batch deleted after its TTL",
     )  # fmt: skip
+
+
+def test_a_team_runs_a_batch_of_another_namespaces_model_with_a_key_of_its_own(
+    kube: Client, served_model: ServedModel, node_namespace: str
+) -> None:
+    """#27: a batch in a team's namespace names the model of the serving namespace. Its
+    shards run in the team's namespace (its ConfigMap in, its claim out) as the model's
+    batch identity there, and reach vLLM through the sidecars' gateway with the batch's
+    own key: the engine's key is nowhere in the team's namespace, the key opens nothing
+    once the batch is done, and the identity's RoleBinding goes with the last batch."""
+    del served_model
+    team = node_namespace
+    engine_key = engine_api_key(kube)
+    lines = [request_line(i) for i in range(1, 9)]
+    reference = {"name": MODEL, "namespace": SERVING}
+    create_batch(kube, "away", lines, namespace=team, modelRef=reference, shards=2)
+    listed = wait_for(
+        lambda: [
+            b
+            for b in status_of(kube, SERVING, MODEL).get("batches") or []
+            if b["namespace"] == team
+        ],
+        timeout=120,
+        message="the batch listed in the model's status",
+    )
+    status = wait_batch_finished(kube, "away", namespace=team)
+    assert status["phase"] == "Succeeded", status
+    assert status["counts"] == {"total": 8, "succeeded": 8, "failed": 0, "inFlight": 0}
+    answers = read_jsonl(claim_folder(kube, team, "away-out") / "out" / "output.jsonl")
+    assert sorted(a["custom_id"] for a in answers) == [f"req-{i}" for i in range(1, 9)]
+    assert {a["response"]["body"]["choices"][0]["message"]["content"] for a in answers} == {
+        SCRIPTED_ANSWER
+    }
+
+    account = naming.tenant_batch_account_name(SERVING, MODEL)
+    shards = kube.get(Job, naming.batch_shards_job_name("away"), namespace=team)
+    assert shards.spec.template.spec.serviceAccountName == account
+    (key_env,) = [
+        e for e in shards.spec.template.spec.containers[0].env if e.name == "GPTOSS_ENGINE_API_KEY"
+    ]
+    key_secret = status["gatewayKey"]["secret"]
+    assert key_env.valueFrom.secretKeyRef.name == key_secret
+    batch_key = base64.b64decode(kube.get(Secret, key_secret, namespace=team).data["key"]).decode()
+    assert hashlib.sha256(batch_key.encode()).hexdigest() == listed[0]["keySHA256"]
+    for secret in kube.list(Secret, namespace=team):
+        values = {
+            base64.b64decode(v).decode(errors="replace") for v in (secret.data or {}).values()
+        }
+        assert engine_key not in values, f"the engine's key in {team}/{secret.metadata.name}"
+
+    # Done: the model no longer lists the batch, the gateway refuses its key, and the
+    # shards' RoleBinding in the team's namespace is gone.
+    wait_for(
+        lambda: (
+            not [
+                b
+                for b in status_of(kube, SERVING, MODEL).get("batches") or []
+                if b["namespace"] == team
+            ]
+        ),
+        timeout=120,
+        message="the finished batch no longer listed",
+    )
+    wait_for(
+        lambda: (
+            not [b for b in kube.list(RoleBinding, namespace=team) if b.metadata.name == account]
+        ),
+        timeout=120,
+        message="the shards' RoleBinding removed",
+    )
+    gateway = engine_url(kube).rsplit(":", 1)[0] + f":{naming.GATEWAY_PORT}"
+    headers = {"Authorization": f"Bearer {batch_key}"}
+    assert httpx.get(f"{gateway}/v1/models", headers=headers, timeout=10).status_code == 401
 
 
 def test_a_replica_lost_under_a_batch_charges_no_line(

@@ -66,7 +66,11 @@ def test_the_submitted_spec_passes_the_apis_rules() -> None:
     )
     spec = batch_spec(parsed, {"configMap": {"name": "x", "key": "input.jsonl"}})
     assert spec["shards"] == 3
+    assert spec["modelRef"] == {"name": "m"}
     assert spec["defaults"] == {"maxTokens": 900, "reasoningLevel": "high"}
+    shared = args("in.jsonl", "--model", "platform/m", "--output", "pvc://data/out")
+    spec_shared = batch_spec(shared, {"configMap": {"name": "x", "key": "input.jsonl"}})
+    assert spec_shared["modelRef"] == {"name": "m", "namespace": "platform"}
     assert "overwrite" not in spec["output"], "refusing another batch's folder is the default"
     again = args("in.jsonl", "--model", "m", "--output", "pvc://data/out", "--overwrite")
     replacing = batch_spec(again, {"configMap": {"name": "x", "key": "input.jsonl"}})

@@ -35,13 +35,24 @@ CONFIGMAP_LIMIT = 1_000_000  # bytes: a ConfigMap holds at most 1 MiB
 BAR_WIDTH = 30
 
 
+def model_reference(given: str) -> dict[str, str]:
+    """``NAME`` or ``NAMESPACE/NAME`` as a modelRef."""
+    namespace, _, name = given.rpartition("/")
+    return {"name": name, **({"namespace": namespace} if namespace else {})}
+
+
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     batch = sub.add_parser("batch", help="run a file of requests as an InferenceBatch")
     steps = batch.add_subparsers(dest="step", required=True)
 
     submit = steps.add_parser("submit", parents=[common], help="create an InferenceBatch")
     submit.add_argument("input", help="a local JSONL file, pvc://CLAIM/PATH or s3://BUCKET/KEY")
-    submit.add_argument("--model", "-m", required=True, help="GptOssModel name")
+    submit.add_argument(
+        "--model",
+        "-m",
+        required=True,
+        help="GptOssModel name, or NAMESPACE/NAME for a model another namespace shares",
+    )
     submit.add_argument("--output", required=True, help="pvc://CLAIM/FOLDER or s3://BUCKET/PREFIX")
     submit.add_argument("--name", help="the batch's name (default: generated from 'batch-')")
     submit.add_argument("--shards", type=int, default=4)
@@ -110,7 +121,7 @@ def location(url: str, args: argparse.Namespace, *, output: bool) -> dict[str, A
 
 def batch_spec(args: argparse.Namespace, input_location: dict[str, Any]) -> dict[str, Any]:
     spec: dict[str, Any] = {
-        "modelRef": {"name": args.model},
+        "modelRef": model_reference(args.model),
         "input": input_location,
         "output": location(args.output, args, output=True),
         "shards": args.shards,
