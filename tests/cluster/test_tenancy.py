@@ -198,7 +198,10 @@ def test_using_another_namespaces_model_takes_the_verb_use_on_it(platform: Platf
             "apiGroups": ["gptoss.ai"],
             "resources": ["inferencejobs", "inferencebatches"],
             "verbs": ["create"],
-        }
+        },
+        # What a batch's author must reach themselves (the authorScope policies).
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get", "update"]},
     ]
     alice = account_client(platform, team, "alice")
     bob = account_client(platform, team, "bob")

@@ -4,6 +4,8 @@ real HTTP on loopback."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -11,6 +13,7 @@ import httpx
 import pytest
 from aiohttp import web
 
+from gptoss_operator.core.fair_share import ShareLedger, TenantLimits
 from gptoss_operator.engine.client import Chunk, EngineClient, EngineError, SamplingParams, Usage
 from gptoss_operator.workers.sidecar.gateway import (
     BatchGrant,
@@ -19,6 +22,7 @@ from gptoss_operator.workers.sidecar.gateway import (
     read_grants,
     start_gateway,
 )
+from gptoss_operator.workers.sidecar.line_slots import LineSlots
 from gptoss_sandbox.cluster import free_port
 from gptoss_sandbox.standin_engine import StandinEngine
 
@@ -32,7 +36,7 @@ class Bed:
     engine: StandinEngine
     gateway: Gateway
     url: str
-    used: list[tuple[BatchGrant, int, int]]
+    lines: LineSlots
 
 
 @pytest.fixture
@@ -40,18 +44,21 @@ async def bed() -> AsyncIterator[Bed]:
     engine = StandinEngine(model="m")
     engine.api_key = ENGINE_KEY
     await engine.start()
-    used: list[tuple[BatchGrant, int, int]] = []
+    lines = LineSlots(
+        1,
+        ShareLedger(),
+        tenant_of=lambda namespace: namespace,
+        weights=dict,
+        limits=lambda tenant: TenantLimits(),
+        wall=time.time,
+    )
     gateway = Gateway(
-        engine.url,
-        ENGINE_KEY,
-        priority_scheduling=True,
-        on_usage=lambda grant, prompt, completion: used.append((grant, prompt, completion)),
-        load_wait_seconds=0.5,
+        engine.url, ENGINE_KEY, priority_scheduling=True, lines=lines, load_wait_seconds=0.5
     )
     port = free_port()
     runner: web.AppRunner = await start_gateway(gateway, port)
     try:
-        yield Bed(engine, gateway, f"http://127.0.0.1:{port}", used)
+        yield Bed(engine, gateway, f"http://127.0.0.1:{port}", lines)
     finally:
         await runner.cleanup()
         await gateway.close()
@@ -97,9 +104,9 @@ async def test_a_listed_batch_key_reaches_the_engine_at_the_batchs_priority(bed:
         # The engine saw the engine's key (it refuses any other) and the batch's priority,
         # whatever the shard sent.
         assert bed.engine.requests[-1]["priority"] == -10
-        assert bed.used == [
-            (BatchGrant("team-a", "eval", -10), usage.prompt_tokens, usage.completion_tokens)
-        ]
+        # The line's tokens count in its namespace's use (as a job's would).
+        total = usage.prompt_tokens + usage.completion_tokens
+        assert bed.lines.ledger.tokens_last_minute("team-a", time.time()) == total
         assert (await client.in_flight()) == 0, "the engine's load is readable for the shard"
     finally:
         await client.close()
@@ -155,6 +162,28 @@ async def test_without_priority_scheduling_the_priority_is_not_sent(bed: Bed) ->
     finally:
         await client.close()
     assert "priority" not in bed.engine.requests[-1]
+
+
+async def test_a_line_waiting_for_a_slot_counts_as_waiting_for_the_engine(bed: Bed) -> None:
+    """One slot, one slow line at the engine and one held here: the shard's quiet check
+    (the engine's running and waiting requests, through the gateway's /metrics) sees
+    both, so the held one is waited for, not asked again as lost."""
+    bed.gateway.take_grants({key_digest(BATCH_KEY): BatchGrant("t", "b", 0)})
+    bed.engine.token_delay = 0.2
+    client = EngineClient(bed.url, "m", api_key=BATCH_KEY)
+    try:
+        first = asyncio.ensure_future(ask(client))
+        second = asyncio.ensure_future(ask(client))
+        for _ in range(500):
+            if bed.lines.held() >= 1:
+                break
+            await asyncio.sleep(0.01)
+        assert bed.engine.running + bed.engine.waiting == 1
+        assert await client.in_flight() == 2
+        await asyncio.gather(first, second)
+    finally:
+        await client.close()
+    assert bed.engine.requests_served == 2
 
 
 def test_status_entries_this_version_cannot_read_are_skipped() -> None:

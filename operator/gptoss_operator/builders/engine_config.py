@@ -127,6 +127,12 @@ def _replicas_to_fill(spec: GptOssModelSpec) -> int:
     return max(1, scaling.maxReplicas if scaling is not None else spec.serving.replicas)
 
 
+def gateway_slots(spec: GptOssModelSpec) -> int:
+    """Batch lines one replica's gateway sends to its engine at once: the room the
+    sidecar's jobs leave; one at least, so batches always advance."""
+    return max(1, engine_config(spec).max_num_seqs - sidecar_in_flight(spec))
+
+
 def batch_requests_per_shard(model: GptOssModelSpec, batch: InferenceBatchSpec) -> int:
     """Requests each running shard keeps in flight: ``requestsPerShard``, lowered so the
     shards running together stay within the room the model's sidecars leave on its

@@ -15,7 +15,12 @@ from gptoss_operator.builders import (
     api_key,
     token_volume,
 )
-from gptoss_operator.builders.engine_config import is_120b, sidecar_in_flight, vllm_args
+from gptoss_operator.builders.engine_config import (
+    gateway_slots,
+    is_120b,
+    sidecar_in_flight,
+    vllm_args,
+)
 from gptoss_operator.core import naming
 
 PROBE_PERIOD_SECONDS = 10
@@ -142,6 +147,7 @@ def _sidecar_container(ctx: ModelContext) -> dict[str, Any]:
             },
             {"name": "GPTOSS_HEALTH_PORT", "value": str(naming.SIDECAR_HEALTH_PORT)},
             {"name": "GPTOSS_GATEWAY_PORT", "value": str(naming.GATEWAY_PORT)},
+            {"name": "GPTOSS_GATEWAY_SLOTS", "value": str(gateway_slots(ctx.spec))},
             api_key.env("GPTOSS_ENGINE_API_KEY", ctx),
         ],
         "ports": [

@@ -8,7 +8,8 @@ after which the engine is asked whether it still holds the request),
 GPTOSS_RESYNC_SECONDS (default 60), GPTOSS_HEALTH_PORT (default 0: no /healthz),
 GPTOSS_ENGINE_API_KEY (the engine's API key, from the model's Secret),
 GPTOSS_ENGINE_PRIORITY_SCHEDULING (true when vLLM runs requests by priority: the jobs'
-spec.priority is sent), GPTOSS_GATEWAY_PORT (default 0: no gateway for batch shards).
+spec.priority is sent), GPTOSS_GATEWAY_PORT (default 0: no gateway for batch shards),
+GPTOSS_GATEWAY_SLOTS (default 256: batch lines the gateway sends to the engine at once).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def config_from_env(env: dict[str, str]) -> SidecarConfig:
         engine_quiet_seconds=float(env.get("GPTOSS_ENGINE_QUIET_SECONDS", QUIET_SECONDS)),
         retry_base_seconds=float(env.get("GPTOSS_RETRY_BASE_SECONDS", "1")),
         resync_seconds=float(env.get("GPTOSS_RESYNC_SECONDS", "60")),
+        gateway_slots=int(env.get("GPTOSS_GATEWAY_SLOTS", "256")),
     )
 
 
@@ -56,9 +58,7 @@ async def _serve(config: SidecarConfig, health_port: int, gateway_port: int) -> 
         config.engine_url,
         config.engine_api_key,
         priority_scheduling=config.priority_scheduling,
-        on_usage=lambda grant, prompt, completion: sidecar.line_used(
-            grant.namespace, prompt + completion
-        ),
+        lines=sidecar.lines,
     )
     sidecar.model_listeners.append(lambda model: gateway.take_grants(read_grants(model)))
     gateway_server = await start_gateway(gateway, gateway_port) if gateway_port else None

@@ -20,17 +20,18 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from aiohttp import web
 
+from gptoss_operator.workers.sidecar.line_slots import Done, LineSlots
+
 log = logging.getLogger(__name__)
 
-# The usage a finished request reported: (batch, prompt tokens, completion tokens).
-UsageSink = Callable[["BatchGrant", int, int], None]
+DEFAULT_MAX_TOKENS = 256  # a line's estimate while it runs, when it names no max_tokens
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ class Gateway:
         engine_api_key: str | None,
         *,
         priority_scheduling: bool,
-        on_usage: UsageSink | None = None,
+        lines: LineSlots | None = None,
         load_wait_seconds: float = 15.0,
     ) -> None:
         self.grants: dict[str, BatchGrant] = {}
@@ -102,7 +103,7 @@ class Gateway:
         self._loaded = asyncio.Event()
         self.load_wait_seconds = load_wait_seconds
         self.priority_scheduling = priority_scheduling
-        self.on_usage = on_usage
+        self.lines = lines
         self.refused = 0  # requests without a key the model lists
         self._http = httpx.AsyncClient(
             base_url=engine_url.rstrip("/"),
@@ -162,9 +163,15 @@ class Gateway:
             response = await self._http.get(request.path, timeout=10.0)
         except httpx.HTTPError:
             return web.Response(status=503, text="the engine does not answer")
+        body = response.content
+        if request.path == "/metrics" and response.status_code == 200 and self.lines is not None:
+            # The lines held here wait for the engine as those in its queue do: a shard
+            # whose request waits here sees it counted, and waits on.
+            held = f'vllm:num_requests_waiting{{gateway="held"}} {self.lines.held()}\n'
+            body += held.encode()
         return web.Response(
             status=response.status_code,
-            body=response.content,
+            body=body,
             content_type=response.headers.get("content-type", "text/plain").split(";")[0],
         )
 
@@ -184,9 +191,20 @@ class Gateway:
             body["priority"] = grant.priority
         else:
             body.pop("priority", None)
+        max_tokens = body.get("max_tokens")
+        if not isinstance(max_tokens, int):
+            max_tokens = DEFAULT_MAX_TOKENS
         try:
-            async with self._http.stream("POST", "/v1/completions", json=body) as upstream:
-                return await self._relay(request, upstream, grant)
+            async with contextlib.AsyncExitStack() as stack:
+                done: Done = _ignore
+                if self.lines is not None:
+                    done = await stack.enter_async_context(
+                        self.lines.slot(grant.namespace, max_tokens)
+                    )
+                upstream = await stack.enter_async_context(
+                    self._http.stream("POST", "/v1/completions", json=body)
+                )
+                return await self._relay(request, upstream, done)
         except httpx.HTTPError as error:
             log.info(
                 "the engine cut a request of batch %s/%s: %s", grant.namespace, grant.name, error
@@ -194,7 +212,7 @@ class Gateway:
             return web.Response(status=502, text="the engine cut the request")
 
     async def _relay(
-        self, request: web.Request, upstream: httpx.Response, grant: BatchGrant
+        self, request: web.Request, upstream: httpx.Response, done: Done
     ) -> web.StreamResponse:
         response = web.StreamResponse(status=upstream.status_code)
         response.content_type = upstream.headers.get("content-type", "application/json").split(";")[
@@ -207,17 +225,22 @@ class Gateway:
                 await response.write(chunk)
                 tail = (tail + chunk)[-4096:]
             await response.write_eof()
-        if self.on_usage is not None:
-            for line in reversed(tail.split(b"\n")):
-                usage = usage_of(line.strip())
-                if usage is not None:
-                    self.on_usage(grant, *usage)
-                    break
+        for line in reversed(tail.split(b"\n")):
+            usage = usage_of(line.strip())
+            if usage is not None:
+                done(sum(usage))
+                break
         return response
 
 
+def _ignore(tokens: int) -> None:
+    del tokens
+
+
 async def start_gateway(gateway: Gateway, port: int) -> web.AppRunner:
-    runner = web.AppRunner(gateway.app(), access_log=None)
+    # A shard that goes away (its pod deleted) cancels its requests: a line waiting for
+    # a slot leaves the queue, one streaming closes its stream (vLLM aborts it).
+    runner = web.AppRunner(gateway.app(), access_log=None, handler_cancellation=True)
     await runner.setup()
     await web.TCPSite(runner, "0.0.0.0", port).start()
     return runner

@@ -61,6 +61,7 @@ from gptoss_operator.engine.request import ChatRequest, from_job_spec
 from gptoss_operator.workers.sidecar import lifecycle
 from gptoss_operator.workers.sidecar.keys import job_key, split_key
 from gptoss_operator.workers.sidecar.lifecycle import Held
+from gptoss_operator.workers.sidecar.line_slots import LineSlots
 from gptoss_operator.workers.sidecar.store import JobStore, LostJob, claim_facts
 
 # How many of the oldest pending jobs a worker chooses from, and how far it looks for
@@ -118,6 +119,7 @@ class SidecarConfig:
     finish_grace_seconds: float = 10.0
     resync_seconds: float = 60.0
     watch_timeout_seconds: int = 240
+    gateway_slots: int = 256  # batch lines the gateway sends to the engine at once
 
 
 def reserved(job: dict[str, Any]) -> bool:
@@ -212,7 +214,10 @@ class Sidecar:
         self.watch_restarts = 0
         # Told of each version of the model the watch sees (the gateway's batch keys).
         self.model_listeners: list[Callable[[dict[str, Any]], None]] = []
-        self._lines = 0  # batch lines answered through the gateway here
+        # The engine's room for batch lines, shared by the tenants as jobs are.
+        self.lines = LineSlots(
+            config.gateway_slots, self.ledger, self.tenant_of, self.weights, self.limits, wall
+        )
 
     # ------------------------------------------------------------------ main loop
     async def run(self) -> None:
@@ -326,14 +331,8 @@ class Sidecar:
     def tenant_of(self, namespace: str) -> str:
         return self.access.tenant_of(namespace).name
 
-    def line_used(self, namespace: str, tokens: int) -> None:
-        """A batch line of ``namespace`` answered through the gateway here: its tokens
-        count in its tenant's use, as a job's do."""
-        self._lines += 1
-        now = self.wall()
-        self.ledger.finished(
-            f"{namespace}/line-{self._lines}", self.tenant_of(namespace), tokens, now, now
-        )
+    def weights(self) -> dict[str, int]:
+        return {tenant.name: tenant.weight for tenant in self.access.tenants or []}
 
     def limits(self, tenant: str) -> TenantLimits:
         return limits_of(self.access, tenant)
@@ -556,7 +555,7 @@ class Sidecar:
         self._help_at = None
         self._rate_at = None
         now = self.wall()
-        weights = {tenant.name: tenant.weight for tenant in self.access.tenants or []}
+        weights = self.weights()
         waiting = [tenant for tenant, order in self._order.items() if order]
         self.over_limit = {}
         for tenant in fair_order(self.ledger, waiting, weights, now):
