@@ -186,6 +186,26 @@ async def test_a_line_waiting_for_a_slot_counts_as_waiting_for_the_engine(bed: B
     assert bed.engine.requests_served == 2
 
 
+async def test_a_stream_the_engine_cuts_is_cut_for_the_shard_too(bed: Bed) -> None:
+    """The engine resets a stream mid-way, then goes away: the shard's client (through a
+    Service) reads both as the platform's doing, as it would from the engine itself, so
+    its line is asked again without being charged."""
+    bed.gateway.take_grants({key_digest(BATCH_KEY): BatchGrant("t", "b", 0)})
+    client = EngineClient(bed.url, "m", api_key=BATCH_KEY, through_service=True)
+    try:
+        bed.engine.fail_next = ["reset"]
+        with pytest.raises(EngineError) as cut:
+            await ask(client)
+        assert cut.value.platform
+        await bed.engine.stop()
+        with pytest.raises(EngineError) as gone:
+            await ask(client)
+        assert gone.value.platform
+    finally:
+        await client.close()
+    assert (bed.lines.free, bed.lines.held()) == (1, 0), "the slots are free again"
+
+
 def test_status_entries_this_version_cannot_read_are_skipped() -> None:
     grants = read_grants(
         model_listing(

@@ -194,43 +194,57 @@ class Gateway:
         max_tokens = body.get("max_tokens")
         if not isinstance(max_tokens, int):
             max_tokens = DEFAULT_MAX_TOKENS
-        try:
-            async with contextlib.AsyncExitStack() as stack:
-                done: Done = _ignore
-                if self.lines is not None:
-                    done = await stack.enter_async_context(
-                        self.lines.slot(grant.namespace, max_tokens)
-                    )
+        async with contextlib.AsyncExitStack() as stack:
+            done: Done = _ignore
+            if self.lines is not None:
+                done = await stack.enter_async_context(self.lines.slot(grant.namespace, max_tokens))
+            try:
                 upstream = await stack.enter_async_context(
                     self._http.stream("POST", "/v1/completions", json=body)
                 )
-                return await self._relay(request, upstream, done)
-        except httpx.HTTPError as error:
-            log.info(
-                "the engine cut a request of batch %s/%s: %s", grant.namespace, grant.name, error
-            )
-            return web.Response(status=502, text="the engine cut the request")
+            except httpx.HTTPError as error:
+                return _cut(request, grant, error)
+            return await self._relay(request, upstream, grant, done)
+        raise AssertionError("unreachable")  # for the type checker: the block returns
 
     async def _relay(
-        self, request: web.Request, upstream: httpx.Response, done: Done
+        self, request: web.Request, upstream: httpx.Response, grant: BatchGrant, done: Done
     ) -> web.StreamResponse:
         response = web.StreamResponse(status=upstream.status_code)
-        response.content_type = upstream.headers.get("content-type", "application/json").split(";")[
-            0
-        ]
+        content_type = upstream.headers.get("content-type", "application/json")
+        response.content_type = content_type.split(";")[0]
         await response.prepare(request)
         tail = b""
-        with contextlib.suppress(ConnectionResetError):
+        try:
             async for chunk in upstream.aiter_raw():
                 await response.write(chunk)
                 tail = (tail + chunk)[-4096:]
             await response.write_eof()
+        except httpx.HTTPError as error:
+            return _cut(request, grant, error, response)
+        except ConnectionResetError:
+            return response  # the shard went away
         for line in reversed(tail.split(b"\n")):
             usage = usage_of(line.strip())
             if usage is not None:
                 done(sum(usage))
                 break
         return response
+
+
+def _cut(
+    request: web.Request,
+    grant: BatchGrant,
+    error: httpx.HTTPError,
+    response: web.StreamResponse | None = None,
+) -> web.StreamResponse:
+    """The engine's connection failed or its stream was cut (a replica stopping): the
+    shard's connection is cut too, which its client reads as the platform's doing, as it
+    would the engine's own, and asks again without charging the line."""
+    log.info("the engine cut a request of batch %s/%s: %s", grant.namespace, grant.name, error)
+    if request.transport is not None:
+        request.transport.close()
+    return response if response is not None else web.StreamResponse(status=502)
 
 
 def _ignore(tokens: int) -> None:
