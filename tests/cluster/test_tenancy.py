@@ -7,6 +7,8 @@ RoleBindings the operator makes while a tenant has jobs and removes once it has 
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import datetime
 import subprocess
 import sys
@@ -18,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from lightkube import Client, KubeConfig, codecs
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Namespace, ServiceAccount
+from lightkube.resources.core_v1 import Namespace, Secret, ServiceAccount
 from lightkube.resources.rbac_authorization_v1 import Role, RoleBinding
 from lightkube.types import PatchType
 
@@ -31,7 +34,10 @@ from gptoss_operator.api.resources import (
     InferenceJobResource,
 )
 from gptoss_operator.builders import rbac
+from gptoss_operator.core import naming
+from gptoss_operator.engine.client import EngineClient, SamplingParams, Usage
 from gptoss_sandbox.chart import helm
+from gptoss_sandbox.cluster import free_port
 from gptoss_sandbox.standin_engine import StandinEngine
 from tests.cluster.chart_helpers import (
     apiserver_refusal,
@@ -656,3 +662,137 @@ def test_tenants_share_the_model_by_weight_and_one_at_its_limit_waits(
         patch_access(platform, {"tenants": None})
         platform.sidecar.start()
         print("sidecar logs:", *(replica.log_path for replica in replicas))
+
+
+def gateway_batch(kube: Client, namespace: str, model: dict[str, str]) -> None:
+    """A batch of the shared model; kwok's nodes hold its shards' pods, which run
+    nothing: the test sends the lines to the gateway with the batch's key itself."""
+    kube.create(
+        InferenceBatchResource(
+            metadata=ObjectMeta(name="flood", namespace=namespace),
+            spec={
+                "modelRef": model,
+                "input": {"configMap": {"name": "lines"}},
+                "output": {"volume": {"claimName": "out", "path": "o"}},
+            },
+        )
+    )
+
+
+def gateway_key(kube: Client, namespace: str) -> str:
+    status = wait_for(
+        lambda: batch_status(kube, namespace, "flood").get("gatewayKey"),
+        timeout=60,
+        message=f"the gateway key of {namespace}'s batch",
+    )
+    secret = kube.get(Secret, status["secret"], namespace=namespace)
+    return base64.b64decode(secret.data[naming.GATEWAY_KEY_SECRET_KEY]).decode()
+
+
+def batch_status(kube: Client, namespace: str, name: str) -> dict[str, Any]:
+    found = kube.get(InferenceBatchResource, name, namespace=namespace).to_dict()
+    return dict(found.get("status") or {})
+
+
+async def flood(
+    url: str, key: str, max_tokens: int, lanes: int, until: float
+) -> list[tuple[float, int]]:
+    """``lanes`` lines in flight at once until ``until``: when each answered line ended
+    (time.time()) and its tokens."""
+    params = SamplingParams(max_tokens=max_tokens, temperature=1.0, top_p=None, stop_token_ids=[])
+    # <|start|>user<|message|>hello<|end|><|start|>assistant
+    prompt = [200006, 1428, 200008, 13225, 200007, 200006, 173781]
+    client = EngineClient(url, MODEL, api_key=key, max_connections=lanes, through_service=True)
+    ended: list[tuple[float, int]] = []
+
+    async def lane() -> None:
+        while time.time() < until:
+            async for item in client.stream(prompt, params):
+                if isinstance(item, Usage):
+                    ended.append((time.time(), item.prompt_tokens + item.completion_tokens))
+
+    try:
+        await asyncio.gather(*(lane() for _ in range(lanes)))
+    finally:
+        await client.close()
+    return ended
+
+
+def test_batch_lines_share_the_gateway_by_weight(platform: Platform) -> None:
+    """Two teams' batches of weights 1 and 3 flood a sidecar's gateway of four slots, the
+    light team's lines four times the heavy's: over 40 s of contention, each team's
+    share of the tokens answered is within 10% of its weight's."""
+    kube, model = platform.kube, the_shared_model(platform)
+    light, heavy, _ = platform.teams
+    patch_access(
+        platform,
+        {
+            "namespaces": None,
+            "tenants": [
+                {"name": "light", "namespaces": [light], "weight": 1},
+                {"name": "heavy", "namespaces": [heavy], "weight": 3},
+            ],
+        },
+    )
+    port = free_port()
+    gateway = SidecarProcess(
+        platform.configs / "sidecar.kubeconfig",
+        platform.platform,
+        MODEL,
+        "gateway-pod",
+        platform.engine.url,
+        platform.configs,
+        GPTOSS_GATEWAY_PORT=str(port),
+        GPTOSS_GATEWAY_SLOTS="4",
+    )
+    platform.engine.token_delay = 0.01
+    platform.engine.answer_repeat = 50  # answers longer than any max_tokens here
+    try:
+        for namespace in (light, heavy):
+            gateway_batch(kube, namespace, model)
+        keys = {namespace: gateway_key(kube, namespace) for namespace in (light, heavy)}
+        wait_for(
+            lambda: len(status_of(kube, platform.platform, MODEL).get("batches") or []) == 2,
+            timeout=60,
+            message="both batches listed in the model's status",
+        )
+        gateway.start()
+        url = f"http://127.0.0.1:{port}"
+        wait_for(
+            lambda: (
+                httpx.get(
+                    f"{url}/v1/models",
+                    headers={"Authorization": f"Bearer {keys[light]}"},
+                    timeout=5,
+                ).status_code
+                == 200
+            ),
+            timeout=60,
+            message="the gateway admits the batches' keys",
+        )
+        start = time.time() + 10  # the shares settle
+        end = start + 40
+
+        async def both() -> list[list[tuple[float, int]]]:
+            return list(
+                await asyncio.gather(
+                    flood(url, keys[light], 160, 8, end), flood(url, keys[heavy], 40, 8, end)
+                )
+            )
+
+        light_ends, heavy_ends = asyncio.run(both())
+
+        def tokens(ends: list[tuple[float, int]]) -> int:
+            return sum(count for at, count in ends if start <= at < end)
+
+        a, b = tokens(light_ends), tokens(heavy_ends)
+        print(f"gateway tokens in 40 s: light {a}, heavy {b}, light's share {a / (a + b):.3f}")
+        assert abs(a / (a + b) - 0.25) <= 0.025, (a, b)
+    finally:
+        gateway.stop()
+        platform.engine.token_delay = 0.0
+        platform.engine.answer_repeat = 1
+        for namespace in (light, heavy):
+            kube.deletecollection(InferenceBatchResource, namespace=namespace)
+        patch_access(platform, {"tenants": None})
+        print("gateway log:", gateway.log_path)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
-GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting")
+# vLLM's requests running and waiting, and the batch lines the model's gateway holds for
+# it (see workers.sidecar.gateway): all of them are the engine's work in flight.
+GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting", "gptoss:gateway_lines_held")
 # vLLM's page is tens of KiB; a pod that sends more is not read to its end.
 MAX_PAGE_BYTES = 4 * 2**20
 

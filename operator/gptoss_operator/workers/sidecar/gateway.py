@@ -31,6 +31,7 @@ from gptoss_operator.workers.sidecar.line_slots import Done, LineSlots
 
 log = logging.getLogger(__name__)
 
+HELD_GAUGE = "gptoss:gateway_lines_held"  # in the engine's /metrics, as the gateway serves it
 DEFAULT_MAX_TOKENS = 256  # a line's estimate while it runs, when it names no max_tokens
 
 
@@ -104,7 +105,6 @@ class Gateway:
         self.load_wait_seconds = load_wait_seconds
         self.priority_scheduling = priority_scheduling
         self.lines = lines
-        self.refused = 0  # requests without a key the model lists
         self._http = httpx.AsyncClient(
             base_url=engine_url.rstrip("/"),
             headers={"Authorization": f"Bearer {engine_api_key}"} if engine_api_key else None,
@@ -133,7 +133,6 @@ class Gateway:
         key = bearer(request.headers.get("Authorization"))
         grant = self.grants.get(key_digest(key)) if key else None
         if grant is None:
-            self.refused += 1
             return web.json_response(
                 {"error": {"message": "no unfinished InferenceBatch of this model has this key"}},
                 status=401,
@@ -167,8 +166,8 @@ class Gateway:
         if request.path == "/metrics" and response.status_code == 200 and self.lines is not None:
             # The lines held here wait for the engine as those in its queue do: a shard
             # whose request waits here sees it counted, and waits on.
-            held = f'vllm:num_requests_waiting{{gateway="held"}} {self.lines.held()}\n'
-            body += held.encode()
+            held = self.lines.held()
+            body += f"# TYPE {HELD_GAUGE} gauge\n{HELD_GAUGE} {held}\n".encode()
         return web.Response(
             status=response.status_code,
             body=body,
