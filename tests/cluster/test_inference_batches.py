@@ -4,6 +4,8 @@ node tier (tests/node/test_node_batches.py)."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import subprocess
 from collections.abc import Iterator
@@ -17,14 +19,22 @@ from lightkube.generic_resource import GenericNamespacedResource
 from lightkube.models.core_v1 import PersistentVolumeClaimSpec, VolumeResourceRequirements
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import Event, PersistentVolumeClaim
+from lightkube.resources.core_v1 import (
+    Event,
+    Namespace,
+    PersistentVolumeClaim,
+    Secret,
+    ServiceAccount,
+)
 from lightkube.resources.rbac_authorization_v1 import RoleBinding
+from lightkube.types import PatchType
 
 from gptoss_operator.api.resources import GptOssModelResource, InferenceBatchResource
 from gptoss_operator.core import naming
 from gptoss_sandbox.cluster import SANDBOX_STORAGE_CLASS, free_port
 from gptoss_sandbox.standin_engine import StandinEngine
 from tests.cluster.chart_helpers import token_kubeconfig, tools
+from tests.cluster.job_helpers import ready_model_namespace
 from tests.cluster.model_helpers import MANUAL, create_model, pods, running_pod, status_of
 from tests.conftest import ClusterUnderTest, OperatorProcess
 from tests.support import wait_for
@@ -198,6 +208,98 @@ def test_a_batch_waits_for_its_model_then_plans_an_indexed_job_of_its_shards(
     assert job.spec.completions == 3
     assert job.spec.template.spec.serviceAccountName == naming.batch_account_name("m")
     assert wait_phase(kube, namespace, "b1", ("Running",))["phase"] == "Running"
+
+
+def test_a_batch_of_another_namespaces_model_plans_its_shards_here_with_a_key_of_its_own(
+    kube: Client, operator: OperatorProcess, namespace: str
+) -> None:
+    """A batch in a team's namespace for a model of another: it waits with a reason while
+    the model's spec.access leaves the team out, or while the name of the model's batch
+    identity in the team's namespace is taken by an object the operator did not make;
+    then its shards are planned in the team's namespace, as that identity (made and
+    bound there), with the batch's gateway key (a Secret there, its hash in the model's
+    status), the shards pointed at the model's gateway; the identity's binding goes once
+    the batch does."""
+    model_namespace = ready_model_namespace(kube, "t-away", "m")
+    reference = {"name": "m", "namespace": model_namespace}
+    account = naming.tenant_batch_account_name(model_namespace, "m")
+    try:
+        kube.patch(
+            GptOssModelResource,
+            "m",
+            {"spec": {"access": {"namespaces": ["elsewhere"]}}},
+            namespace=model_namespace,
+            patch_type=PatchType.MERGE,
+        )
+        kube.create(ServiceAccount(metadata=ObjectMeta(name=account, namespace=namespace)))
+        create_batch(
+            kube,
+            namespace,
+            "away",
+            input={"configMap": {"name": "lines"}},
+            output={"volume": {"claimName": "data", "path": "o"}},
+            modelRef=reference,
+        )
+
+        def reason() -> str | None:
+            status = batch_of(kube, namespace, "away").get("status") or {}
+            return condition(status, "Reconciling").get("reason")
+
+        wait_for(lambda: reason() == "AccessDenied", timeout=30, message="AccessDenied")
+        kube.patch(
+            GptOssModelResource,
+            "m",
+            {"spec": {"access": None}},
+            namespace=model_namespace,
+            patch_type=PatchType.MERGE,
+        )
+        wait_for(lambda: reason() == "IdentityTaken", timeout=30, message="IdentityTaken")
+        assert _shards_job(kube, namespace, "away") is None
+        kube.delete(ServiceAccount, account, namespace=namespace)
+
+        job = wait_for(lambda: _shards_job(kube, namespace, "away"), timeout=60, message="shards")
+        pod = job.spec.template.spec
+        assert pod.serviceAccountName == account
+        binding = kube.get(RoleBinding, account, namespace=namespace)
+        assert [(s.kind, s.name, s.namespace) for s in binding.subjects] == [
+            ("ServiceAccount", account, namespace)
+        ]
+        plan = json.loads(
+            next(e.value for e in pod.containers[0].env if e.name == "GPTOSS_BATCH_PLAN")
+        )
+        assert plan["engineUrl"] == naming.gateway_url("m", model_namespace)
+        key = batch_of(kube, namespace, "away")["status"]["gatewayKey"]
+        (key_env,) = [e for e in pod.containers[0].env if e.name == "GPTOSS_ENGINE_API_KEY"]
+        assert key_env.valueFrom.secretKeyRef.name == key["secret"]
+        secret = kube.get(Secret, key["secret"], namespace=namespace)
+        assert secret.metadata.ownerReferences[0].name == "away"
+        digest = hashlib.sha256(base64.b64decode(secret.data["key"])).hexdigest()
+        assert digest == key["sha256"]
+        listed = wait_for(
+            lambda: status_of(kube, model_namespace, "m").get("batches"),
+            timeout=30,
+            message="the batch in the model's status",
+        )
+        assert listed == [
+            {"namespace": namespace, "name": "away", "keySHA256": digest, "priority": -10}
+        ]
+
+        kube.delete(InferenceBatchResource, "away", namespace=namespace)
+        wait_for(
+            lambda: not status_of(kube, model_namespace, "m").get("batches"),
+            timeout=30,
+            message="the batch gone from the model's status",
+        )
+        wait_for(
+            lambda: (
+                account
+                not in [b.metadata.name for b in kube.list(RoleBinding, namespace=namespace)]
+            ),
+            timeout=30,
+            message="the identity's binding removed",
+        )
+    finally:
+        kube.delete(Namespace, model_namespace)
 
 
 def _shards_job(kube: Client, namespace: str, batch: str) -> Job | None:

@@ -142,13 +142,16 @@ class BatchReconciler:
             ctx = self._context(batch, spec, kube.to_dict(model))
             ctx = replace(ctx, key_secret=await self._gateway_key(batch, ctx))
             if model_namespace != namespace:
-                for manifest in rbac.tenant_batch_identity(
-                    ctx.model.name,
-                    model_namespace,
-                    namespace,
-                    self.settings.batch_worker_cluster_role,
-                ):
-                    await kube.apply(self.client, manifest)
+                try:
+                    for manifest in rbac.tenant_batch_identity(
+                        ctx.model.name,
+                        model_namespace,
+                        namespace,
+                        self.settings.batch_worker_cluster_role,
+                    ):
+                        await kube.apply(self.client, manifest)
+                except kube.NotOurs as taken:
+                    return Observed(waiting=("IdentityTaken", str(taken)))
             shards = await kube.create_or_read(self.client, Job, shards_job(ctx))
         shards_dict = kube.to_dict(shards)
         listed = [
