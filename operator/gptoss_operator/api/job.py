@@ -461,8 +461,8 @@ ROOT_RULES = [
 
 
 def model_key_of(body: Mapping[str, Any]) -> tuple[str, str]:
-    """(namespace, name) of the GptOssModel a live InferenceJob names: its modelRef's
-    namespace, or the job's own when it names none."""
+    """(namespace, name) of the GptOssModel a live InferenceJob or InferenceBatch names:
+    its modelRef's namespace, or the object's own when it names none."""
     reference = (body.get("spec") or {}).get("modelRef") or {}
     own = (body.get("metadata") or {}).get("namespace") or ""
     return str(reference.get("namespace") or own), str(reference.get("name") or "")

@@ -119,11 +119,6 @@ class BatchFacts:
     priority: int
     key_sha256: str | None  # of its gateway key, once it has one
 
-    @staticmethod
-    def model_key(body: Mapping[str, Any]) -> tuple[str, str]:
-        """(namespace, name) of the model a live InferenceBatch names."""
-        return model_key_of(body)
-
     @classmethod
     def from_body(cls, body: Mapping[str, Any], demand: int) -> BatchFacts:
         metadata = body.get("metadata") or {}

@@ -12,6 +12,7 @@ from lightkube import ApiError
 
 from gptoss_operator.api.batch import FINISHED_PHASES, PLURAL
 from gptoss_operator.api.common import GROUP, VERSION
+from gptoss_operator.api.job import model_key_of
 from gptoss_operator.controllers.batch.status import batch_demand
 from gptoss_operator.controllers.facts import BatchFacts
 from gptoss_operator.core import naming
@@ -36,7 +37,7 @@ async def open_batches(
     if namespace is None or status.get("phase") in FINISHED_PHASES:
         return None
     facts = BatchFacts.from_body(body, batch_demand(dict(spec), dict(status)))
-    return {BatchFacts.model_key(body): facts}
+    return {model_key_of(body): facts}
 
 
 async def _reconcile(memo: Any, namespace: str | None, name: str) -> None:
