@@ -248,3 +248,21 @@ def test_a_tenant_at_its_limit_adds_no_demand_the_others_do() -> None:
     assert scaler.load("p", "m") == Load(pending=3, running=2, engine=None, batch=0)
     models[("p", "m")] = [ModelFacts("Ready", 1)]  # no limits: everyone's queue counts
     assert scaler.load("p", "m") == Load(pending=8, running=2, engine=None, batch=0)
+
+
+def test_batches_seen_after_the_start_count_as_load() -> None:
+    """The operator hands the autoscaler its index of batches while that is still empty
+    (no batch yet): the batches that come later count all the same, including one of
+    another namespace (the index is keyed by the model)."""
+    from gptoss_operator.controllers.autoscale.scaler import Autoscaler
+    from gptoss_operator.controllers.facts import BatchFacts, ModelFacts
+
+    async def emit(*_: object) -> None:
+        return None
+
+    batches: dict[tuple[str, str], list[BatchFacts]] = {}
+    models = {("p", "m"): [ModelFacts("Ready", 1)]}
+    scaler = Autoscaler({}, models, 1.0, emit, batches=batches)
+    assert scaler.load("p", "m").batch == 0
+    batches[("p", "m")] = [BatchFacts("team-a", "eval", 48, -10, None)]
+    assert scaler.load("p", "m") == Load(pending=0, running=0, engine=None, batch=48)

@@ -657,13 +657,8 @@ def test_the_models_status_lists_its_keyed_batches_and_their_shards_get_identiti
     shards of a batch in another namespace get an identity there while it is unfinished."""
     client = _RecordingClient()
     identities = _RecordingBindings()
-    batches: dict[tuple[str, str], list[BatchFacts]] = {
-        ("ns", "m"): [
-            BatchFacts("ns", "local", demand=8, priority=-10, key_sha256="a" * 64),
-            BatchFacts("team", "eval", demand=8, priority=-5, key_sha256="b" * 64),
-            BatchFacts("other", "new", demand=8, priority=0, key_sha256=None),
-        ]
-    }
+    # The operator hands over its index of batches while it is empty (at its start).
+    batches: dict[tuple[str, str], list[BatchFacts]] = {}
     janitor = JobJanitor(
         client,  # type: ignore[arg-type]
         {},
@@ -673,6 +668,11 @@ def test_the_models_status_lists_its_keyed_batches_and_their_shards_get_identiti
         batches=batches,
         batch_identities=identities,  # type: ignore[arg-type]
     )
+    batches[("ns", "m")] = [
+        BatchFacts("ns", "local", demand=8, priority=-10, key_sha256="a" * 64),
+        BatchFacts("team", "eval", demand=8, priority=-5, key_sha256="b" * 64),
+        BatchFacts("other", "new", demand=8, priority=0, key_sha256=None),
+    ]
     asyncio.run(janitor.step())
     assert client.patches == [
         (

@@ -68,7 +68,8 @@ class Autoscaler:
         batches: Mapping[Any, Iterable[BatchFacts]] | None = None,
     ) -> None:
         self.jobs = jobs
-        self.batches = batches or {}
+        # The index itself, even while it is empty (an empty one is falsy).
+        self.batches = batches if batches is not None else {}
         self.models = models
         self.interval = interval
         self.emit = emit

@@ -276,7 +276,8 @@ class JobJanitor:
         self.tenants = tenants
         # The unfinished InferenceBatches by model, and the identities of their shards in
         # namespaces other than the model's.
-        self.batches = batches or {}
+        # The index itself, even while it is empty (an empty one is falsy).
+        self.batches = batches if batches is not None else {}
         self.batch_identities = batch_identities
         self.usage = UsageMeter(wall_clock())
         # Jobs this operator reserved a quota slot for, by when (self.clock).
