@@ -694,6 +694,14 @@ def batch_status(kube: Client, namespace: str, name: str) -> dict[str, Any]:
     return dict(found.get("status") or {})
 
 
+def admits(url: str, key: str) -> bool:
+    try:
+        answer = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {key}"})
+    except httpx.TransportError:
+        return False  # not listening yet
+    return answer.status_code == 200
+
+
 async def flood(
     url: str, key: str, max_tokens: int, lanes: int, until: float
 ) -> list[tuple[float, int]]:
@@ -759,16 +767,7 @@ def test_batch_lines_share_the_gateway_by_weight(platform: Platform) -> None:
         gateway.start()
         url = f"http://127.0.0.1:{port}"
         wait_for(
-            lambda: (
-                httpx.get(
-                    f"{url}/v1/models",
-                    headers={"Authorization": f"Bearer {keys[light]}"},
-                    timeout=5,
-                ).status_code
-                == 200
-            ),
-            timeout=60,
-            message="the gateway admits the batches' keys",
+            lambda: admits(url, keys[light]), timeout=60, message="the gateway admits the keys"
         )
         start = time.time() + 10  # the shares settle
         end = start + 40
