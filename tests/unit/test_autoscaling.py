@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
+import kopf
 import pytest
 from pydantic import ValidationError
 
@@ -266,3 +270,31 @@ def test_batches_seen_after_the_start_count_as_load() -> None:
     assert scaler.load("p", "m").batch == 0
     batches[("p", "m")] = [BatchFacts("team-a", "eval", 48, -10, None)]
     assert scaler.load("p", "m") == Load(pending=0, running=0, engine=None, batch=48)
+
+
+def test_a_finished_batch_leaves_the_index_of_open_batches() -> None:
+    """kopf keeps an object's earlier index entries when the index function returns None
+    (only an empty mapping replaces them): a finished batch must be mapped to nothing,
+    or its last demand and gateway key stay in the index (the autoscaler would keep its
+    model up, the model's status would list it, and its key would still open the
+    gateway)."""
+    from gptoss_operator.controllers.batch.handlers import open_batches
+
+    body: dict[str, Any] = {
+        "metadata": {"namespace": "team-a", "name": "eval", "uid": "u"},
+        "spec": {"modelRef": {"name": "m", "namespace": "p"}, "shards": 2, "priority": -10},
+        "status": {"phase": "Running", "gatewayKey": {"secret": "s", "sha256": "a" * 64}},
+    }
+
+    def index(status: dict[str, Any]) -> object:
+        body["status"] = status
+        return asyncio.run(
+            open_batches(namespace="team-a", body=kopf.Body(body), spec=body["spec"], status=status)
+        )
+
+    running = index(body["status"])
+    assert isinstance(running, dict)
+    assert list(running) == [("p", "m")]
+    assert running[("p", "m")].key_sha256 == "a" * 64
+    assert index({**body["status"], "phase": "Succeeded"}) == {}
+    assert index({**body["status"], "phase": "Failed"}) == {}

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from gptoss_operator.core.fair_share import ShareLedger, TenantLimits
 from gptoss_operator.engine.client import Chunk, EngineClient, EngineError, SamplingParams, Usage
+from gptoss_operator.engine.request import engine_priority
 from gptoss_operator.workers.sidecar.gateway import (
     BatchGrant,
     Gateway,
@@ -101,9 +102,11 @@ async def test_a_listed_batch_key_reaches_the_engine_at_the_batchs_priority(bed:
         tokens, usage = await ask(client)
         assert tokens, "the answer streams back"
         assert usage is not None
-        # The engine saw the engine's key (it refuses any other) and the batch's priority,
-        # whatever the shard sent.
-        assert bed.engine.requests[-1]["priority"] == -10
+        # The engine saw the engine's key (it refuses any other) and the batch's priority
+        # as vLLM reads it (lower first): behind an interactive job's, whatever the shard
+        # sent.
+        assert bed.engine.requests[-1]["priority"] == engine_priority(-10) == 10
+        assert bed.engine.requests[-1]["priority"] > engine_priority(0)
         # The line's tokens count in its namespace's use (as a job's would).
         total = usage.prompt_tokens + usage.completion_tokens
         assert bed.lines.ledger.tokens_last_minute("team-a", time.time()) == total

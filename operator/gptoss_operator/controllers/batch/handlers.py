@@ -30,12 +30,14 @@ async def open_batches(
     spec: Mapping[str, Any],
     status: Mapping[str, Any],
     **_: Any,
-) -> dict[tuple[str, str], BatchFacts] | None:
+) -> dict[tuple[str, str], BatchFacts]:
     """Unfinished batches by (namespace, name) of their model: for the resync (a model
     appearing starts its batches), what they ask of the engine (the autoscaler), and
-    their gateway keys (the model's status)."""
+    their gateway keys (the model's status). A finished batch maps to nothing: an empty
+    mapping, since kopf keeps an object's earlier entries when the function returns
+    None."""
     if namespace is None or status.get("phase") in FINISHED_PHASES:
-        return None
+        return {}
     facts = BatchFacts.from_body(body, batch_demand(dict(spec), dict(status)))
     return {model_key_of(body): facts}
 

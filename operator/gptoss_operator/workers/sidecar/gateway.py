@@ -3,8 +3,9 @@
 A shard never holds the engine's API key: it presents its batch's own key, which the
 operator put in a Secret of the batch's namespace, and whose SHA-256 it lists in the
 model's ``status.batches`` while the batch is unfinished. The gateway admits a request
-whose key hashes to a listed batch, sets the request's priority to that batch's (a shard
-cannot jump ahead of interactive work), forwards it to vLLM on the pod's loopback with
+whose key hashes to a listed batch, sets the request's priority to that batch's (as
+vLLM reads it, see engine.request.engine_priority: a shard cannot jump ahead of
+interactive work), forwards it to vLLM on the pod's loopback with
 the engine's key, and streams the answer back. A finished or deleted batch leaves the
 list, and its key opens nothing any more.
 
@@ -27,6 +28,7 @@ from typing import Any
 import httpx
 from aiohttp import web
 
+from gptoss_operator.engine.request import engine_priority
 from gptoss_operator.workers.sidecar.line_slots import Done, LineSlots
 
 log = logging.getLogger(__name__)
@@ -187,7 +189,7 @@ class Gateway:
                 {"error": {"message": "the body is not an object"}}, status=400
             )
         if self.priority_scheduling:
-            body["priority"] = grant.priority
+            body["priority"] = engine_priority(grant.priority)
         else:
             body.pop("priority", None)
         max_tokens = body.get("max_tokens")
