@@ -519,6 +519,14 @@ def phases(kube: Client, namespace: str) -> dict[str, int]:
     return found
 
 
+def light_and_heavy(light: str, heavy: str) -> list[dict[str, Any]]:
+    """Tenants "light" (weight 1) and "heavy" (weight 3) of one namespace each."""
+    return [
+        {"name": "light", "namespaces": [light], "weight": 1},
+        {"name": "heavy", "namespaces": [heavy], "weight": 3},
+    ]
+
+
 def test_tenants_share_the_model_by_weight_and_one_at_its_limit_waits(
     platform: Platform, operator: OperatorProcess
 ) -> None:
@@ -534,8 +542,7 @@ def test_tenants_share_the_model_by_weight_and_one_at_its_limit_waits(
         {
             "namespaces": None,
             "tenants": [
-                {"name": "light", "namespaces": [light], "weight": 1},
-                {"name": "heavy", "namespaces": [heavy], "weight": 3},
+                *light_and_heavy(light, heavy),
                 {"name": "capped", "namespaces": [capped], "maxJobsInFlight": 2},
             ],
         },
@@ -732,16 +739,7 @@ def test_batch_lines_share_the_gateway_by_weight(platform: Platform) -> None:
     share of the tokens answered is within 10% of its weight's."""
     kube, model = platform.kube, the_shared_model(platform)
     light, heavy, _ = platform.teams
-    patch_access(
-        platform,
-        {
-            "namespaces": None,
-            "tenants": [
-                {"name": "light", "namespaces": [light], "weight": 1},
-                {"name": "heavy", "namespaces": [heavy], "weight": 3},
-            ],
-        },
-    )
+    patch_access(platform, {"namespaces": None, "tenants": light_and_heavy(light, heavy)})
     port = free_port()
     gateway = SidecarProcess(
         platform.configs / "sidecar.kubeconfig",

@@ -13,13 +13,13 @@ import httpx
 import pytest
 from aiohttp import web
 
+from gptoss_operator.api.batch import gateway_key_sha256
 from gptoss_operator.core.fair_share import ShareLedger, TenantLimits
 from gptoss_operator.engine.client import Chunk, EngineClient, EngineError, SamplingParams, Usage
 from gptoss_operator.engine.request import engine_priority
 from gptoss_operator.workers.sidecar.gateway import (
     BatchGrant,
     Gateway,
-    key_digest,
     read_grants,
     start_gateway,
 )
@@ -89,7 +89,7 @@ async def test_a_listed_batch_key_reaches_the_engine_at_the_batchs_priority(bed:
                 {
                     "namespace": "team-a",
                     "name": "eval",
-                    "keySHA256": key_digest(BATCH_KEY),
+                    "keySHA256": gateway_key_sha256(BATCH_KEY),
                     "priority": -10,
                     "aFieldOfALaterVersion": True,
                 }
@@ -121,7 +121,7 @@ async def test_a_gateway_that_has_not_read_its_model_yet_answers_503_not_401(bed
     async with httpx.AsyncClient(base_url=bed.url) as http:
         headers = {"Authorization": f"Bearer {BATCH_KEY}"}
         assert (await http.get("/v1/models", headers=headers)).status_code == 503
-        bed.gateway.take_grants({key_digest(BATCH_KEY): BatchGrant("t", "b", 0)})
+        bed.gateway.take_grants({gateway_key_sha256(BATCH_KEY): BatchGrant("t", "b", 0)})
         assert (await http.get("/v1/models", headers=headers)).status_code == 200
 
 
@@ -145,7 +145,9 @@ async def test_a_key_no_unfinished_batch_has_opens_nothing(bed: Bed) -> None:
     try:
         assert not await client.healthy()
         grants = read_grants(
-            model_listing({"namespace": "t", "name": "b", "keySHA256": key_digest(BATCH_KEY)})
+            model_listing(
+                {"namespace": "t", "name": "b", "keySHA256": gateway_key_sha256(BATCH_KEY)}
+            )
         )
         bed.gateway.take_grants(grants)
         assert await client.healthy()
@@ -158,7 +160,7 @@ async def test_a_key_no_unfinished_batch_has_opens_nothing(bed: Bed) -> None:
 
 async def test_without_priority_scheduling_the_priority_is_not_sent(bed: Bed) -> None:
     bed.gateway.priority_scheduling = False
-    bed.gateway.take_grants({key_digest(BATCH_KEY): BatchGrant("t", "b", 5)})
+    bed.gateway.take_grants({gateway_key_sha256(BATCH_KEY): BatchGrant("t", "b", 5)})
     client = EngineClient(bed.url, "m", api_key=BATCH_KEY)
     try:
         await ask(client)
@@ -171,7 +173,7 @@ async def test_a_line_waiting_for_a_slot_counts_as_waiting_for_the_engine(bed: B
     """One slot, one slow line at the engine and one held here: the shard's quiet check
     (the engine's running and waiting requests, through the gateway's /metrics) sees
     both, so the held one is waited for, not asked again as lost."""
-    bed.gateway.take_grants({key_digest(BATCH_KEY): BatchGrant("t", "b", 0)})
+    bed.gateway.take_grants({gateway_key_sha256(BATCH_KEY): BatchGrant("t", "b", 0)})
     bed.engine.token_delay = 0.2
     client = EngineClient(bed.url, "m", api_key=BATCH_KEY)
     try:
@@ -193,7 +195,7 @@ async def test_a_stream_the_engine_cuts_is_cut_for_the_shard_too(bed: Bed) -> No
     """The engine resets a stream mid-way, then goes away: the shard's client (through a
     Service) reads both as the platform's doing, as it would from the engine itself, so
     its line is asked again without being charged."""
-    bed.gateway.take_grants({key_digest(BATCH_KEY): BatchGrant("t", "b", 0)})
+    bed.gateway.take_grants({gateway_key_sha256(BATCH_KEY): BatchGrant("t", "b", 0)})
     client = EngineClient(bed.url, "m", api_key=BATCH_KEY, through_service=True)
     try:
         bed.engine.fail_next = ["reset"]

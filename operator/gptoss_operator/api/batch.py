@@ -4,6 +4,7 @@ GptOssModel by an Indexed Job, with the answers written to a file in the same fo
 from __future__ import annotations
 
 import datetime
+import hashlib
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -334,6 +335,11 @@ class ShardProgress(ApiModel):
 class OutputFiles(ApiModel):
     results: str | None = Field(default=None, description="URL of output.jsonl.")
     errors: str | None = Field(default=None, description="URL of errors.jsonl.")
+
+
+def gateway_key_sha256(key: str) -> str:
+    """What the operator records of a batch's gateway key, and the gateway compares."""
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 class GatewayKey(ApiModel):

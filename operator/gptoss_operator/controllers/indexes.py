@@ -49,41 +49,32 @@ async def server_pods(
     return {(namespace or "", labels.get(naming.MODEL_LABEL, "")): ready_pod(body) or ""}
 
 
-@kopf.index(
-    "rbac.authorization.k8s.io",
-    "v1",
-    "rolebindings",
-    labels={
-        naming.MANAGED_BY_LABEL: naming.MANAGED_BY,
-        naming.MODEL_NAMESPACE_LABEL: kopf.PRESENT,
-        naming.COMPONENT_LABEL: kopf.ABSENT,
-    },
-)
-async def tenant_bindings(
+async def tenant_binding(
     namespace: str | None, labels: kopf.Labels, **_: Any
 ) -> dict[tuple[str, str], str]:
-    """(model namespace, model) -> each namespace where its sidecar is bound as a tenant's."""
+    """(model namespace, model) -> the namespace of a RoleBinding the operator made there
+    for the model (its labels name the model)."""
     model = (labels[naming.MODEL_NAMESPACE_LABEL], labels.get(naming.MODEL_LABEL, ""))
     return {model: namespace or ""}
 
 
-@kopf.index(
-    "rbac.authorization.k8s.io",
-    "v1",
-    "rolebindings",
-    labels={
-        naming.MANAGED_BY_LABEL: naming.MANAGED_BY,
-        naming.MODEL_NAMESPACE_LABEL: kopf.PRESENT,
-        naming.COMPONENT_LABEL: naming.COMPONENT_TENANT_BATCH,
-    },
-)
-async def tenant_batch_identities(
-    namespace: str | None, labels: kopf.Labels, **_: Any
-) -> dict[tuple[str, str], str]:
-    """(model namespace, model) -> each namespace where its batches' shards have an
-    identity."""
-    model = (labels[naming.MODEL_NAMESPACE_LABEL], labels.get(naming.MODEL_LABEL, ""))
-    return {model: namespace or ""}
+# The model's sidecar bound in each tenant's namespace (no component label), and its
+# batches' shards' identity there.
+for index_id, component in (
+    ("tenant_bindings", kopf.ABSENT),
+    ("tenant_batch_identities", naming.COMPONENT_TENANT_BATCH),
+):
+    kopf.index(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "rolebindings",
+        labels={
+            naming.MANAGED_BY_LABEL: naming.MANAGED_BY,
+            naming.MODEL_NAMESPACE_LABEL: kopf.PRESENT,
+            naming.COMPONENT_LABEL: component,
+        },
+        id=index_id,
+    )(tenant_binding)
 
 
 # The models and their children, as the model's reconcile reads them (see

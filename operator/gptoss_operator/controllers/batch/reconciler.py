@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import hashlib
 import logging
 import secrets
 from dataclasses import replace
@@ -22,8 +21,14 @@ from lightkube import AsyncClient
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import Pod
 
-from gptoss_operator.api.batch import FINISHED_PHASES, InferenceBatchSpec, InferenceBatchStatus
+from gptoss_operator.api.batch import (
+    FINISHED_PHASES,
+    InferenceBatchSpec,
+    InferenceBatchStatus,
+    gateway_key_sha256,
+)
 from gptoss_operator.api.conditions import get_condition, now, parse_time
+from gptoss_operator.api.job import model_key_of
 from gptoss_operator.api.model import GptOssModelSpec
 from gptoss_operator.api.resources import GptOssModelResource, InferenceBatchResource
 from gptoss_operator.builders import ModelContext, rbac
@@ -129,7 +134,7 @@ class BatchReconciler:
             )):  # fmt: skip
                 if job is not None and not kube.controlled_by(kube.to_dict(job), uid):
                     return Observed(waiting=_not_ours(kube.to_dict(job)))
-        model_namespace = _model_namespace(batch, spec)
+        model_namespace = model_key_of(batch)[0]
         if shards is None:
             model = await kube.get_or_none(
                 self.client, GptOssModelResource, spec.modelRef.name, model_namespace
@@ -218,7 +223,7 @@ class BatchReconciler:
         if recorded:
             return str(recorded)
         key = secrets.token_urlsafe(32)
-        digest = hashlib.sha256(key.encode()).hexdigest()
+        digest = gateway_key_sha256(key)
         manifest = gateway_key_secret(ctx, key, digest)
         await kube.create_unread(self.client, manifest)
         fields = {"gatewayKey": {"secret": manifest["metadata"]["name"], "sha256": digest}}
@@ -233,7 +238,7 @@ class BatchReconciler:
         metadata = batch["metadata"]
         model_ctx = ModelContext(
             name=spec.modelRef.name,
-            namespace=_model_namespace(batch, spec),
+            namespace=model_key_of(batch)[0],
             uid=str((model.get("metadata") or {}).get("uid") or ""),
             spec=GptOssModelSpec.model_validate(model.get("spec") or {}),
             settings=self.settings,
@@ -263,7 +268,7 @@ class BatchReconciler:
         """A finished batch's tokens, under its tenant (once: only the write that
         finished it gets here)."""
         namespace = batch["metadata"]["namespace"]
-        model_namespace = _model_namespace(batch, spec)
+        model_namespace = model_key_of(batch)[0]
         try:
             model = await kube.get_or_none(
                 self.client, GptOssModelResource, spec.modelRef.name, model_namespace
@@ -295,10 +300,6 @@ class BatchReconciler:
             await kube.delete_if_present(self.client, InferenceBatchResource, key[1], key[0])
             return
         self.poke(*key, left + 0.5)  # look again when it is due
-
-
-def _model_namespace(batch: dict[str, Any], spec: InferenceBatchSpec) -> str:
-    return spec.modelRef.namespace or str(batch["metadata"]["namespace"])
 
 
 def _waiting_for(

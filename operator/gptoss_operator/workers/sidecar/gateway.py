@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 from collections.abc import Mapping
@@ -28,6 +27,7 @@ from typing import Any
 import httpx
 from aiohttp import web
 
+from gptoss_operator.api.batch import gateway_key_sha256
 from gptoss_operator.engine.request import engine_priority
 from gptoss_operator.workers.sidecar.line_slots import Done, LineSlots
 
@@ -44,10 +44,6 @@ class BatchGrant:
     namespace: str
     name: str
     priority: int
-
-
-def key_digest(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def read_grants(model: Mapping[str, Any]) -> dict[str, BatchGrant]:
@@ -133,7 +129,7 @@ class Gateway:
         if not self._loaded.is_set():
             return web.Response(status=503, text="the gateway has not read its model yet")
         key = bearer(request.headers.get("Authorization"))
-        grant = self.grants.get(key_digest(key)) if key else None
+        grant = self.grants.get(gateway_key_sha256(key)) if key else None
         if grant is None:
             return web.json_response(
                 {"error": {"message": "no unfinished InferenceBatch of this model has this key"}},
